@@ -1,0 +1,27 @@
+# Fine-tuning LLMs to deliver CBT for depression: a reproduction and extension of Tahir (2024).
+# Stages: models -> data -> training -> export -> rollouts -> judge -> report.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/data.smk"
+include: "rules/training.smk"
+include: "rules/export.smk"
+include: "rules/rollout.smk"
+include: "rules/judge.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,93 @@
+# Helpers that compute inputs, wildcards and parameters from the config.
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+from cbtpipe.config import check_config, model_training_cfg  # noqa: E402
+
+check_config(config, workflow.basedir)
+
+MODELS = sorted(config["models"])
+ARMS = config["rollout"]["arms"]
+QUANTS = config["export"]["quantizations"]
+OUTTYPE = config["export"]["outtype"]
+RQ = config["rollout"]["quantization"]
+SHARDS = [f"{i:02d}" for i in range(config["rollout"]["shards"])]
+JSHARDS = SHARDS
+CPU = config["resources"]["cpu_threads"]
+PROMPTS = config["data"]["prompts"]
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    arm="instruct|cbt",
+    shard=r"\d+",
+    qtype=r"Q[0-9A-Z_]+",
+    outtype="f16|bf16|f32",
+
+
+def hf_dir(wildcards):
+    return f"results/models/{wildcards.model}/{wildcards.arm}/hf"
+
+
+def gguf_path(model, arm, qtype):
+    return f"results/gguf/{model}/{arm}/{model}-{arm}-{qtype}.gguf"
+
+
+def import_inputs(wildcards):
+    src = config["models"][wildcards.model]["source"]
+    if src["type"] == "hub":
+        return {"hub": f"resources/hub/{wildcards.model}"}
+    return {}
+
+
+def gpus(model):
+    return config["models"][model]["gpus"]
+
+
+def gpu_resources(wildcards):
+    return gpus(wildcards.model)
+
+
+def gres(wildcards):
+    n = gpus(wildcards.model)
+    return f"gpu:{n}" if n else ""
+
+
+def partition(wildcards):
+    key = "gpu_partition" if gpus(wildcards.model) else "cpu_partition"
+    return config["resources"][key] or ""
+
+
+def training_params(wildcards):
+    return model_training_cfg(config, wildcards.model)
+
+
+def rollout_inputs(wildcards):
+    return {
+        "gguf": gguf_path(wildcards.model, wildcards.arm, RQ),
+        "profiles": "results/profiles/eval.jsonl",
+        "system_prompt": config["data"]["system_prompt"],
+        "patient_prompt": config["rollout"]["patient_prompt"],
+    }
+
+
+def transcript_inputs(wildcards):
+    if config["data"]["source"] == "import":
+        return {"imported": config["data"]["import_path"]}
+    return {
+        "train": "results/profiles/train.jsonl",
+        "val": "results/profiles/val.jsonl",
+        "template": PROMPTS["session"],
+    }
+
+
+def parity_ggufs(wildcards):
+    return [gguf_path(wildcards.model, wildcards.arm, q) for q in [OUTTYPE, *QUANTS]]
+
+
+def final_outputs():
+    out = ["results/report/report.html", "results/report/report.md"]
+    out += expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS)
+    return out

@@ -1,0 +1,84 @@
+# Patient profiles, synthetic transcripts (or an import) and the chat dataset.
+
+
+rule profiles_train:
+    input:
+        attributes=config["profiles"]["attributes"],
+    output:
+        train="results/profiles/train.jsonl",
+        val="results/profiles/val.jsonl",
+    params:
+        n_train=config["profiles"]["n_train"],
+        n_val=config["profiles"]["n_val"],
+        seed=config["profiles"]["seed_train"],
+    log:
+        "logs/profiles/train.log",
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../scripts/profiles.py"
+
+
+rule profiles_eval:
+    input:
+        attributes=config["profiles"]["attributes"],
+        train="results/profiles/train.jsonl",
+        val="results/profiles/val.jsonl",
+    output:
+        eval="results/profiles/eval.jsonl",
+    params:
+        n_eval=config["profiles"]["n_eval"],
+        seed=config["profiles"]["seed_eval"],
+    log:
+        "logs/profiles/eval.log",
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../scripts/profiles.py"
+
+
+rule transcripts:
+    input:
+        unpack(transcript_inputs),
+    output:
+        transcripts="results/data/transcripts.jsonl",
+        stats="results/data/generation_stats.json",
+    params:
+        data=config["data"],
+        backends=config["backends"],
+    log:
+        "logs/data/transcripts.log",
+    benchmark:
+        "benchmarks/data/transcripts.tsv"
+    threads: CPU
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../scripts/transcripts.py"
+
+
+rule dataset:
+    input:
+        transcripts="results/data/transcripts.jsonl",
+        system_prompt=config["data"]["system_prompt"],
+        val="results/profiles/val.jsonl",
+        tokenizers=expand("results/models/{model}/instruct/hf", model=MODELS),
+    output:
+        train="results/data/train.jsonl",
+        val="results/data/val.jsonl",
+        stats="results/data/dataset_stats.json",
+    params:
+        source=config["data"]["source"],
+        opening=config["rollout"]["opening_message"],
+        n_val=config["profiles"]["n_val"],
+        seed=config["seed"],
+        max_length={m: model_training_cfg(config, m)["max_length"] for m in MODELS},
+        models=MODELS,
+    log:
+        "logs/data/dataset.log",
+    benchmark:
+        "benchmarks/data/dataset.tsv"
+    conda:
+        "../envs/training.yaml"
+    script:
+        "../scripts/dataset.py"

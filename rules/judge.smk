@@ -1,0 +1,24 @@
+# CTRS judging of every session, k samples each.
+
+
+rule judge:
+    input:
+        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        rubric=config["judge"]["rubric"],
+        prompt=config["judge"]["prompt"],
+    output:
+        judged="results/judge/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/judge/{model}/{arm}/shard{shard}.stats.json",
+    params:
+        judge=config["judge"],
+        backends=config["backends"],
+        units="results/units/judge",
+    log:
+        "logs/judge/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/judge/{model}-{arm}-{shard}.tsv"
+    threads: CPU
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../scripts/judge.py"

@@ -1,0 +1,54 @@
+# Base models and llama.cpp's conversion tools.
+
+
+localrules:
+    llama_cpp_tools,
+    download_model,
+
+
+rule llama_cpp_tools:
+    output:
+        tools=directory("resources/llama_cpp_tools"),
+        info="resources/llama_cpp_tools.json",
+    log:
+        "logs/llama_cpp_tools.log",
+    conda:
+        "../envs/llamacpp.yaml"
+    script:
+        "../scripts/llama_cpp_tools.py"
+
+
+rule download_model:
+    output:
+        directory("resources/hub/{model}"),
+    params:
+        source=lambda wc: config["models"][wc.model]["source"],
+    log:
+        "logs/download/{model}.log",
+    conda:
+        "../envs/training.yaml"
+    script:
+        "../scripts/download_model.py"
+
+
+rule import_model:
+    input:
+        unpack(import_inputs),
+    output:
+        hf=directory("results/models/{model}/instruct/hf"),
+        provenance="results/models/{model}/instruct/provenance.json",
+    params:
+        spec=lambda wc: config["models"][wc.model],
+        prompts=config["parity"]["prompts"],
+        min_top1=config["parity"]["min_top1_import"],
+    log:
+        "logs/import/{model}.log",
+    benchmark:
+        "benchmarks/import/{model}.tsv"
+    threads: CPU
+    resources:
+        mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
+    conda:
+        "../envs/training.yaml"
+    script:
+        "../scripts/import_model.py"

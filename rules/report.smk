@@ -1,0 +1,88 @@
+# Score table, statistics, figures and the report.
+
+
+rule scores:
+    input:
+        judged=expand(
+            "results/judge/{model}/{arm}/shard{shard}.jsonl",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        rubric=config["judge"]["rubric"],
+    output:
+        long=report(
+            "results/report/scores_long.csv",
+            caption="../report/scores.rst",
+            category="Scores",
+        ),
+        totals="results/report/session_totals.csv",
+    log:
+        "logs/report/scores.log",
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/scores.py"
+
+
+rule statistics:
+    input:
+        long="results/report/scores_long.csv",
+        totals="results/report/session_totals.csv",
+        judged=rules.scores.input.judged,
+        rubric=config["judge"]["rubric"],
+    output:
+        stats="results/report/statistics.json",
+    params:
+        report=config["report"],
+        seed=config["seed"],
+    log:
+        "logs/report/statistics.log",
+    benchmark:
+        "benchmarks/report/statistics.tsv"
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/statistics.py"
+
+
+rule report:
+    input:
+        stats="results/report/statistics.json",
+        long="results/report/scores_long.csv",
+        totals="results/report/session_totals.csv",
+        rubric=config["judge"]["rubric"],
+        parity=expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS),
+        provenance=expand("results/models/{model}/instruct/provenance.json", model=MODELS),
+        training=expand("results/training/{model}/metrics.json", model=MODELS),
+        data_stats="results/data/dataset_stats.json",
+        gen_stats="results/data/generation_stats.json",
+        rollout_stats=expand(
+            "results/rollouts/{model}/{arm}/shard{shard}.stats.json",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        judge_stats=expand(
+            "results/judge/{model}/{arm}/shard{shard}.stats.json",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+    output:
+        md="results/report/report.md",
+        html=report(
+            "results/report/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+        figures=directory("results/report/figures"),
+    params:
+        config=config,
+        benchmarks="benchmarks",
+    log:
+        "logs/report/report.log",
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/report.py"

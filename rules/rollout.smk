@@ -1,0 +1,26 @@
+# Simulated sessions: the GGUF therapist (instruct or CBT-tuned) against the simulated patient.
+
+
+rule rollout:
+    input:
+        unpack(rollout_inputs),
+    output:
+        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/rollouts/{model}/{arm}/shard{shard}.stats.json",
+    params:
+        rollout=config["rollout"],
+        backends=config["backends"],
+        shards=len(SHARDS),
+        units="results/units/rollouts/{model}/{arm}",
+    log:
+        "logs/rollout/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/rollout/{model}-{arm}-{shard}.tsv"
+    threads: CPU
+    resources:
+        gpu=lambda wc: 1 if config["rollout"]["therapist_n_gpu_layers"] else 0,
+        runtime=config["resources"]["rollout_runtime_min"],
+    conda:
+        "../envs/llamacpp.yaml"
+    script:
+        "../scripts/rollout.py"

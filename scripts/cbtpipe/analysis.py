@@ -1,0 +1,241 @@
+"""Score tables and the statistical analysis of the judged sessions."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import PipelineError
+from .stats import agreement, friedman, icc, p_adjust, paired_comparison, rm_anova
+
+LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
+
+
+def long_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for j in judged:
+        for s in j["samples"]:
+            for it in rubric["items"]:
+                v = s["scores"].get(it["id"])
+                rows.append(
+                    {
+                        "session_id": j["session_id"], "patient_id": j["patient_id"], "model": j["model"],
+                        "arm": j["arm"], "quantization": j["quantization"], "judge_sample": s["sample"],
+                        "valid": int(s["valid"]), "item": it["id"], "score": "" if v is None else v,
+                    }
+                )
+    return rows
+
+
+def total_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for j in judged:
+        r = {
+            "session_id": j["session_id"], "patient_id": j["patient_id"], "model": j["model"], "arm": j["arm"],
+            "quantization": j["quantization"], "samples": len(j["samples"]), "valid_samples": j["valid_samples"],
+            "total": "" if j["total"] is None else round(j["total"], 4),
+        }
+        for it in rubric["items"]:
+            v = j["item_scores"].get(it["id"])
+            r[it["id"]] = "" if v is None else round(v, 4)
+        rows.append(r)
+    return rows
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    from .io import atomic_write_text
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(x: str | None) -> float:
+    return float(x) if x not in (None, "") else float("nan")
+
+
+def patient_means(rows: list[dict[str, str]], key: str) -> dict[tuple[str, str], dict[str, float]]:
+    """(model, arm) -> patient -> mean of ``key`` over that patient's sessions (NaN if none valid)."""
+    acc: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        acc[(r["model"], r["arm"])][r["patient_id"]].append(_num(r[key]))
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for k, pats in acc.items():
+        out[k] = {}
+        for p, vals in pats.items():
+            good = [v for v in vals if np.isfinite(v)]
+            out[k][p] = float(np.mean(good)) if good else float("nan")
+    return out
+
+
+def paired_arrays(pm, model: str, a: str = "cbt", b: str = "instruct") -> tuple[list[str], np.ndarray, np.ndarray]:
+    pa, pb = pm.get((model, a), {}), pm.get((model, b), {})
+    pats = sorted(set(pa) & set(pb))
+    return pats, np.array([pa[p] for p in pats]), np.array([pb[p] for p in pats])
+
+
+def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:
+    """CSV with columns session_id, item, score (one row per rated item); errors name the line."""
+    p = Path(path)
+    ids = {i["id"]: i for i in rubric["items"]}
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{p}: not valid UTF-8") from e
+    reader = csv.DictReader(text.splitlines())
+    need = {"session_id", "item", "score"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))}")
+    out = []
+    for n, r in enumerate(reader, 2):
+        if r["item"] not in ids:
+            raise PipelineError(f"{p}, line {n}: unknown rubric item '{r['item']}'")
+        try:
+            s = float(r["score"])
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"{p}, line {n}: score {r['score']!r} is not a number") from e
+        it = ids[r["item"]]
+        if not it["min"] <= s <= it["max"]:
+            raise PipelineError(f"{p}, line {n}: score {s} outside {it['min']}..{it['max']} for item '{r['item']}'")
+        out.append({"session_id": r["session_id"], "item": r["item"], "score": s, "rater": r.get("rater", "human")})
+    return out
+
+
+def analyse(
+    long: list[dict[str, str]],
+    totals: list[dict[str, str]],
+    rubric: dict[str, Any],
+    rcfg: dict[str, Any],
+    seed: int,
+    human: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
+    items = [i["id"] for i in rubric["items"]]
+    models = sorted({r["model"] for r in totals})
+    arms = sorted({r["arm"] for r in totals})
+    threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
+    res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
+
+    # Missing judge answers
+    n_samples = len({(r["session_id"], r["judge_sample"]) for r in long})
+    n_valid = len({(r["session_id"], r["judge_sample"]) for r in long if r["valid"] == "1"})
+    res["missing"] = {
+        "samples": n_samples, "valid_samples": n_valid, "invalid_samples": n_samples - n_valid,
+        "valid_share": n_valid / n_samples if n_samples else None,
+        "sessions": len(totals), "sessions_without_total": sum(1 for r in totals if r["total"] == ""),
+    }
+
+    # Descriptives (study style: mean +- SD per model and arm)
+    desc = []
+    for m in models:
+        for a in arms:
+            rows = [r for r in totals if r["model"] == m and r["arm"] == a]
+            tot = np.array([_num(r["total"]) for r in rows])
+            tot = tot[np.isfinite(tot)]
+            d = {"model": m, "arm": a, "sessions": len(rows), "n_total": int(tot.size),
+                 "mean": float(tot.mean()) if tot.size else None, "sd": float(tot.std(ddof=1)) if tot.size > 1 else None,
+                 "competent_share": float((tot >= threshold).mean()) if (tot.size and threshold is not None) else None,
+                 "items": {}}
+            for it in items:
+                v = np.array([_num(r[it]) for r in rows])
+                v = v[np.isfinite(v)]
+                d["items"][it] = {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
+            desc.append(d)
+    res["descriptives"] = desc
+
+    # Tuned vs instruct, per model and pooled
+    pm = patient_means(totals, "total")
+    per_model = {}
+    diffs_by_patient: dict[str, list[float]] = defaultdict(list)
+    for m in models:
+        pats, a, b = paired_arrays(pm, m)
+        per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=nb, seed=seed) | {"patients": pats}
+        for p, x, y in zip(pats, a, b, strict=True):
+            if np.isfinite(x) and np.isfinite(y):
+                diffs_by_patient[p].append(x - y)
+    res["tuned_vs_instruct"] = per_model
+    pooled_d = np.array([np.mean(v) for v in diffs_by_patient.values()])
+    res["pooled"] = paired_comparison(pooled_d, np.zeros_like(pooled_d), alpha=alpha, n_boot=nb, seed=seed) | {
+        "method": "stratified by patient: each patient's CBT-minus-instruct difference is averaged over models, "
+        "then tested with a paired t-test and a Wilcoxon signed-rank test across patients",
+        "models": models,
+    }
+
+    # Between models (CBT-tuned arms)
+    if len(models) >= 2 and "cbt" in arms:
+        cb = {m: pm.get((m, "cbt"), {}) for m in models}
+        pats = sorted(set.intersection(*[set(v) for v in cb.values()]))
+        y = np.array([[cb[m][p] for m in models] for p in pats]) if pats else np.zeros((0, len(models)))
+        pairs = []
+        for i in range(len(models)):
+            for j in range(i + 1, len(models)):
+                c = paired_comparison(y[:, i], y[:, j], alpha=alpha, n_boot=nb, seed=seed) if len(pats) else paired_comparison([], [])
+                pairs.append({"a": models[i], "b": models[j], **c})
+        adj = p_adjust([p["p_t"] for p in pairs], "holm")
+        for p, q in zip(pairs, adj, strict=True):
+            p["p_holm"] = q
+        res["between_models"] = {"patients": pats, "rm_anova": rm_anova(y), "friedman": friedman(y), "pairwise": pairs}
+    else:
+        res["between_models"] = {"note": "needs at least two models with a CBT-tuned arm"}
+
+    # Per item, tuned vs instruct, corrected across items
+    per_item = {}
+    for m in models:
+        comps = []
+        for it in items:
+            pmi = patient_means(totals, it)
+            _, a, b = paired_arrays(pmi, m)
+            comps.append(paired_comparison(a, b, alpha=alpha, n_boot=nb, seed=seed) | {"item": it})
+        method = rcfg["item_correction"]
+        for key in ("p_t", "p_wilcoxon"):
+            for c, q in zip(comps, p_adjust([c[key] for c in comps], method), strict=True):
+                c[f"{key}_adj"] = q
+        per_item[m] = {"correction": method, "items": comps}
+    res["per_item"] = per_item
+
+    # Judge reliability across the k samples
+    rel = {}
+    by_session: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    for r in long:
+        by_session[r["session_id"]].setdefault(int(r["judge_sample"]), {})[r["item"]] = _num(r["score"])
+    ks = sorted({int(r["judge_sample"]) for r in long})
+    for it in [*items, "total"]:
+        mat = []
+        for _sid, samples in sorted(by_session.items()):
+            row = []
+            for k in ks:
+                sc = samples.get(k, {})
+                if it == "total":
+                    vals = [sc.get(i, float("nan")) for i in items]
+                    row.append(float(np.sum(vals)) if all(np.isfinite(vals)) else float("nan"))
+                else:
+                    row.append(sc.get(it, float("nan")))
+            mat.append(row)
+        rel[it] = icc(np.array(mat)) if mat and len(ks) >= 2 else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
+    res["reliability"] = rel
+
+    # Judge-human agreement
+    if human:
+        agg = {r["session_id"]: r for r in totals}
+        hum: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for h in human:
+            hum[(h["session_id"], h["item"])].append(h["score"])
+        ag = {}
+        for it in items:
+            sids = sorted({s for (s, i) in hum if i == it and s in agg})
+            ag[it] = agreement([_num(agg[s][it]) for s in sids], [float(np.mean(hum[(s, it)])) for s in sids])
+        unknown = sorted({h["session_id"] for h in human} - set(agg))
+        res["human_agreement"] = {"items": ag, "unknown_sessions": unknown}
+    return res

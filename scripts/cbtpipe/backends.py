@@ -1,0 +1,443 @@
+"""One interface for every LLM call: generation, simulated patient, judge.
+
+Two backends:
+
+* ``llama_cpp``: a GGUF model in process through llama-cpp-python.
+* ``openai``: any OpenAI-compatible chat endpoint over HTTP (DeepSeek, Gemini's compatible
+  endpoint, vLLM, llama.cpp's server, Ollama), with bounded retries and exponential back-off on
+  429/5xx/timeouts, a request timeout, a concurrency limit, and JSON dialects per endpoint.
+
+Both share an on-disk response cache keyed by the full request, and structured output: a JSON
+schema goes to the backend (grammar in llama.cpp, ``response_format`` over HTTP) and every answer
+is validated here as well, whatever the endpoint promises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
+
+log = logging.getLogger("cbtpipe")
+
+DEFAULT_CACHE_DIR = "cache/llm"
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    finish_reason: str = "stop"
+    cached: bool = False
+
+
+@dataclass
+class JsonResult:
+    """Outcome of a structured call: ``data`` is None when every attempt failed the schema."""
+
+    data: Any
+    attempts: int
+    raw: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class BackendStats:
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    errors: int = 0
+
+    def add(self, c: Completion) -> None:
+        self.calls += 1
+        self.cache_hits += int(c.cached)
+        self.prompt_tokens += c.prompt_tokens
+        self.completion_tokens += c.completion_tokens
+        self.seconds += c.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        fresh = self.seconds
+        d["tokens_per_second"] = round(self.completion_tokens / fresh, 2) if fresh > 0 else None
+        return d
+
+
+class BackendError(PipelineError):
+    pass
+
+
+def resolve_gguf(source: dict[str, Any], where: str = "gguf") -> Path:
+    """Path of a GGUF given as ``{path}`` or ``{package, file}``; clear error if missing or bad."""
+    if "path" in source:
+        p = Path(source["path"])
+    else:
+        spec = importlib.util.find_spec(source["package"])
+        if spec is None or not spec.submodule_search_locations:
+            raise PipelineError(
+                f"{where}: Python package '{source['package']}' is not installed "
+                f"(it should ship {source['file']}); run the README's set-up command"
+            )
+        p = Path(list(spec.submodule_search_locations)[0]) / source["file"]
+    check_gguf_file(p, where)
+    return p
+
+
+def check_gguf_file(path: str | os.PathLike, where: str = "model") -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"{where}: model file {p} does not exist")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise PipelineError(f"{where}: {p} is not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
+    if p.stat().st_size < 1024:
+        raise PipelineError(f"{where}: {p} is truncated ({p.stat().st_size} bytes)")
+
+
+def validate_json_text(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
+    """Parse and validate an answer; returns (data, None) or (None, reason)."""
+    if not text or not text.strip():
+        return None, "blank answer"
+    candidate = text.strip()
+    # Tolerate a fenced code block around the JSON (common in JSON-mode answers).
+    m = re.search(r"```(?:json)?\s*(.*?)```", candidate, re.S)
+    if m:
+        candidate = m.group(1).strip()
+    try:
+        data = json.loads(candidate)
+    except json.JSONDecodeError as e:
+        return None, f"not JSON: {e.msg} at char {e.pos}"
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as e:
+        path = "/".join(str(x) for x in e.absolute_path) or "(root)"
+        return None, f"schema violation at {path}: {e.message}"
+    return data, None
+
+
+class Backend:
+    """Base class: caching, statistics and the structured-output retry loop."""
+
+    kind = "base"
+
+    def __init__(self, name: str, spec: dict[str, Any], cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR):
+        self.name = name
+        self.spec = spec
+        self.cache_dir = Path(cache_dir) if (cache_dir and spec.get("cache", True)) else None
+        self.stats = BackendStats()
+        self._lock = threading.Lock()
+
+    # -- to implement --------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+    # -- public --------------------------------------------------------------------------------
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        sampling: dict[str, Any] | None = None,
+        seed: int = 0,
+        schema: dict[str, Any] | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        sampling = dict(sampling or {})
+        key = None
+        if self.cache_dir is not None:
+            key = hash_obj(
+                {
+                    "backend": self.identity(),
+                    "messages": messages,
+                    "sampling": sampling,
+                    "seed": seed,
+                    "schema": schema,
+                    "stop": stop,
+                },
+                length=64,
+            )
+            cpath = self.cache_dir / key[:2] / f"{key}.json"
+            if cpath.exists():
+                try:
+                    c = Completion(**read_json(cpath))
+                    c.cached = True
+                    with self._lock:
+                        self.stats.add(c)
+                    return c
+                except (ValueError, TypeError):
+                    log.warning("ignoring unreadable cache entry %s", cpath)
+        c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
+        with self._lock:
+            self.stats.add(c)
+        if key is not None:
+            d = asdict(c)
+            d["cached"] = False
+            write_json(self.cache_dir / key[:2] / f"{key}.json", d)
+        return c
+
+    def chat_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        sampling: dict[str, Any] | None = None,
+        seed: int = 0,
+        max_attempts: int = 3,
+    ) -> JsonResult:
+        """Structured call: retried with a new seed until the answer passes the schema."""
+        res = JsonResult(data=None, attempts=0)
+        for attempt in range(max_attempts):
+            c = self.chat(messages, sampling=sampling, seed=seed + 1000 * attempt, schema=schema)
+            res.attempts += 1
+            res.raw.append(c.text)
+            res.prompt_tokens += c.prompt_tokens
+            res.completion_tokens += c.completion_tokens
+            res.seconds += c.seconds
+            data, err = validate_json_text(c.text, schema)
+            if err is None:
+                res.data = data
+                return res
+            res.errors.append(err)
+            log.info("%s: structured answer rejected (attempt %d/%d): %s", self.name, attempt + 1, max_attempts, err)
+        return res
+
+    def close(self) -> None:
+        pass
+
+
+class LlamaCppBackend(Backend):
+    kind = "llama_cpp"
+    _model_hash_cache: dict[tuple[str, int, float], str] = {}
+
+    def __init__(self, name: str, spec: dict[str, Any], model_path: str | os.PathLike | None = None, **kw):
+        super().__init__(name, spec, **kw)
+        self.model_path = Path(model_path) if model_path else resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
+        check_gguf_file(self.model_path, f"backends.{name}")
+        from llama_cpp import Llama
+
+        threads = spec.get("n_threads") or os.cpu_count() or 1
+        self.llm = Llama(
+            model_path=str(self.model_path),
+            n_ctx=int(spec.get("n_ctx", 4096)),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=int(spec.get("n_gpu_layers", 0)),
+            seed=int(spec.get("seed", 0)),
+            verbose=False,
+        )
+        self.n_ctx = self.llm.n_ctx()
+
+    def identity(self) -> dict[str, Any]:
+        st = self.model_path.stat()
+        k = (str(self.model_path.resolve()), st.st_size, st.st_mtime)
+        if k not in self._model_hash_cache:
+            self._model_hash_cache[k] = sha256_file(self.model_path)
+        return {"type": self.kind, "model_sha256": self._model_hash_cache[k]}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
+        kwargs: dict[str, Any] = dict(
+            temperature=float(sampling.get("temperature", 0.7)),
+            top_p=float(sampling.get("top_p", 0.95)),
+            max_tokens=int(sampling.get("max_tokens", 256)),
+            repeat_penalty=float(sampling.get("repeat_penalty", 1.1)),
+            seed=int(seed),
+            stop=stop or None,
+        )
+        if schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        # Evaluate every prompt from scratch: identical requests then give identical answers,
+        # whatever was evaluated before (prefix reuse can change floating-point results).
+        self.llm.reset()
+        t0 = time.perf_counter()
+        out = self.llm.create_chat_completion(messages=messages, **kwargs)
+        dt = time.perf_counter() - t0
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            seconds=dt,
+            finish_reason=choice.get("finish_reason") or "stop",
+        )
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+    _semaphores: dict[str, threading.BoundedSemaphore] = {}
+
+    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+    def __init__(self, name: str, spec: dict[str, Any], **kw):
+        super().__init__(name, spec, **kw)
+        for key in ("base_url", "model"):
+            if not spec.get(key):
+                raise PipelineError(f"config key backends.{name}.{key} is required for an openai backend")
+        self.base_url = spec["base_url"].rstrip("/")
+        self.model = spec["model"]
+        env = spec.get("api_key_env")
+        self._api_key = None
+        if env:
+            self._api_key = os.environ.get(env)
+            if not self._api_key:
+                raise PipelineError(
+                    f"backend '{name}': environment variable {env} is not set "
+                    f"(named by config key backends.{name}.api_key_env)"
+                )
+        self.timeout = float(spec.get("timeout_s", 120))
+        self.max_retries = int(spec.get("max_retries", 5))
+        self.backoff = float(spec.get("backoff_s", 1.0))
+        self.json_mode = spec.get("json_mode", "json_schema")
+        conc = int(spec.get("concurrency", 1))
+        self.concurrency = conc
+        self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
+        import httpx
+
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._client = httpx.Client(timeout=self.timeout, headers=headers)
+
+    def identity(self) -> dict[str, Any]:
+        return {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
+
+    def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": float(sampling.get("temperature", 0.7)),
+            "top_p": float(sampling.get("top_p", 0.95)),
+            "max_tokens": int(sampling.get("max_tokens", 256)),
+            "seed": int(seed),
+        }
+        if stop:
+            body["stop"] = stop
+        if schema is not None and self.json_mode != "none":
+            if self.json_mode == "json_schema":
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": schema, "strict": False},
+                }
+            elif self.json_mode == "json_object_schema":
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            else:
+                body["response_format"] = {"type": "json_object"}
+        return body
+
+    def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
+        import httpx
+
+        if schema is not None and self.json_mode in ("json_object", "none"):
+            # JSON mode without a schema: the prompt must say "json" and show the wanted shape.
+            hint = "Answer with one JSON object that satisfies this JSON schema:\n" + json.dumps(schema)
+            messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + "\n\n" + hint}]
+        body = self._payload(messages, sampling, seed, schema, stop)
+        url = f"{self.base_url}/chat/completions"
+        last_err = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.stats.retries += 1
+                delay = self.backoff * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
+                time.sleep(delay)
+            t0 = time.perf_counter()
+            try:
+                with self._sem:
+                    r = self._client.post(url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                last_err = f"{type(e).__name__}"
+                log.warning("%s: request failed (%s), attempt %d", self.name, last_err, attempt + 1)
+                continue
+            dt = time.perf_counter() - t0
+            if r.status_code in self.RETRY_STATUS:
+                last_err = f"HTTP {r.status_code}"
+                log.warning("%s: HTTP %d, attempt %d", self.name, r.status_code, attempt + 1)
+                continue
+            if r.status_code >= 400:
+                with self._lock:
+                    self.stats.errors += 1
+                raise BackendError(f"backend '{self.name}': HTTP {r.status_code} from {url}: {r.text[:300]}")
+            try:
+                out = r.json()
+                choice = out["choices"][0]
+                text = choice["message"].get("content") or ""
+            except (ValueError, KeyError, IndexError, TypeError):
+                last_err = "malformed response body"
+                log.warning("%s: malformed response, attempt %d", self.name, attempt + 1)
+                continue
+            usage = out.get("usage") or {}
+            return Completion(
+                text=text,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                seconds=dt,
+                finish_reason=choice.get("finish_reason") or "stop",
+            )
+        with self._lock:
+            self.stats.errors += 1
+        raise BackendError(
+            f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {url}"
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_backend(
+    name: str,
+    backends: dict[str, Any],
+    *,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    where: str = "backend",
+) -> Backend:
+    """Build the backend called ``name`` from the config's ``backends`` section."""
+    if name not in backends:
+        known = ", ".join(sorted(backends)) or "none"
+        raise PipelineError(f"config key {where}: unknown backend '{name}' (defined: {known})")
+    spec = backends[name]
+    if spec["type"] == "llama_cpp":
+        if "gguf" not in spec:
+            raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")
+        return LlamaCppBackend(name, spec, cache_dir=cache_dir)
+    if spec["type"] == "openai":
+        return OpenAIBackend(name, spec, cache_dir=cache_dir)
+    raise PipelineError(f"config key backends.{name}.type: unknown backend type '{spec['type']}'")
+
+
+def cost_usd(spec: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float:
+    price = spec.get("price_per_mtok") or {}
+    return (prompt_tokens * float(price.get("input", 0)) + completion_tokens * float(price.get("output", 0))) / 1e6

@@ -1,0 +1,96 @@
+"""Checks of the configuration beyond its JSON schema: cross-references and files.
+
+The schema (schemas/config.schema.yaml, applied by snakemake.utils.validate) catches unknown keys
+and wrong types; this catches what a schema cannot: a stage naming an undefined backend, a file
+that does not exist, a range that is inverted. Run at workflow start-up, before any rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .io import PipelineError, hash_obj
+
+STAGE_BACKENDS = {
+    "data.generator": ("data", "generator"),
+    "rollout.patient_backend": ("rollout", "patient_backend"),
+    "judge.backend": ("judge", "backend"),
+}
+
+
+def _file(path: str, key: str, base: Path) -> None:
+    if not (base / path).is_file():
+        raise PipelineError(f"config key {key}: file {path} does not exist")
+
+
+def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
+    base = Path(base)
+    backends = cfg["backends"]
+    for key, (sec, field) in STAGE_BACKENDS.items():
+        if key == "data.generator" and cfg["data"]["source"] != "generate":
+            continue
+        name = cfg[sec][field]
+        if name not in backends:
+            raise PipelineError(f"config key {key}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")
+    for name, b in backends.items():
+        if b["type"] == "llama_cpp" and "gguf" not in b:
+            raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")
+        if b["type"] == "llama_cpp" and "path" in b.get("gguf", {}):
+            _file(b["gguf"]["path"], f"backends.{name}.gguf.path", base)
+        if b["type"] == "openai":
+            for k in ("base_url", "model"):
+                if not b.get(k):
+                    raise PipelineError(f"config key backends.{name}.{k} is required for an openai backend")
+    for name, m in cfg["models"].items():
+        src = m["source"]
+        where = f"models.{name}.source"
+        need = {"package_gguf": ("package", "file"), "gguf": ("path",), "local_hf": ("path",), "hub": ("repo_id",)}[src["type"]]
+        for k in need:
+            if k not in src:
+                raise PipelineError(f"config key {where}.{k} is required for source type {src['type']}")
+        if src["type"] == "gguf":
+            _file(src["path"], f"{where}.path", base)
+        if src["type"] == "local_hf" and not (base / src["path"] / "config.json").is_file():
+            raise PipelineError(f"config key {where}.path: {src['path']} is not a Hugging Face model directory")
+        if m.get("chat_template"):
+            _file(m["chat_template"], f"models.{name}.chat_template", base)
+    d = cfg["data"]
+    if d["exchanges_min"] > d["exchanges_max"]:
+        raise PipelineError("config keys data.exchanges_min > data.exchanges_max")
+    if d["turn_chars_min"] > d["turn_chars_max"]:
+        raise PipelineError("config keys data.turn_chars_min > data.turn_chars_max")
+    if d["source"] == "import":
+        if not d["import_path"]:
+            raise PipelineError("config key data.import_path is required when data.source is import")
+        _file(d["import_path"], "data.import_path", base)
+    else:
+        _file(d["prompts"]["session"], "data.prompts.session", base)
+        _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
+    _file(d["system_prompt"], "data.system_prompt", base)
+    _file(cfg["rollout"]["patient_prompt"], "rollout.patient_prompt", base)
+    _file(cfg["judge"]["rubric"], "judge.rubric", base)
+    _file(cfg["judge"]["prompt"], "judge.prompt", base)
+    if cfg["report"]["human_ratings"]:
+        _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
+    q = cfg["rollout"]["quantization"]
+    if q not in cfg["export"]["quantizations"] and q != cfg["export"]["outtype"]:
+        raise PipelineError(
+            f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations"
+        )
+
+
+def section_hash(cfg: dict[str, Any], *keys: str) -> str:
+    """Hash of the config sections a stage depends on (recorded in provenance)."""
+    return hash_obj({k: cfg.get(k) for k in keys})
+
+
+def model_training_cfg(cfg: dict[str, Any], model: str) -> dict[str, Any]:
+    """The training section with the model's own overrides applied."""
+    t = dict(cfg["training"])
+    over = cfg["models"][model].get("training") or {}
+    unknown = set(over) - set(t)
+    if unknown:
+        raise PipelineError(f"config key models.{model}.training: unknown key(s) {', '.join(sorted(unknown))}")
+    t.update(over)
+    return t

@@ -1,0 +1,145 @@
+"""Small file helpers: atomic writes, hashing, JSON(L) I/O and per-rule logging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+class PipelineError(Exception):
+    """An error caused by the user's input; the message names the culprit."""
+
+
+def ensure_parent(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    p = ensure_parent(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON text: sorted keys, UTF-8, stable across runs."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, dumps(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(path, text)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise PipelineError(f"{path}, line {i}: invalid JSON ({e.msg})") from e
+    return rows
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def hash_obj(obj: Any, length: int = 16) -> str:
+    """Short stable hash of a JSON-serializable object (used to key resumable units)."""
+    return sha256_text(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str))[:length]
+
+
+def setup_logging(log_path: str | os.PathLike | None = None, name: str = "cbtpipe") -> logging.Logger:
+    """Log to the rule's log file (and stderr), with timestamps."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        ensure_parent(log_path)
+        handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    logger.propagate = False
+    return logger
+
+
+class UnitStore:
+    """A folder of finished units (a patient, a session, a judged transcript).
+
+    Snakemake deletes the declared outputs of a failed or killed job, so finished units live in a
+    folder that no rule declares, keyed by a hash of everything that determines them. A re-run
+    picks up what is there. Each unit is one JSON file written atomically; a counter file records
+    how many units were computed (not loaded) so tests can show nothing was done twice.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, unit_id: str) -> Path:
+        return self.root / f"{unit_id}.json"
+
+    def has(self, unit_id: str) -> bool:
+        return self.path(unit_id).exists()
+
+    def load(self, unit_id: str) -> Any:
+        return read_json(self.path(unit_id))
+
+    def save(self, unit_id: str, obj: Any) -> None:
+        write_json(self.path(unit_id), obj)
+        with open(self.root / "computed.log", "a", encoding="utf-8") as fh:
+            fh.write(unit_id + "\n")
+
+    def computed_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        log = self.root / "computed.log"
+        if log.exists():
+            for line in log.read_text(encoding="utf-8").splitlines():
+                if line:
+                    counts[line] = counts.get(line, 0) + 1
+        return counts

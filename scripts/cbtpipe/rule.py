@@ -1,0 +1,51 @@
+"""Glue for Snakemake entry scripts: logging to the rule's log, clear errors, no tracebacks for
+user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .io import PipelineError, setup_logging
+
+
+@contextlib.contextmanager
+def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
+    """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
+    PipelineError ends the job with its message and a non-zero exit, and nothing else is hidden."""
+    log_path = smk.log[0] if len(smk.log) else None
+    real_stderr = sys.stderr
+    fh = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
+    if fh is not None:
+        sys.stderr = fh  # tqdm progress bars land in the rule's log
+    logger = setup_logging(None, "cbtpipe")
+    logger.handlers[0].stream = sys.stderr
+    threads = str(getattr(smk, "threads", 1) or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    t0 = time.perf_counter()
+    logger.info("%s: start (threads=%s, wildcards=%s)", name, threads, dict(getattr(smk, "wildcards", {})))
+    try:
+        yield logger
+    except PipelineError as e:
+        logger.error("%s: %s", name, e)
+        print(f"ERROR in {name}: {e}", file=real_stderr)
+        sys.stderr = real_stderr
+        if fh is not None:
+            fh.close()
+        sys.exit(1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        if fh is not None:
+            traceback.print_exc(file=real_stderr)
+        raise
+    logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
+    sys.stderr = real_stderr
+    if fh is not None:
+        fh.close()

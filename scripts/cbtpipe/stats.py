@@ -1,0 +1,222 @@
+"""Statistics for the comparison: paired tests, repeated measures, multiple testing, reliability.
+
+Every function returns plain dicts whose numbers are finite floats or None, with a ``note`` that
+says why a figure is missing (too few pairs, zero variance, ties...). Nothing returns NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+
+def _f(x: Any) -> float | None:
+    """A finite float or None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def rank_biserial_paired(d: np.ndarray) -> float | None:
+    """Matched-pairs rank-biserial correlation (Kerby 2014): (R+ - R-) / (R+ + R-), zeros dropped."""
+    d = d[d != 0]
+    if d.size == 0:
+        return None
+    ranks = sps.rankdata(np.abs(d))
+    rp, rm = ranks[d > 0].sum(), ranks[d < 0].sum()
+    return _f((rp - rm) / (rp + rm))
+
+
+def paired_comparison(
+    a: list[float] | np.ndarray,
+    b: list[float] | np.ndarray,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare paired samples a - b (e.g. tuned - instruct, paired by patient)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    d = a - b
+    n = int(d.size)
+    res: dict[str, Any] = {
+        "n": n, "mean_a": None, "mean_b": None, "mean_diff": None, "sd_diff": None,
+        "ci_t": [None, None], "ci_boot": [None, None], "t": None, "df": None, "p_t": None,
+        "wilcoxon_V": None, "p_wilcoxon": None, "cohens_dz": None, "rank_biserial": None, "notes": [],
+    }
+    if n == 0:
+        res["notes"].append("no complete pairs")
+        return res
+    res.update(mean_a=_f(a.mean()), mean_b=_f(b.mean()), mean_diff=_f(d.mean()))
+    if n < 2:
+        res["notes"].append("fewer than 2 pairs: no test possible")
+        return res
+    sd = float(d.std(ddof=1))
+    res["sd_diff"] = _f(sd)
+    res["df"] = n - 1
+    if sd == 0:
+        res["notes"].append("zero variance of the differences: t-test and d_z undefined")
+    else:
+        se = sd / math.sqrt(n)
+        tcrit = sps.t.ppf(1 - alpha / 2, n - 1)
+        t = d.mean() / se
+        res.update(
+            t=_f(t),
+            p_t=_f(2 * sps.t.sf(abs(t), n - 1)),
+            ci_t=[_f(d.mean() - tcrit * se), _f(d.mean() + tcrit * se)],
+            cohens_dz=_f(d.mean() / sd),
+        )
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    res["ci_boot"] = [_f(np.quantile(boots, alpha / 2)), _f(np.quantile(boots, 1 - alpha / 2))]
+    nz = d[d != 0]
+    if nz.size == 0:
+        res["notes"].append("all differences are zero: Wilcoxon test undefined")
+    else:
+        # As R's wilcox.test: zeros dropped; exact p without ties and n < 50, else the normal
+        # approximation with continuity correction.
+        ties = len(np.unique(np.abs(nz))) < nz.size
+        method = "approx" if (ties or nz.size >= 50) else "exact"
+        w = sps.wilcoxon(nz, zero_method="wilcox", correction=True, method=method, alternative="two-sided")
+        ranks = sps.rankdata(np.abs(nz))
+        res["wilcoxon_V"] = _f(ranks[nz > 0].sum())
+        res["p_wilcoxon"] = _f(w.pvalue)
+        if ties:
+            res["notes"].append("ties among differences: Wilcoxon p from the normal approximation")
+        if nz.size < d.size:
+            res["notes"].append(f"{d.size - nz.size} zero difference(s) dropped from the Wilcoxon test")
+    res["rank_biserial"] = rank_biserial_paired(d)
+    if n < 5:
+        res["notes"].append(f"only {n} pairs: tests have very little power")
+    return res
+
+
+def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | None]:
+    """Holm or Benjamini-Hochberg adjustment, as R's p.adjust; None entries stay None."""
+    idx = [i for i, p in enumerate(pvals) if p is not None]
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvals)
+    if m == 0:
+        return out
+    p = np.array([pvals[i] for i in idx], float)
+    order = np.argsort(p)
+    if method == "holm":
+        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    elif method == "fdr_bh":
+        adj = np.minimum.accumulate(((m / np.arange(m, 0, -1)) * p[order][::-1]))[::-1]
+    else:
+        raise ValueError(f"unknown correction {method}")
+    adj = np.minimum(adj, 1.0)
+    for rank, j in enumerate(order):
+        out[idx[j]] = float(adj[rank])
+    return out
+
+
+def rm_anova(y: np.ndarray) -> dict[str, Any]:
+    """One-way repeated-measures ANOVA; ``y`` is subjects x conditions (complete rows only)."""
+    y = np.asarray(y, float)
+    y = y[np.all(np.isfinite(y), axis=1)]
+    n, k = y.shape if y.ndim == 2 else (0, 0)
+    res: dict[str, Any] = {"n": int(n), "k": int(k), "F": None, "df1": None, "df2": None, "p": None, "partial_eta_sq": None, "notes": []}
+    if k < 2 or n < 2:
+        res["notes"].append("needs at least 2 conditions and 2 complete subjects")
+        return res
+    grand = y.mean()
+    ss_cond = n * ((y.mean(axis=0) - grand) ** 2).sum()
+    ss_subj = k * ((y.mean(axis=1) - grand) ** 2).sum()
+    ss_total = ((y - grand) ** 2).sum()
+    ss_err = ss_total - ss_cond - ss_subj
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    res.update(df1=df1, df2=df2)
+    if ss_err <= 1e-12:
+        res["notes"].append("zero residual variance: F undefined")
+        return res
+    F = (ss_cond / df1) / (ss_err / df2)
+    res.update(F=_f(F), p=_f(sps.f.sf(F, df1, df2)), partial_eta_sq=_f(ss_cond / (ss_cond + ss_err)))
+    return res
+
+
+def friedman(y: np.ndarray) -> dict[str, Any]:
+    y = np.asarray(y, float)
+    y = y[np.all(np.isfinite(y), axis=1)]
+    n, k = y.shape if y.ndim == 2 else (0, 0)
+    res: dict[str, Any] = {"n": int(n), "k": int(k), "chi2": None, "df": None, "p": None, "kendalls_w": None, "notes": []}
+    if k < 3 or n < 2:
+        res["notes"].append("Friedman test needs at least 3 conditions and 2 complete subjects")
+        return res
+    if np.all(y == y[:, :1]):
+        res["notes"].append("all conditions tie within every subject: test undefined")
+        return res
+    r = sps.friedmanchisquare(*[y[:, j] for j in range(k)])
+    res.update(chi2=_f(r.statistic), df=k - 1, p=_f(r.pvalue), kendalls_w=_f(r.statistic / (n * (k - 1))))
+    return res
+
+
+def icc(x: np.ndarray) -> dict[str, Any]:
+    """ICC(2,1) and ICC(2,k) (two-way random effects, absolute agreement; Shrout and Fleiss 1979).
+
+    ``x`` is targets x raters; rows with a missing rating are dropped."""
+    x = np.asarray(x, float)
+    x = x[np.all(np.isfinite(x), axis=1)] if x.ndim == 2 else x
+    n, k = x.shape if x.ndim == 2 else (0, 0)
+    res: dict[str, Any] = {"n": int(n), "k": int(k), "icc2_1": None, "icc2_k": None, "notes": []}
+    if n < 2 or k < 2:
+        res["notes"].append("needs at least 2 targets and 2 ratings each")
+        return res
+    grand = x.mean()
+    ss_r = k * ((x.mean(axis=1) - grand) ** 2).sum()
+    ss_c = n * ((x.mean(axis=0) - grand) ** 2).sum()
+    ss_e = ((x - grand) ** 2).sum() - ss_r - ss_c
+    msr, msc, mse = ss_r / (n - 1), ss_c / (k - 1), ss_e / ((n - 1) * (k - 1))
+    den1 = msr + (k - 1) * mse + k * (msc - mse) / n
+    denk = msr + (msc - mse) / n
+    if den1 <= 0 or denk <= 0 or (msr == 0 and mse == 0):
+        res["notes"].append("no variance between or within targets: ICC undefined")
+        return res
+    res.update(icc2_1=_f((msr - mse) / den1), icc2_k=_f((msr - mse) / denk))
+    return res
+
+
+def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Judge-human agreement: ICC(2,1), Spearman rho, mean absolute difference."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    res: dict[str, Any] = {"n": int(a.size), "icc2_1": None, "spearman": None, "p_spearman": None, "mad": None, "notes": []}
+    if a.size == 0:
+        res["notes"].append("no sessions rated by both")
+        return res
+    res["mad"] = _f(np.abs(a - b).mean())
+    if a.size >= 3 and a.std() > 0 and b.std() > 0:
+        r = sps.spearmanr(a, b)
+        res.update(spearman=_f(r.statistic), p_spearman=_f(r.pvalue))
+    else:
+        res["notes"].append("Spearman needs 3 or more pairs with variance")
+    ic = icc(np.column_stack([a, b]))
+    res["icc2_1"] = ic["icc2_1"]
+    res["notes"] += ic["notes"]
+    return res
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    """Format a number for a report; None shows as an em dash (never 'nan')."""
+    v = _f(x)
+    if v is None:
+        return "—"
+    if abs(v) < 10 ** (-nd) and v != 0:
+        return f"{v:.1e}"
+    return f"{v:.{nd}f}"
+
+
+def fmt_p(p: Any) -> str:
+    v = _f(p)
+    if v is None:
+        return "—"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"

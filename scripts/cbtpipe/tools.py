@@ -1,0 +1,89 @@
+"""llama.cpp's own conversion tools, taken from the sdist of the installed llama-cpp-python, so
+that GGUF conversion always matches the runtime that reads the files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from .io import PipelineError, write_json
+
+WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def installed_version() -> str:
+    return version("llama_cpp_python")
+
+
+def fetch_sdist(ver: str, dest: Path) -> Path:
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        "--no-build-isolation", f"llama-cpp-python=={ver}", "-d", str(dest),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PipelineError(f"pip could not download the llama-cpp-python {ver} sdist:\n{r.stderr[-2000:]}")
+    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        raise PipelineError(f"no llama-cpp-python sdist in {dest} after pip download")
+    return found[0]
+
+
+def extract_tools(sdist: Path, out_dir: Path, expected_version: str) -> dict[str, object]:
+    name = sdist.name
+    sdist_version = name[len("llama_cpp_python-") : -len(".tar.gz")]
+    if sdist_version != expected_version:
+        raise PipelineError(
+            f"llama.cpp tools: sdist {name} is version {sdist_version}, but llama-cpp-python "
+            f"{expected_version} is installed; conversion must match the runtime"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=".tools.", dir=out_dir.parent))
+    n = 0
+    try:
+        with tarfile.open(sdist) as tar:
+            for m in tar.getmembers():
+                parts = m.name.split("/", 1)
+                if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                    continue
+                rel = parts[1][len("vendor/llama.cpp/") :]
+                if not any(rel == w or rel.startswith(w) for w in WANTED) or not m.isfile():
+                    continue
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                n += 1
+        if not (tmp / "convert_hf_to_gguf.py").is_file():
+            raise PipelineError(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"llama_cpp_python": expected_version, "sdist": name, "files": n}
+
+
+def build_tools(out_dir: str | Path, info_path: str | Path) -> dict[str, object]:
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ver = installed_version()
+    with tempfile.TemporaryDirectory() as d:
+        sdist = fetch_sdist(ver, Path(d))
+        info = extract_tools(sdist, out, ver)
+    write_json(info_path, info)
+    return info
+
+
+def check_tools_version(info: dict[str, object]) -> None:
+    ver = installed_version()
+    if info.get("llama_cpp_python") != ver:
+        raise PipelineError(
+            f"llama.cpp tools were extracted from llama-cpp-python {info.get('llama_cpp_python')}, but "
+            f"{ver} is installed: delete resources/llama_cpp_tools and re-run"
+        )

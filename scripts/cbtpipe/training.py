@@ -1,0 +1,322 @@
+"""LoRA / QLoRA supervised fine-tuning with trl's SFTTrainer and a peft adapter.
+
+* Loss on the therapist (assistant) turns only: examples are tokenized here with an assistant
+  mask built from the chat template itself (rendering each prefix), which works for templates
+  without ``{% generation %}`` markers such as SmolLM2's ChatML; trl turns the mask into labels.
+* Resumable: checkpoints every ``save_steps`` in a unit folder that Snakemake does not delete; a
+  re-run continues from the last checkpoint.
+* Outputs: the adapter in peft's format, a CSV log (step, loss, learning rate, tokens, tokens per
+  second), a loss plot, and train / validation loss before and after training.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, write_json
+
+log = logging.getLogger("cbtpipe")
+
+
+def _ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+    )
+    return list(out)
+
+
+def assistant_mask_example(tokenizer, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
+    """Token ids of a conversation and a mask that is 1 on assistant tokens (content and the
+    end-of-turn token), 0 elsewhere; built by rendering prefixes of the conversation."""
+    full = _ids(tokenizer, messages)
+    mask = [0] * len(full)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(_ids(tokenizer, messages[:i], add_generation_prompt=True))
+        upto = _ids(tokenizer, messages[: i + 1])
+        if full[: len(upto)] != upto:
+            raise PipelineError(
+                "the chat template is not prefix-stable (rendering a conversation's first turns does not "
+                "give the start of the whole): set models.<name>.chat_template to a template that is"
+            )
+        for j in range(start, len(upto)):
+            mask[j] = 1
+    return {"input_ids": full[:max_length], "assistant_masks": mask[:max_length]}
+
+
+def build_dataset(rows: list[dict[str, Any]], tokenizer, max_length: int):
+    from datasets import Dataset
+
+    return Dataset.from_list([assistant_mask_example(tokenizer, r["messages"], max_length) for r in rows])
+
+
+class CsvLogger:
+    """A transformers TrainerCallback that appends (step, loss, lr, tokens, tokens/s) rows."""
+
+    def __new__(cls, path: str | Path):
+        from transformers import TrainerCallback
+
+        class _Cb(TrainerCallback):
+            def __init__(self, path):
+                self.path = Path(path)
+                self.t_last = None
+                self.tokens_last = 0
+
+            def on_train_begin(self, args, state, control, **kw):
+                self.t_last = time.perf_counter()
+                self.tokens_last = state.num_input_tokens_seen
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not logs or "loss" not in logs:
+                    return
+                now = time.perf_counter()
+                toks = state.num_input_tokens_seen
+                dt = now - (self.t_last or now)
+                tps = (toks - self.tokens_last) / dt if dt > 0 else None
+                self.t_last, self.tokens_last = now, toks
+                new = not self.path.exists()
+                with open(self.path, "a", newline="", encoding="utf-8") as fh:
+                    w = csv.writer(fh)
+                    if new:
+                        w.writerow(["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])
+                    w.writerow([state.global_step, round(state.epoch or 0, 4), logs["loss"], logs.get("learning_rate"), toks,
+                                round(tps, 2) if tps else ""])
+                log.info("step %d/%d loss %.4f lr %.2e tokens %d (%.1f tok/s)", state.global_step, state.max_steps,
+                         logs["loss"], logs.get("learning_rate") or 0, toks, tps or 0)
+
+        return _Cb(path)
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The CSV log with rows of a killed run past its last checkpoint replaced by the resumed run's."""
+    rows: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            rows[int(r["step"])] = r
+    return [rows[k] for k in sorted(rows)]
+
+
+def plot_loss(rows: list[dict[str, Any]], metrics: dict[str, Any], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    steps = [int(r["step"]) for r in rows]
+    ax.plot(steps, [float(r["loss"]) for r in rows], marker="o", ms=3, label="training loss")
+    last = steps[-1] if steps else 1
+    for key, style, label in (("val_loss_before", "--", "validation, before"), ("val_loss_after", ":", "validation, after")):
+        if metrics.get(key) is not None:
+            ax.axhline(metrics[key], ls=style, color="gray" if "before" in key else "green", label=f"{label}: {metrics[key]:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.set_xlim(0, max(last, 1) + 0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def load_base(model_dir: str | Path, tcfg: dict[str, Any]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    method = tcfg["method"]
+    if method == "qlora":
+        if not torch.cuda.is_available():
+            raise PipelineError(
+                "config key training.method: qlora needs a CUDA GPU (4-bit NF4 weights through bitsandbytes), "
+                "and none is visible here; use method: lora on a CPU"
+            )
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tcfg["gradient_checkpointing"])
+    else:
+        dtype = torch.bfloat16 if tcfg["bf16"] else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.train()
+    return model
+
+
+def train_sft(
+    *,
+    model_dir: str | Path,
+    train_path: str | Path,
+    val_path: str | Path,
+    tcfg: dict[str, Any],
+    seed: int,
+    unit_root: str | Path,
+    out_adapter: str | Path,
+    out_csv: str | Path,
+    out_metrics: str | Path,
+    out_plot: str | Path,
+    title: str,
+) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
+    key = hash_obj(
+        {
+            "tcfg": tcfg,
+            "seed": seed,
+            "train": sha256_file(train_path),
+            "val": sha256_file(val_path),
+            "base": sha256_file(Path(model_dir) / "model.safetensors")
+            if (Path(model_dir) / "model.safetensors").exists()
+            else str(model_dir),
+        }
+    )
+    unit = Path(unit_root) / key
+    ckpt_dir = unit / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = unit / "train_log.csv"
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
+    ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
+    ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
+    model = load_base(model_dir, tcfg)
+    targets = tcfg["target_modules"]
+    peft_cfg = LoraConfig(
+        r=tcfg["rank"],
+        lora_alpha=tcfg["alpha"],
+        lora_dropout=tcfg["dropout"],
+        target_modules=targets if isinstance(targets, list) else targets,
+        task_type="CAUSAL_LM",
+    )
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=tcfg["epochs"],
+        max_steps=tcfg["max_steps"],
+        per_device_train_batch_size=tcfg["batch_size"],
+        per_device_eval_batch_size=tcfg["batch_size"],
+        gradient_accumulation_steps=tcfg["grad_accum"],
+        learning_rate=tcfg["learning_rate"],
+        lr_scheduler_type=tcfg["lr_scheduler"],
+        warmup_ratio=tcfg["warmup_ratio"],
+        weight_decay=tcfg["weight_decay"],
+        logging_steps=tcfg["logging_steps"],
+        save_strategy="steps",
+        save_steps=tcfg["save_steps"],
+        save_total_limit=2,
+        eval_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        max_length=tcfg["max_length"],
+        packing=tcfg["packing"],
+        gradient_checkpointing=tcfg["gradient_checkpointing"],
+        bf16=bool(tcfg["bf16"] or tcfg["method"] == "qlora"),
+        report_to=[],
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        assistant_only_loss=False,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds_train,
+        eval_dataset=ds_val,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[CsvLogger(csv_path)],
+    )
+    before_path = unit / "loss_before.json"
+    if before_path.exists():
+        before = read_json(before_path)
+    else:
+        before = {"train_loss_before": trainer.evaluate(ds_train, metric_key_prefix="train")["train_loss"]}
+        before["val_loss_before"] = trainer.evaluate(ds_val)["eval_loss"] if ds_val is not None else None
+        write_json(before_path, before)
+    last = get_last_checkpoint(str(ckpt_dir)) if any(ckpt_dir.iterdir()) else None
+    if last:
+        log.info("resuming from checkpoint %s", last)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - t0
+    after = {"train_loss_after": trainer.evaluate(ds_train, metric_key_prefix="train")["train_loss"]}
+    after["val_loss_after"] = trainer.evaluate(ds_val)["eval_loss"] if ds_val is not None else None
+
+    tmp = Path(str(out_adapter) + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if Path(out_adapter).exists():
+        shutil.rmtree(out_adapter)
+    tmp.rename(out_adapter)
+
+    rows = read_log(csv_path)
+    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])
+        w.writeheader()
+        w.writerows(rows)
+    tps = [float(r["tokens_per_second"]) for r in rows if r.get("tokens_per_second")]
+    metrics = {
+        **before,
+        **after,
+        "method": tcfg["method"],
+        "steps": trainer.state.global_step,
+        "resumed_from": last,
+        "train_runtime_s": round(train_seconds, 2),
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "tokens_per_second_mean": round(sum(tps) / len(tps), 2) if tps else None,
+        "train_examples": len(ds_train),
+        "val_examples": len(ds_val) if ds_val is not None else 0,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "device": "cuda" if cuda else "cpu",
+        "unit_dir": str(unit),
+        "final_train_loss_reported": result.training_loss,
+    }
+    write_json(out_metrics, metrics)
+    plot_loss(rows, metrics, out_plot, title)
+    return metrics
+
+
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> dict[str, Any]:
+    """Merge a LoRA adapter into the full-precision base (never into 4-bit weights)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dt)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    merged = model.merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    out = Path(out_dir)
+    tmp = Path(str(out) + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters())}

@@ -1,0 +1,244 @@
+"""Synthetic multi-session CBT courses, transcript import and validation.
+
+A transcript is one session: ``{"patient_id", "session_index", "phase", "messages": [{"role":
+"therapist"|"patient", "content"}]}``. Generated and imported transcripts share that format
+(``transcripts.jsonl``, one session per line), documented in the README.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from .backends import Backend
+from .io import PipelineError, UnitStore, hash_obj
+from .profiles import describe
+
+log = logging.getLogger("cbtpipe")
+
+ROLE_MARKER = re.compile(
+    r"(^|\n)\s*\**\s*(therapist|patient|client|counsell?or|assistant|user|system)\s*\**\s*:|<\|im_(start|end)\|>|\[/?INST\]",
+    re.I,
+)
+
+
+def render_template(path: str | Path, **kw: Any) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"prompt template {p} does not exist")
+    env = Environment(loader=FileSystemLoader(str(p.parent)), undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.get_template(p.name).render(**kw).strip()
+
+
+def phase_plan(phases: list[dict[str, Any]], n_sessions: int) -> list[dict[str, Any]]:
+    """Assign a phase to each session index (1-based) by the phases' shares, in order."""
+    total = sum(p["share"] for p in phases)
+    bounds, acc = [], 0.0
+    for p in phases:
+        acc += p["share"] / total
+        bounds.append(acc)
+    plan = []
+    for i in range(n_sessions):
+        pos = (i + 0.5) / n_sessions
+        k = next(j for j, b in enumerate(bounds) if pos <= b + 1e-9)
+        plan.append(phases[k])
+    return plan
+
+
+def session_schema(dcfg: dict[str, Any]) -> dict[str, Any]:
+    turn = {"type": "string", "minLength": dcfg["turn_chars_min"], "maxLength": dcfg["turn_chars_max"]}
+    return {
+        "type": "object",
+        "properties": {
+            "exchanges": {
+                "type": "array",
+                "minItems": dcfg["exchanges_min"],
+                "maxItems": dcfg["exchanges_max"],
+                "items": {
+                    "type": "object",
+                    "properties": {"therapist": turn, "patient": turn},
+                    "required": ["therapist", "patient"],
+                    "additionalProperties": False,
+                },
+            },
+            "closing": turn,
+            "summary": {"type": "string", "minLength": 1, "maxLength": dcfg["summary_chars_max"]},
+            "homework": {"type": "string", "maxLength": dcfg["summary_chars_max"]},
+        },
+        "required": ["exchanges", "closing", "summary", "homework"],
+        "additionalProperties": False,
+    }
+
+
+def check_session(messages: list[dict[str, str]], dcfg: dict[str, Any]) -> str | None:
+    """Reason a session is unusable, or None: alternating speakers, non-empty turns, bounds, markers."""
+    if len(messages) < 2:
+        return "fewer than two turns"
+    for i, m in enumerate(messages):
+        if m.get("role") not in ("therapist", "patient"):
+            return f"turn {i + 1}: role {m.get('role')!r} is neither therapist nor patient"
+        if i and m["role"] == messages[i - 1]["role"]:
+            return f"turn {i + 1}: two {m['role']} turns in a row"
+        text = m.get("content")
+        if not isinstance(text, str) or len(text.strip()) < dcfg["turn_chars_min"]:
+            return f"turn {i + 1}: empty or too short"
+        if len(text) > dcfg["turn_chars_max"]:
+            return f"turn {i + 1}: longer than {dcfg['turn_chars_max']} characters"
+        if ROLE_MARKER.search(text):
+            return f"turn {i + 1}: leaked role marker"
+    return None
+
+
+def generate_course(
+    profile: dict[str, Any], backend: Backend, dcfg: dict[str, Any], template: str | Path
+) -> dict[str, Any]:
+    """All sessions of one patient's course; failed sessions are recorded, never kept."""
+    n = dcfg["sessions_per_patient"]
+    plan = phase_plan(dcfg["phases"], n)
+    schema = session_schema(dcfg)
+    summaries: list[dict[str, Any]] = []
+    sessions, failed = [], []
+    for idx in range(1, n + 1):
+        phase = plan[idx - 1]
+        prompt = render_template(
+            template,
+            patient=describe(profile),
+            session_index=idx,
+            n_sessions=n,
+            phase=phase,
+            summaries=summaries,
+            exchanges_min=dcfg["exchanges_min"],
+            exchanges_max=dcfg["exchanges_max"],
+        )
+        messages = [{"role": "user", "content": prompt}]
+        seed = profile["seed"] + 7919 * idx
+        reasons: list[str] = []
+        kept = None
+        for attempt in range(dcfg["max_attempts"]):
+            res = backend.chat_json(messages, schema, sampling=dcfg["sampling"], seed=seed + attempt, max_attempts=1)
+            if res.data is None:
+                reasons.append(res.errors[-1])
+                continue
+            turns = []
+            for ex in res.data["exchanges"]:
+                turns += [
+                    {"role": "therapist", "content": ex["therapist"].strip()},
+                    {"role": "patient", "content": ex["patient"].strip()},
+                ]
+            turns.append({"role": "therapist", "content": res.data["closing"].strip()})
+            bad = check_session(turns, dcfg)
+            if bad:
+                reasons.append(bad)
+                continue
+            kept = {
+                "patient_id": profile["id"],
+                "session_index": idx,
+                "phase": phase["name"],
+                "messages": turns,
+                "summary": res.data["summary"].strip(),
+                "homework": res.data["homework"].strip(),
+                "attempts": attempt + 1,
+            }
+            break
+        if kept is None:
+            log.warning("patient %s session %d failed after %d attempts: %s", profile["id"], idx, len(reasons), reasons)
+            failed.append({"session_index": idx, "reasons": reasons})
+            continue
+        sessions.append(kept)
+        summaries.append({"index": idx, "summary": kept["summary"], "homework": kept["homework"]})
+    return {"patient_id": profile["id"], "split": profile["split"], "sessions": sessions, "failed": failed}
+
+
+def run_generation(
+    profiles: list[dict[str, Any]],
+    backend: Backend,
+    dcfg: dict[str, Any],
+    template: str | Path,
+    unit_dir: str | Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate every patient's course, resuming from finished patients in ``unit_dir``."""
+    from tqdm import tqdm
+
+    store = UnitStore(Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text()}))
+    t0 = time.perf_counter()
+    reused = 0
+    courses = []
+    bar = tqdm(profiles, desc="patients", unit="patient", mininterval=5)
+    for prof in bar:
+        uid = f"{prof['id']}-{hash_obj(prof, 8)}"
+        if store.has(uid):
+            reused += 1
+            courses.append(store.load(uid))
+            continue
+        course = generate_course(prof, backend, dcfg, template)
+        store.save(uid, course)
+        courses.append(course)
+        log.info(
+            "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
+            prof["id"], len(course["sessions"]), len(course["failed"]), len(courses), len(profiles),
+            backend.stats.as_dict()["tokens_per_second"] or 0,
+        )
+    sessions = [dict(s, split=c["split"]) for c in courses for s in c["sessions"]]
+    stats = {
+        "patients": len(profiles),
+        "patients_reused": reused,
+        "sessions_kept": len(sessions),
+        "sessions_failed": sum(len(c["failed"]) for c in courses),
+        "failures": {c["patient_id"]: c["failed"] for c in courses if c["failed"]},
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "backend": backend.name,
+        "llm": backend.stats.as_dict(),
+        "unit_dir": str(store.root),
+    }
+    return sessions, stats
+
+
+def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Read transcripts in the documented JSONL format, with line-numbered errors."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"config key data.import_path: file {p} does not exist")
+    sessions = []
+    seen = set()
+    raw = p.read_bytes()
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"{p}, line {i}: not valid UTF-8 (byte {e.start})") from e
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"{p}, line {i}: invalid JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise PipelineError(f"{p}, line {i}: expected a JSON object")
+        for key, typ in (("patient_id", str), ("session_index", int), ("messages", list)):
+            if not isinstance(obj.get(key), typ):
+                raise PipelineError(f"{p}, line {i}: field '{key}' missing or not {typ.__name__}")
+        bad = check_session(obj["messages"], dcfg)
+        if bad:
+            raise PipelineError(f"{p}, line {i}: {bad}")
+        key = (obj["patient_id"], obj["session_index"])
+        if key in seen:
+            raise PipelineError(f"{p}, line {i}: duplicate session {key}")
+        seen.add(key)
+        sessions.append(
+            {
+                "patient_id": obj["patient_id"],
+                "session_index": obj["session_index"],
+                "phase": obj.get("phase", "unknown"),
+                "messages": [{"role": m["role"], "content": m["content"]} for m in obj["messages"]],
+            }
+        )
+    if not sessions:
+        raise PipelineError(f"{p}: no sessions found")
+    return sessions

@@ -1,0 +1,37 @@
+"""Snakemake entry: chat-format train / validation JSONL split by patient, with token statistics."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.dataset import split_by_patient, to_chat, token_stats  # noqa: E402
+from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "dataset") as log:
+    from transformers import AutoTokenizer
+
+    p = snakemake.params
+    sessions = read_jsonl(snakemake.input.transcripts)
+    system = Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip()
+    splits = None
+    if p.source == "generate":
+        splits = {s["patient_id"]: s.get("split", "train") for s in sessions}
+    train, val = split_by_patient(sessions, splits, p.n_val, p.seed)
+    train_rows = [to_chat(s, system, p.opening) for s in train]
+    val_rows = [to_chat(s, system, p.opening) for s in val]
+    write_jsonl(snakemake.output.train, train_rows)
+    write_jsonl(snakemake.output.val, val_rows)
+    stats = {
+        "train_patients": sorted({r["patient_id"] for r in train_rows}),
+        "val_patients": sorted({r["patient_id"] for r in val_rows}),
+        "per_model": {},
+    }
+    for model, tok_dir in zip(p.models, snakemake.input.tokenizers, strict=True):
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        stats["per_model"][model] = {
+            "train": token_stats(train_rows, tok, p.max_length[model]),
+            "val": token_stats(val_rows, tok, p.max_length[model]),
+        }
+    write_json(snakemake.output.stats, stats)
+    log.info("dataset: %d train / %d val sessions", len(train_rows), len(val_rows))

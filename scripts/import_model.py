@@ -1,0 +1,26 @@
+"""Snakemake entry: import a base model as a clean Hugging Face directory, with provenance.
+
+For a GGUF source, the written model is checked against llama.cpp running the original file."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.io import PipelineError, write_json  # noqa: E402
+from cbtpipe.models import import_model  # noqa: E402
+from cbtpipe.parity import parity_report  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "import_model") as log:
+    model = snakemake.wildcards.model
+    hub = snakemake.input.get("hub") if hasattr(snakemake.input, "get") else None
+    prov = import_model(model, snakemake.params.spec, snakemake.output.hf, hub_dir=hub)
+    if "source_file" in prov:
+        par = parity_report(snakemake.output.hf, {"source_gguf": prov["source_file"]}, snakemake.params.prompts, snakemake.threads)
+        prov["parity_vs_source_gguf"] = par["source_gguf"]
+        log.info("parity with the source GGUF: %s", par["source_gguf"])
+        if par["source_gguf"]["top1_agreement"] < snakemake.params.min_top1:
+            raise PipelineError(
+                f"imported model disagrees with llama.cpp on its source GGUF: top-1 agreement "
+                f"{par['source_gguf']['top1_agreement']:.3f} < parity.min_top1_import {snakemake.params.min_top1}"
+            )
+    write_json(snakemake.output.provenance, prov)

@@ -1,0 +1,37 @@
+"""Snakemake entry: figures, Markdown and self-contained HTML report."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.analysis import read_csv  # noqa: E402
+from cbtpipe.io import read_json, sha256_file  # noqa: E402
+from cbtpipe.judge import load_rubric  # noqa: E402
+from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "report") as log:
+    inp = snakemake.input
+    cfg = snakemake.params.config
+    stats = read_json(inp.stats)
+    figures(read_csv(inp.totals), stats, Path(snakemake.output.figures))
+    prov_models = load_many(inp.provenance)
+    training = [dict(read_json(p), model=m) for p, m in zip(inp.training, sorted(cfg["models"]), strict=True)]
+    files = {p: sha256_file(p) for p in [*inp.rollout_stats, inp.long, inp.totals]}
+    ctx = {
+        "stats": stats,
+        "rubric": load_rubric(inp.rubric),
+        "config": cfg,
+        "tiny": any("smollm2" in str(m["source"]).lower() for m in cfg["models"].values()),
+        "judge_stats": load_many(inp.judge_stats),
+        "rollout_stats": load_many(inp.rollout_stats),
+        "training": training,
+        "parity": load_many(inp.parity),
+        "provenance_models": prov_models,
+        "gen_stats": read_json(inp.gen_stats),
+        "data_stats": read_json(inp.data_stats),
+        "benchmarks": benchmark_table(snakemake.params.benchmarks),
+        "provenance": provenance(cfg, prov_models, files),
+    }
+    write_report(snakemake.output.md, snakemake.output.html, build_markdown(ctx))
+    log.info("report written to %s", snakemake.output.html)

@@ -1,0 +1,42 @@
+"""Snakemake entry: simulated sessions of one (model, arm, shard); resumable per session."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.backends import LlamaCppBackend, make_backend  # noqa: E402
+from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from cbtpipe.rollout import run_rollouts, shard_profiles  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "rollout") as log:
+    rcfg = snakemake.params.rollout
+    wc = snakemake.wildcards
+    profiles = shard_profiles(read_jsonl(snakemake.input.profiles), int(wc.shard), snakemake.params.shards)
+    therapist_spec = {
+        "n_ctx": rcfg["therapist_n_ctx"],
+        "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
+        "n_gpu_layers": rcfg["therapist_n_gpu_layers"],
+    }
+    therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf)
+    patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
+    try:
+        sessions, stats = run_rollouts(
+            model=wc.model,
+            arm=wc.arm,
+            quantization=rcfg["quantization"],
+            gguf=snakemake.input.gguf,
+            profiles=profiles,
+            therapist=therapist,
+            patient=patient,
+            rcfg=rcfg,
+            system_prompt=Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip(),
+            patient_template=snakemake.input.patient_prompt,
+            unit_dir=snakemake.params.units,
+        )
+    finally:
+        therapist.close()
+        patient.close()
+    write_jsonl(snakemake.output.sessions, sessions)
+    write_json(snakemake.output.stats, stats)
+    log.info("rollout stats: %s", stats)

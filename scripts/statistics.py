@@ -1,0 +1,17 @@
+"""Snakemake entry: paired, between-model and per-item statistics, judge reliability."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.analysis import analyse, load_human_ratings, read_csv  # noqa: E402
+from cbtpipe.io import write_json  # noqa: E402
+from cbtpipe.judge import load_rubric  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "statistics") as log:
+    rcfg = snakemake.params.report
+    rubric = load_rubric(snakemake.input.rubric)
+    human = load_human_ratings(rcfg["human_ratings"], rubric) if rcfg["human_ratings"] else None
+    res = analyse(read_csv(snakemake.input.long), read_csv(snakemake.input.totals), rubric, rcfg, snakemake.params.seed, human)
+    write_json(snakemake.output.stats, res)
+    log.info("statistics written: %s", list(res))

@@ -1,0 +1,24 @@
+"""Snakemake entry: LoRA / QLoRA fine-tuning of one base model (resumable)."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.training import train_sft  # noqa: E402
+
+with entry(snakemake, "train") as log:
+    tcfg = dict(snakemake.params.training, threads=snakemake.threads)
+    metrics = train_sft(
+        model_dir=snakemake.input.base,
+        train_path=snakemake.input.train,
+        val_path=snakemake.input.val,
+        tcfg=tcfg,
+        seed=snakemake.params.seed,
+        unit_root=snakemake.params.units,
+        out_adapter=snakemake.output.adapter,
+        out_csv=snakemake.output.log_csv,
+        out_metrics=snakemake.output.metrics,
+        out_plot=snakemake.output.plot,
+        title=f"{snakemake.wildcards.model}: {tcfg['method']}",
+    )
+    log.info("training metrics: %s", metrics)

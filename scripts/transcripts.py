@@ -1,0 +1,27 @@
+"""Snakemake entry: generate synthetic CBT courses (resumable) or import transcripts."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.backends import make_backend  # noqa: E402
+from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.transcripts import load_import, run_generation  # noqa: E402
+
+with entry(snakemake, "transcripts") as log:
+    dcfg = snakemake.params.data
+    if dcfg["source"] == "import":
+        sessions = load_import(snakemake.input.imported, dcfg)
+        stats = {"source": "import", "path": snakemake.input.imported, "sessions_kept": len(sessions),
+                 "patients": len({s["patient_id"] for s in sessions})}
+    else:
+        profiles = read_jsonl(snakemake.input.train) + read_jsonl(snakemake.input.val)
+        backend = make_backend(dcfg["generator"], snakemake.params.backends, where="data.generator")
+        try:
+            sessions, stats = run_generation(profiles, backend, dcfg, snakemake.input.template, "results/units/transcripts")
+        finally:
+            backend.close()
+        stats["source"] = "generate"
+    write_jsonl(snakemake.output.transcripts, sessions)
+    write_json(snakemake.output.stats, stats)
+    log.info("transcripts: %s", {k: v for k, v in stats.items() if k != "failures"})

@@ -1,0 +1,85 @@
+"""A small OpenAI-compatible HTTP server on loopback that misbehaves on purpose.
+
+The first path segment picks the behaviour; ``fails`` requests misbehave, later ones answer well:
+  /ok/v1/chat/completions          always a good answer
+  /429/v1/...  /500/v1/...         HTTP 429 / 500 for the first ``fails`` requests
+  /slow/v1/...                     sleeps ``slow_s`` seconds before the first ``fails`` answers
+  /malformed/v1/...                a body that is not JSON for the first ``fails`` requests
+  /garbage/v1/...                  a well-formed response whose content is not JSON (always)
+  /blank/v1/...                    content made only of spaces (always), as DeepSeek's JSON mode can
+  /400/v1/...                      HTTP 400 (always; not retried)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultServer:
+    def __init__(self, fails: int = 2, slow_s: float = 2.0, answer: str = '{"agenda": 3}'):
+        self.fails = fails
+        self.slow_s = slow_s
+        self.answer = answer
+        self.counts: dict[str, int] = {}
+        self.auth_headers: list[str] = []
+        self.bodies: list[dict] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                mode = self.path.strip("/").split("/")[0]
+                n = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(n) or b"{}")
+                with outer._lock:
+                    outer.counts[mode] = outer.counts.get(mode, 0) + 1
+                    k = outer.counts[mode]
+                    outer.auth_headers.append(self.headers.get("Authorization", ""))
+                    outer.bodies.append(body)
+                bad = k <= outer.fails
+                if mode in ("429", "500") and bad:
+                    return self._send(int(mode), b'{"error": "try later"}')
+                if mode == "400":
+                    return self._send(400, b'{"error": "bad request"}')
+                if mode == "slow" and bad:
+                    time.sleep(outer.slow_s)
+                if mode == "malformed" and bad:
+                    return self._send(200, b"<html>not json")
+                content = {"garbage": "I think the score is high!", "blank": "   "}.get(mode, outer.answer)
+                out = {
+                    "id": "x", "object": "chat.completion", "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
+                self._send(200, json.dumps(out).encode())
+
+            def _send(self, code, data):
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,176 @@
+"""LLM backends: llama.cpp in process, and the HTTP backend against real servers on loopback."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from cbtpipe.backends import BackendError, OpenAIBackend, make_backend, validate_json_text
+from cbtpipe.io import PipelineError
+from tests.helpers.fault_server import FaultServer
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"agenda": {"type": "integer", "minimum": 0, "maximum": 6}},
+    "required": ["agenda"],
+    "additionalProperties": False,
+}
+MSG = [{"role": "user", "content": "Rate the agenda of a therapy session from 0 to 6 as JSON."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_gguf):
+    """llama-cpp-python's own OpenAI-compatible server on the tiny GGUF, on a free port."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "tiny"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("llama_cpp.server did not come up in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_llama_cpp_structured_output_is_enforced(tiny_backend):
+    res = tiny_backend.chat_json(MSG, SCHEMA, sampling={"temperature": 0.8, "max_tokens": 20}, seed=5)
+    assert res.data is not None and 0 <= res.data["agenda"] <= 6
+    assert res.attempts == 1
+
+
+def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
+    from cbtpipe.backends import LlamaCppBackend
+
+    b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024, "n_threads": 2}, cache_dir=None)
+    try:
+        s = {"temperature": 0.9, "max_tokens": 24}
+        a1 = b.chat(MSG, sampling=s, seed=11).text
+        b.chat([{"role": "user", "content": "Something else entirely."}], sampling=s, seed=3)
+        a2 = b.chat(MSG, sampling=s, seed=11).text
+        assert a1 == a2
+    finally:
+        b.close()
+
+
+def test_http_backend_against_llama_cpp_server(llama_server, tmp_path):
+    spec = {"type": "openai", "base_url": llama_server, "model": "tiny", "json_mode": "json_object_schema",
+            "timeout_s": 60, "max_retries": 1, "concurrency": 2}
+    b = OpenAIBackend("srv", spec, cache_dir=tmp_path / "cache")
+    res = b.chat_json(MSG, SCHEMA, sampling={"temperature": 0.5, "max_tokens": 20}, seed=1, max_attempts=3)
+    assert res.data is not None and 0 <= res.data["agenda"] <= 6
+    assert b.stats.cache_hits == 0
+    calls = b.stats.calls
+    again = b.chat_json(MSG, SCHEMA, sampling={"temperature": 0.5, "max_tokens": 20}, seed=1, max_attempts=3)
+    assert again.data == res.data
+    assert b.stats.cache_hits == calls  # every call of the second run came from the cache
+    b.close()
+
+
+def test_json_schema_dialect_is_refused_by_llama_cpp_python_server(llama_server, tmp_path):
+    # llama-cpp-python's server answers json_schema with HTTP 500 (not retriable forever): the
+    # dialect setting exists for this reason.
+    spec = {"type": "openai", "base_url": llama_server, "model": "tiny", "json_mode": "json_schema", "max_retries": 0, "backoff_s": 0}
+    b = OpenAIBackend("srv", spec, cache_dir=None)
+    with pytest.raises(BackendError):
+        b.chat(MSG, sampling={"max_tokens": 5}, schema=SCHEMA)
+
+
+@pytest.mark.parametrize("mode", ["429", "500", "malformed", "slow"])
+def test_retries_recover(mode, tmp_path):
+    with FaultServer(fails=2, slow_s=1.5) as srv:
+        spec = {"type": "openai", "base_url": srv.url(mode), "model": "m", "max_retries": 3, "backoff_s": 0.05, "timeout_s": 0.5}
+        b = OpenAIBackend("f", spec, cache_dir=None)
+        res = b.chat_json(MSG, SCHEMA, seed=1)
+        assert res.data == {"agenda": 3}
+        assert srv.counts[mode] == 3
+        assert b.stats.retries == 2
+
+
+def test_gives_up_after_bounded_retries(tmp_path):
+    with FaultServer(fails=100) as srv:
+        b = OpenAIBackend("f", {"type": "openai", "base_url": srv.url("500"), "model": "m", "max_retries": 2, "backoff_s": 0.01}, cache_dir=None)
+        with pytest.raises(BackendError, match="giving up after 3 attempts"):
+            b.chat(MSG)
+        assert srv.counts["500"] == 3
+        b2 = OpenAIBackend("f", {"type": "openai", "base_url": srv.url("400"), "model": "m", "max_retries": 5, "backoff_s": 0.01}, cache_dir=None)
+        with pytest.raises(BackendError, match="HTTP 400"):
+            b2.chat(MSG)
+        assert srv.counts["400"] == 1
+
+
+@pytest.mark.parametrize("mode", ["garbage", "blank"])
+def test_unparseable_answers_become_missing(mode):
+    with FaultServer() as srv:
+        b = OpenAIBackend("f", {"type": "openai", "base_url": srv.url(mode), "model": "m", "json_mode": "json_object"}, cache_dir=None)
+        res = b.chat_json(MSG, SCHEMA, max_attempts=3)
+        assert res.data is None and res.attempts == 3 and len(res.raw) == 3
+        # JSON mode without a schema: the prompt carries the schema and the word "json".
+        assert "JSON schema" in srv.bodies[-1]["messages"][-1]["content"]
+        assert srv.bodies[-1]["response_format"] == {"type": "json_object"}
+
+
+def test_api_key_from_environment_only(monkeypatch):
+    monkeypatch.delenv("CBT_TEST_KEY", raising=False)
+    spec = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "CBT_TEST_KEY"}
+    with pytest.raises(PipelineError, match="CBT_TEST_KEY is not set .*backends.judge.api_key_env"):
+        make_backend("judge", {"judge": spec})
+    monkeypatch.setenv("CBT_TEST_KEY", "sk-test-123")
+    with FaultServer() as srv:
+        b = make_backend("judge", {"judge": dict(spec, base_url=srv.url("ok"))}, cache_dir=None)
+        b.chat(MSG)
+        assert srv.auth_headers[-1] == "Bearer sk-test-123"
+        assert "sk-test-123" not in repr(b.identity())
+
+
+def test_unknown_backend_and_bad_model_file(tmp_path):
+    with pytest.raises(PipelineError, match="unknown backend 'nope'"):
+        make_backend("nope", {"tiny": {}}, where="judge.backend")
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"NOTGGUF" + b"\0" * 4000)
+    with pytest.raises(PipelineError, match="not a GGUF file"):
+        make_backend("b", {"b": {"type": "llama_cpp", "gguf": {"path": str(bad)}}})
+    trunc = tmp_path / "t.gguf"
+    trunc.write_bytes(b"GGUF\x03\0\0\0")
+    with pytest.raises(PipelineError, match="truncated"):
+        make_backend("b", {"b": {"type": "llama_cpp", "gguf": {"path": str(trunc)}}})
+
+
+def test_validate_json_text():
+    assert validate_json_text('```json\n{"agenda": 2}\n```', SCHEMA) == ({"agenda": 2}, None)
+    assert validate_json_text('{"agenda": 9}', SCHEMA)[1].startswith("schema violation at agenda")
+    assert validate_json_text("", SCHEMA)[1] == "blank answer"
+    assert "not JSON" in validate_json_text("{", SCHEMA)[1]
+
+
+def test_concurrency_limit_is_shared(monkeypatch):
+    with FaultServer() as srv:
+        spec = {"type": "openai", "base_url": srv.url("ok"), "model": "m", "concurrency": 3}
+        a = OpenAIBackend("same", spec, cache_dir=None)
+        b = OpenAIBackend("same", spec, cache_dir=None)
+        assert a._sem is b._sem

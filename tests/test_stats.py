@@ -1,0 +1,125 @@
+"""Statistics checked against published reference values.
+
+Reference outputs are R 4.x on R's built-in datasets, typed in as constants:
+* ``sleep`` (Cushny and Peebles; R datasets::sleep), paired by ID:
+  ``t.test(extra[group==2], extra[group==1], paired=TRUE)`` gives t = 4.0621, df = 9,
+  p-value = 0.002833, 95% CI 0.7001142 2.4598858, mean difference 1.58.
+  ``wilcox.test(..., paired=TRUE)`` gives V = 45, p-value = 0.009091 (normal approximation with
+  continuity correction, because of ties and one zero difference).
+* ``RoundingTimes`` (Hollander and Wolfe, the example of R's ?friedman.test):
+  ``friedman.test(RoundingTimes)`` gives Friedman chi-squared = 11.143, df = 2, p-value = 0.003805.
+* Shrout and Fleiss (1979), Table 2 (6 targets x 4 judges): ICC(2,1) = 0.29, ICC(2,4) = 0.62.
+* ``p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm")`` = 0.05 0.08 0.09 0.09 0.09;
+  ``p.adjust(c(0.01, 0.04, 0.03, 0.005), "BH")`` = 0.02 0.04 0.04 0.02.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from cbtpipe.stats import agreement, fmt, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
+
+SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+
+ROUNDING = np.array(
+    [
+        [5.40, 5.50, 5.55], [5.85, 5.70, 5.75], [5.20, 5.60, 5.50], [5.55, 5.50, 5.40],
+        [5.90, 5.85, 5.70], [5.45, 5.55, 5.60], [5.40, 5.40, 5.35], [5.45, 5.50, 5.35],
+        [5.25, 5.15, 5.00], [5.85, 5.80, 5.70], [5.25, 5.20, 5.10], [5.65, 5.55, 5.45],
+        [5.60, 5.35, 5.45], [5.05, 5.00, 4.95], [5.50, 5.50, 5.40], [5.45, 5.55, 5.50],
+        [5.55, 5.55, 5.35], [5.45, 5.50, 5.55], [5.50, 5.45, 5.25], [5.65, 5.60, 5.40],
+        [5.70, 5.65, 5.55], [6.30, 6.30, 6.25],
+    ]
+)
+
+SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+
+
+def test_paired_t_matches_r_sleep():
+    r = paired_comparison(SLEEP_2, SLEEP_1, n_boot=500, seed=1)
+    assert r["n"] == 10 and r["df"] == 9
+    assert r["t"] == pytest.approx(4.0621, abs=1e-4)
+    assert r["p_t"] == pytest.approx(0.002833, abs=1e-6)
+    assert r["ci_t"][0] == pytest.approx(0.7001142, abs=1e-6)
+    assert r["ci_t"][1] == pytest.approx(2.4598858, abs=1e-6)
+    assert r["mean_diff"] == pytest.approx(1.58)
+    assert r["cohens_dz"] == pytest.approx(1.58 / np.std(np.subtract(SLEEP_2, SLEEP_1), ddof=1))
+
+
+def test_wilcoxon_matches_r_sleep():
+    r = paired_comparison(SLEEP_2, SLEEP_1, n_boot=200)
+    assert r["wilcoxon_V"] == pytest.approx(45)
+    assert r["p_wilcoxon"] == pytest.approx(0.009091, abs=1e-5)
+    assert any("zero difference" in n for n in r["notes"])
+    assert r["rank_biserial"] == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+    a = paired_comparison(SLEEP_2, SLEEP_1, n_boot=1000, seed=3)
+    b = paired_comparison(SLEEP_2, SLEEP_1, n_boot=1000, seed=3)
+    assert a["ci_boot"] == b["ci_boot"]
+    assert a["ci_boot"][0] < a["mean_diff"] < a["ci_boot"][1]
+
+
+def test_friedman_matches_r_rounding_times():
+    r = friedman(ROUNDING)
+    assert r["chi2"] == pytest.approx(11.143, abs=1e-3)
+    assert r["df"] == 2
+    assert r["p"] == pytest.approx(0.003805, abs=1e-6)
+
+
+def test_rm_anova_matches_statsmodels():
+    import pandas as pd
+    from statsmodels.stats.anova import AnovaRM
+
+    n, k = ROUNDING.shape
+    df = pd.DataFrame({"s": np.repeat(np.arange(n), k), "c": np.tile(np.arange(k), n), "y": ROUNDING.ravel()})
+    ref = AnovaRM(df, "y", "s", within=["c"]).fit().anova_table
+    r = rm_anova(ROUNDING)
+    assert r["F"] == pytest.approx(ref["F Value"].iloc[0], rel=1e-9)
+    assert r["p"] == pytest.approx(ref["Pr > F"].iloc[0], rel=1e-9)
+    assert (r["df1"], r["df2"]) == (2, 42)
+
+
+def test_icc_matches_shrout_fleiss():
+    r = icc(SHROUT_FLEISS)
+    assert r["icc2_1"] == pytest.approx(0.29, abs=0.005)
+    assert r["icc2_k"] == pytest.approx(0.62, abs=0.005)
+
+
+def test_p_adjust_matches_r():
+    assert p_adjust([0.01, 0.02, 0.03, 0.04, 0.05], "holm") == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    assert p_adjust([0.01, 0.04, 0.03, 0.005], "fdr_bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert p_adjust([None, 0.5], "holm") == [None, 0.5]
+
+
+@pytest.mark.parametrize(
+    "a,b,note",
+    [
+        ([], [], "no complete pairs"),
+        ([3.0], [1.0], "fewer than 2 pairs"),
+        ([2.0, 3.0, 4.0], [1.0, 2.0, 3.0], "zero variance"),
+        ([1.0, 2.0], [1.0, 2.0], "all differences are zero"),
+        ([1.0, float("nan"), 3.0], [0.0, 1.0, float("nan")], "fewer than 2 pairs"),
+    ],
+)
+def test_edge_cases_never_give_nan(a, b, note):
+    r = paired_comparison(a, b)
+    assert any(note in n for n in r["notes"]), r["notes"]
+    for v in r.values():
+        if isinstance(v, float):
+            assert math.isfinite(v)
+        if isinstance(v, list):
+            assert all(x is None or (isinstance(x, str) or math.isfinite(x)) for x in v)
+
+
+def test_degenerate_inputs():
+    assert friedman(np.ones((5, 3)))["chi2"] is None
+    assert friedman(np.ones((5, 2)))["p"] is None
+    assert rm_anova(np.ones((1, 3)))["F"] is None
+    assert icc(np.ones((4, 2)))["icc2_1"] is None
+    assert rank_biserial_paired(np.zeros(3)) is None
+    assert agreement([], [])["mad"] is None
+    assert fmt(float("nan")) == "—" and fmt(None) == "—"

@@ -1,0 +1,97 @@
+"""Transcript validation, import, phase plan and generation with the real tiny model."""
+
+import json
+
+import pytest
+
+from cbtpipe.dataset import split_by_patient, to_chat
+from cbtpipe.io import PipelineError
+from cbtpipe.profiles import load_attributes, train_val_profiles
+from cbtpipe.transcripts import check_session, load_import, phase_plan, run_generation
+
+DCFG = {
+    "turn_chars_min": 2, "turn_chars_max": 300, "exchanges_min": 2, "exchanges_max": 3, "summary_chars_max": 200,
+    "sessions_per_patient": 2, "max_attempts": 2, "sampling": {"temperature": 0.8, "max_tokens": 500},
+    "phases": [
+        {"name": "assessment", "share": 0.5, "focus": "assessment"},
+        {"name": "relapse_prevention", "share": 0.5, "focus": "ending"},
+    ],
+}
+
+
+def T(role, text):
+    return {"role": role, "content": text}
+
+
+def test_check_session():
+    ok = [T("therapist", "How was your week?"), T("patient", "Hard, honestly."), T("therapist", "Let us set an agenda.")]
+    assert check_session(ok, DCFG) is None
+    assert "two therapist turns" in check_session([ok[0], ok[0]], DCFG)
+    assert "empty" in check_session([ok[0], T("patient", " ")], DCFG)
+    assert "leaked role marker" in check_session([ok[0], T("patient", "Fine.\nTherapist: good")], DCFG)
+    assert "leaked role marker" in check_session([ok[0], T("patient", "<|im_start|>user")], DCFG)
+    assert "neither therapist nor patient" in check_session([ok[0], T("doctor", "hi")], DCFG)
+    assert "longer than" in check_session([ok[0], T("patient", "x" * 301)], DCFG)
+
+
+def test_phase_plan_follows_order_and_shares():
+    phases = [{"name": n, "share": s, "focus": ""} for n, s in (("a", 0.15), ("b", 0.2), ("c", 0.3), ("d", 0.2), ("e", 0.15))]
+    plan = [p["name"] for p in phase_plan(phases, 20)]
+    assert plan == sorted(plan) and plan[0] == "a" and plan[-1] == "e"
+    assert plan.count("c") == 6
+
+
+def _write(tmp_path, lines, raw=False):
+    f = tmp_path / "t.jsonl"
+    f.write_bytes(b"\n".join(line if raw else json.dumps(line).encode() for line in lines))
+    return f
+
+
+GOOD = {"patient_id": "p1", "session_index": 1, "messages": [T("therapist", "Hello there."), T("patient", "Hi.")]}
+
+
+def test_import_good_and_bad(tmp_path):
+    assert load_import(_write(tmp_path, [GOOD, dict(GOOD, session_index=2)]), DCFG)[1]["session_index"] == 2
+    cases = [
+        ([json.dumps(GOOD).encode(), b"{bad json"], "line 2: invalid JSON"),
+        ([json.dumps(GOOD).encode(), b'{"patient_id": "p", "session_index": 1, "messages": [{"role": "nurse", "content": "x"}, {"role": "patient", "content": "y"}]}'], "line 2: turn 1: role 'nurse'"),
+        ([json.dumps(dict(GOOD, messages=[T("therapist", "Hello"), T("patient", "")])).encode()], "line 1: turn 2: empty"),
+        ([b"\xff\xfe bad bytes"], "line 1: not valid UTF-8"),
+        ([json.dumps(dict(GOOD, messages=[T("therapist", "x" * 100000), T("patient", "ok")])).encode()], "line 1: turn 1: longer than"),
+        ([json.dumps(GOOD).encode(), json.dumps(GOOD).encode()], "line 2: duplicate session"),
+        ([json.dumps({"patient_id": "p"}).encode()], "line 1: field 'session_index'"),
+        ([b""], "no sessions found"),
+    ]
+    for lines, msg in cases:
+        with pytest.raises(PipelineError, match=msg):
+            load_import(_write(tmp_path, lines, raw=True), DCFG)
+
+
+def test_chat_format_and_split():
+    s = dict(GOOD, messages=[*GOOD["messages"], T("therapist", "Bye."), T("patient", "Bye!")])
+    row = to_chat(s, "SYS", "(arrives)")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert row["messages"][1]["content"] == "(arrives)"
+    sessions = [dict(GOOD, patient_id=f"p{i}") for i in range(5)]
+    train, val = split_by_patient(sessions, None, 2, seed=1)
+    assert not {s["patient_id"] for s in train} & {s["patient_id"] for s in val}
+    assert len({s["patient_id"] for s in val}) == 2
+
+
+def test_generation_with_tiny_model_resumes(root, tiny_backend, tmp_path):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    train, _ = train_val_profiles(attrs, 2, 1, seed=5)
+    tpl = root / "resources/prompts/generate_session.j2"
+    sessions, stats = run_generation(train[:1], tiny_backend, DCFG, tpl, tmp_path / "units")
+    assert stats["sessions_kept"] + stats["sessions_failed"] == 2
+    for s in sessions:
+        assert check_session(s["messages"], DCFG) is None
+        assert s["messages"][0]["role"] == "therapist" and s["messages"][-1]["role"] == "therapist"
+    # A second run over both patients reuses the first patient and computes only the second.
+    sessions2, stats2 = run_generation(train, tiny_backend, DCFG, tpl, tmp_path / "units")
+    assert stats2["patients_reused"] == 1
+    assert sessions2[: len(sessions)] == [dict(s) for s in sessions]
+    from cbtpipe.io import UnitStore
+
+    counts = UnitStore(stats2["unit_dir"]).computed_counts()
+    assert sorted(counts.values()) == [1, 1]
