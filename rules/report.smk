@@ -43,7 +43,7 @@ rule statistics:
     conda:
         "../envs/stats.yaml"
     script:
-        "../scripts/statistics.py"
+        "../scripts/statistical_tests.py"
 
 
 rule report:

@@ -218,7 +218,7 @@ def train_sft(
         gradient_accumulation_steps=tcfg["grad_accum"],
         learning_rate=tcfg["learning_rate"],
         lr_scheduler_type=tcfg["lr_scheduler"],
-        warmup_ratio=tcfg["warmup_ratio"],
+        warmup_steps=float(tcfg["warmup_ratio"]),  # a float below 1 is a ratio of the total steps
         weight_decay=tcfg["weight_decay"],
         logging_steps=tcfg["logging_steps"],
         save_strategy="steps",
