@@ -124,7 +124,9 @@ def validate_json_text(text: str, schema: dict[str, Any]) -> tuple[Any, str | No
     if m:
         candidate = m.group(1).strip()
     try:
-        data = json.loads(candidate)
+        # strict=False accepts raw control characters inside strings (grammar-constrained
+        # decoding can emit a literal newline); the schema still decides validity.
+        data = json.loads(candidate, strict=False)
     except json.JSONDecodeError as e:
         return None, f"not JSON: {e.msg} at char {e.pos}"
     try:
@@ -273,8 +275,9 @@ class LlamaCppBackend(Backend):
         )
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        # Evaluate every prompt from scratch: identical requests then give identical answers,
-        # whatever was evaluated before (prefix reuse can change floating-point results).
+        # Evaluate every prompt from scratch. llama.cpp's prefix reuse re-evaluates the last prompt
+        # token alone, which shifts the logits slightly and, when sampling, changes the answer: an
+        # identical request would then depend on what ran before it (or on a restart).
         self.llm.reset()
         t0 = time.perf_counter()
         out = self.llm.create_chat_completion(messages=messages, **kwargs)

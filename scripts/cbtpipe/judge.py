@@ -86,7 +86,9 @@ def load_rubric(path: str | Path) -> dict[str, Any]:
 def score_schema(rubric: dict[str, Any], justification_chars: int) -> dict[str, Any]:
     props = {}
     for it in rubric["items"]:
-        sub: dict[str, Any] = {"score": {"type": "integer", "minimum": it["min"], "maximum": it["max"]}}
+        # The enum lets llama.cpp's grammar enforce the range (its converter ignores minimum/maximum).
+        rng = list(range(it["min"], it["max"] + 1))
+        sub: dict[str, Any] = {"score": {"type": "integer", "minimum": it["min"], "maximum": it["max"], "enum": rng}}
         req = ["score"]
         if justification_chars > 0:
             sub["justification"] = {"type": "string", "maxLength": justification_chars}

@@ -21,8 +21,10 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     log_path = smk.log[0] if len(smk.log) else None
     real_stderr = sys.stderr
     fh = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
+    real_stdout = sys.stdout
     if fh is not None:
         sys.stderr = fh  # tqdm progress bars land in the rule's log
+        sys.stdout = fh
     logger = setup_logging(None, "cbtpipe")
     logger.handlers[0].stream = sys.stderr
     threads = str(getattr(smk, "threads", 1) or 1)
@@ -34,7 +36,7 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     except PipelineError as e:
         logger.error("%s: %s", name, e)
         print(f"ERROR in {name}: {e}", file=real_stderr)
-        sys.stderr = real_stderr
+        sys.stderr, sys.stdout = real_stderr, real_stdout
         if fh is not None:
             fh.close()
         sys.exit(1)
@@ -46,6 +48,6 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
             traceback.print_exc(file=real_stderr)
         raise
     logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
-    sys.stderr = real_stderr
+    sys.stderr, sys.stdout = real_stderr, real_stdout
     if fh is not None:
         fh.close()
