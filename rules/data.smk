@@ -7,14 +7,14 @@ rule profiles_train:
     output:
         train="results/profiles/train.jsonl",
         val="results/profiles/val.jsonl",
-    params:
-        n_train=config["profiles"]["n_train"],
-        n_val=config["profiles"]["n_val"],
-        seed=config["profiles"]["seed_train"],
     log:
         "logs/profiles/train.log",
     conda:
         "../envs/llm.yaml"
+    params:
+        n_train=config["profiles"]["n_train"],
+        n_val=config["profiles"]["n_val"],
+        seed=config["profiles"]["seed_train"],
     script:
         "../scripts/profiles.py"
 
@@ -26,13 +26,13 @@ rule profiles_eval:
         val="results/profiles/val.jsonl",
     output:
         eval="results/profiles/eval.jsonl",
-    params:
-        n_eval=config["profiles"]["n_eval"],
-        seed=config["profiles"]["seed_eval"],
     log:
         "logs/profiles/eval.log",
     conda:
         "../envs/llm.yaml"
+    params:
+        n_eval=config["profiles"]["n_eval"],
+        seed=config["profiles"]["seed_eval"],
     script:
         "../scripts/profiles.py"
 
@@ -43,16 +43,16 @@ rule transcripts:
     output:
         transcripts="results/data/transcripts.jsonl",
         stats="results/data/generation_stats.json",
-    params:
-        data=config["data"],
-        backends=config["backends"],
     log:
         "logs/data/transcripts.log",
     benchmark:
         "benchmarks/data/transcripts.tsv"
-    threads: CPU
     conda:
         "../envs/llm.yaml"
+    threads: CPU
+    params:
+        data=config["data"],
+        backends=config["backends"],
     script:
         "../scripts/transcripts.py"
 
@@ -67,6 +67,12 @@ rule dataset:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
         stats="results/data/dataset_stats.json",
+    log:
+        "logs/data/dataset.log",
+    benchmark:
+        "benchmarks/data/dataset.tsv"
+    conda:
+        "../envs/training.yaml"
     params:
         source=config["data"]["source"],
         opening=config["rollout"]["opening_message"],
@@ -74,11 +80,5 @@ rule dataset:
         seed=config["seed"],
         max_length={m: model_training_cfg(config, m)["max_length"] for m in MODELS},
         models=MODELS,
-    log:
-        "logs/data/dataset.log",
-    benchmark:
-        "benchmarks/data/dataset.tsv"
-    conda:
-        "../envs/training.yaml"
     script:
         "../scripts/dataset.py"

@@ -13,11 +13,11 @@ rule convert_gguf:
         "logs/export/{model}-{arm}-{outtype}.log",
     benchmark:
         "benchmarks/export/{model}-{arm}-{outtype}.tsv"
+    conda:
+        "../envs/llamacpp.yaml"
     threads: CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
-    conda:
-        "../envs/llamacpp.yaml"
     script:
         "../scripts/convert_gguf.py"
 
@@ -31,9 +31,9 @@ rule quantize_gguf:
         "logs/export/{model}-{arm}-{qtype}.log",
     benchmark:
         "benchmarks/export/{model}-{arm}-{qtype}.tsv"
-    threads: CPU
     conda:
         "../envs/llamacpp.yaml"
+    threads: CPU
     script:
         "../scripts/quantize_gguf.py"
 
@@ -44,18 +44,18 @@ rule parity:
         ggufs=parity_ggufs,
     output:
         "results/export/{model}/{arm}/parity.json",
-    params:
-        prompts=config["parity"]["prompts"],
-        labels=[OUTTYPE, *QUANTS],
-        min_top1=config["parity"]["min_top1_unquantized"],
     log:
         "logs/parity/{model}-{arm}.log",
     benchmark:
         "benchmarks/parity/{model}-{arm}.tsv"
+    conda:
+        "../envs/training.yaml"
     threads: CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
-    conda:
-        "../envs/training.yaml"
+    params:
+        prompts=config["parity"]["prompts"],
+        labels=[OUTTYPE, *QUANTS],
+        min_top1=config["parity"]["min_top1_unquantized"],
     script:
         "../scripts/parity.py"

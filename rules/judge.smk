@@ -9,16 +9,16 @@ rule judge:
     output:
         judged="results/judge/{model}/{arm}/shard{shard}.jsonl",
         stats="results/judge/{model}/{arm}/shard{shard}.stats.json",
-    params:
-        judge=config["judge"],
-        backends=config["backends"],
-        units="results/units/judge",
     log:
         "logs/judge/{model}-{arm}-{shard}.log",
     benchmark:
         "benchmarks/judge/{model}-{arm}-{shard}.tsv"
-    threads: CPU
     conda:
         "../envs/llm.yaml"
+    threads: CPU
+    params:
+        judge=config["judge"],
+        backends=config["backends"],
+        units="results/units/judge",
     script:
         "../scripts/judge.py"

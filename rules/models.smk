@@ -21,12 +21,12 @@ rule llama_cpp_tools:
 rule download_model:
     output:
         directory("resources/hub/{model}"),
-    params:
-        source=lambda wc: config["models"][wc.model]["source"],
     log:
         "logs/download/{model}.log",
     conda:
         "../envs/training.yaml"
+    params:
+        source=lambda wc: config["models"][wc.model]["source"],
     script:
         "../scripts/download_model.py"
 
@@ -37,18 +37,18 @@ rule import_model:
     output:
         hf=directory("results/models/{model}/instruct/hf"),
         provenance="results/models/{model}/instruct/provenance.json",
-    params:
-        spec=lambda wc: config["models"][wc.model],
-        prompts=config["parity"]["prompts"],
-        min_top1=config["parity"]["min_top1_import"],
     log:
         "logs/import/{model}.log",
     benchmark:
         "benchmarks/import/{model}.tsv"
+    conda:
+        "../envs/training.yaml"
     threads: CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
-    conda:
-        "../envs/training.yaml"
+    params:
+        spec=lambda wc: config["models"][wc.model],
+        prompts=config["parity"]["prompts"],
+        min_top1=config["parity"]["min_top1_import"],
     script:
         "../scripts/import_model.py"

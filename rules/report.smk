@@ -33,15 +33,15 @@ rule statistics:
         rubric=config["judge"]["rubric"],
     output:
         stats="results/report/statistics.json",
-    params:
-        report=config["report"],
-        seed=config["seed"],
     log:
         "logs/report/statistics.log",
     benchmark:
         "benchmarks/report/statistics.tsv"
     conda:
         "../envs/stats.yaml"
+    params:
+        report=config["report"],
+        seed=config["seed"],
     script:
         "../scripts/statistical_tests.py"
 
@@ -52,8 +52,12 @@ rule report:
         long="results/report/scores_long.csv",
         totals="results/report/session_totals.csv",
         rubric=config["judge"]["rubric"],
-        parity=expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS),
-        provenance=expand("results/models/{model}/instruct/provenance.json", model=MODELS),
+        parity=expand(
+            "results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS
+        ),
+        provenance=expand(
+            "results/models/{model}/instruct/provenance.json", model=MODELS
+        ),
         training=expand("results/training/{model}/metrics.json", model=MODELS),
         data_stats="results/data/dataset_stats.json",
         gen_stats="results/data/generation_stats.json",
@@ -77,12 +81,12 @@ rule report:
             category="Report",
         ),
         figures=directory("results/report/figures"),
-    params:
-        config=config,
-        benchmarks="benchmarks",
     log:
         "logs/report/report.log",
     conda:
         "../envs/stats.yaml"
+    params:
+        config=config,
+        benchmarks="benchmarks",
     script:
         "../scripts/report.py"

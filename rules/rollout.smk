@@ -7,20 +7,20 @@ rule rollout:
     output:
         sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
         stats="results/rollouts/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/rollout/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/rollout/{model}-{arm}-{shard}.tsv"
+    conda:
+        "../envs/llamacpp.yaml"
+    threads: CPU
+    resources:
+        gpu=lambda wc: 1 if config["rollout"]["therapist_n_gpu_layers"] else 0,
+        runtime=config["resources"]["rollout_runtime_min"],
     params:
         rollout=config["rollout"],
         backends=config["backends"],
         shards=len(SHARDS),
         units="results/units/rollouts/{model}/{arm}",
-    log:
-        "logs/rollout/{model}-{arm}-{shard}.log",
-    benchmark:
-        "benchmarks/rollout/{model}-{arm}-{shard}.tsv"
-    threads: CPU
-    resources:
-        gpu=lambda wc: 1 if config["rollout"]["therapist_n_gpu_layers"] else 0,
-        runtime=config["resources"]["rollout_runtime_min"],
-    conda:
-        "../envs/llamacpp.yaml"
     script:
         "../scripts/rollout.py"

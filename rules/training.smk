@@ -15,14 +15,12 @@ rule train:
             caption="../report/loss.rst",
             category="Training",
         ),
-    params:
-        training=training_params,
-        seed=config["seed"],
-        units="results/units/train/{model}",
     log:
         "logs/train/{model}.log",
     benchmark:
         "benchmarks/train/{model}.tsv"
+    conda:
+        "../envs/training.yaml"
     threads: CPU
     resources:
         gpu=gpu_resources,
@@ -30,8 +28,10 @@ rule train:
         slurm_partition=partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
-    conda:
-        "../envs/training.yaml"
+    params:
+        training=training_params,
+        seed=config["seed"],
+        units="results/units/train/{model}",
     script:
         "../scripts/train.py"
 
@@ -42,19 +42,19 @@ rule merge:
         adapter="results/training/{model}/adapter",
     output:
         hf=directory("results/models/{model}/cbt/hf"),
-    params:
-        dtype=lambda wc: config["models"][wc.model]["dtype"],
     log:
         "logs/merge/{model}.log",
     benchmark:
         "benchmarks/merge/{model}.tsv"
+    conda:
+        "../envs/training.yaml"
     threads: CPU
     resources:
         gpu=gpu_resources,
         gres=gres,
         slurm_partition=partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
-    conda:
-        "../envs/training.yaml"
+    params:
+        dtype=lambda wc: config["models"][wc.model]["dtype"],
     script:
         "../scripts/merge.py"

@@ -178,7 +178,15 @@ def run_judging(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from tqdm import tqdm
 
-    key = hash_obj({"jcfg": jcfg, "rubric": rubric["sha256"], "backend": backend.identity(), "tpl": Path(template).read_text()})
+    key = hash_obj(
+        {
+            "jcfg": jcfg,
+            "rubric": rubric["sha256"],
+            "schema": score_schema(rubric, jcfg["justification_chars"]),
+            "backend": backend.identity(),
+            "tpl": Path(template).read_text(encoding="utf-8"),
+        }
+    )
     store = UnitStore(Path(unit_dir) / key)
     out, reused = [], 0
     t0 = time.perf_counter()
