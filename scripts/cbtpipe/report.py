@@ -246,7 +246,7 @@ def build_markdown(ctx: dict[str, Any]) -> str:
              "(ICC(2,1): one sample; ICC(2,k): the mean of k). Human raters reach about .3-.6 on items.")
     rel = st["reliability"]
     L.append(_table(["item", "sessions", "k", "ICC(2,1)", "ICC(2,k)", "notes"],
-                    [[k, v["n"], v["k"], fmt(v["icc2_1"]), fmt(v["icc2_k"]), "; ".join(v["notes"])] for k, v in rel.items()]))
+                    [[k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), "; ".join(rel[k]["notes"])] for k in [*st["items"], "total"]]))
     if st.get("human_agreement"):
         ha = st["human_agreement"]
         L.append("Judge-human agreement per item:")

@@ -1,0 +1,71 @@
+"""The CI-sized pipeline end to end: real llama.cpp, real peft/trl training, real Snakemake."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from tests.helpers.workdir import run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+def _jsonl(p):
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def test_both_arms_met_the_same_patients_with_the_same_seeds(ci_run):
+    arms = {}
+    for arm in ("instruct", "cbt"):
+        rows = _jsonl(ci_run / f"results/rollouts/smollm2-135m/{arm}/shard00.jsonl")
+        arms[arm] = {(s["patient_id"], s["session"], s["patient_seed"], s["therapist_seed"]) for s in rows}
+        for s in rows:
+            assert s["turns"] >= 1 and s["stop_reason"]
+            assert s["arm"] == arm and s["quantization"] == "Q4_K_M"
+    assert arms["instruct"] == arms["cbt"] and len(arms["cbt"]) == 2
+
+
+def test_report_content(ci_run):
+    md = (ci_run / "results/report/report.md").read_text()
+    html = (ci_run / "results/report/report.html").read_text()
+    totals = list(csv.DictReader(open(ci_run / "results/report/session_totals.csv")))
+    by_patient = {}
+    for r in totals:
+        by_patient.setdefault(r["patient_id"], set()).add(r["arm"])
+    assert by_patient and all(v == {"instruct", "cbt"} for v in by_patient.values())
+    m = re.search(r"Judge samples: (\d+), valid answers: (\d+)", md)
+    assert m and int(m.group(1)) == 2 * 2 * 2  # sessions x arms x samples
+    assert int(m.group(2)) >= 1
+    for section in ("CBT-tuned versus instruct", "Per CTRS item", "Judge validity and reliability", "Export parity",
+                    "Training", "Timing per stage", "Provenance", "Published figures"):
+        assert f"## {section}" in md
+    assert "nan" not in md.lower().replace("financ", "")
+    assert html.count("data:image/png;base64,") >= 4
+    stats = json.loads((ci_run / "results/report/statistics.json").read_text())
+    assert stats["tuned_vs_instruct"]["smollm2-135m"]["n"] == 2
+
+
+def test_export_parity_and_training_outputs(ci_run):
+    for arm in ("instruct", "cbt"):
+        par = json.loads((ci_run / f"results/export/smollm2-135m/{arm}/parity.json").read_text())
+        assert par["passed"] and par["results"]["f16"]["top1_agreement"] >= 0.95
+        assert par["results"]["Q4_K_M"]["top1_agreement"] > 0.5
+    prov = json.loads((ci_run / "results/models/smollm2-135m/instruct/provenance.json").read_text())
+    assert prov["parity_vs_source_gguf"]["top1_agreement"] >= 0.9
+    assert len(prov["source_sha256"]) == 64
+    metrics = json.loads((ci_run / "results/training/smollm2-135m/metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["train_loss_after"] < metrics["train_loss_before"]
+    assert (ci_run / "results/training/smollm2-135m/adapter/adapter_config.json").exists()
+    rows = list(csv.DictReader(open(ci_run / "results/training/smollm2-135m/train_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    for q in ("f16", "Q4_K_M"):
+        for arm in ("instruct", "cbt"):
+            assert (ci_run / f"results/gguf/smollm2-135m/{arm}/smollm2-135m-{arm}-{q}.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_benchmarks_and_noop_rerun(ci_run):
+    bench = list((ci_run / "benchmarks").glob("**/*.tsv"))
+    assert {b.parent.name for b in bench} >= {"import", "data", "train", "merge", "export", "parity", "rollout", "judge"}
+    r = run_snakemake(ci_run, "--cores", "2", "--configfile", "config/ci.yaml", "-n")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr

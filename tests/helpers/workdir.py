@@ -1,0 +1,46 @@
+"""Run the workflow in a throw-away copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
+
+
+def make_workdir(dest: Path) -> Path:
+    """A copy of the repository's files (no results, logs or caches)."""
+    for f in tracked_files():
+        target = dest / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, target)
+    # The llama.cpp tools are extracted from the sdist once per machine; reuse them when present.
+    for extra in ("resources/llama_cpp_tools", "resources/llama_cpp_tools.json"):
+        src = ROOT / extra
+        if src.is_dir():
+            shutil.copytree(src, dest / extra, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, dest / extra)
+    return dest
+
+
+def clone_workdir(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
+def snakemake_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", *args]
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run(snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=e)
