@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cbtpipe.config import check_config, model_training_cfg  # noqa: E402
 
-check_config(config, workflow.basedir)
+check_config(config, workflow.basedir, dryrun=workflow.dryrun)
 
 MODELS = sorted(config["models"])
 ARMS = config["rollout"]["arms"]
@@ -50,14 +50,32 @@ def gpu_resources(wildcards):
     return gpus(wildcards.model)
 
 
-def gres(wildcards):
-    n = gpus(wildcards.model)
-    return f"gpu:{n}" if n else ""
-
-
 def partition(wildcards):
     key = "gpu_partition" if gpus(wildcards.model) else "cpu_partition"
     return config["resources"][key] or ""
+
+
+def rollout_gpus(wildcards):
+    return 1 if config["rollout"]["therapist_n_gpu_layers"] else 0
+
+
+def rollout_partition(wildcards):
+    key = "gpu_partition" if rollout_gpus(wildcards) else "cpu_partition"
+    return config["resources"][key] or ""
+
+
+def cpu_partition(wildcards):
+    return config["resources"]["cpu_partition"] or ""
+
+
+def training_inputs(wildcards):
+    """SFT trains on the chat dataset; ORPO on preference pairs built with the instruct model."""
+    if model_training_cfg(config, wildcards.model)["method"] == "orpo":
+        return {
+            "train": f"results/data/{wildcards.model}/pairs_train.jsonl",
+            "val": f"results/data/{wildcards.model}/pairs_val.jsonl",
+        }
+    return {"train": "results/data/train.jsonl", "val": "results/data/val.jsonl"}
 
 
 def training_params(wildcards):

@@ -15,7 +15,8 @@ rule rollout:
         "../envs/llamacpp.yaml"
     threads: CPU
     resources:
-        gpu=lambda wc: 1 if config["rollout"]["therapist_n_gpu_layers"] else 0,
+        gpu=rollout_gpus,
+        slurm_partition=rollout_partition,
         runtime=config["resources"]["rollout_runtime_min"],
     params:
         rollout=config["rollout"],

@@ -1,10 +1,36 @@
 # LoRA / QLoRA fine-tuning with trl + peft, then merging into the full-precision base.
 
 
-rule train:
+rule preference_pairs:
     input:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
+        gguf=gguf_path("{model}", "instruct", RQ),
+    output:
+        train="results/data/{model}/pairs_train.jsonl",
+        val="results/data/{model}/pairs_val.jsonl",
+        stats="results/data/{model}/pairs_stats.json",
+    params:
+        sampling=config["rollout"]["therapist"],
+        seed=config["seed"],
+        per_session=config["training"]["orpo_pairs_per_session"],
+        n_ctx=config["rollout"]["therapist_n_ctx"],
+        n_gpu_layers=config["rollout"]["therapist_n_gpu_layers"],
+        units="results/units/pairs/{model}",
+    log:
+        "logs/pairs/{model}.log",
+    benchmark:
+        "benchmarks/pairs/{model}.tsv"
+    threads: CPU
+    conda:
+        "../envs/llamacpp.yaml"
+    script:
+        "../scripts/preference_pairs.py"
+
+
+rule train:
+    input:
+        unpack(training_inputs),
         base="results/models/{model}/instruct/hf",
     output:
         adapter=directory("results/training/{model}/adapter"),
@@ -24,7 +50,6 @@ rule train:
     threads: CPU
     resources:
         gpu=gpu_resources,
-        gres=gres,
         slurm_partition=partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
@@ -51,7 +76,6 @@ rule merge:
     threads: CPU
     resources:
         gpu=gpu_resources,
-        gres=gres,
         slurm_partition=partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     params:

@@ -12,8 +12,13 @@ with entry(snakemake, "parity") as log:
     ggufs = dict(zip(p.labels, snakemake.input.ggufs, strict=True))
     res = parity_report(snakemake.input.hf, ggufs, p.prompts, snakemake.threads)
     unq = p.labels[0]
-    out = {"model": snakemake.wildcards.model, "arm": snakemake.wildcards.arm, "results": res,
-           "min_top1_unquantized": p.min_top1, "passed": res[unq]["top1_agreement"] >= p.min_top1}
+    out = {
+        "model": snakemake.wildcards.model,
+        "arm": snakemake.wildcards.arm,
+        "results": res,
+        "min_top1_unquantized": p.min_top1,
+        "passed": res[unq]["top1_agreement"] >= p.min_top1,
+    }
     write_json(snakemake.output[0], out)
     for k, v in res.items():
         log.info("%s: top-1 %.3f, max |dlogit| %.3f", k, v["top1_agreement"], v["max_abs_logit_diff"])

@@ -10,7 +10,7 @@ from cbtpipe.rule import entry  # noqa: E402
 with entry(snakemake, snakemake.rule) as log:
     attrs = load_attributes(snakemake.input.attributes)
     p = snakemake.params
-    if "eval" in snakemake.output.keys():
+    if "eval" in snakemake.output.keys():  # noqa: SIM118 (a Snakemake namedlist)
         taken = read_jsonl(snakemake.input.train) + read_jsonl(snakemake.input.val)
         ev = eval_profiles(attrs, p.n_eval, p.seed, taken)
         write_jsonl(snakemake.output.eval, ev)

@@ -12,8 +12,12 @@ with entry(snakemake, "transcripts") as log:
     dcfg = snakemake.params.data
     if dcfg["source"] == "import":
         sessions = load_import(snakemake.input.imported, dcfg)
-        stats = {"source": "import", "path": snakemake.input.imported, "sessions_kept": len(sessions),
-                 "patients": len({s["patient_id"] for s in sessions})}
+        stats = {
+            "source": "import",
+            "path": snakemake.input.imported,
+            "sessions_kept": len(sessions),
+            "patients": len({s["patient_id"] for s in sessions}),
+        }
     else:
         profiles = read_jsonl(snakemake.input.train) + read_jsonl(snakemake.input.val)
         backend = make_backend(dcfg["generator"], snakemake.params.backends, where="data.generator")

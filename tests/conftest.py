@@ -42,3 +42,45 @@ def tiny_hf(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "smollm2"
     import_model("smollm2-135m", {"source": {"type": "package_gguf", **TINY}, "dtype": "float32"}, out)
     return out
+
+
+class Harness:
+    """Counters of the kill-and-resume harness and the bad-input corpus, summed over the session."""
+
+    def __init__(self):
+        self.kills = 0
+        self.resumed = 0
+        self.recomputed = 0
+        self.tried = 0
+        self.handled = 0
+
+    def line(self) -> str:
+        return (
+            f"FAULT HARNESS: kills tried={self.kills}, resumed runs completed={self.resumed}, "
+            f"units recomputed={self.recomputed}, bad inputs tried={self.tried}, bad inputs handled={self.handled}"
+        )
+
+
+_HARNESS = Harness()
+
+
+@pytest.fixture(scope="session")
+def harness() -> Harness:
+    return _HARNESS
+
+
+def pytest_terminal_summary(terminalreporter):
+    h = _HARNESS
+    if h.kills or h.tried:
+        terminalreporter.write_line(h.line())
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """The CI-sized config run end to end with real components, once per test session."""
+    from tests.helpers.workdir import make_workdir, run_snakemake
+
+    wd = make_workdir(tmp_path_factory.mktemp("ci_run"))
+    r = run_snakemake(wd, "--cores", "2", "--configfile", "config/ci.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    return wd

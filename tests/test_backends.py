@@ -1,6 +1,5 @@
 """LLM backends: llama.cpp in process, and the HTTP backend against real servers on loopback."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -34,9 +33,25 @@ def llama_server(tiny_gguf, tmp_path_factory):
     port = _free_port()
     errlog = open(tmp_path_factory.mktemp("server") / "stderr.log", "w+b")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "tiny"],
-        stdout=subprocess.DEVNULL, stderr=errlog,  # a pipe nobody reads would fill and block the server
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(tiny_gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            "--model_alias",
+            "tiny",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=errlog,  # a pipe nobody reads would fill and block the server
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
@@ -82,8 +97,15 @@ def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
 
 
 def test_http_backend_against_llama_cpp_server(llama_server, tmp_path):
-    spec = {"type": "openai", "base_url": llama_server, "model": "tiny", "json_mode": "json_object_schema",
-            "timeout_s": 60, "max_retries": 1, "concurrency": 2}
+    spec = {
+        "type": "openai",
+        "base_url": llama_server,
+        "model": "tiny",
+        "json_mode": "json_object_schema",
+        "timeout_s": 60,
+        "max_retries": 1,
+        "concurrency": 2,
+    }
     b = OpenAIBackend("srv", spec, cache_dir=tmp_path / "cache")
     res = b.chat_json(MSG, SCHEMA, sampling={"temperature": 0.5, "max_tokens": 20}, seed=1, max_attempts=3)
     assert res.data is not None and 0 <= res.data["agenda"] <= 6
@@ -117,11 +139,15 @@ def test_retries_recover(mode, tmp_path):
 
 def test_gives_up_after_bounded_retries(tmp_path):
     with FaultServer(fails=100) as srv:
-        b = OpenAIBackend("f", {"type": "openai", "base_url": srv.url("500"), "model": "m", "max_retries": 2, "backoff_s": 0.01}, cache_dir=None)
+        b = OpenAIBackend(
+            "f", {"type": "openai", "base_url": srv.url("500"), "model": "m", "max_retries": 2, "backoff_s": 0.01}, cache_dir=None
+        )
         with pytest.raises(BackendError, match="giving up after 3 attempts"):
             b.chat(MSG)
         assert srv.counts["500"] == 3
-        b2 = OpenAIBackend("f", {"type": "openai", "base_url": srv.url("400"), "model": "m", "max_retries": 5, "backoff_s": 0.01}, cache_dir=None)
+        b2 = OpenAIBackend(
+            "f", {"type": "openai", "base_url": srv.url("400"), "model": "m", "max_retries": 5, "backoff_s": 0.01}, cache_dir=None
+        )
         with pytest.raises(BackendError, match="HTTP 400"):
             b2.chat(MSG)
         assert srv.counts["400"] == 1

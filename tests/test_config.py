@@ -62,7 +62,10 @@ def test_schema_refuses_bad_keys(mutate, message):
     "mutate,message",
     [
         (lambda c: c["judge"].update(backend="gpt"), "judge.backend: unknown backend 'gpt'"),
-        (lambda c: c["models"]["smollm2-135m"].update(source={"type": "gguf", "path": "nope.gguf"}), "models.smollm2-135m.source.path: file nope.gguf"),
+        (
+            lambda c: c["models"]["smollm2-135m"].update(source={"type": "gguf", "path": "nope.gguf"}),
+            "models.smollm2-135m.source.path: file nope.gguf",
+        ),
         (lambda c: c["judge"].update(rubric="missing.yaml"), "judge.rubric: file missing.yaml"),
         (lambda c: c["data"].update(exchanges_min=9, exchanges_max=2), "exchanges_min > data.exchanges_max"),
         (lambda c: c["rollout"].update(quantization="Q8_0"), "rollout.quantization"),

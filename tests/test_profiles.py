@@ -31,7 +31,15 @@ def test_train_val_eval_disjoint(root):
 def test_profile_has_cognitive_model_and_style(root):
     attrs = load_attributes(root / ATTRS)
     (p,), _ = train_val_profiles(attrs, 1, 1, seed=0)
-    for key in ("core_belief", "intermediate_belief", "automatic_thoughts", "coping_strategy", "situation", "conversational_style", "phq9_band"):
+    for key in (
+        "core_belief",
+        "intermediate_belief",
+        "automatic_thoughts",
+        "coping_strategy",
+        "situation",
+        "conversational_style",
+        "phq9_band",
+    ):
         assert key in p
     assert p["core_belief"]["category"] in {"helpless", "unlovable", "worthless"}
     assert p["conversational_style"]["name"] in describe(p)

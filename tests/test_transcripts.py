@@ -10,8 +10,14 @@ from cbtpipe.profiles import load_attributes, train_val_profiles
 from cbtpipe.transcripts import check_session, load_import, phase_plan, run_generation
 
 DCFG = {
-    "turn_chars_min": 2, "turn_chars_max": 300, "exchanges_min": 2, "exchanges_max": 3, "summary_chars_max": 200,
-    "sessions_per_patient": 2, "max_attempts": 2, "sampling": {"temperature": 0.8, "max_tokens": 500},
+    "turn_chars_min": 2,
+    "turn_chars_max": 300,
+    "exchanges_min": 2,
+    "exchanges_max": 3,
+    "summary_chars_max": 200,
+    "sessions_per_patient": 2,
+    "max_attempts": 2,
+    "sampling": {"temperature": 0.8, "max_tokens": 500},
     "phases": [
         {"name": "assessment", "share": 0.5, "focus": "assessment"},
         {"name": "relapse_prevention", "share": 0.5, "focus": "ending"},
@@ -54,7 +60,13 @@ def test_import_good_and_bad(tmp_path):
     assert load_import(_write(tmp_path, [GOOD, dict(GOOD, session_index=2)]), DCFG)[1]["session_index"] == 2
     cases = [
         ([json.dumps(GOOD).encode(), b"{bad json"], "line 2: invalid JSON"),
-        ([json.dumps(GOOD).encode(), b'{"patient_id": "p", "session_index": 1, "messages": [{"role": "nurse", "content": "x"}, {"role": "patient", "content": "y"}]}'], "line 2: turn 1: role 'nurse'"),
+        (
+            [
+                json.dumps(GOOD).encode(),
+                b'{"patient_id": "p", "session_index": 1, "messages": [{"role": "nurse", "content": "x"}, {"role": "patient", "content": "y"}]}',
+            ],
+            "line 2: turn 1: role 'nurse'",
+        ),
         ([json.dumps(dict(GOOD, messages=[T("therapist", "Hello"), T("patient", "")])).encode()], "line 1: turn 2: empty"),
         ([b"\xff\xfe bad bytes"], "line 1: not valid UTF-8"),
         ([json.dumps(dict(GOOD, messages=[T("therapist", "x" * 100000), T("patient", "ok")])).encode()], "line 1: turn 1: longer than"),

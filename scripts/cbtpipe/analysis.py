@@ -23,9 +23,15 @@ def long_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict
                 v = s["scores"].get(it["id"])
                 rows.append(
                     {
-                        "session_id": j["session_id"], "patient_id": j["patient_id"], "model": j["model"],
-                        "arm": j["arm"], "quantization": j["quantization"], "judge_sample": s["sample"],
-                        "valid": int(s["valid"]), "item": it["id"], "score": "" if v is None else v,
+                        "session_id": j["session_id"],
+                        "patient_id": j["patient_id"],
+                        "model": j["model"],
+                        "arm": j["arm"],
+                        "quantization": j["quantization"],
+                        "judge_sample": s["sample"],
+                        "valid": int(s["valid"]),
+                        "item": it["id"],
+                        "score": "" if v is None else v,
                     }
                 )
     return rows
@@ -35,8 +41,13 @@ def total_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dic
     rows = []
     for j in judged:
         r = {
-            "session_id": j["session_id"], "patient_id": j["patient_id"], "model": j["model"], "arm": j["arm"],
-            "quantization": j["quantization"], "samples": len(j["samples"]), "valid_samples": j["valid_samples"],
+            "session_id": j["session_id"],
+            "patient_id": j["patient_id"],
+            "model": j["model"],
+            "arm": j["arm"],
+            "quantization": j["quantization"],
+            "samples": len(j["samples"]),
+            "valid_samples": j["valid_samples"],
             "total": "" if j["total"] is None else round(j["total"], 4),
         }
         for it in rubric["items"]:
@@ -47,8 +58,9 @@ def total_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dic
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
-    from .io import atomic_write_text
     import io
+
+    from .io import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -132,9 +144,12 @@ def analyse(
     n_samples = len({(r["session_id"], r["judge_sample"]) for r in long})
     n_valid = len({(r["session_id"], r["judge_sample"]) for r in long if r["valid"] == "1"})
     res["missing"] = {
-        "samples": n_samples, "valid_samples": n_valid, "invalid_samples": n_samples - n_valid,
+        "samples": n_samples,
+        "valid_samples": n_valid,
+        "invalid_samples": n_samples - n_valid,
         "valid_share": n_valid / n_samples if n_samples else None,
-        "sessions": len(totals), "sessions_without_total": sum(1 for r in totals if r["total"] == ""),
+        "sessions": len(totals),
+        "sessions_without_total": sum(1 for r in totals if r["total"] == ""),
     }
 
     # Descriptives (study style: mean +- SD per model and arm)
@@ -144,14 +159,24 @@ def analyse(
             rows = [r for r in totals if r["model"] == m and r["arm"] == a]
             tot = np.array([_num(r["total"]) for r in rows])
             tot = tot[np.isfinite(tot)]
-            d = {"model": m, "arm": a, "sessions": len(rows), "n_total": int(tot.size),
-                 "mean": float(tot.mean()) if tot.size else None, "sd": float(tot.std(ddof=1)) if tot.size > 1 else None,
-                 "competent_share": float((tot >= threshold).mean()) if (tot.size and threshold is not None) else None,
-                 "items": {}}
+            d = {
+                "model": m,
+                "arm": a,
+                "sessions": len(rows),
+                "n_total": int(tot.size),
+                "mean": float(tot.mean()) if tot.size else None,
+                "sd": float(tot.std(ddof=1)) if tot.size > 1 else None,
+                "competent_share": float((tot >= threshold).mean()) if (tot.size and threshold is not None) else None,
+                "items": {},
+            }
             for it in items:
                 v = np.array([_num(r[it]) for r in rows])
                 v = v[np.isfinite(v)]
-                d["items"][it] = {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
+                d["items"][it] = {
+                    "mean": float(v.mean()) if v.size else None,
+                    "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                    "n": int(v.size),
+                }
             desc.append(d)
     res["descriptives"] = desc
 
@@ -223,7 +248,11 @@ def analyse(
                 else:
                     row.append(sc.get(it, float("nan")))
             mat.append(row)
-        rel[it] = icc(np.array(mat)) if mat and len(ks) >= 2 else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
+        rel[it] = (
+            icc(np.array(mat))
+            if mat and len(ks) >= 2
+            else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
+        )
     res["reliability"] = rel
 
     # Judge-human agreement

@@ -243,15 +243,18 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         threads = spec.get("n_threads") or os.cpu_count() or 1
-        self.llm = Llama(
-            model_path=str(self.model_path),
-            n_ctx=int(spec.get("n_ctx", 4096)),
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=int(spec.get("n_gpu_layers", 0)),
-            seed=int(spec.get("seed", 0)),
-            verbose=False,
-        )
+        try:
+            self.llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=int(spec.get("n_ctx", 4096)),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=int(spec.get("n_gpu_layers", 0)),
+                seed=int(spec.get("seed", 0)),
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
 
     def identity(self) -> dict[str, Any]:
@@ -318,8 +321,7 @@ class OpenAIBackend(Backend):
             self._api_key = os.environ.get(env)
             if not self._api_key:
                 raise PipelineError(
-                    f"backend '{name}': environment variable {env} is not set "
-                    f"(named by config key backends.{name}.api_key_env)"
+                    f"backend '{name}': environment variable {env} is not set (named by config key backends.{name}.api_key_env)"
                 )
         self.timeout = float(spec.get("timeout_s", 120))
         self.max_retries = int(spec.get("max_retries", 5))
@@ -412,9 +414,7 @@ class OpenAIBackend(Backend):
             )
         with self._lock:
             self.stats.errors += 1
-        raise BackendError(
-            f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {url}"
-        )
+        raise BackendError(f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {url}")
 
     def close(self) -> None:
         self._client.close()

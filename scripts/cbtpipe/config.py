@@ -7,6 +7,7 @@ that does not exist, a range that is inverted. Run at workflow start-up, before 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,12 @@ def _file(path: str, key: str, base: Path) -> None:
         raise PipelineError(f"config key {key}: file {path} does not exist")
 
 
-def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
+def check_config(cfg: dict[str, Any], base: str | Path = ".", dryrun: bool = True) -> None:
+    """Raise PipelineError naming the culprit. With ``dryrun`` False (a real run) the API-key
+    variables of the backends in use must also be set, so a run fails before any work starts."""
+    from .backends import check_gguf_file
+    from .judge import load_rubric
+
     base = Path(base)
     backends = cfg["backends"]
     for key, (sec, field) in STAGE_BACKENDS.items():
@@ -33,11 +39,18 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         name = cfg[sec][field]
         if name not in backends:
             raise PipelineError(f"config key {key}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")
+        env = backends[name].get("api_key_env")
+        if env and not dryrun and not os.environ.get(env):
+            raise PipelineError(
+                f"environment variable {env} is not set; backend '{name}' (used by {key}) reads its API key from it "
+                f"(config key backends.{name}.api_key_env)"
+            )
     for name, b in backends.items():
         if b["type"] == "llama_cpp" and "gguf" not in b:
             raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")
         if b["type"] == "llama_cpp" and "path" in b.get("gguf", {}):
             _file(b["gguf"]["path"], f"backends.{name}.gguf.path", base)
+            check_gguf_file(base / b["gguf"]["path"], f"config key backends.{name}.gguf.path")
         if b["type"] == "openai":
             for k in ("base_url", "model"):
                 if not b.get(k):
@@ -51,6 +64,7 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
                 raise PipelineError(f"config key {where}.{k} is required for source type {src['type']}")
         if src["type"] == "gguf":
             _file(src["path"], f"{where}.path", base)
+            check_gguf_file(base / src["path"], f"config key {where}.path")
         if src["type"] == "local_hf" and not (base / src["path"] / "config.json").is_file():
             raise PipelineError(f"config key {where}.path: {src['path']} is not a Hugging Face model directory")
         if m.get("chat_template"):
@@ -61,23 +75,28 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     if d["turn_chars_min"] > d["turn_chars_max"]:
         raise PipelineError("config keys data.turn_chars_min > data.turn_chars_max")
     if d["source"] == "import":
+        from .transcripts import load_import
+
         if not d["import_path"]:
             raise PipelineError("config key data.import_path is required when data.source is import")
         _file(d["import_path"], "data.import_path", base)
+        load_import(base / d["import_path"], d)
     else:
         _file(d["prompts"]["session"], "data.prompts.session", base)
         _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
     _file(d["system_prompt"], "data.system_prompt", base)
     _file(cfg["rollout"]["patient_prompt"], "rollout.patient_prompt", base)
     _file(cfg["judge"]["rubric"], "judge.rubric", base)
+    rubric = load_rubric(base / cfg["judge"]["rubric"])
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
     if cfg["report"]["human_ratings"]:
+        from .analysis import load_human_ratings
+
         _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
+        load_human_ratings(base / cfg["report"]["human_ratings"], rubric)
     q = cfg["rollout"]["quantization"]
     if q not in cfg["export"]["quantizations"] and q != cfg["export"]["outtype"]:
-        raise PipelineError(
-            f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations"
-        )
+        raise PipelineError(f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations")
 
 
 def section_hash(cfg: dict[str, Any], *keys: str) -> str:

@@ -84,9 +84,7 @@ def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: 
             tok = AutoTokenizer.from_pretrained(src)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
             prov["source_dir"] = str(src)
-            prov["source_sha256"] = {
-                f.name: sha256_file(f) for f in sorted(src.glob("*.safetensors")) + sorted(src.glob("*.bin"))
-            }
+            prov["source_sha256"] = {f.name: sha256_file(f) for f in sorted(src.glob("*.safetensors")) + sorted(src.glob("*.bin"))}
         if spec.get("chat_template"):
             tok.chat_template = Path(spec["chat_template"]).read_text(encoding="utf-8")
         if not tok.chat_template:

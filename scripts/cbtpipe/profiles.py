@@ -65,9 +65,7 @@ def _draw(rng: random.Random, attrs: dict[str, list[Any]]) -> dict[str, Any]:
     return prof
 
 
-def sample_profiles(
-    attrs: dict[str, list[Any]], n: int, seed: int, prefix: str, exclude: set[str] | None = None
-) -> list[dict[str, Any]]:
+def sample_profiles(attrs: dict[str, list[Any]], n: int, seed: int, prefix: str, exclude: set[str] | None = None) -> list[dict[str, Any]]:
     """Sample ``n`` distinct profiles; ``exclude`` holds content hashes of profiles to avoid."""
     rng = random.Random(f"{prefix}:{seed}")
     seen = set(exclude or ())
@@ -112,8 +110,8 @@ def describe(p: dict[str, Any]) -> str:
         f"Presenting problems: {'; '.join(p['presenting_problems'])}. "
         f"Depression severity: {p['phq9_band']['label']} (PHQ-9 {p['phq9_band']['range']}). "
         f"History: {p['history']}. Social support: {p['social_support']}. Comorbidity: {p['comorbidity']}. "
-        f"Core belief ({p['core_belief']['category']}): \"{p['core_belief']['belief']}\" "
-        f"Intermediate belief: \"{p['intermediate_belief']}\" "
+        f'Core belief ({p["core_belief"]["category"]}): "{p["core_belief"]["belief"]}" '
+        f'Intermediate belief: "{p["intermediate_belief"]}" '
         f"Typical automatic thoughts: {' / '.join(p['automatic_thoughts'])}. "
         f"Coping strategy: {p['coping_strategy']}. A recent difficult situation: {p['situation']}. "
         f"Conversational style: {style['name']} ({style['description']})."

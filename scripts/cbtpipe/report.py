@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import importlib.metadata as md
@@ -95,7 +96,13 @@ def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -
     figs["paired"] = "paired.png"
 
     # 3. heat map of per-item mean differences
-    mat = np.array([[(next((c["mean_diff"] for c in stats["per_item"][m]["items"] if c["item"] == it), None) or np.nan) for it in items] for m in models], float)
+    mat = np.array(
+        [
+            [(next((c["mean_diff"] for c in stats["per_item"][m]["items"] if c["item"] == it), None) or np.nan) for it in items]
+            for m in models
+        ],
+        float,
+    )
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(items) + 2), 0.6 * len(models) + 1.8))
     lim = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
     im = ax.imshow(np.nan_to_num(mat), cmap="RdBu", vmin=-lim or -1, vmax=lim or 1, aspect="auto")
@@ -140,10 +147,8 @@ def benchmark_table(bench_dir: str | Path) -> list[dict[str, Any]]:
         d = rows.setdefault(stage, {"stage": stage, "jobs": 0, "seconds": 0.0, "max_rss_mb": 0.0})
         d["jobs"] += 1
         d["seconds"] += s
-        try:
+        with contextlib.suppress(ValueError):
             d["max_rss_mb"] = max(d["max_rss_mb"], float(rss))
-        except ValueError:
-            pass
     order = ["import", "data", "train", "merge", "export", "parity", "rollout", "judge", "report"]
     return sorted(rows.values(), key=lambda r: order.index(r["stage"]) if r["stage"] in order else 99)
 
@@ -151,7 +156,11 @@ def benchmark_table(bench_dir: str | Path) -> list[dict[str, Any]]:
 def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_files: dict[str, str]) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = None, None
     versions = {}
@@ -166,10 +175,16 @@ def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_
         "git_dirty": dirty,
         "packages": versions,
         "seeds": {
-            "global": config["seed"], "profiles_train": config["profiles"]["seed_train"], "profiles_eval": config["profiles"]["seed_eval"],
-            "rollout": config["rollout"]["seed"], "judge": config["judge"]["seed"],
+            "global": config["seed"],
+            "profiles_train": config["profiles"]["seed_train"],
+            "profiles_eval": config["profiles"]["seed_eval"],
+            "rollout": config["rollout"]["seed"],
+            "judge": config["judge"]["seed"],
         },
-        "models": [{"model": p["model"], "source": p.get("source_file") or p.get("source_dir"), "sha256": p.get("source_sha256")} for p in model_provs],
+        "models": [
+            {"model": p["model"], "source": p.get("source_file") or p.get("source_dir"), "sha256": p.get("source_sha256")}
+            for p in model_provs
+        ],
         "files": extra_files,
     }
 
@@ -188,9 +203,12 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     L.append("# CBT fine-tuning report")
     L.append(
         "> Research software, not for clinical use. "
-        + ("This run used the embedded tiny default model (SmolLM2-135M-Instruct) in every role: its scores say "
-           "nothing about therapy quality; they show that each stage ran." if ctx.get("tiny") else
-           "Scores come from an LLM judge on simulated sessions, not from patients.")
+        + (
+            "This run used the embedded tiny default model (SmolLM2-135M-Instruct) in every role: its scores say "
+            "nothing about therapy quality; they show that each stage ran."
+            if ctx.get("tiny")
+            else "Scores come from an LLM judge on simulated sessions, not from patients."
+        )
     )
     miss = st["missing"]
     L.append("## Summary")
@@ -205,12 +223,45 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     L.append("## CBT-tuned versus instruct (paired by patient)")
     rows = []
     for m, c in [*st["tuned_vs_instruct"].items(), ("pooled", st["pooled"])]:
-        rows.append([m, c["n"], fmt(c["mean_b"]), fmt(c["mean_a"]), fmt(c["mean_diff"]),
-                     f"[{fmt(c['ci_t'][0])}, {fmt(c['ci_t'][1])}]", f"[{fmt(c['ci_boot'][0])}, {fmt(c['ci_boot'][1])}]",
-                     fmt(c["t"]), fmt_p(c["p_t"]), fmt(c["wilcoxon_V"], 1), fmt_p(c["p_wilcoxon"]), fmt(c["cohens_dz"]),
-                     fmt(c["rank_biserial"]), "; ".join(c["notes"]) or ""])
-    L.append(_table(["model", "n pairs", "instruct mean", "CBT mean", "difference", "95% CI (t)", "95% CI (bootstrap)", "t", "p (t)",
-                     "Wilcoxon V", "p (Wilcoxon)", "d_z", "rank-biserial", "notes"], rows))
+        rows.append(
+            [
+                m,
+                c["n"],
+                fmt(c["mean_b"]),
+                fmt(c["mean_a"]),
+                fmt(c["mean_diff"]),
+                f"[{fmt(c['ci_t'][0])}, {fmt(c['ci_t'][1])}]",
+                f"[{fmt(c['ci_boot'][0])}, {fmt(c['ci_boot'][1])}]",
+                fmt(c["t"]),
+                fmt_p(c["p_t"]),
+                fmt(c["wilcoxon_V"], 1),
+                fmt_p(c["p_wilcoxon"]),
+                fmt(c["cohens_dz"]),
+                fmt(c["rank_biserial"]),
+                "; ".join(c["notes"]) or "",
+            ]
+        )
+    L.append(
+        _table(
+            [
+                "model",
+                "n pairs",
+                "instruct mean",
+                "CBT mean",
+                "difference",
+                "95% CI (t)",
+                "95% CI (bootstrap)",
+                "t",
+                "p (t)",
+                "Wilcoxon V",
+                "p (Wilcoxon)",
+                "d_z",
+                "rank-biserial",
+                "notes",
+            ],
+            rows,
+        )
+    )
     L.append(f"Pooled: {st['pooled']['method']}.")
     L.append("![Totals](figures/totals.png)")
     L.append("![Paired](figures/paired.png)")
@@ -218,51 +269,124 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     L.append(f"{PUBLISHED['source']}. Mean gain of CBT-tuned over instruct: {PUBLISHED['mean_gain']}.")
     ours = {d["model"]: d for d in st["descriptives"] if d["arm"] == "cbt"}
     L.append(_table(["published model", "published CBT mean ± SD"], [[k, v] for k, v in PUBLISHED["cbt_means"].items()]))
-    L.append(_table(["our model", "our CBT mean ± SD", "n"], [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", d["n_total"]] for m, d in ours.items()]))
+    L.append(
+        _table(["our model", "our CBT mean ± SD", "n"], [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", d["n_total"]] for m, d in ours.items()])
+    )
     L.append("## Between models (CBT-tuned arms)")
     bm = st["between_models"]
     if "note" in bm:
         L.append(bm["note"] + ".")
     else:
         a, f = bm["rm_anova"], bm["friedman"]
-        L.append(f"Repeated-measures ANOVA: F({a['df1']}, {a['df2']}) = {fmt(a['F'])}, p = {fmt_p(a['p'])}, partial η² = {fmt(a['partial_eta_sq'])} {'; '.join(a['notes'])}")
-        L.append(f"Friedman: χ²({f['df']}) = {fmt(f['chi2'])}, p = {fmt_p(f['p'])}, Kendall's W = {fmt(f['kendalls_w'])} {'; '.join(f['notes'])}")
-        L.append(_table(["a", "b", "n", "difference", "p (t)", "p (Holm)", "d_z"],
-                        [[p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])] for p in bm["pairwise"]]))
+        L.append(
+            f"Repeated-measures ANOVA: F({a['df1']}, {a['df2']}) = {fmt(a['F'])}, p = {fmt_p(a['p'])}, partial η² = {fmt(a['partial_eta_sq'])} {'; '.join(a['notes'])}"
+        )
+        L.append(
+            f"Friedman: χ²({f['df']}) = {fmt(f['chi2'])}, p = {fmt_p(f['p'])}, Kendall's W = {fmt(f['kendalls_w'])} {'; '.join(f['notes'])}"
+        )
+        L.append(
+            _table(
+                ["a", "b", "n", "difference", "p (t)", "p (Holm)", "d_z"],
+                [
+                    [p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])]
+                    for p in bm["pairwise"]
+                ],
+            )
+        )
     L.append("## Per CTRS item")
     for m, pi in st["per_item"].items():
         L.append(f"### {m} (correction across items: {pi['correction']})")
-        L.append(_table(["item", "n", "instruct", "CBT", "difference", "p (t)", "p adj (t)", "p (Wilcoxon)", "p adj (Wilcoxon)", "d_z"],
-                        [[c["item"], c["n"], fmt(c["mean_b"]), fmt(c["mean_a"]), fmt(c["mean_diff"]), fmt_p(c["p_t"]), fmt_p(c["p_t_adj"]),
-                          fmt_p(c["p_wilcoxon"]), fmt_p(c["p_wilcoxon_adj"]), fmt(c["cohens_dz"])] for c in pi["items"]]))
+        L.append(
+            _table(
+                ["item", "n", "instruct", "CBT", "difference", "p (t)", "p adj (t)", "p (Wilcoxon)", "p adj (Wilcoxon)", "d_z"],
+                [
+                    [
+                        c["item"],
+                        c["n"],
+                        fmt(c["mean_b"]),
+                        fmt(c["mean_a"]),
+                        fmt(c["mean_diff"]),
+                        fmt_p(c["p_t"]),
+                        fmt_p(c["p_t_adj"]),
+                        fmt_p(c["p_wilcoxon"]),
+                        fmt_p(c["p_wilcoxon_adj"]),
+                        fmt(c["cohens_dz"]),
+                    ]
+                    for c in pi["items"]
+                ],
+            )
+        )
     L.append("![Items](figures/items_heatmap.png)")
     L.append("### Descriptives (mean ± SD)")
     hdr = ["model", "arm", "sessions", "total", f"≥ {st['threshold']}"] + st["items"]
-    L.append(_table(hdr, [[d["model"], d["arm"], d["sessions"], f"{fmt(d['mean'])} ± {fmt(d['sd'])}",
-                           fmt(100 * d["competent_share"], 0) + "%" if d["competent_share"] is not None else "—"]
-                          + [f"{fmt(d['items'][i]['mean'], 1)} ± {fmt(d['items'][i]['sd'], 1)}" for i in st["items"]] for d in st["descriptives"]]))
+    L.append(
+        _table(
+            hdr,
+            [
+                [
+                    d["model"],
+                    d["arm"],
+                    d["sessions"],
+                    f"{fmt(d['mean'])} ± {fmt(d['sd'])}",
+                    fmt(100 * d["competent_share"], 0) + "%" if d["competent_share"] is not None else "—",
+                ]
+                + [f"{fmt(d['items'][i]['mean'], 1)} ± {fmt(d['items'][i]['sd'], 1)}" for i in st["items"]]
+                for d in st["descriptives"]
+            ],
+        )
+    )
     L.append("## Judge validity and reliability")
-    L.append(f"Valid structured answers: {miss['valid_samples']} of {miss['samples']}. Agreement between the judge's samples of the same session "
-             "(ICC(2,1): one sample; ICC(2,k): the mean of k). Human raters reach about .3-.6 on items.")
+    L.append(
+        f"Valid structured answers: {miss['valid_samples']} of {miss['samples']}. Agreement between the judge's samples of the same session "
+        "(ICC(2,1): one sample; ICC(2,k): the mean of k). Human raters reach about .3-.6 on items."
+    )
     rel = st["reliability"]
-    L.append(_table(["item", "sessions", "k", "ICC(2,1)", "ICC(2,k)", "notes"],
-                    [[k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), "; ".join(rel[k]["notes"])] for k in [*st["items"], "total"]]))
+    L.append(
+        _table(
+            ["item", "sessions", "k", "ICC(2,1)", "ICC(2,k)", "notes"],
+            [
+                [k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), "; ".join(rel[k]["notes"])]
+                for k in [*st["items"], "total"]
+            ],
+        )
+    )
     if st.get("human_agreement"):
         ha = st["human_agreement"]
         L.append("Judge-human agreement per item:")
-        L.append(_table(["item", "n", "ICC(2,1)", "Spearman", "mean |diff|", "notes"],
-                        [[k, v["n"], fmt(v["icc2_1"]), fmt(v["spearman"]), fmt(v["mad"]), "; ".join(v["notes"])] for k, v in ha["items"].items()]))
+        L.append(
+            _table(
+                ["item", "n", "ICC(2,1)", "Spearman", "mean |diff|", "notes"],
+                [[k, v["n"], fmt(v["icc2_1"]), fmt(v["spearman"]), fmt(v["mad"]), "; ".join(v["notes"])] for k, v in ha["items"].items()],
+            )
+        )
     else:
         L.append("No human ratings were supplied (config key report.human_ratings).")
     L.append("![Reliability](figures/reliability.png)")
     js = ctx["judge_stats"]
-    L.append(f"Judge throughput: {sum(j['completion_tokens'] for j in js)} completion tokens in {fmt(sum(j['judge_seconds'] for j in js), 1)} s; "
-             f"cost {fmt(sum(j['cost_usd'] for j in js), 4)} USD at the configured prices.")
+    L.append(
+        f"Judge throughput: {sum(j['completion_tokens'] for j in js)} completion tokens in {fmt(sum(j['judge_seconds'] for j in js), 1)} s; "
+        f"cost {fmt(sum(j['cost_usd'] for j in js), 4)} USD at the configured prices."
+    )
     L.append("## Training")
-    L.append(_table(["model", "method", "steps", "train loss before", "after", "validation loss before", "after", "tokens/s", "resumed from"],
-                    [[t["model"], t["method"], t["steps"], fmt(t["train_loss_before"], 3), fmt(t["train_loss_after"], 3),
-                      fmt(t["val_loss_before"], 3), fmt(t["val_loss_after"], 3), fmt(t["tokens_per_second_mean"], 1), t["resumed_from"] or "—"]
-                     for t in ctx["training"]]))
+    L.append(
+        _table(
+            ["model", "method", "steps", "train loss before", "after", "validation loss before", "after", "tokens/s", "resumed from"],
+            [
+                [
+                    t["model"],
+                    t["method"],
+                    t["steps"],
+                    fmt(t["train_loss_before"], 3),
+                    fmt(t["train_loss_after"], 3),
+                    fmt(t["val_loss_before"], 3),
+                    fmt(t["val_loss_after"], 3),
+                    fmt(t["tokens_per_second_mean"], 1),
+                    t["resumed_from"] or "—",
+                ]
+                for t in ctx["training"]
+            ],
+        )
+    )
     L.append("## Export parity (next-token logits, Hugging Face vs llama.cpp)")
     prow = []
     for p in ctx["parity"]:
@@ -271,28 +395,67 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     for p in ctx["provenance_models"]:
         if "parity_vs_source_gguf" in p:
             r = p["parity_vs_source_gguf"]
-            prow.append([p["model"], "import", "source GGUF", f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)])
+            prow.append(
+                [p["model"], "import", "source GGUF", f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
+            )
     L.append(_table(["model", "arm", "GGUF", "top-1 agreement", "positions", "max |Δ logit|"], prow))
     L.append("## Data and sessions")
     g = ctx["gen_stats"]
-    L.append(f"Transcripts: source {g.get('source')}, {g.get('sessions_kept')} sessions kept, {g.get('sessions_failed', 0)} failed validation "
-             f"after retries, generation speed {fmt((g.get('llm') or {}).get('tokens_per_second'), 1)} tokens/s.")
+    L.append(
+        f"Transcripts: source {g.get('source')}, {g.get('sessions_kept')} sessions kept, {g.get('sessions_failed', 0)} failed validation "
+        f"after retries, generation speed {fmt((g.get('llm') or {}).get('tokens_per_second'), 1)} tokens/s."
+    )
     ds = ctx["data_stats"]
     for m, s in ds["per_model"].items():
-        L.append(f"Dataset ({m} tokenizer): train {s['train'].get('sessions')} sessions, {s['train'].get('tokens_total')} tokens "
-                 f"({s['train'].get('over_max_length')} over max length); validation {s['val'].get('sessions')} sessions.")
-    L.append(_table(["model", "arm", "sessions", "turns", "stop reasons", "therapist tok/s", "patient tok/s"],
-                    [[r["model"], r["arm"], r["sessions"], r["turns"], ", ".join(f"{k}: {v}" for k, v in sorted(r["stop_reasons"].items())),
-                      fmt(r["therapist"]["tokens_per_second"], 1), fmt(r["patient"]["tokens_per_second"], 1)] for r in ctx["rollout_stats"]]))
+        L.append(
+            f"Dataset ({m} tokenizer): train {s['train'].get('sessions')} sessions, {s['train'].get('tokens_total')} tokens "
+            f"({s['train'].get('over_max_length')} over max length); validation {s['val'].get('sessions')} sessions."
+        )
+    L.append(
+        _table(
+            ["model", "arm", "sessions", "turns", "stop reasons", "therapist tok/s", "patient tok/s"],
+            [
+                [
+                    r["model"],
+                    r["arm"],
+                    r["sessions"],
+                    r["turns"],
+                    ", ".join(f"{k}: {v}" for k, v in sorted(r["stop_reasons"].items())),
+                    fmt(r["therapist"]["tokens_per_second"], 1),
+                    fmt(r["patient"]["tokens_per_second"], 1),
+                ]
+                for r in ctx["rollout_stats"]
+            ],
+        )
+    )
     L.append("## Timing per stage (Snakemake benchmark files)")
     bt = ctx["benchmarks"]
-    L.append(_table(["stage", "jobs", "seconds", "max RSS (MB)"], [[b["stage"], b["jobs"], fmt(b["seconds"], 1), fmt(b["max_rss_mb"], 0)] for b in bt]))
+    L.append(
+        _table(
+            ["stage", "jobs", "seconds", "max RSS (MB)"],
+            [[b["stage"], b["jobs"], fmt(b["seconds"], 1), fmt(b["max_rss_mb"], 0)] for b in bt],
+        )
+    )
     L.append(f"Sum of job times: {fmt(sum(b['seconds'] for b in bt), 1)} s.")
     L.append("## Provenance")
     pv = ctx["provenance"]
-    L.append(f"Config hash: `{pv['config_hash']}`. Git commit: `{pv['git_commit']}`{' (uncommitted changes)' if pv['git_dirty'] else ''}. Seeds: {pv['seeds']}.")
+    L.append(
+        f"Config hash: `{pv['config_hash']}`. Git commit: `{pv['git_commit']}`{' (uncommitted changes)' if pv['git_dirty'] else ''}. Seeds: {pv['seeds']}."
+    )
     L.append(_table(["package", "version"], [[k, v or "—"] for k, v in pv["packages"].items()]))
-    L.append(_table(["model", "source", "sha256"], [[m["model"], m["source"], m["sha256"] if isinstance(m["sha256"], str) else "; ".join(f"{k}: {v}" for k, v in (m["sha256"] or {}).items())] for m in pv["models"]]))
+    L.append(
+        _table(
+            ["model", "source", "sha256"],
+            [
+                [
+                    m["model"],
+                    m["source"],
+                    m["sha256"] if isinstance(m["sha256"], str) else "; ".join(f"{k}: {v}" for k, v in (m["sha256"] or {}).items()),
+                ]
+                for m in pv["models"]
+            ],
+        )
+    )
     L.append(_table(["file", "sha256"], [[k, v] for k, v in pv["files"].items()]))
     import yaml
 
@@ -334,17 +497,25 @@ def md_to_html(text: str, base: Path, title: str) -> str:
         elif (m := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)", ln)) is not None:
             img = base / m.group(2)
             data = base64.b64encode(img.read_bytes()).decode() if img.exists() else ""
-            out.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"/><figcaption>{html.escape(m.group(1))}</figcaption></figure>')
+            out.append(
+                f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"/><figcaption>{html.escape(m.group(1))}</figcaption></figure>'
+            )
         elif ln.startswith("> "):
             out.append(f'<p class="note">{inline(ln[2:])}</p>')
         elif ln.strip():
             out.append(f"<p>{inline(ln)}</p>")
         i += 1
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;margin:1em 0;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em}"
-           "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}"
-           ".note{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}")
-    return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{css}</style></head><body>\n' + "\n".join(out) + "\n</body></html>\n"
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em}"
+        "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}"
+        ".note{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{css}</style></head><body>\n'
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(md_path: str | Path, html_path: str | Path, markdown: str) -> None:

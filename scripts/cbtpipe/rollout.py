@@ -33,7 +33,9 @@ def session_plan(profiles: list[dict[str, Any]], rcfg: dict[str, Any]) -> list[d
     return plan
 
 
-def _fit(messages: list[dict[str, str]], backend: Backend, n_ctx: int, max_tokens: int, keep: int) -> tuple[list[dict[str, str]], int, bool]:
+def _fit(
+    messages: list[dict[str, str]], backend: Backend, n_ctx: int, max_tokens: int, keep: int
+) -> tuple[list[dict[str, str]], int, bool]:
     """Drop the oldest turns after the first ``keep`` messages until the prompt fits.
 
     Returns (messages, prompt token estimate, whether anything was dropped)."""
@@ -59,9 +61,7 @@ def run_session(
 ) -> dict[str, Any]:
     prof = item["profile"]
     marker = rcfg["end_marker"]
-    patient_system = render_template(
-        patient_template, patient=describe(prof), style=prof["conversational_style"], end_marker=marker
-    )
+    patient_system = render_template(patient_template, patient=describe(prof), style=prof["conversational_style"], end_marker=marker)
     th_msgs = [{"role": "system", "content": system_prompt}]
     pa_msgs = [{"role": "system", "content": patient_system}]
     if rcfg["opener"] == "therapist":
@@ -176,8 +176,15 @@ def run_rollouts(
         sessions.append(s)
         log.info(
             "%s/%s %s: %d turns, stop %s (%d/%d sessions)",
-            model, arm, uid, s["turns"], s["stop_reason"], len(sessions), len(plan),
+            model,
+            arm,
+            uid,
+            s["turns"],
+            s["stop_reason"],
+            len(sessions),
+            len(plan),
         )
+
     def speed(role):
         toks = sum(m["completion_tokens"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
         secs = sum(m["seconds"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])

@@ -9,9 +9,49 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from .io import PipelineError, setup_logging
+from .io import PipelineError, hash_obj, setup_logging, sha256_file, write_json
+
+PROVENANCE_DIR = "results/provenance"
+
+
+def path_digest(path: str) -> str | None:
+    """sha256 of a file, or of a directory's files (names and contents), or None if absent."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        return hash_obj({str(f.relative_to(p)): sha256_file(f) for f in sorted(p.rglob("*")) if f.is_file()}, 64)
+    return None
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if callable(x):
+        return repr(x)
+    return x
+
+
+def write_provenance(smk: Any, name: str, seconds: float) -> None:
+    """Record what made this job's outputs: the params (the config values the rule depends on),
+    the input and output hashes. One JSON per job under results/provenance/."""
+    wc = dict(getattr(smk, "wildcards", {}) or {})
+    params = _plain(dict(smk.params.items())) if hasattr(smk.params, "items") else {}
+    rec = {
+        "rule": name,
+        "wildcards": wc,
+        "params_sha256": hash_obj(params, 64),
+        "inputs": {str(f): path_digest(str(f)) for f in smk.input},
+        "outputs": {str(f): path_digest(str(f)) for f in smk.output},
+        "seconds": round(seconds, 2),
+    }
+    tag = "-".join([name, *(str(v) for _, v in sorted(wc.items()))])
+    write_json(Path(PROVENANCE_DIR) / f"{tag}.json", rec)
 
 
 @contextlib.contextmanager
@@ -48,6 +88,7 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
             traceback.print_exc(file=real_stderr)
         raise
     logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
+    write_provenance(smk, name, time.perf_counter() - t0)
     sys.stderr, sys.stdout = real_stderr, real_stdout
     if fh is not None:
         fh.close()

@@ -47,9 +47,21 @@ def paired_comparison(
     d = a - b
     n = int(d.size)
     res: dict[str, Any] = {
-        "n": n, "mean_a": None, "mean_b": None, "mean_diff": None, "sd_diff": None,
-        "ci_t": [None, None], "ci_boot": [None, None], "t": None, "df": None, "p_t": None,
-        "wilcoxon_V": None, "p_wilcoxon": None, "cohens_dz": None, "rank_biserial": None, "notes": [],
+        "n": n,
+        "mean_a": None,
+        "mean_b": None,
+        "mean_diff": None,
+        "sd_diff": None,
+        "ci_t": [None, None],
+        "ci_boot": [None, None],
+        "t": None,
+        "df": None,
+        "p_t": None,
+        "wilcoxon_V": None,
+        "p_wilcoxon": None,
+        "cohens_dz": None,
+        "rank_biserial": None,
+        "notes": [],
     }
     if n == 0:
         res["notes"].append("no complete pairs")
@@ -110,7 +122,7 @@ def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | No
     if method == "holm":
         adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
     elif method == "fdr_bh":
-        adj = np.minimum.accumulate(((m / np.arange(m, 0, -1)) * p[order][::-1]))[::-1]
+        adj = np.minimum.accumulate((m / np.arange(m, 0, -1)) * p[order][::-1])[::-1]
     else:
         raise ValueError(f"unknown correction {method}")
     adj = np.minimum(adj, 1.0)

@@ -22,10 +22,19 @@ def installed_version() -> str:
 
 def fetch_sdist(ver: str, dest: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
         # scikit-build-core is pinned in the project, so pip reads the sdist's metadata without
         # building an isolated environment (seconds instead of minutes).
-        "--no-build-isolation", f"llama-cpp-python=={ver}", "-d", str(dest),
+        "--no-build-isolation",
+        f"llama-cpp-python=={ver}",
+        "-d",
+        str(dest),
     ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

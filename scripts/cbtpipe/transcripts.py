@@ -94,9 +94,7 @@ def check_session(messages: list[dict[str, str]], dcfg: dict[str, Any]) -> str |
     return None
 
 
-def generate_course(
-    profile: dict[str, Any], backend: Backend, dcfg: dict[str, Any], template: str | Path
-) -> dict[str, Any]:
+def generate_course(profile: dict[str, Any], backend: Backend, dcfg: dict[str, Any], template: str | Path) -> dict[str, Any]:
     """All sessions of one patient's course; failed sessions are recorded, never kept."""
     n = dcfg["sessions_per_patient"]
     plan = phase_plan(dcfg["phases"], n)
@@ -180,7 +178,11 @@ def run_generation(
         courses.append(course)
         log.info(
             "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
-            prof["id"], len(course["sessions"]), len(course["failed"]), len(courses), len(profiles),
+            prof["id"],
+            len(course["sessions"]),
+            len(course["failed"]),
+            len(courses),
+            len(profiles),
             backend.stats.as_dict()["tokens_per_second"] or 0,
         )
     sessions = [dict(s, split=c["split"]) for c in courses for s in c["sessions"]]

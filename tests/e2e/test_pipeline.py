@@ -29,7 +29,7 @@ def test_both_arms_met_the_same_patients_with_the_same_seeds(ci_run):
 def test_report_content(ci_run):
     md = (ci_run / "results/report/report.md").read_text()
     html = (ci_run / "results/report/report.html").read_text()
-    totals = list(csv.DictReader(open(ci_run / "results/report/session_totals.csv")))
+    totals = list(csv.DictReader((ci_run / "results/report/session_totals.csv").read_text().splitlines()))
     by_patient = {}
     for r in totals:
         by_patient.setdefault(r["patient_id"], set()).add(r["arm"])
@@ -37,8 +37,16 @@ def test_report_content(ci_run):
     m = re.search(r"Judge samples: (\d+), valid answers: (\d+)", md)
     assert m and int(m.group(1)) == 2 * 2 * 2  # sessions x arms x samples
     assert int(m.group(2)) >= 1
-    for section in ("CBT-tuned versus instruct", "Per CTRS item", "Judge validity and reliability", "Export parity",
-                    "Training", "Timing per stage", "Provenance", "Published figures"):
+    for section in (
+        "CBT-tuned versus instruct",
+        "Per CTRS item",
+        "Judge validity and reliability",
+        "Export parity",
+        "Training",
+        "Timing per stage",
+        "Provenance",
+        "Published figures",
+    ):
         assert f"## {section}" in md
     assert "nan" not in md.lower().replace("financ", "")
     assert html.count("data:image/png;base64,") >= 4
@@ -57,7 +65,7 @@ def test_export_parity_and_training_outputs(ci_run):
     metrics = json.loads((ci_run / "results/training/smollm2-135m/metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["train_loss_after"] < metrics["train_loss_before"]
     assert (ci_run / "results/training/smollm2-135m/adapter/adapter_config.json").exists()
-    rows = list(csv.DictReader(open(ci_run / "results/training/smollm2-135m/train_log.csv")))
+    rows = list(csv.DictReader((ci_run / "results/training/smollm2-135m/train_log.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     for q in ("f16", "Q4_K_M"):
         for arm in ("instruct", "cbt"):

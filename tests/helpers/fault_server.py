@@ -53,7 +53,9 @@ class FaultServer:
                     return self._send(200, b"<html>not json")
                 content = {"garbage": "I think the score is high!", "blank": "   "}.get(mode, outer.answer)
                 out = {
-                    "id": "x", "object": "chat.completion", "model": body.get("model"),
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body.get("model"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }

@@ -1,0 +1,59 @@
+"""Preference pairs for ORPO: the chosen reply is the synthetic therapist's turn, the rejected
+reply is what the instruct model (its exported GGUF, in llama.cpp) says in the same context."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .backends import Backend
+from .io import UnitStore, hash_obj
+
+log = logging.getLogger("cbtpipe")
+
+
+def contexts(row: dict[str, Any], max_per_session: int) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt messages, chosen reply) for the first ``max_per_session`` assistant turns."""
+    out = []
+    msgs = row["messages"]
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant" and len(out) < max_per_session:
+            out.append((msgs[:i], m["content"]))
+    return out
+
+
+def build_pairs(
+    rows: list[dict[str, Any]], backend: Backend, sampling: dict[str, Any], seed: int, max_per_session: int, unit_dir: str | Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    store = UnitStore(Path(unit_dir) / hash_obj({"backend": backend.identity(), "sampling": sampling, "seed": seed, "k": max_per_session}))
+    pairs, reused, t0 = [], 0, time.perf_counter()
+    for row in rows:
+        uid = f"{row['patient_id']}-s{row['session_index']}-{hash_obj(row['messages'], 8)}"
+        if store.has(uid):
+            pairs += store.load(uid)
+            reused += 1
+            continue
+        unit = []
+        for j, (prompt, chosen) in enumerate(contexts(row, max_per_session)):
+            c = backend.chat(prompt, sampling=sampling, seed=seed + j)
+            if c.text.strip() and c.text.strip() != chosen.strip():
+                unit.append(
+                    {
+                        "prompt": prompt,
+                        "chosen": [{"role": "assistant", "content": chosen}],
+                        "rejected": [{"role": "assistant", "content": c.text.strip()}],
+                        "patient_id": row["patient_id"],
+                    }
+                )
+        store.save(uid, unit)
+        pairs += unit
+    stats = {
+        "sessions": len(rows),
+        "sessions_reused": reused,
+        "pairs": len(pairs),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "llm": backend.stats.as_dict(),
+    }
+    return pairs, stats

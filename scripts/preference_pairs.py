@@ -1,0 +1,24 @@
+"""Snakemake entry: ORPO preference pairs (chosen: synthetic therapist; rejected: instruct model)."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from cbtpipe.backends import LlamaCppBackend  # noqa: E402
+from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from cbtpipe.preference import build_pairs  # noqa: E402
+from cbtpipe.rule import entry  # noqa: E402
+
+with entry(snakemake, "preference_pairs") as log:
+    p = snakemake.params
+    spec = {"n_ctx": p.n_ctx, "n_threads": snakemake.threads, "n_gpu_layers": p.n_gpu_layers}
+    backend = LlamaCppBackend("instruct", spec, model_path=snakemake.input.gguf)
+    try:
+        out = {}
+        for split in ("train", "val"):
+            pairs, stats = build_pairs(read_jsonl(snakemake.input[split]), backend, p.sampling, p.seed, p.per_session, f"{p.units}/{split}")
+            write_jsonl(snakemake.output[split], pairs)
+            out[split] = stats
+    finally:
+        backend.close()
+    write_json(snakemake.output.stats, out)
+    log.info("preference pairs: %s", out)

@@ -1,0 +1,96 @@
+"""A real single-node SLURM cluster: the CI-sized pipeline's training-to-rollout part through
+`snakemake --executor slurm --profile profiles/slurm`.
+
+Needs root (apt-get, daemons). The cluster is brought up by tests/slurm/slurm_up.sh and stopped by
+slurm_down.sh, which ends only the daemons it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.workdir import clone_workdir, snakemake_cmd
+
+pytestmark = pytest.mark.slurm
+HERE = Path(__file__).resolve().parent
+TARGET = "results/rollouts/smollm2-135m/cbt/shard00.jsonl"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster needs root (apt-get and the SLURM daemons)")
+    state = tmp_path_factory.mktemp("slurm_state")
+    env = dict(os.environ, SLURM_TEST_STATE=str(state))
+    t0 = time.time()
+    r = subprocess.run(["bash", str(HERE / "slurm_up.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    up = time.time() - t0
+    print(f"\nSLURM bring-up: {up:.1f} s ({r.stdout.strip()})")
+    yield {"up_seconds": up, "env": env}
+    d = subprocess.run(["bash", str(HERE / "slurm_down.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert d.returncode == 0, d.stderr
+
+
+def _run_hard_timeout(cmd, cwd, timeout):
+    """Run with a hard timeout that ends in SIGKILL (the plugin can hang on status checks)."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail(f"snakemake through SLURM did not finish in {timeout} s:\n{out[-4000:]}")
+    return p.returncode, out
+
+
+def test_sbatch_gpu_request_is_accepted(cluster):
+    r = subprocess.run(["srun", "--gpus=1", "-n1", "bash", "-c", "echo $CUDA_VISIBLE_DEVICES"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+
+
+def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
+    # Re-run training and everything after it up to the CBT arm's rollout, through SLURM.
+    wd = clone_workdir(ci_run, tmp_path / "wd")
+    shutil.rmtree(wd / "results/units/train", ignore_errors=True)
+    args = ["--configfile", "config/ci.yaml", "--forcerun", "train", TARGET]
+    cmd = snakemake_cmd(
+        "--executor",
+        "slurm",
+        "--profile",
+        "profiles/slurm",
+        "--jobs",
+        "4",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        *args,
+    )
+    t0 = time.time()
+    rc, out = _run_hard_timeout(cmd, wd, 1200)
+    slurm_s = time.time() - t0
+    assert rc == 0, out[-5000:]
+    for rule in ("train", "merge", "convert_gguf", "quantize_gguf", "rollout"):
+        assert f"rule {rule}" in out or f"localrule {rule}" in out, f"{rule} did not run:\n{out[-3000:]}"
+    assert "sbatch" in out or "Job " in out
+    # The same through the local executor, for the timing comparison.
+    wd2 = clone_workdir(ci_run, tmp_path / "wd2")
+    shutil.rmtree(wd2 / "results/units/train", ignore_errors=True)
+    t1 = time.time()
+    r = subprocess.run(snakemake_cmd("--cores", "2", *args), cwd=wd2, capture_output=True, text=True, timeout=1200)
+    local_s = time.time() - t1
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = (wd / TARGET).read_text()
+    b = (wd2 / TARGET).read_text()
+    assert len(a.splitlines()) == len(b.splitlines()) == 2
+    print(f"\nSLURM: train->rollout through SLURM {slurm_s:.1f} s, with --cores 2 {local_s:.1f} s, bring-up {cluster['up_seconds']:.1f} s")

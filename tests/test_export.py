@@ -1,0 +1,63 @@
+"""GGUF export with llama.cpp's own converter and quantizer, and logit parity."""
+
+import tarfile
+
+import pytest
+
+from cbtpipe.export import convert_to_gguf, quantize
+from cbtpipe.io import PipelineError
+from cbtpipe.parity import parity_report
+from cbtpipe.tools import build_tools, extract_tools, installed_version
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tools")
+    info = build_tools(d / "llama_cpp_tools", d / "info.json")
+    assert info["llama_cpp_python"] == installed_version()
+    return d / "llama_cpp_tools"
+
+
+def test_tools_come_from_the_installed_version(tools):
+    assert (tools / "convert_hf_to_gguf.py").is_file()
+    assert (tools / "gguf-py" / "gguf").is_dir()
+    assert (tools / "conversion").is_dir()
+
+
+def test_tools_refuse_a_mismatched_sdist(tmp_path):
+    fake = tmp_path / "llama_cpp_python-0.0.1.tar.gz"
+    with tarfile.open(fake, "w:gz"):
+        pass
+    with pytest.raises(PipelineError, match="version 0.0.1, but llama-cpp-python"):
+        extract_tools(fake, tmp_path / "out", installed_version())
+
+
+def test_convert_quantize_and_parity(tiny_hf, tools, tmp_path):
+    f16 = tmp_path / "m-f16.gguf"
+    q = tmp_path / "m-Q4_K_M.gguf"
+    convert_to_gguf(tiny_hf, f16, tools, "f16")
+    quantize(f16, q, "Q4_K_M")
+    assert f16.read_bytes()[:4] == b"GGUF" and q.stat().st_size < f16.stat().st_size
+    res = parity_report(tiny_hf, {"f16": f16, "Q4_K_M": q}, ["I have been feeling low for weeks.", "Let us set an agenda."])
+    assert res["f16"]["top1_agreement"] == 1.0
+    assert res["f16"]["max_abs_logit_diff"] < 0.5
+    assert res["Q4_K_M"]["top1_agreement"] >= 0.6
+    with pytest.raises(PipelineError, match="no quantization type Q9_Z"):
+        quantize(f16, tmp_path / "x.gguf", "Q9_Z")
+
+
+def test_imported_model_matches_source_gguf(tiny_hf, tiny_gguf):
+    """The import writes the same model as the GGUF: top-1 agreement with llama.cpp >= 90%."""
+    res = parity_report(
+        tiny_hf,
+        {"src": tiny_gguf},
+        [
+            "I have been feeling low for weeks and I cannot get out of bed.",
+            "When you notice the thought that you are a failure, what goes through your mind?",
+        ],
+    )
+    assert res["src"]["top1_agreement"] >= 0.9
+    assert (tiny_hf / "model.safetensors").exists()
+    from transformers import AutoTokenizer
+
+    assert "<|im_start|>" in AutoTokenizer.from_pretrained(tiny_hf).chat_template

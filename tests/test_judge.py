@@ -1,0 +1,66 @@
+"""The judge with the real tiny model in llama.cpp: schema enforced, invalid answers missing."""
+
+from cbtpipe.backends import Completion
+from cbtpipe.judge import judge_session, load_rubric, render_transcript, run_judging
+
+SESSION = {
+    "session_id": "abc123",
+    "patient_id": "eval-000",
+    "model": "SECRETMODELNAME",
+    "arm": "cbt",
+    "quantization": "Q4_K_M",
+    "messages": [
+        {"role": "therapist", "content": "Welcome back. How has your mood been this week?"},
+        {"role": "patient", "content": "Low. I stayed in bed most days."},
+        {"role": "therapist", "content": "Shall we put getting up in the morning on today's agenda?"},
+    ],
+}
+JCFG = {
+    "samples": 2,
+    "seed": 5,
+    "max_attempts": 2,
+    "aggregate": "mean",
+    "totals": "complete",
+    "justification_chars": 30,
+    "sampling": {"temperature": 0.7, "max_tokens": 500},
+}
+
+
+def test_schema_enforced_with_tiny_model(root, tiny_backend, tmp_path):
+    rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    j = judge_session(SESSION, tiny_backend, rubric, JCFG, root / "resources/prompts/judge.j2")
+    assert len(j["samples"]) == 2
+    for s in j["samples"]:
+        if s["valid"]:
+            assert set(s["scores"]) == {i["id"] for i in rubric["items"]}
+            assert all(0 <= v <= 6 for v in s["scores"].values())
+            assert s["total"] == sum(s["scores"].values())
+    assert j["valid_samples"] >= 1
+    assert len({s["seed"] for s in j["samples"]}) == 2
+
+
+def test_judge_never_sees_model_or_arm(root):
+    text = render_transcript(SESSION)
+    assert "SECRETMODELNAME" not in text and "cbt" not in text.lower().split()
+
+
+def test_invalid_answers_are_missing_not_zero(root, tmp_path):
+    from cbtpipe.backends import Backend
+
+    class Broken(Backend):
+        def identity(self):
+            return {"type": "broken"}
+
+        def _complete(self, messages, *, sampling, seed, schema, stop):
+            return Completion(text='{"agenda": {"score": 0}}' if seed % 2 else "The session was fine.", completion_tokens=5)
+
+    rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    b = Broken("broken", {}, cache_dir=None)
+    judged, stats = run_judging([SESSION], b, rubric, JCFG, root / "resources/prompts/judge.j2", tmp_path)
+    j = judged[0]
+    assert stats["valid_samples"] == 0 and stats["valid_share"] == 0
+    for s in j["samples"]:
+        assert not s["valid"] and s["attempts"] == 2
+        assert all(v is None for v in s["scores"].values())
+        assert s["total"] is None and s["raw_invalid"]
+    assert j["total"] is None and all(v is None for v in j["item_scores"].values())

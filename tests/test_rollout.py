@@ -1,0 +1,78 @@
+"""Simulated sessions: paired design, session control, resume."""
+
+import json
+
+from cbtpipe.io import UnitStore
+from cbtpipe.profiles import eval_profiles, load_attributes
+from cbtpipe.rollout import run_rollouts, session_plan, shard_profiles
+
+RCFG = {
+    "therapist": {"temperature": 0.7, "max_tokens": 24},
+    "patient": {"temperature": 0.8, "max_tokens": 20},
+    "therapist_n_ctx": 2048,
+    "opener": "therapist",
+    "opening_message": "(The patient arrives.)",
+    "max_turns": 4,
+    "end_marker": "[END]",
+    "context_strategy": "truncate_oldest",
+    "sessions_per_patient": 1,
+    "seed": 7,
+}
+
+
+def test_plan_is_identical_for_every_arm(root):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 4, 3, [])
+    a = [(x["profile"]["id"], x["patient_seed"], x["therapist_seed"]) for x in session_plan(ev, RCFG)]
+    b = [(x["profile"]["id"], x["patient_seed"], x["therapist_seed"]) for x in session_plan(list(reversed(ev)), RCFG)]
+    assert sorted(a) == sorted(b) and len(set(a)) == 4
+    shards = [shard_profiles(ev, i, 3) for i in range(3)]
+    assert sorted(p["id"] for s in shards for p in s) == sorted(p["id"] for p in ev)
+
+
+def test_rollouts_resume_and_record_everything(root, tiny_backend, tiny_gguf, tmp_path):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 2, 3, [])
+    kw = dict(
+        model="tiny",
+        arm="instruct",
+        quantization="Q4_1",
+        gguf=tiny_gguf,
+        therapist=tiny_backend,
+        patient=tiny_backend,
+        rcfg=RCFG,
+        system_prompt="You are a CBT therapist.",
+        patient_template=root / "resources/prompts/patient_system.j2",
+        unit_dir=tmp_path / "units",
+    )
+    first, st1 = run_rollouts(profiles=ev[:1], **kw)
+    s = first[0]
+    assert s["turns"] <= 4 and s["messages"][0]["role"] == "therapist"
+    assert s["stop_reason"] in {"max_turns", "end_marker_patient", "end_marker_therapist", "empty_therapist", "empty_patient"}
+    for key in ("patient_seed", "therapist_seed", "context_strategy", "therapist_sampling", "patient_sampling", "gguf_sha256"):
+        assert key in s
+    assert all({"completion_tokens", "prompt_tokens", "seconds"} <= m.keys() for m in s["messages"])
+    both, st2 = run_rollouts(profiles=ev, **kw)
+    assert st2["sessions_reused"] == 1 and st2["sessions"] == 2
+    assert json.dumps(both[0], sort_keys=True) == json.dumps(first[0], sort_keys=True)
+    assert sorted(UnitStore(st2["unit_dir"]).computed_counts().values()) == [1, 1]
+
+
+def test_context_overflow_is_handled(root, tiny_backend, tiny_gguf, tmp_path):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 1, 3, [])
+    kw = dict(
+        model="tiny",
+        arm="cbt",
+        quantization="Q4_1",
+        gguf=tiny_gguf,
+        therapist=tiny_backend,
+        patient=tiny_backend,
+        system_prompt="You are a CBT therapist. " * 40,
+        patient_template=root / "resources/prompts/patient_system.j2",
+        profiles=ev,
+    )
+    stop, _ = run_rollouts(rcfg=dict(RCFG, therapist_n_ctx=300, context_strategy="stop", max_turns=8), unit_dir=tmp_path / "a", **kw)
+    assert stop[0]["stop_reason"].startswith("context_full")
+    trunc, _ = run_rollouts(rcfg=dict(RCFG, therapist_n_ctx=420, max_turns=8), unit_dir=tmp_path / "b", **kw)
+    assert trunc[0]["context_truncations"] >= 1 or trunc[0]["stop_reason"] != "max_turns"
