@@ -25,13 +25,13 @@ demo: setup
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
-	$(BIN)/ruff check scripts tests
-	$(BIN)/ruff format --check scripts tests
+	$(BIN)/ruff check scripts tests tools
+	$(BIN)/ruff format --check scripts tests tools
 
 format: setup
 	$(BIN)/snakefmt Snakefile rules/
-	$(BIN)/ruff format scripts tests
-	$(BIN)/ruff check --fix scripts tests
+	$(BIN)/ruff format scripts tests tools
+	$(BIN)/ruff check --fix scripts tests tools
 
 test: lint
 	$(BIN)/pytest tests

@@ -77,3 +77,11 @@ def test_benchmarks_and_noop_rerun(ci_run):
     assert {b.parent.name for b in bench} >= {"import", "data", "train", "merge", "export", "parity", "rollout", "judge"}
     r = run_snakemake(ci_run, "--cores", "2", "--configfile", "config/ci.yaml", "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_snakemake_report_builds(ci_run, tmp_path):
+    out = tmp_path / "smk_report.html"
+    r = run_snakemake(ci_run, "--configfile", "config/ci.yaml", "--report", str(out))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    text = out.read_text(errors="replace")
+    assert out.stat().st_size > 10_000 and "loss.png" in text and "report.html" in text
