@@ -25,6 +25,11 @@ include: "rules/judge.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    # API keys are needed to run, not to plan: checked here, before the first job.
+    check_api_keys(config)
+
+
 rule all:
     default_target: True
     input:

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
-from cbtpipe.config import check_config, model_training_cfg  # noqa: E402
+from cbtpipe.config import check_api_keys, check_config, model_training_cfg  # noqa: E402
 
-check_config(config, workflow.basedir, dryrun=workflow.dryrun)
+check_config(config, workflow.basedir)
 
 MODELS = sorted(config["models"])
 ARMS = config["rollout"]["arms"]

@@ -128,13 +128,27 @@ def _train_proc(tiny_hf, tmp_path, out):
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
+    from cbtpipe.training import last_complete_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-4")
+    assert not (tmp_path / "checkpoint-6").exists()
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
 def test_killed_training_resumes_from_checkpoint(tiny_hf, tmp_path):
     out = tmp_path / "out"
     p = _train_proc(tiny_hf, tmp_path, out)
     units = tmp_path / "units"
     deadline = time.time() + 600
-    # Kill as soon as the second checkpoint (step 4) exists.
-    while time.time() < deadline and not list(units.glob("*/checkpoints/checkpoint-4/adapter_model.safetensors")):
+    # Kill as soon as the second checkpoint (step 4) is complete.
+    while time.time() < deadline and not list(units.glob("*/checkpoints/checkpoint-4/trainer_state.json")):
         assert p.poll() is None, p.stdout.read().decode()[-3000:]
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL)

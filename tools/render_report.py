@@ -17,8 +17,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 CHECK = """
 <script>
@@ -44,13 +53,21 @@ def render(html: Path, png: Path | None) -> dict:
         probe = Path(d) / "probe.html"
         probe.write_text(html.read_text(encoding="utf-8").replace("</body>", CHECK + "</body>"), encoding="utf-8")
         prof = Path(d) / "profile"
-        dom = subprocess.run([exe, *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                             capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(
+            [exe, *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         start = dom.find("<title>IMAGES ")
         counts = json.loads(dom[start + len("<title>IMAGES ") : dom.find("</title>", start)]) if start >= 0 else {"total": 0, "loaded": 0}
         if png:
-            subprocess.run([exe, *FLAGS, f"--user-data-dir={prof}", "--window-size=1200,5200", f"--screenshot={png}", html.resolve().as_uri()],
-                           capture_output=True, timeout=120, check=True)
+            subprocess.run(
+                [exe, *FLAGS, f"--user-data-dir={prof}", "--window-size=1200,5200", f"--screenshot={png}", html.resolve().as_uri()],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
     return counts
 
 

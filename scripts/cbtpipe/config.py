@@ -25,26 +25,38 @@ def _file(path: str, key: str, base: Path) -> None:
         raise PipelineError(f"config key {key}: file {path} does not exist")
 
 
-def check_config(cfg: dict[str, Any], base: str | Path = ".", dryrun: bool = True) -> None:
-    """Raise PipelineError naming the culprit. With ``dryrun`` False (a real run) the API-key
-    variables of the backends in use must also be set, so a run fails before any work starts."""
+def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
+    """Config key -> backend name, for the stages that call an LLM backend in this config."""
+    out = {}
+    for key, (sec, field) in STAGE_BACKENDS.items():
+        if key == "data.generator" and cfg["data"]["source"] != "generate":
+            continue
+        out[key] = cfg[sec][field]
+    return out
+
+
+def check_api_keys(cfg: dict[str, Any]) -> None:
+    """The API-key variables of the backends in use must be set (checked when a run starts, not
+    in a dry run, so a login node can plan the study without keys)."""
+    for key, name in active_backends(cfg).items():
+        env = cfg["backends"][name].get("api_key_env")
+        if env and not os.environ.get(env):
+            raise PipelineError(
+                f"environment variable {env} is not set; backend '{name}' (used by {key}) reads its API key from it "
+                f"(config key backends.{name}.api_key_env)"
+            )
+
+
+def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
+    """Raise PipelineError naming the culprit (config key, file, line)."""
     from .backends import check_gguf_file
     from .judge import load_rubric
 
     base = Path(base)
     backends = cfg["backends"]
-    for key, (sec, field) in STAGE_BACKENDS.items():
-        if key == "data.generator" and cfg["data"]["source"] != "generate":
-            continue
-        name = cfg[sec][field]
+    for key, name in active_backends(cfg).items():
         if name not in backends:
             raise PipelineError(f"config key {key}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")
-        env = backends[name].get("api_key_env")
-        if env and not dryrun and not os.environ.get(env):
-            raise PipelineError(
-                f"environment variable {env} is not set; backend '{name}' (used by {key}) reads its API key from it "
-                f"(config key backends.{name}.api_key_env)"
-            )
     for name, b in backends.items():
         if b["type"] == "llama_cpp" and "gguf" not in b:
             raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")

@@ -144,6 +144,27 @@ def plot_loss(rows: list[dict[str, Any]], metrics: dict[str, Any], path: str | P
     plt.close(fig)
 
 
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end.
+
+    A kill can land while a checkpoint is being saved; its folder then exists without the trainer
+    state, which the Trainer writes last. Such a folder is removed and the one before it is used."""
+    import json
+
+    found = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        if not d.is_dir() or not d.name.split("-")[-1].isdigit():
+            continue
+        try:
+            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("checkpoint %s is incomplete (killed while saving); ignoring it", d)
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        found.append((int(d.name.split("-")[-1]), d))
+    return str(max(found)[1]) if found else None
+
+
 def load_base(model_dir: str | Path, tcfg: dict[str, Any]):
     import torch
     from transformers import AutoModelForCausalLM
@@ -191,7 +212,6 @@ def train_sft(
     import torch
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
@@ -265,7 +285,7 @@ def train_sft(
         ds_train, ds_val = pairs(train_path), pairs(val_path)
         if ds_train is None:
             raise PipelineError(f"{train_path}: no preference pairs to train on")
-        args = ORPOConfig(beta=tcfg["orpo_beta"], **common)
+        args = ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **common)
         trainer = ORPOTrainer(
             model=model,
             args=args,
@@ -293,17 +313,17 @@ def train_sft(
     if before_path.exists():
         before = read_json(before_path)
     else:
-        before = {"train_loss_before": trainer.evaluate(ds_train, metric_key_prefix="train")["train_loss"]}
-        before["val_loss_before"] = trainer.evaluate(ds_val)["eval_loss"] if ds_val is not None else None
+        before = {"train_loss_before": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"]}
+        before["val_loss_before"] = trainer.evaluate()["eval_loss"] if ds_val is not None else None
         write_json(before_path, before)
-    last = get_last_checkpoint(str(ckpt_dir)) if any(ckpt_dir.iterdir()) else None
+    last = last_complete_checkpoint(ckpt_dir)
     if last:
         log.info("resuming from checkpoint %s", last)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - t0
-    after = {"train_loss_after": trainer.evaluate(ds_train, metric_key_prefix="train")["train_loss"]}
-    after["val_loss_after"] = trainer.evaluate(ds_val)["eval_loss"] if ds_val is not None else None
+    after = {"train_loss_after": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"]}
+    after["val_loss_after"] = trainer.evaluate()["eval_loss"] if ds_val is not None else None
 
     tmp = Path(str(out_adapter) + ".tmp")
     if tmp.exists():

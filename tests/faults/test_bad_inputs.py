@@ -29,7 +29,7 @@ def snapshot(wd: Path) -> dict[str, str]:
 def workdir(tmp_path_factory):
     """A repository copy with earlier results in it (the profiles of the CI config)."""
     wd = make_workdir(tmp_path_factory.mktemp("bad_inputs"))
-    r = run_snakemake(wd, "--cores", "1", "--configfile", "config/ci.yaml", "results/profiles/eval.jsonl")
+    r = run_snakemake(wd, "results/profiles/eval.jsonl", "--cores", "1", "--configfile", "config/ci.yaml")
     assert r.returncode == 0, r.stderr[-3000:]
     (wd / "bad").mkdir()
     for f in CORPUS.iterdir():
@@ -184,9 +184,8 @@ def _run_case(workdir, harness, name, mutate, target, expect, extra_env=None):
     path = workdir / "bad" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     before = snapshot(workdir)
-    args = ["--cores", "1", "--configfile", str(path.relative_to(workdir))]
-    if target:
-        args.append(target)
+    # Targets go first: --configfile takes several values and would swallow them.
+    args = [*([target] if target else []), "--cores", "1", "--configfile", str(path.relative_to(workdir))]
     harness.tried += 1
     r = run_snakemake(workdir, *args, timeout=600, env=extra_env)
     out = r.stdout + r.stderr

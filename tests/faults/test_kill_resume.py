@@ -78,7 +78,8 @@ def _job_procs(proc: subprocess.Popen, script: str):
 def run_with_kill(wd: Path, rule: str, seed: int, whole: bool) -> dict:
     target, units, script, dur = RULES[rule]
     shutil.rmtree(wd / units, ignore_errors=True)
-    cmd = snakemake_cmd("--cores", "2", "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule, target)
+    # The target goes first: --forcerun and --configfile take several values and would swallow it.
+    cmd = snakemake_cmd(target, "--cores", "2", "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
     rng = random.Random(f"{rule}:{seed}")
     delay = rng.uniform(2.0, 0.8 * dur)
     p = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

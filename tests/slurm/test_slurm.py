@@ -87,7 +87,7 @@ def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
     wd2 = clone_workdir(ci_run, tmp_path / "wd2")
     shutil.rmtree(wd2 / "results/units/train", ignore_errors=True)
     t1 = time.time()
-    r = subprocess.run(snakemake_cmd("--cores", "2", *args), cwd=wd2, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(snakemake_cmd(TARGET, "--cores", "2", *args), cwd=wd2, capture_output=True, text=True, timeout=1200)
     local_s = time.time() - t1
     assert r.returncode == 0, r.stderr[-3000:]
     a = (wd / TARGET).read_text()
