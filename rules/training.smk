@@ -10,6 +10,13 @@ rule preference_pairs:
         train="results/data/{model}/pairs_train.jsonl",
         val="results/data/{model}/pairs_val.jsonl",
         stats="results/data/{model}/pairs_stats.json",
+    log:
+        "logs/pairs/{model}.log",
+    benchmark:
+        "benchmarks/pairs/{model}.tsv"
+    conda:
+        "../envs/llamacpp.yaml"
+    threads: CPU
     params:
         sampling=config["rollout"]["therapist"],
         seed=config["seed"],
@@ -17,13 +24,6 @@ rule preference_pairs:
         n_ctx=config["rollout"]["therapist_n_ctx"],
         n_gpu_layers=config["rollout"]["therapist_n_gpu_layers"],
         units="results/units/pairs/{model}",
-    log:
-        "logs/pairs/{model}.log",
-    benchmark:
-        "benchmarks/pairs/{model}.tsv"
-    threads: CPU
-    conda:
-        "../envs/llamacpp.yaml"
     script:
         "../scripts/preference_pairs.py"
 
