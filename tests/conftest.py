@@ -77,9 +77,13 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory):
-    """The CI-sized config run end to end with real components, once per test session."""
+    """The CI-sized config run end to end with real components, once per test session.
+
+    Developers may point CBT_TEST_CI_RUN at a finished CI-sized run to skip the run itself."""
     from tests.helpers.workdir import make_workdir, run_snakemake
 
+    if os.environ.get("CBT_TEST_CI_RUN"):
+        return Path(os.environ["CBT_TEST_CI_RUN"])
     wd = make_workdir(tmp_path_factory.mktemp("ci_run"))
     r = run_snakemake(wd, "--cores", "2", "--configfile", "config/ci.yaml")
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]

