@@ -12,6 +12,21 @@ from cbtpipe.config import (
 
 check_config(config, workflow.basedir)
 
+
+def _canonical(x):
+    if isinstance(x, dict):
+        return {k: _canonical(x[k]) for k in sorted(x)}
+    if isinstance(x, list):
+        return [_canonical(v) for v in x]
+    return x
+
+
+# Snakemake compares params by their text: with keys in one canonical order, reordering keys in a
+# config file (or another writer of it) does not make every rule look changed.
+_cfg = _canonical(config)
+config.clear()
+config.update(_cfg)
+
 MODELS = sorted(config["models"])
 ARMS = config["rollout"]["arms"]
 QUANTS = config["export"]["quantizations"]
