@@ -13,4 +13,13 @@ for name in slurmd slurmctld munged; do
   fi
   rm -f "$f"
 done
+# Put back the configuration that was there before slurm_up.sh (or remove the one it wrote).
+for f in slurm.conf gres.conf; do
+  if [ -e "$STATE/$f.orig" ]; then
+    cp -p "$STATE/$f.orig" "/etc/slurm/$f" && rm -f "$STATE/$f.orig"
+  elif [ -e "$STATE/$f.ours" ]; then
+    rm -f "/etc/slurm/$f"
+  fi
+  rm -f "$STATE/$f.ours"
+done
 echo "SLURM test daemons stopped"

@@ -27,7 +27,17 @@ chown munge:munge /etc/munge/munge.key
 chmod 0400 /etc/munge/munge.key
 chown -R slurm:slurm /var/spool/slurmctld /var/log/slurm /run/slurm 2>/dev/null || true
 
-# Two distinct character devices back two dummy GPUs (a count without File does not work).
+# Keep any configuration that was there before; slurm_down.sh puts it back. (A slurm.conf left
+# behind with no controller running makes every `scontrol` call, and so every snakemake start with
+# the SLURM plugin installed, wait about 10 s.)
+for f in slurm.conf gres.conf; do
+  if [ -e "/etc/slurm/$f" ] && [ ! -e "$STATE/$f.orig" ] && [ ! -e "$STATE/$f.ours" ]; then
+    cp -p "/etc/slurm/$f" "$STATE/$f.orig"
+  fi
+  touch "$STATE/$f.ours"
+done
+
+# A character device backs the dummy GPU (a gres.conf count without File does not work).
 cat > /etc/slurm/gres.conf <<GRES
 NodeName=$HOST Name=gpu File=/dev/null
 GRES
