@@ -286,29 +286,22 @@ def train_sft(
         if ds_train is None:
             raise PipelineError(f"{train_path}: no preference pairs to train on")
         args = ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **common)
-        trainer = ORPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=ds_train,
-            eval_dataset=ds_val,
-            processing_class=tok,
-            peft_config=peft_cfg,
-            callbacks=[CsvLogger(csv_path)],
-        )
+        trainer_cls = ORPOTrainer
     else:
         train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
         ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
         ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
         args = SFTConfig(packing=tcfg["packing"], assistant_only_loss=False, **common)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=ds_train,
-            eval_dataset=ds_val,
-            processing_class=tok,
-            peft_config=peft_cfg,
-            callbacks=[CsvLogger(csv_path)],
-        )
+        trainer_cls = SFTTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=ds_train,
+        eval_dataset=ds_val,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[CsvLogger(csv_path)],
+    )
     before_path = unit / "loss_before.json"
     if before_path.exists():
         before = read_json(before_path)
