@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import PipelineError, hash_obj
+from .io import PipelineError
 
 STAGE_BACKENDS = {
     "data.generator": ("data", "generator"),
@@ -109,11 +109,6 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     q = cfg["rollout"]["quantization"]
     if q not in cfg["export"]["quantizations"] and q != cfg["export"]["outtype"]:
         raise PipelineError(f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations")
-
-
-def section_hash(cfg: dict[str, Any], *keys: str) -> str:
-    """Hash of the config sections a stage depends on (recorded in provenance)."""
-    return hash_obj({k: cfg.get(k) for k in keys})
 
 
 def model_training_cfg(cfg: dict[str, Any], model: str) -> dict[str, Any]:

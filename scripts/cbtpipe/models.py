@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import resolve_gguf
-from .io import PipelineError, sha256_file, write_json
+from .io import PipelineError, sha256_file
 
 
 def gguf_chat_template(path: str | Path) -> str | None:
@@ -114,7 +114,3 @@ def download_hub(repo_id: str, revision: str, out_dir: str | Path) -> dict[str, 
         allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
     )
     return {"repo_id": repo_id, "revision": revision, "path": path}
-
-
-def write_provenance(path: str | Path, prov: dict[str, Any]) -> None:
-    write_json(path, prov)
