@@ -14,7 +14,8 @@ from tests.helpers.fault_server import FaultServer
 
 SCHEMA = {
     "type": "object",
-    "properties": {"agenda": {"type": "integer", "minimum": 0, "maximum": 6}},
+    # The enum lets llama.cpp's grammar enforce the range (its converter ignores minimum/maximum).
+    "properties": {"agenda": {"type": "integer", "minimum": 0, "maximum": 6, "enum": list(range(7))}},
     "required": ["agenda"],
     "additionalProperties": False,
 }
@@ -94,6 +95,41 @@ def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
         assert b.chat(MSG, sampling=s, seed=11).text == a1  # after another request
     finally:
         b.close()
+
+
+def test_llama_cpp_prefix_reuse_changes_no_answer(tiny_gguf):
+    """A growing conversation and repeated samples reuse the shared turns' KV cache, and every
+    answer equals the one a fresh backend gives to the same request."""
+    from cbtpipe.backends import LlamaCppBackend
+
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048, "n_threads": 2}
+    s = {"temperature": 0.9, "max_tokens": 20}
+    conv = [{"role": "system", "content": "You are a patient with low mood, talking to a therapist."}]
+    requests = []
+    warm = LlamaCppBackend("warm", spec, cache_dir=None)
+    try:
+        for turn in range(3):
+            conv.append({"role": "user", "content": f"Therapist: what happened this week, part {turn}?"})
+            requests += [(list(conv), turn), (list(conv), turn + 50)]  # two samples of the same prompt
+            answers = [warm.chat(m, sampling=s, seed=seed) for m, seed in requests[-2:]]
+            conv.append({"role": "assistant", "content": answers[0].text})
+            assert answers[1].prompt_tokens_reused == answers[1].prompt_tokens - 1
+            if turn:
+                assert 0 < answers[0].prompt_tokens_reused < answers[0].prompt_tokens - 1
+        warm_texts = [warm.chat(m, sampling=s, seed=seed).text for m, seed in requests]
+        assert warm.stats.prompt_tokens_reused > 0
+    finally:
+        warm.close()
+    fresh_texts = []
+    for m, seed in requests:
+        b = LlamaCppBackend("fresh", spec, cache_dir=None)
+        try:
+            c = b.chat(m, sampling=s, seed=seed)
+            assert c.prompt_tokens_reused == 0
+            fresh_texts.append(c.text)
+        finally:
+            b.close()
+    assert warm_texts == fresh_texts
 
 
 def test_http_backend_against_llama_cpp_server(llama_server, tmp_path):

@@ -43,6 +43,7 @@ class Completion:
     seconds: float = 0.0
     finish_reason: str = "stop"
     cached: bool = False
+    prompt_tokens_reused: int = 0
 
 
 @dataclass
@@ -67,11 +68,13 @@ class BackendStats:
     seconds: float = 0.0
     retries: int = 0
     errors: int = 0
+    prompt_tokens_reused: int = 0
 
     def add(self, c: Completion) -> None:
         self.calls += 1
         self.cache_hits += int(c.cached)
         self.prompt_tokens += c.prompt_tokens
+        self.prompt_tokens_reused += c.prompt_tokens_reused
         self.completion_tokens += c.completion_tokens
         self.seconds += c.seconds
 
@@ -233,6 +236,17 @@ class Backend:
 
 
 class LlamaCppBackend(Backend):
+    """A GGUF model in process.
+
+    Prompts are evaluated in a canonical way so that an answer depends on the request alone, never
+    on what ran before it or on a restart: the prompt is cut after every end-of-turn token and
+    before its last token, each piece is evaluated as one batch after the pieces before it, and the
+    last token alone (as llama-cpp-python does). The key/value cache of the leading pieces that a
+    new prompt shares with the previous one is reused, bit-identical to evaluating them afresh:
+    the k judge samples of one transcript evaluate it once, a simulated session's next turn
+    evaluates only the new turns.
+    """
+
     kind = "llama_cpp"
     _model_hash_cache: dict[tuple[str, int, float], str] = {}
 
@@ -256,6 +270,18 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as e:
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
+        self.reuse_prefix = bool(spec.get("reuse_prefix", True))
+        self._canon: list[int] = []  # prompt tokens whose KV cache was evaluated canonically
+        self._cuts: list[int] = []  # the piece boundaries they were evaluated with
+        self._reused = 0
+        from llama_cpp import llama_vocab_is_eog
+
+        vocab = self.llm._model.vocab
+        self._eog = frozenset(t for t in range(self.llm.n_vocab()) if llama_vocab_is_eog(vocab, t))
+        # The chat handler tokenizes the formatted prompt and calls create_completion: the
+        # prompt's tokens are prepared here first.
+        self._create_completion = self.llm.create_completion
+        self.llm.create_completion = self._prepared_completion
 
     def identity(self) -> dict[str, Any]:
         st = self.model_path.stat()
@@ -266,6 +292,50 @@ class LlamaCppBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def prompt_cuts(self, tokens: list[int]) -> list[int]:
+        """Boundaries of the canonical pieces of a prompt: after each end-of-turn token, and n-1."""
+        n = len(tokens)
+        cuts = [i + 1 for i in range(n - 2) if tokens[i] in self._eog]
+        return cuts + [n - 1] if n > 1 else []
+
+    def _forget(self) -> None:
+        self._canon, self._cuts = [], []
+        self.llm.reset()
+
+    def _prepare(self, tokens: list[int]) -> None:
+        """Leave the KV cache holding ``tokens[:-1]`` evaluated canonically; count reused tokens."""
+        self._reused = 0
+        if not self.reuse_prefix or len(tokens) < 2 or len(tokens) >= self.n_ctx:
+            self._forget()  # llama-cpp-python evaluates it (or reports the overflow) itself
+            return
+        cuts = self.prompt_cuts(tokens)
+        keep = 0
+        for old, new in zip(self._cuts, cuts, strict=False):
+            if old != new or self._canon[keep:new] != tokens[keep:new]:
+                break
+            keep = new
+        llm = self.llm
+        if keep == 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            self._forget()
+            keep = 0
+        llm.n_tokens = keep
+        self._reused = keep
+        self._canon, self._cuts = list(tokens[:keep]), [c for c in cuts if c <= keep]
+        for c in cuts:
+            if c <= keep:
+                continue
+            llm.eval(tokens[keep:c])
+            self._canon += tokens[keep:c]
+            self._cuts.append(c)
+            keep = c
+
+    def _prepared_completion(self, prompt, *args, **kwargs):
+        if isinstance(prompt, list):
+            self._prepare(prompt)
+        else:
+            self._forget()
+        return self._create_completion(prompt, *args, **kwargs)
 
     def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
         kwargs: dict[str, Any] = dict(
@@ -278,10 +348,6 @@ class LlamaCppBackend(Backend):
         )
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        # Evaluate every prompt from scratch. llama.cpp's prefix reuse re-evaluates the last prompt
-        # token alone, which shifts the logits slightly and, when sampling, changes the answer: an
-        # identical request would then depend on what ran before it (or on a restart).
-        self.llm.reset()
         t0 = time.perf_counter()
         out = self.llm.create_chat_completion(messages=messages, **kwargs)
         dt = time.perf_counter() - t0
@@ -293,6 +359,7 @@ class LlamaCppBackend(Backend):
             completion_tokens=int(usage.get("completion_tokens", 0)),
             seconds=dt,
             finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens_reused=self._reused,
         )
 
     def close(self) -> None:
