@@ -217,6 +217,7 @@ def run_judging(
         "completion_tokens_per_second": round(ctoks / secs, 2) if secs else None,
         "cost_usd": round(cost_usd(backend.spec, ptoks, ctoks), 6),
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "llm": backend.stats.as_dict(),  # this run's calls, with the prompt tokens reused from the KV cache
         "backend": backend.name,
         "unit_dir": str(store.root),
     }

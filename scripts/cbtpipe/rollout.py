@@ -185,10 +185,17 @@ def run_rollouts(
             len(plan),
         )
 
-    def speed(role):
+    def speed(role, backend):
         toks = sum(m["completion_tokens"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
         secs = sum(m["seconds"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
-        return {"completion_tokens": toks, "seconds": round(secs, 3), "tokens_per_second": round(toks / secs, 2) if secs else None}
+        return {
+            "completion_tokens": toks,
+            "seconds": round(secs, 3),
+            "tokens_per_second": round(toks / secs, 2) if secs else None,
+            # this run's calls only: how much of their prompts came from the reused KV cache
+            "prompt_tokens": backend.stats.prompt_tokens,
+            "prompt_tokens_reused": backend.stats.prompt_tokens_reused,
+        }
 
     stops: dict[str, int] = {}
     for s in sessions:
@@ -201,8 +208,8 @@ def run_rollouts(
         "sessions_reused": reused,
         "turns": sum(s["turns"] for s in sessions),
         "stop_reasons": stops,
-        "therapist": speed("therapist"),
-        "patient": speed("patient"),
+        "therapist": speed("therapist", therapist),
+        "patient": speed("patient", patient),
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "unit_dir": str(store.root),
     }
