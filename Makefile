@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: setup demo test lint format dag clean-results
+.PHONY: setup demo test lint format dag clean-results clean
 
 setup: $(STAMP)
 
@@ -43,3 +43,6 @@ dag: setup
 clean-results:
 	rm -rf results/* logs benchmarks .snakemake/metadata
 	git checkout -- results/README.md
+
+clean: clean-results
+	rm -rf cache
