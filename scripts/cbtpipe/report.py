@@ -189,6 +189,10 @@ def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_
     }
 
 
+def _reused_note(n: int) -> str:
+    return f", {n} of them reused from llama.cpp's key/value cache in this run" if n else ""
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -365,6 +369,8 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     js = ctx["judge_stats"]
     L.append(
         f"Judge throughput: {sum(j['completion_tokens'] for j in js)} completion tokens in {fmt(sum(j['judge_seconds'] for j in js), 1)} s; "
+        f"{sum(j['prompt_tokens'] for j in js)} prompt tokens"
+        f"{_reused_note(sum((j.get('llm') or {}).get('prompt_tokens_reused', 0) for j in js))}; "
         f"cost {fmt(sum(j['cost_usd'] for j in js), 4)} USD at the configured prices."
     )
     L.append("## Training")
