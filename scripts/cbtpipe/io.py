@@ -74,12 +74,22 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return rows
 
 
+_SHA256_SEEN: dict[tuple[str, int, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a file, computed once per process for a given file state (path, inode, size,
+    mtime): a job that keys its units on a model and then records it in provenance reads a
+    multi-gigabyte file once."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        _SHA256_SEEN[key] = h.hexdigest()
+    return _SHA256_SEEN[key]
 
 
 def sha256_text(text: str) -> str:
