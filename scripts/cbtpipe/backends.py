@@ -248,7 +248,6 @@ class LlamaCppBackend(Backend):
     """
 
     kind = "llama_cpp"
-    _model_hash_cache: dict[tuple[str, int, float], str] = {}
 
     def __init__(self, name: str, spec: dict[str, Any], model_path: str | os.PathLike | None = None, **kw):
         super().__init__(name, spec, **kw)
@@ -271,8 +270,9 @@ class LlamaCppBackend(Backend):
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
         self.reuse_prefix = bool(spec.get("reuse_prefix", True))
-        self._canon: list[int] = []  # prompt tokens whose KV cache was evaluated canonically
-        self._cuts: list[int] = []  # the piece boundaries they were evaluated with
+        # Piece boundaries of the prompt whose tokens (llm.input_ids) the KV cache holds,
+        # evaluated canonically up to the last one.
+        self._cuts: list[int] = []
         self._reused = 0
         from llama_cpp import llama_vocab_is_eog
 
@@ -284,11 +284,7 @@ class LlamaCppBackend(Backend):
         self.llm.create_completion = self._prepared_completion
 
     def identity(self) -> dict[str, Any]:
-        st = self.model_path.stat()
-        k = (str(self.model_path.resolve()), st.st_size, st.st_mtime)
-        if k not in self._model_hash_cache:
-            self._model_hash_cache[k] = sha256_file(self.model_path)
-        return {"type": self.kind, "model_sha256": self._model_hash_cache[k]}
+        return {"type": self.kind, "model_sha256": sha256_file(self.model_path)}
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -300,7 +296,7 @@ class LlamaCppBackend(Backend):
         return cuts + [n - 1] if n > 1 else []
 
     def _forget(self) -> None:
-        self._canon, self._cuts = [], []
+        self._cuts = []
         self.llm.reset()
 
     def _prepare(self, tokens: list[int]) -> None:
@@ -309,26 +305,23 @@ class LlamaCppBackend(Backend):
         if not self.reuse_prefix or len(tokens) < 2 or len(tokens) >= self.n_ctx:
             self._forget()  # llama-cpp-python evaluates it (or reports the overflow) itself
             return
+        llm = self.llm
         cuts = self.prompt_cuts(tokens)
         keep = 0
         for old, new in zip(self._cuts, cuts, strict=False):
-            if old != new or self._canon[keep:new] != tokens[keep:new]:
+            if old != new or llm.input_ids[keep:new].tolist() != tokens[keep:new]:
                 break
             keep = new
-        llm = self.llm
         if keep == 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             self._forget()
             keep = 0
-        llm.n_tokens = keep
-        self._reused = keep
-        self._canon, self._cuts = list(tokens[:keep]), [c for c in cuts if c <= keep]
+        llm.n_tokens = self._reused = keep
+        self._cuts = []  # until every piece is in (an error part-way leaves nothing to reuse)
         for c in cuts:
-            if c <= keep:
-                continue
-            llm.eval(tokens[keep:c])
-            self._canon += tokens[keep:c]
-            self._cuts.append(c)
-            keep = c
+            if c > keep:
+                llm.eval(tokens[keep:c])
+                keep = c
+        self._cuts = cuts
 
     def _prepared_completion(self, prompt, *args, **kwargs):
         if isinstance(prompt, list):
