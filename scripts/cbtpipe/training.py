@@ -302,12 +302,18 @@ def train_sft(
         peft_config=peft_cfg,
         callbacks=[CsvLogger(csv_path)],
     )
+
+    def losses(when: str) -> dict[str, float | None]:
+        return {
+            f"train_loss_{when}": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"],
+            f"val_loss_{when}": trainer.evaluate()["eval_loss"] if ds_val is not None else None,
+        }
+
     before_path = unit / "loss_before.json"
     if before_path.exists():
         before = read_json(before_path)
     else:
-        before = {"train_loss_before": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"]}
-        before["val_loss_before"] = trainer.evaluate()["eval_loss"] if ds_val is not None else None
+        before = losses("before")
         write_json(before_path, before)
     last = last_complete_checkpoint(ckpt_dir)
     if last:
@@ -315,8 +321,7 @@ def train_sft(
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - t0
-    after = {"train_loss_after": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"]}
-    after["val_loss_after"] = trainer.evaluate()["eval_loss"] if ds_val is not None else None
+    after = losses("after")
 
     tmp = Path(str(out_adapter) + ".tmp")
     if tmp.exists():
