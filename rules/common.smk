@@ -69,9 +69,13 @@ def gpu_resources(wildcards):
     return gpus(wildcards.model)
 
 
-def partition(wildcards):
-    key = "gpu_partition" if gpus(wildcards.model) else "cpu_partition"
+def _partition(n_gpus):
+    key = "gpu_partition" if n_gpus else "cpu_partition"
     return config["resources"][key] or ""
+
+
+def partition(wildcards):
+    return _partition(gpus(wildcards.model))
 
 
 def rollout_gpus(wildcards):
@@ -79,12 +83,7 @@ def rollout_gpus(wildcards):
 
 
 def rollout_partition(wildcards):
-    key = "gpu_partition" if rollout_gpus(wildcards) else "cpu_partition"
-    return config["resources"][key] or ""
-
-
-def cpu_partition(wildcards):
-    return config["resources"]["cpu_partition"] or ""
+    return _partition(rollout_gpus(wildcards))
 
 
 def training_inputs(wildcards):
