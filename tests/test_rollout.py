@@ -30,20 +30,24 @@ def test_plan_is_identical_for_every_arm(root):
     assert sorted(p["id"] for s in shards for p in s) == sorted(p["id"] for p in ev)
 
 
+def _rollout_kw(root, backend, gguf, **kw):
+    """run_rollouts arguments with the tiny model in both roles."""
+    return dict(
+        model="tiny",
+        quantization="Q4_1",
+        gguf=gguf,
+        therapist=backend,
+        patient=backend,
+        patient_template=root / "resources/prompts/patient_system.j2",
+        **kw,
+    )
+
+
 def test_rollouts_resume_and_record_everything(root, tiny_backend, tiny_gguf, tmp_path):
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
     ev = eval_profiles(attrs, 2, 3, [])
-    kw = dict(
-        model="tiny",
-        arm="instruct",
-        quantization="Q4_1",
-        gguf=tiny_gguf,
-        therapist=tiny_backend,
-        patient=tiny_backend,
-        rcfg=RCFG,
-        system_prompt="You are a CBT therapist.",
-        patient_template=root / "resources/prompts/patient_system.j2",
-        unit_dir=tmp_path / "units",
+    kw = _rollout_kw(
+        root, tiny_backend, tiny_gguf, arm="instruct", rcfg=RCFG, system_prompt="You are a CBT therapist.", unit_dir=tmp_path / "units"
     )
     first, st1 = run_rollouts(profiles=ev[:1], **kw)
     s = first[0]
@@ -61,17 +65,7 @@ def test_rollouts_resume_and_record_everything(root, tiny_backend, tiny_gguf, tm
 def test_context_overflow_is_handled(root, tiny_backend, tiny_gguf, tmp_path):
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
     ev = eval_profiles(attrs, 1, 3, [])
-    kw = dict(
-        model="tiny",
-        arm="cbt",
-        quantization="Q4_1",
-        gguf=tiny_gguf,
-        therapist=tiny_backend,
-        patient=tiny_backend,
-        system_prompt="You are a CBT therapist. " * 40,
-        patient_template=root / "resources/prompts/patient_system.j2",
-        profiles=ev,
-    )
+    kw = _rollout_kw(root, tiny_backend, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist. " * 40, profiles=ev)
     stop, _ = run_rollouts(rcfg=dict(RCFG, therapist_n_ctx=300, context_strategy="stop", max_turns=8), unit_dir=tmp_path / "a", **kw)
     assert stop[0]["stop_reason"].startswith("context_full")
     trunc, _ = run_rollouts(rcfg=dict(RCFG, therapist_n_ctx=420, max_turns=8), unit_dir=tmp_path / "b", **kw)

@@ -60,6 +60,11 @@ def _set(cfg, dotted, value):
     return cfg
 
 
+def _importing(path):
+    """A config change: import the transcripts at ``path`` instead of generating them."""
+    return lambda c: _set(_set(c, "data.source", "import"), "data.import_path", path)
+
+
 CASES = [
     # (id, config mutation, snakemake target or None for the default, expected message parts)
     ("unknown_key", lambda c: _set(c, "judge.sampels", 2), None, ["sampels"]),
@@ -100,31 +105,31 @@ CASES = [
     ),
     (
         "import_bad_json",
-        lambda c: _set(_set(c, "data.source", "import"), "data.import_path", "bad/bad_json.jsonl"),
+        _importing("bad/bad_json.jsonl"),
         None,
         ["bad_json.jsonl, line 2", "invalid JSON"],
     ),
     (
         "import_wrong_role",
-        lambda c: _set(_set(c, "data.source", "import"), "data.import_path", "bad/wrong_role.jsonl"),
+        _importing("bad/wrong_role.jsonl"),
         None,
         ["wrong_role.jsonl, line 1", "'client'"],
     ),
     (
         "import_empty_turn",
-        lambda c: _set(_set(c, "data.source", "import"), "data.import_path", "bad/empty_turn.jsonl"),
+        _importing("bad/empty_turn.jsonl"),
         None,
         ["empty_turn.jsonl, line 1", "empty"],
     ),
     (
         "import_huge_line",
-        lambda c: _set(_set(c, "data.source", "import"), "data.import_path", "bad/huge_line.jsonl"),
+        _importing("bad/huge_line.jsonl"),
         None,
         ["huge_line.jsonl, line 1", "longer than"],
     ),
     (
         "import_non_utf8",
-        lambda c: _set(_set(c, "data.source", "import"), "data.import_path", "bad/non_utf8.jsonl"),
+        _importing("bad/non_utf8.jsonl"),
         None,
         ["non_utf8.jsonl, line 1", "UTF-8"],
     ),
