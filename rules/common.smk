@@ -78,12 +78,50 @@ def partition(wildcards):
     return _partition(gpus(wildcards.model))
 
 
+def cpu_partition(wildcards):
+    return _partition(0)
+
+
+def backend_gpus(*keys):
+    """1 if an LLM backend named by one of these config keys (section, field) offloads to a GPU."""
+    return int(
+        any(
+            config["backends"].get(config[sec][field], {}).get("n_gpu_layers", 0)
+            for sec, field in keys
+        )
+    )
+
+
+def backend_partition(*keys):
+    return _partition(backend_gpus(*keys))
+
+
 def rollout_gpus(wildcards):
-    return 1 if config["rollout"]["therapist_n_gpu_layers"] else 0
+    therapist = config["rollout"]["therapist_n_gpu_layers"]
+    return int(bool(therapist) or backend_gpus(("rollout", "patient_backend")) > 0)
 
 
 def rollout_partition(wildcards):
     return _partition(rollout_gpus(wildcards))
+
+
+def _env(name, on_gpu):
+    """A rule's conda env: the *-gpu variant (CUDA llama.cpp, the GPU training stack) when the
+    job uses a GPU."""
+    return f"../envs/{name}-gpu.yaml" if on_gpu else f"../envs/{name}.yaml"
+
+
+def training_env(wildcards):
+    return _env("training", gpus(wildcards.model) > 0)
+
+
+def rollout_env(wildcards):
+    return _env("llamacpp", rollout_gpus(wildcards) > 0)
+
+
+def llm_env(*keys):
+    """The env of a rule whose LLM backends are named by these config keys (section, field)."""
+    return _env("llm", backend_gpus(*keys) > 0)
 
 
 def training_inputs(wildcards):

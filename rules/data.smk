@@ -48,8 +48,11 @@ rule transcripts:
     benchmark:
         "benchmarks/data/transcripts.tsv"
     conda:
-        "../envs/llm.yaml"
+        llm_env(("data", "generator"))
     threads: CPU
+    resources:
+        gpu=backend_gpus(("data", "generator")),
+        slurm_partition=backend_partition(("data", "generator")),
     params:
         data=config["data"],
         backends=config["backends"],

@@ -14,8 +14,11 @@ rule judge:
     benchmark:
         "benchmarks/judge/{model}-{arm}-{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        llm_env(("judge", "backend"))
     threads: CPU
+    resources:
+        gpu=backend_gpus(("judge", "backend")),
+        slurm_partition=backend_partition(("judge", "backend")),
     params:
         judge=config["judge"],
         backends=config["backends"],

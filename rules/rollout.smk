@@ -12,7 +12,7 @@ rule rollout:
     benchmark:
         "benchmarks/rollout/{model}-{arm}-{shard}.tsv"
     conda:
-        "../envs/llamacpp.yaml"
+        rollout_env
     threads: CPU
     resources:
         gpu=rollout_gpus,

@@ -1,4 +1,5 @@
-# LoRA / QLoRA fine-tuning with trl + peft, then merging into the full-precision base.
+# LoRA / QLoRA fine-tuning with trl + peft, then merging into the full-precision base (on the CPU:
+# merging is one pass of additions and needs no GPU).
 
 
 rule preference_pairs:
@@ -15,7 +16,7 @@ rule preference_pairs:
     benchmark:
         "benchmarks/pairs/{model}.tsv"
     conda:
-        "../envs/llamacpp.yaml"
+        rollout_env
     threads: CPU
     params:
         sampling=config["rollout"]["therapist"],
@@ -46,7 +47,7 @@ rule train:
     benchmark:
         "benchmarks/train/{model}.tsv"
     conda:
-        "../envs/training.yaml"
+        training_env
     threads: CPU
     resources:
         gpu=gpu_resources,
@@ -75,8 +76,7 @@ rule merge:
         "../envs/training.yaml"
     threads: CPU
     resources:
-        gpu=gpu_resources,
-        slurm_partition=partition,
+        slurm_partition=cpu_partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     params:
         dtype=lambda wc: config["models"][wc.model]["dtype"],

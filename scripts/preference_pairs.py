@@ -11,7 +11,7 @@ from cbtpipe.rule import entry  # noqa: E402
 with entry(snakemake, "preference_pairs") as log:
     p = snakemake.params
     spec = {"n_ctx": p.n_ctx, "n_threads": snakemake.threads, "n_gpu_layers": p.n_gpu_layers}
-    backend = LlamaCppBackend("instruct", spec, model_path=snakemake.input.gguf)
+    backend = LlamaCppBackend("instruct", spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
     try:
         out = {}
         for split in ("train", "val"):

@@ -18,7 +18,7 @@ with entry(snakemake, "rollout") as log:
         "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
         "n_gpu_layers": rcfg["therapist_n_gpu_layers"],
     }
-    therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf)
+    therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
     patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
     try:
         sessions, stats = run_rollouts(

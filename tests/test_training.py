@@ -197,3 +197,127 @@ def test_orpo_few_steps_on_tiny_model(tiny_hf, tiny_backend, tmp_path):
     assert m["method"] == "orpo" and m["steps"] == 2
     assert m["val_loss_before"] is not None and m["val_loss_after"] is not None
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_gpu_training_without_cuda_stops_at_once(tiny_hf, tmp_path):
+    """models.<m>.gpus > 0 on a machine without CUDA: an error naming the key, before any work."""
+    import torch
+
+    from cbtpipe.training import train_sft
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_jsonl(tmp_path / "t.jsonl", [{"messages": CONV}])
+    t0 = time.perf_counter()
+    with pytest.raises(PipelineError, match=r"config key models\.tiny\.gpus is 1, but this job sees 0 CUDA device"):
+        train_sft(
+            model_dir=tiny_hf,
+            train_path=tmp_path / "t.jsonl",
+            val_path=tmp_path / "t.jsonl",
+            tcfg=dict(TCFG),
+            seed=1,
+            unit_root=tmp_path / "units",
+            out_adapter=tmp_path / "a",
+            out_csv=tmp_path / "l.csv",
+            out_metrics=tmp_path / "m.json",
+            out_plot=tmp_path / "p.png",
+            title="t",
+            n_gpus=1,
+            gpu_key="models.tiny.gpus",
+        )
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "units").exists() or not any((tmp_path / "units").rglob("checkpoint-*"))
+
+
+def test_llama_offload_without_gpu_backend_names_the_key(tiny_gguf):
+    import llama_cpp
+
+    from cbtpipe.backends import LlamaCppBackend
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama.cpp build can offload to a GPU here")
+    with pytest.raises(PipelineError, match=r"config key rollout\.therapist_n_gpu_layers is -1.*make setup GPU=1"):
+        LlamaCppBackend("therapist", {"n_gpu_layers": -1}, model_path=tiny_gguf, gpu_key="rollout.therapist_n_gpu_layers")
+    with pytest.raises(PipelineError, match=r"config key backends\.judge\.n_gpu_layers is 8"):
+        LlamaCppBackend("judge", {"n_gpu_layers": 8}, model_path=tiny_gguf)
+
+
+def _batch_losses(model, batch):
+    """Per-example mean loss over the labelled tokens of a collated batch (padded or padding-free)."""
+    import torch
+
+    with torch.no_grad():
+        # As in training: no key/value cache (transformers finds packed examples only without one).
+        logits = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}, use_cache=False).logits
+    labels = batch["labels"]
+    lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    return lp, labels[:, 1:] != -100
+
+
+def test_padding_free_batches_keep_the_mask_and_attend_per_example(tiny_hf):
+    """A padding-free batch (examples back to back, position ids restarting) trains exactly the
+    therapist tokens of each example, and each example's losses equal those of a padded batch:
+    attention does not cross from one example into the next."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from cbtpipe.training import assistant_mask_example
+
+    tok = AutoTokenizer.from_pretrained(tiny_hf)
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf, attn_implementation="sdpa").eval()
+    other = [dict(m, content=m["content"].replace("low", "anxious and tired")) for m in CONV]
+    examples = []
+    for conv in (CONV, other):
+        ex = assistant_mask_example(tok, conv, 4096)
+        ex["labels"] = [t if m else -100 for t, m in zip(ex["input_ids"], ex["assistant_masks"], strict=True)]
+        examples.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
+    pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    free = DataCollatorForLanguageModeling(pad_token_id=pid, padding_free=True)(examples)
+    padded = DataCollatorForLanguageModeling(pad_token_id=pid, padding_free=False)(examples)
+    assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
+    lens = [len(e["input_ids"]) for e in examples]
+    assert free["input_ids"].shape[1] == sum(lens)
+    # The labelled tokens are exactly the therapist turns of both examples.
+    trained = tok.decode([t for t, lab in zip(free["input_ids"][0].tolist(), free["labels"][0].tolist(), strict=True) if lab != -100])
+    assert trained.count("THERAPISTONE") == 2 and trained.count("THERAPISTTWO") == 2 and "PATIENTSAYS" not in trained
+    lf, mf = _batch_losses(model, free)
+    lp, mp = _batch_losses(model, padded)
+    first = lf[0, : lens[0] - 1][mf[0, : lens[0] - 1]]
+    second = lf[0, lens[0] : lens[0] + lens[1] - 1][mf[0, lens[0] : lens[0] + lens[1] - 1]]
+    assert first.shape == lp[0][mp[0]].shape and second.shape == lp[1][mp[1]].shape
+    assert (first - lp[0][mp[0]]).abs().max() < 1e-3
+    assert (second - lp[1][mp[1]]).abs().max() < 1e-3
+
+
+def test_memory_plan_prefers_smaller_micro_batches_to_checkpointing(tiny_hf):
+    from transformers import AutoConfig
+
+    from cbtpipe.training import activation_bytes, plan_memory
+
+    cfg = AutoConfig.from_pretrained(tiny_hf)
+
+    class M:
+        config = cfg
+
+    t = {"batch_size": 8, "grad_accum": 1, "max_length": 2048, "bf16": True, "method": "lora"}
+    one = activation_bytes(cfg, 1, 2048, 2)
+    assert activation_bytes(cfg, 8, 2048, 2) > 7 * one
+    assert plan_memory(True, M, t, "cpu")["gradient_checkpointing"] is True
+    assert plan_memory(False, M, t, "cpu", free_bytes=1)["gradient_checkpointing"] is False
+    roomy = plan_memory("auto", M, t, "cuda", free_bytes=100 * activation_bytes(cfg, 8, 2048, 2))
+    assert (roomy["batch_size"], roomy["grad_accum"], roomy["gradient_checkpointing"]) == (8, 1, False)
+    tight = plan_memory("auto", M, t, "cuda", free_bytes=int(2.6 * one / 0.8))
+    assert (tight["batch_size"], tight["grad_accum"], tight["gradient_checkpointing"]) == (2, 4, False)
+    full = plan_memory("auto", M, t, "cuda", free_bytes=int(0.5 * one))
+    assert (full["batch_size"], full["grad_accum"], full["gradient_checkpointing"]) == (8, 1, True)
+
+
+def test_loss_subsample_is_fixed_and_bounded():
+    from datasets import Dataset
+
+    from cbtpipe.training import loss_subsample
+
+    ds = Dataset.from_list([{"i": i} for i in range(100)])
+    a, b = loss_subsample(ds, 10, 3), loss_subsample(ds, 10, 3)
+    assert len(a) == 10 and a["i"] == b["i"] and a["i"] == sorted(a["i"])
+    assert loss_subsample(ds, 500, 3) is ds and loss_subsample(None, 5, 1) is None

@@ -28,6 +28,7 @@ from typing import Any
 
 import jsonschema
 
+from .hardware import require_gpu_offload
 from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
 
 log = logging.getLogger("cbtpipe")
@@ -249,10 +250,20 @@ class LlamaCppBackend(Backend):
 
     kind = "llama_cpp"
 
-    def __init__(self, name: str, spec: dict[str, Any], model_path: str | os.PathLike | None = None, **kw):
+    def __init__(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        model_path: str | os.PathLike | None = None,
+        gpu_key: str | None = None,
+        **kw,
+    ):
+        """``gpu_key`` names the config key that set ``n_gpu_layers`` (for the error when the
+        llama.cpp build cannot offload); by default ``backends.<name>.n_gpu_layers``."""
         super().__init__(name, spec, **kw)
         self.model_path = Path(model_path) if model_path else resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
         check_gguf_file(self.model_path, f"backends.{name}")
+        require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec.get("n_gpu_layers", 0)))
         from llama_cpp import Llama
 
         threads = spec.get("n_threads") or os.cpu_count() or 1

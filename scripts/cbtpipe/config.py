@@ -81,6 +81,11 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
             raise PipelineError(f"config key {where}.path: {src['path']} is not a Hugging Face model directory")
         if m.get("chat_template"):
             _file(m["chat_template"], f"models.{name}.chat_template", base)
+        if model_training_cfg(cfg, name)["method"] == "qlora" and not m["gpus"]:
+            raise PipelineError(
+                f"config key models.{name}.gpus is 0, but training.method qlora needs a CUDA GPU "
+                f"(4-bit NF4 weights through bitsandbytes): set models.{name}.gpus: 1, or use method: lora on the CPU"
+            )
     d = cfg["data"]
     if d["exchanges_min"] > d["exchanges_max"]:
         raise PipelineError("config keys data.exchanges_min > data.exchanges_max")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .hardware import cuda_or_cpu
 from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, write_json
 
 log = logging.getLogger("cbtpipe")
@@ -165,17 +167,76 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def load_base(model_dir: str | Path, tcfg: dict[str, Any]):
+def activation_bytes(model_config, batch_size: int, max_length: int, bytes_per_value: int = 2) -> int:
+    """Activation memory of one training step without gradient checkpointing (Korthikanti et al.
+    2022, with memory-efficient attention: about 34 values per token and hidden unit per layer;
+    the MLP term scales with the intermediate size), plus the logits in float32."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    h = int(cfg.hidden_size)
+    layers = int(cfg.num_hidden_layers)
+    inter = int(getattr(cfg, "intermediate_size", 4 * h) or 4 * h)
+    tokens = batch_size * max_length
+    per_layer = tokens * (10 * h + 6 * inter) * bytes_per_value
+    logits = tokens * int(cfg.vocab_size) * 4 * 2
+    return layers * per_layer + logits
+
+
+def plan_memory(setting: bool | str, model, tcfg: dict[str, Any], device: str, free_bytes: int | None = None) -> dict[str, Any]:
+    """Micro-batch, accumulation and gradient checkpointing for one training job.
+
+    ``true``/``false`` are taken as configured. ``auto`` keeps the effective batch
+    (batch_size x grad_accum) and first halves the micro-batch, raising the accumulation, until
+    the activation estimate fits 80% of the device's free memory; only when a micro-batch of one
+    still does not fit are activations recomputed (checkpointing costs about a third of the speed).
+    """
+    batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    plan = {"batch_size": batch, "grad_accum": accum, "gradient_checkpointing": bool(setting), "why": "configured"}
+    if setting is True or setting is False:
+        return plan
+    import torch
+
+    width = 2 if tcfg.get("bf16") or tcfg.get("method") == "qlora" else 4
+    if free_bytes is not None:
+        free = free_bytes
+    elif device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    budget = 0.8 * free
+    micro = batch
+    while True:
+        need = activation_bytes(model.config, micro, tcfg["max_length"], width)
+        if need <= budget or micro == 1 or micro % 2:
+            break
+        micro //= 2
+    fits = need <= budget
+    plan.update(
+        batch_size=micro if fits else batch,
+        grad_accum=accum * (batch // micro) if fits else accum,
+        gradient_checkpointing=not fits,
+        why=f"auto: activations about {need / 2**30:.2f} GiB at micro-batch {micro}, {free / 2**30:.1f} GiB free on {device}",
+    )
+    return plan
+
+
+def load_base(model_dir: str | Path, tcfg: dict[str, Any], device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
     method = tcfg["method"]
     if method == "qlora":
-        if not torch.cuda.is_available():
+        if device != "cuda":
             raise PipelineError(
                 "config key training.method: qlora needs a CUDA GPU (4-bit NF4 weights through bitsandbytes), "
-                "and none is visible here; use method: lora on a CPU"
+                "but this job was given none (models.<name>.gpus is 0); set gpus: 1 on a GPU node, or use method: lora on a CPU"
             )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise PipelineError(
+                "config key training.method: qlora needs bitsandbytes, which is not installed: "
+                "run `make setup GPU=1` (or use the training-gpu conda environment)"
+            ) from e
         from transformers import BitsAndBytesConfig
 
         bnb = BitsAndBytesConfig(
@@ -185,14 +246,24 @@ def load_base(model_dir: str | Path, tcfg: dict[str, Any]):
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16)
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tcfg["gradient_checkpointing"])
     else:
         dtype = torch.bfloat16 if tcfg["bf16"] else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # No key/value cache in training: it is never read, and transformers only gives the examples of
+    # a padding-free batch their own attention when there is none.
+    model.config.use_cache = False
     model.train()
     return model
+
+
+def loss_subsample(ds, n: int, seed: int):
+    """A fixed, seeded subsample of at most ``n`` examples (the whole split when it is smaller)."""
+    if ds is None or len(ds) <= n:
+        return ds
+    import random
+
+    idx = sorted(random.Random(seed).sample(range(len(ds)), n))
+    return ds.select(idx)
 
 
 def train_sft(
@@ -208,13 +279,23 @@ def train_sft(
     out_metrics: str | Path,
     out_plot: str | Path,
     title: str,
+    n_gpus: int = 0,
+    gpu_key: str = "models.<name>.gpus",
 ) -> dict[str, Any]:
+    """Train one adapter on the device the config names: ``n_gpus`` CUDA devices (an error if
+    there are fewer) or the CPU when it is 0; never a silent fallback."""
     import torch
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    device = cuda_or_cpu(gpu_key, n_gpus)
+    cuda = device == "cuda"
     torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
+    if cuda:
+        # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     key = hash_obj(
         {
             "tcfg": tcfg,
@@ -234,7 +315,17 @@ def train_sft(
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = load_base(model_dir, tcfg)
+    model = load_base(model_dir, tcfg, device)
+    mem = plan_memory(tcfg["gradient_checkpointing"], model, tcfg, device)
+    checkpointing = mem["gradient_checkpointing"]
+    log.info(
+        "micro-batch %d x accumulation %d, gradient checkpointing %s (%s)",
+        mem["batch_size"],
+        mem["grad_accum"],
+        "on" if checkpointing else "off",
+        mem["why"],
+    )
+    liger = bool(cuda and tcfg.get("liger_kernel", True) and importlib.util.find_spec("liger_kernel"))
     targets = tcfg["target_modules"]
     peft_cfg = LoraConfig(
         r=tcfg["rank"],
@@ -243,14 +334,13 @@ def train_sft(
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    cuda = torch.cuda.is_available()
     common = dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=tcfg["epochs"],
         max_steps=tcfg["max_steps"],
-        per_device_train_batch_size=tcfg["batch_size"],
-        per_device_eval_batch_size=tcfg["batch_size"],
-        gradient_accumulation_steps=tcfg["grad_accum"],
+        per_device_train_batch_size=mem["batch_size"],
+        per_device_eval_batch_size=mem["batch_size"],
+        gradient_accumulation_steps=mem["grad_accum"],
         learning_rate=tcfg["learning_rate"],
         lr_scheduler_type=tcfg["lr_scheduler"],
         warmup_steps=float(tcfg["warmup_ratio"]),  # a float below 1 is a ratio of the total steps
@@ -263,8 +353,11 @@ def train_sft(
         seed=seed,
         data_seed=seed,
         max_length=tcfg["max_length"],
-        gradient_checkpointing=tcfg["gradient_checkpointing"],
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         bf16=bool(tcfg["bf16"] or tcfg["method"] == "qlora"),
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        use_liger_kernel=liger,
         report_to=[],
         use_cpu=not cuda,
         dataloader_num_workers=0,
@@ -291,7 +384,13 @@ def train_sft(
         train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
         ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
         ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
-        args = SFTConfig(packing=tcfg["packing"], assistant_only_loss=False, **common)
+        # Padding-free: a batch is one row of its examples back to back; attention stays within each
+        # example (position ids restart), labels keep the therapist-only mask. The examples are
+        # already cut to max_length here, so trl need not enforce it.
+        padding_free = bool(tcfg.get("padding_free", True) and not tcfg["packing"])
+        if padding_free:
+            common["max_length"] = None
+        args = SFTConfig(packing=tcfg["packing"], padding_free=padding_free, assistant_only_loss=False, **common)
         trainer_cls = SFTTrainer
     trainer = trainer_cls(
         model=model,
@@ -303,10 +402,16 @@ def train_sft(
         callbacks=[CsvLogger(csv_path)],
     )
 
+    # Losses before and after on a fixed subsample of each split: one short pass, not two over the
+    # whole training set.
+    n_loss = int(tcfg.get("loss_sample", 64))
+    loss_train = loss_subsample(trainer.train_dataset, n_loss, seed)
+    loss_val = loss_subsample(trainer.eval_dataset, n_loss, seed) if ds_val is not None else None
+
     def losses(when: str) -> dict[str, float | None]:
         return {
-            f"train_loss_{when}": trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")["train_loss"],
-            f"val_loss_{when}": trainer.evaluate()["eval_loss"] if ds_val is not None else None,
+            f"train_loss_{when}": trainer.evaluate(loss_train, metric_key_prefix="train")["train_loss"],
+            f"val_loss_{when}": trainer.evaluate(loss_val)["eval_loss"] if loss_val is not None else None,
         }
 
     before_path = unit / "loss_before.json"
@@ -350,7 +455,14 @@ def train_sft(
         "train_examples": len(ds_train),
         "val_examples": len(ds_val) if ds_val is not None else 0,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "device": "cuda" if cuda else "cpu",
+        "device": device,
+        "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
+        "gradient_checkpointing": checkpointing,
+        "micro_batch": mem["batch_size"],
+        "grad_accum": mem["grad_accum"],
+        "liger_kernel": liger,
+        "padding_free": bool(getattr(args, "padding_free", False)),
+        "loss_examples": {"train": len(loss_train), "val": len(loss_val) if loss_val is not None else 0},
         "unit_dir": str(unit),
         "final_train_loss_reported": result.training_loss,
     }

@@ -1,0 +1,237 @@
+"""The llama.cpp build: portable by construction, whatever CPU builds it or runs the tests.
+
+The instruction check disassembles the built libraries, so it holds on any CI machine: it does not
+depend on which instructions the machine running the tests happens to have. It is first shown to
+catch AMX and AVX-512 code in small libraries compiled here for those extensions, then applied to
+the installed llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import llama_cpp_build as lb  # noqa: E402
+
+x86_only = pytest.mark.skipif(not lb.is_x86(), reason="the instruction baseline is defined for x86-64")
+
+SOURCES = {
+    "avx2": (
+        "-mavx2 -mfma -mf16c",
+        "void f(float*a,float*b,float*c){__m256 x=_mm256_loadu_ps(a),y=_mm256_loadu_ps(b);_mm256_storeu_ps(c,_mm256_fmadd_ps(x,y,x));}",
+    ),
+    "avx512": (
+        "-mavx512f",
+        "void f(float*a,float*b,float*c){__m512 x=_mm512_loadu_ps(a),y=_mm512_loadu_ps(b);_mm512_storeu_ps(c,_mm512_fmadd_ps(x,y,x));}",
+    ),
+    "avx512vl": (
+        "-mavx512f -mavx512vl",
+        "void f(int*a,int*b,int*c){__m256i x=_mm256_loadu_si256((void*)a),y=_mm256_loadu_si256((void*)b);"
+        "_mm256_storeu_si256((void*)c,_mm256_ternarylogic_epi32(x,y,x,0x96));}",
+    ),
+    "amx": (
+        "-mamx-tile -mamx-int8",
+        "void f(void*cfg,void*a,void*b){_tile_loadconfig(cfg);_tile_loadd(0,a,64);_tile_loadd(1,b,64);"
+        "_tile_dpbssd(2,0,1);_tile_stored(2,a,64);_tile_release();}",
+    ),
+    "avxvnni": ("-mavxvnni", "__m256i f(__m256i a,__m256i b,__m256i c){return _mm256_dpbusd_avx_epi32(a,b,c);}"),
+}
+
+
+@pytest.fixture(scope="module")
+def isa_libs(tmp_path_factory):
+    """Tiny shared libraries compiled for the baseline and for extensions outside it."""
+    d = tmp_path_factory.mktemp("isa")
+    out = {}
+    for name, (flags, body) in SOURCES.items():
+        src = d / f"{name}.c"
+        src.write_text("#include <immintrin.h>\n" + body + "\n")
+        lib = d / f"lib{name}.so"
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", *flags.split(), str(src), "-o", str(lib)], check=True)
+        out[name] = lib
+    return out
+
+
+@x86_only
+def test_scanner_passes_baseline_code(isa_libs):
+    assert lb.scan_library(isa_libs["avx2"]) == {}
+
+
+@x86_only
+@pytest.mark.parametrize(
+    "name,ext,mnemonic",
+    [
+        ("amx", "AMX", "tileloadd"),
+        ("avx512", "AVX-512 (EVEX)", "vfmadd132ps"),
+        ("avx512vl", "AVX-512 (EVEX)", "vpternlogd"),
+        ("avxvnni", "AVX-VNNI", "vpdpbusd"),
+    ],
+)
+def test_scanner_catches_instructions_outside_the_baseline(isa_libs, name, ext, mnemonic):
+    found = lb.scan_library(isa_libs[name])
+    assert ext in found, found
+    assert any(m.startswith(mnemonic) or mnemonic in m for m in found[ext]["examples"]), found
+    # and the command-line form exits non-zero, naming the extension
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools/llama_cpp_build.py"), "scan", str(isa_libs[name])], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and ext.split()[0] in r.stdout
+
+
+@x86_only
+def test_classify_reads_evex_from_the_bytes():
+    assert lb.classify([0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
+    assert lb.classify([0x67, 0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
+    assert lb.classify([0xC5, 0xFC, 0x10, 0x00], "vmovups") is None  # VEX: AVX, in the baseline
+    assert lb.classify([0xC5, 0xF8, 0x90, 0xC1], "kmovw") == "AVX-512 (opmask)"
+
+
+def _record() -> dict:
+    p = Path(sys.prefix) / lb.RECORD
+    assert p.is_file(), f"{p} is missing: llama-cpp-python was not installed by tools/llama_cpp_build.py (run the set-up)"
+    return json.loads(p.read_text())
+
+
+def test_installed_build_was_made_by_the_build_tool():
+    rec = _record()
+    import llama_cpp
+
+    assert rec["version"] == lb.VERSION == llama_cpp.__version__
+    base = lb.cmake_args(rec["profile"], extra="")
+    assert rec["cmake_args"][: len(base)] == base
+    assert rec["smoke"].startswith("smoke ok")
+
+
+@x86_only
+def test_installed_llama_cpp_is_portable():
+    """No AMX, no AVX-512, no AVX-VNNI anywhere in the installed libraries (default build)."""
+    rec = _record()
+    if rec["profile"] == "native":
+        pytest.skip("a native build was asked for (LLAMA_CPP_BUILD=native): it is tuned for this CPU by design")
+    assert "-DGGML_NATIVE=OFF" in rec["cmake_args"]
+    pkg = lb.installed_package_dir()
+    libs = lb.package_libraries(pkg)
+    assert any("ggml-cpu" in p.name for p in libs) or any("ggml" in p.name for p in libs), libs
+    found = lb.scan_package(pkg)
+    assert found == {}, lb.baseline_error(found, rec["cmake_args"], "the installed llama-cpp-python")
+
+
+def test_store_key_follows_every_flag(monkeypatch):
+    monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
+    portable = lb.cmake_args("portable", extra="")
+    keys = {
+        lb.build_key(portable),
+        lb.build_key(lb.cmake_args("native", extra="")),
+        lb.build_key(lb.cmake_args("cuda", extra="")),
+        lb.build_key(lb.cmake_args("portable", extra="-DGGML_AVX512=ON")),
+    }
+    assert len(keys) == 4
+    assert lb.build_key(portable) == lb.build_key(list(portable))
+
+
+def test_profile_and_extra_flags_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LLAMA_CPP_BUILD", "cuda")
+    monkeypatch.setenv("LLAMA_CPP_CMAKE_ARGS", "-DCMAKE_CUDA_ARCHITECTURES=90")
+    args = lb.cmake_args(lb.profile_name())
+    assert "-DGGML_CUDA=ON" in args and args[-1] == "-DCMAKE_CUDA_ARCHITECTURES=90"
+    if lb.is_x86():
+        assert "-DGGML_AVX512=OFF" in args and "-DGGML_NATIVE=OFF" in args
+    monkeypatch.setenv("LLAMA_CPP_BUILD", "fastest")
+    with pytest.raises(lb.BuildError, match="LLAMA_CPP_BUILD='fastest'"):
+        lb.profile_name()
+
+
+def test_local_sdist_must_be_the_pinned_version(monkeypatch, tmp_path):
+    bad = tmp_path / "llama_cpp_python-0.3.1.tar.gz"
+    bad.write_bytes(b"x")
+    monkeypatch.setenv("LLAMA_CPP_SDIST", str(bad))
+    with pytest.raises(lb.BuildError, match="not a llama_cpp_python-0.3.36 sdist"):
+        lb.sdist_source()
+
+
+def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
+    """pip's cache keys a locally built wheel by the sdist alone: the build must bypass it."""
+    seen = {}
+
+    def fake_run(cmd, env=None, **kw):
+        seen["cmd"], seen["env"] = cmd, env
+        return subprocess.CompletedProcess(cmd, 1, "", "stopped here by the test")
+
+    monkeypatch.setattr(lb.subprocess, "run", fake_run)
+    with pytest.raises(lb.BuildError):
+        lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path)
+    assert "--no-cache-dir" in seen["cmd"] and "--no-binary" in seen["cmd"]
+    assert seen["env"]["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and seen["env"]["FORCE_CMAKE"] == "1"
+
+
+def test_a_crashing_build_is_a_clear_install_error(tmp_path):
+    """The smoke test runs in a subprocess: SIGILL there becomes an error, not a crash later."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nkill -ILL $$\n")
+    fake.chmod(0o755)
+    with pytest.raises(lb.BuildError, match="SIGILL"):
+        lb.smoke_test(python=str(fake))
+
+
+def test_smoke_test_passes_on_the_installed_build():
+    assert lb.smoke_test().startswith("smoke ok")
+
+
+def test_portable_cpu_requirements_are_checked(monkeypatch):
+    if not lb.is_x86():
+        pytest.skip("x86 only")
+    monkeypatch.setattr(lb, "cpu_flags", lambda: {"sse4_2", "avx"})
+    with pytest.raises(lb.BuildError, match="avx2.*LLAMA_CPP_BUILD=native"):
+        lb.check_cpu("portable")
+    lb.check_cpu("native")
+
+
+def test_flags_command():
+    assert platform.machine()
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools/llama_cpp_build.py"), "flags"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert r.returncode == 0 and "-DGGML_NATIVE=OFF" in r.stdout
+
+
+def test_post_deploy_scripts_use_the_build_tool():
+    for env in sorted((ROOT / "envs").glob("*.yaml")):
+        text = env.read_text()
+        assert "llama-cpp-python" not in text.split("dependencies:")[1], f"{env.name}: pip would build llama.cpp natively"
+        post = env.with_name(env.stem + ".post-deploy.sh")
+        if env.stem.startswith("stats"):
+            continue
+        assert post.is_file(), f"{post.name} is missing"
+        body = post.read_text()
+        assert "tools/llama_cpp_build.py install" in body
+        assert ("LLAMA_CPP_BUILD=cuda" in body) == env.stem.endswith("-gpu")
+
+
+def test_makefile_builds_through_the_tool():
+    mk = (ROOT / "Makefile").read_text()
+    assert "tools/llama_cpp_build.py install" in mk
+    pins = [ln for ln in (ROOT / "requirements.lock").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert not [ln for ln in pins if ln.lower().startswith("llama")], "pip would build llama-cpp-python with native flags"
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "tools")
+    import llama_cpp_build as lb
+    print(lb.build_key(lb.cmake_args("portable", extra="")))
+    """
+)
+
+
+def test_key_is_stable_across_processes():
+    keys = {subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert len(keys) == 1

@@ -1,0 +1,506 @@
+#!/usr/bin/env python3
+"""Build and install llama-cpp-python from its pinned sdist with known, portable build flags.
+
+This file is the one place where the llama.cpp build is defined: the pinned version, the build
+profiles and their CMake flags, the wheel store, the instruction-set check and the smoke test.
+The README's set-up (``make setup``) and the conda environments' post-deploy scripts both call it.
+
+Why not ``pip install llama-cpp-python``: llama.cpp's CMake tunes a source build for the CPU it is
+built on (``GGML_NATIVE``). A wheel built on a machine with AMX or AVX-512 dies with SIGILL on one
+without, and pip's wheel cache keys a locally built wheel by the sdist alone, not by ``CMAKE_ARGS``,
+so a cached native wheel is reinstalled whatever flags are set. Here every wheel is built with
+``--no-cache-dir`` and kept in a store keyed by the hash of the version, the full CMake flags and
+the interpreter: a wheel is only ever reused for exactly the flags it was built with.
+
+Profiles (choose with the environment variable ``LLAMA_CPP_BUILD``):
+
+* ``portable`` (default): x86-64-v3 (AVX2, FMA, F16C, BMI2), no native tuning, no AVX-512, no AMX.
+  Runs on any x86-64 CPU of the last ten years (Intel Haswell / AMD Zen and later).
+* ``native``: llama.cpp's own tuning for the CPU that builds it; only for a machine that builds
+  and runs on the same CPU model.
+* ``cuda``: the portable CPU flags plus the CUDA backend (needs ``nvcc`` and a driver);
+  ``CMAKE_CUDA_ARCHITECTURES`` defaults to 80;86;89;90 (A100, A10/RTX 30, L4/RTX 40, H100/H200).
+
+``LLAMA_CPP_CMAKE_ARGS`` appends further CMake flags to the chosen profile (for example
+``-DCMAKE_CUDA_ARCHITECTURES=90``); they become part of the store key. ``LLAMA_CPP_SDIST`` names
+a local copy of the sdist to build from (an offline cluster); its sha256 joins the key.
+
+Commands::
+
+    python tools/llama_cpp_build.py install     # build (or reuse a stored wheel), check, install
+    python tools/llama_cpp_build.py check       # check the installed build: instructions + smoke test
+    python tools/llama_cpp_build.py flags       # print the CMake flags of the chosen profile
+    python tools/llama_cpp_build.py scan LIB... # list instructions outside the portable baseline
+
+Only the standard library is needed to build; the smoke test uses numpy and gguf (pinned in the
+project's lock and in every environment that holds llama-cpp-python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import zipfile
+from pathlib import Path
+
+VERSION = "0.3.36"
+PACKAGE = "llama-cpp-python"
+
+# The x86-64-v3 baseline, spelled out: with GGML_NATIVE=OFF llama.cpp enables exactly these, but
+# naming them keeps the build the same if upstream defaults move.
+PORTABLE_X86 = [
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_CPU_ALL_VARIANTS=OFF",
+    "-DGGML_BACKEND_DL=OFF",
+    "-DGGML_SSE42=ON",
+    "-DGGML_AVX=ON",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
+    "-DGGML_BMI2=ON",
+    "-DGGML_AVX_VNNI=OFF",
+    "-DGGML_AVX512=OFF",
+    "-DGGML_AVX512_VBMI=OFF",
+    "-DGGML_AVX512_VNNI=OFF",
+    "-DGGML_AVX512_BF16=OFF",
+    "-DGGML_AMX_TILE=OFF",
+    "-DGGML_AMX_INT8=OFF",
+    "-DGGML_AMX_BF16=OFF",
+]
+# Elsewhere (aarch64 ...) "portable" means llama.cpp's generic, non-native build.
+PORTABLE_OTHER = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"]
+CUDA = ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"]
+# CPU features the portable x86 build needs at run time (names as in /proc/cpuinfo).
+PORTABLE_X86_NEEDS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2")
+
+PROFILES = ("portable", "native", "cuda")
+RECORD = "llama-cpp-build.json"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def profile_name() -> str:
+    name = os.environ.get("LLAMA_CPP_BUILD", "portable").strip() or "portable"
+    if name not in PROFILES:
+        raise BuildError(f"LLAMA_CPP_BUILD={name!r} is not a build profile; use one of {', '.join(PROFILES)}")
+    return name
+
+
+def cmake_args(profile: str, extra: str | None = None) -> list[str]:
+    """The full CMake flags of a profile, plus LLAMA_CPP_CMAKE_ARGS (later flags win in CMake)."""
+    portable = PORTABLE_X86 if is_x86() else PORTABLE_OTHER
+    args = {"portable": portable, "native": ["-DGGML_NATIVE=ON"], "cuda": [*portable, *CUDA]}[profile]
+    extra = os.environ.get("LLAMA_CPP_CMAKE_ARGS", "") if extra is None else extra
+    return [*args, *extra.split()]
+
+
+def sdist_source() -> str:
+    """What pip builds: the pinned release from the index, or a local sdist (LLAMA_CPP_SDIST)."""
+    local = os.environ.get("LLAMA_CPP_SDIST")
+    if not local:
+        return f"{PACKAGE}=={VERSION}"
+    p = Path(local)
+    if not p.is_file() or not p.name.startswith(f"llama_cpp_python-{VERSION}."):
+        raise BuildError(f"LLAMA_CPP_SDIST={local}: not a llama_cpp_python-{VERSION} sdist file")
+    return str(p.resolve())
+
+
+def build_key(args: list[str]) -> str:
+    src = sdist_source()
+    ident = {
+        "source": src if not Path(src).is_file() else hashlib.sha256(Path(src).read_bytes()).hexdigest(),
+        "package": PACKAGE,
+        "version": VERSION,
+        "cmake_args": args,
+        "python": sys.implementation.cache_tag,
+        "platform": sysconfig.get_platform(),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def store_dir() -> Path:
+    base = os.environ.get("LLAMA_CPP_WHEEL_STORE")
+    if base:
+        return Path(base)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "cbt-pipeline" / "llama-cpp-wheels"
+
+
+# --- instruction-set check ------------------------------------------------------------------
+
+# Mnemonics outside x86-64-v3 that are not EVEX-encoded (EVEX is found from the bytes).
+AMX = re.compile(r"^(tile\w*|tdp\w+|ldtilecfg|sttilecfg|tcmmi\w+|tcmmr\w+)$")
+OPMASK = re.compile(r"^k(mov|and|andn|or|xor|xnor|not|ortest|test|shiftl|shiftr|unpck|add)[bwdq]{1,2}$")
+VEX_VNNI = re.compile(r"^vpdp(bu|bs|ws|wu)\w*$")
+LEGACY_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3}
+_LINE = re.compile(r"^\s*[0-9a-f]+:\t((?:[0-9a-f]{2} )+)\s*\t(?:\{\w+\}\s+)?(\S+)")
+
+
+def classify(raw: list[int], mnemonic: str) -> str | None:
+    """The extension an instruction belongs to, if it is outside the portable baseline."""
+    i = 0
+    while i < len(raw) and raw[i] in LEGACY_PREFIXES:
+        i += 1
+    if i < len(raw) and raw[i] == 0x62:  # in 64-bit mode 0x62 is only ever the EVEX prefix
+        return "AVX-512 (EVEX)"
+    if AMX.match(mnemonic):
+        return "AMX"
+    if OPMASK.match(mnemonic):
+        return "AVX-512 (opmask)"
+    if VEX_VNNI.match(mnemonic):
+        return "AVX-VNNI"
+    return None
+
+
+def scan_library(path: str | os.PathLike) -> dict[str, dict]:
+    """Disassemble a shared library and list instructions outside x86-64-v3, by extension.
+
+    Returns ``{extension: {"count": n, "examples": [mnemonic, ...]}}``; empty means portable."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise BuildError("objdump (GNU binutils) is needed to check the built library; install binutils")
+    found: dict[str, dict] = {}
+    with subprocess.Popen([objdump, "-d", "-w", str(path)], stdout=subprocess.PIPE, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = _LINE.match(line)
+            if not m:
+                continue
+            raw = [int(b, 16) for b in m.group(1).split()]
+            mnem = m.group(2)
+            ext = classify(raw, mnem)
+            if ext:
+                entry = found.setdefault(ext, {"count": 0, "examples": []})
+                entry["count"] += 1
+                if mnem not in entry["examples"] and len(entry["examples"]) < 8:
+                    entry["examples"].append(mnem)
+    if proc.returncode != 0:
+        raise BuildError(f"objdump failed on {path} (exit {proc.returncode})")
+    return found
+
+
+def package_libraries(pkg_dir: Path) -> list[Path]:
+    return sorted(p for p in pkg_dir.rglob("*.so*") if p.is_file())
+
+
+def scan_package(pkg_dir: Path) -> dict[str, dict]:
+    libs = package_libraries(pkg_dir)
+    if not libs:
+        raise BuildError(f"no shared libraries under {pkg_dir}: not a llama-cpp-python build")
+    return {p.name: r for p in libs if (r := scan_library(p))}
+
+
+# --- smoke test -------------------------------------------------------------------------------
+
+SMOKE = r"""
+import sys
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+
+path, n_prompt = sys.argv[1], int(sys.argv[2])
+n_embd, n_ff, n_layer, n_head = 256, 512, 2, 4
+tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + [f"w{i}" for i in range(61)]
+types = [2, 3, 3] + [6] * 256 + [1] * 61
+rng = np.random.default_rng(0)
+w = gguf.GGUFWriter(path, "llama")
+w.add_context_length(1024)
+w.add_embedding_length(n_embd)
+w.add_block_count(n_layer)
+w.add_feed_forward_length(n_ff)
+w.add_head_count(n_head)
+w.add_head_count_kv(n_head)
+w.add_rope_dimension_count(n_embd // n_head)
+w.add_layer_norm_rms_eps(1e-5)
+w.add_tokenizer_model("llama")
+w.add_token_list(tokens)
+w.add_token_scores([0.0] * len(tokens))
+w.add_token_types(types)
+w.add_bos_token_id(1)
+w.add_eos_token_id(2)
+w.add_unk_token_id(0)
+
+def q(name, shape, qt=Q.Q8_0):
+    data = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    if qt == Q.F32:
+        w.add_tensor(name, data)
+    else:
+        w.add_tensor(name, gguf.quants.quantize(data, qt), raw_dtype=qt)
+
+q("token_embd.weight", (len(tokens), n_embd))
+q("output_norm.weight", (n_embd,), Q.F32)
+q("output.weight", (len(tokens), n_embd), Q.Q4_0)
+for i in range(n_layer):
+    q(f"blk.{i}.attn_norm.weight", (n_embd,), Q.F32)
+    q(f"blk.{i}.ffn_norm.weight", (n_embd,), Q.F32)
+    for t in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        q(f"blk.{i}.{t}.weight", (n_embd, n_embd), Q.Q4_0 if t == "attn_v" else Q.Q8_0)
+    q(f"blk.{i}.ffn_gate.weight", (n_ff, n_embd), Q.Q4_1)
+    q(f"blk.{i}.ffn_up.weight", (n_ff, n_embd))
+    q(f"blk.{i}.ffn_down.weight", (n_embd, n_ff))
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+
+from llama_cpp import Llama
+llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=2, n_gpu_layers=0, verbose=False)
+prompt = [int(t) for t in rng.integers(3, len(tokens), n_prompt)]
+llm.eval(prompt)  # one batch of n_prompt tokens: the matrix-matrix kernels
+out = llm.create_completion(prompt[:40], max_tokens=8, temperature=0.0)
+logits = np.asarray(llm.scores[llm.n_tokens - 1])
+assert np.isfinite(logits).all(), "non-finite logits"
+print("smoke ok: batch of", n_prompt, "tokens evaluated,", out["usage"]["completion_tokens"], "tokens generated")
+"""
+
+
+def smoke_test(python: str = sys.executable, n_prompt: int = 384, timeout: int = 300) -> str:
+    """Evaluate a long prompt as one batch in a fresh process; a crash becomes a BuildError."""
+    with tempfile.TemporaryDirectory(prefix="llama-smoke-") as d:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        r = subprocess.run(
+            [python, "-c", SMOKE, str(Path(d) / "smoke.gguf"), str(n_prompt)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    if r.returncode != 0:
+        how = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+        if r.returncode in (-4, 132):
+            how += " (SIGILL: the library uses instructions this CPU does not have)"
+        raise BuildError(f"smoke test failed ({how}):\n{(r.stdout + r.stderr)[-2000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
+
+# --- build and install ------------------------------------------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def check_cpu(profile: str) -> None:
+    if profile == "native" or not is_x86():
+        return
+    flags = cpu_flags()
+    missing = [f for f in PORTABLE_X86_NEEDS if flags and f not in flags]
+    if missing:
+        raise BuildError(
+            f"this CPU lacks {', '.join(missing)}, which the portable x86-64-v3 build of llama.cpp needs; "
+            "build for this CPU instead with LLAMA_CPP_BUILD=native"
+        )
+
+
+def build_wheel(args: list[str], dest: Path) -> Path:
+    """pip wheel from the sdist, never from pip's cache; returns the wheel file."""
+    env = {
+        **os.environ,
+        "CMAKE_ARGS": " ".join(args),
+        "FORCE_CMAKE": "1",
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-cache-dir",
+        "--no-binary",
+        PACKAGE,
+        "--disable-pip-version-check",
+        "-w",
+        str(dest),
+    ]
+    if importlib.util.find_spec("scikit_build_core") and shutil.which("cmake"):
+        # The build backend is already here (pinned in the lock): no isolated build environment,
+        # so an offline machine can build too.
+        cmd.append("--no-build-isolation")
+    cmd.append(sdist_source())
+    print(f"building {PACKAGE} {VERSION} with CMAKE_ARGS={env['CMAKE_ARGS']!r} (several minutes)", flush=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"building {PACKAGE} {VERSION} failed:\n{(r.stdout + r.stderr)[-4000:]}")
+    wheels = sorted(dest.glob("llama_cpp_python-*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(f"expected one wheel in {dest}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def stored_wheel(key: str) -> Path | None:
+    d = store_dir() / key
+    wheels = sorted(d.glob("llama_cpp_python-*.whl")) if (d / "build.json").is_file() else []
+    return wheels[0] if len(wheels) == 1 else None
+
+
+def scan_wheel(wheel: Path) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory(prefix="llama-scan-") as d:
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if ".so" in Path(name).name:
+                    z.extract(name, d)
+        return scan_package(Path(d))
+
+
+def record_path(prefix: str = sys.prefix) -> Path:
+    return Path(prefix) / RECORD
+
+
+def installed_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return None
+
+
+def baseline_error(found: dict[str, dict], args: list[str], where: str) -> BuildError:
+    lines = [
+        f"  {lib}: " + ", ".join(f"{ext} x{v['count']} ({' '.join(v['examples'][:4])})" for ext, v in r.items()) for lib, r in found.items()
+    ]
+    return BuildError(
+        f"{where} contains instructions outside the portable x86-64-v3 baseline:\n"
+        + "\n".join(lines)
+        + f"\nCMake flags were: {' '.join(args)}\nSuch a build crashes (SIGILL) on CPUs without them."
+    )
+
+
+def install(force: bool = False) -> dict:
+    profile = profile_name()
+    args = cmake_args(profile)
+    key = build_key(args)
+    check_cpu(profile)
+    rec_file = record_path()
+    if not force and rec_file.is_file() and installed_version() == VERSION:
+        rec = json.loads(rec_file.read_text())
+        if rec.get("key") == key:
+            print(f"{PACKAGE} {VERSION} ({profile}, key {key}) is installed; nothing to do")
+            return rec
+    wheel = stored_wheel(key)
+    if wheel is None:
+        store = store_dir()
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=store))
+        try:
+            built = build_wheel(args, tmp)
+            found = scan_wheel(built) if profile != "native" and is_x86() else {}
+            if found:
+                raise baseline_error(found, args, f"the {profile} build")
+            (tmp / "build.json").write_text(json.dumps({"key": key, "profile": profile, "cmake_args": args, "version": VERSION}, indent=1))
+            final = store / key
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        wheel = stored_wheel(key)
+        assert wheel is not None
+    else:
+        print(f"reusing the wheel built with the same flags: {wheel}")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-deps",
+            "--force-reinstall",
+            "--no-cache-dir",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise BuildError(f"pip could not install {wheel}:\n{r.stderr[-2000:]}")
+    rec = {"package": PACKAGE, "version": VERSION, "profile": profile, "cmake_args": args, "key": key, "wheel": str(wheel)}
+    if rec_file.exists():
+        rec_file.unlink()
+    try:
+        rec["smoke"] = smoke_test()
+    except BuildError as e:
+        raise BuildError(
+            f"{e}\nThe {profile} build of {PACKAGE} {VERSION} (CMake flags: {' '.join(args)}) does not run on this "
+            f"machine. Way out: build the portable profile (unset LLAMA_CPP_BUILD and LLAMA_CPP_CMAKE_ARGS) and "
+            f"re-run the set-up; to rebuild this profile from scratch, delete {wheel.parent}"
+        ) from None
+    rec_file.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"{PACKAGE} {VERSION} installed ({profile}); {rec['smoke']}")
+    return rec
+
+
+def installed_package_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError(f"{PACKAGE} is not installed in {sys.prefix}; run the set-up")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def check() -> dict:
+    rec_file = record_path()
+    rec = json.loads(rec_file.read_text()) if rec_file.is_file() else {"profile": "unknown (not installed by this tool)"}
+    found = scan_package(installed_package_dir()) if is_x86() else {}
+    out = {"record": rec, "outside_baseline": found, "smoke": smoke_test()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("install")
+    p.add_argument("--force", action="store_true", help="reinstall even if the recorded build matches")
+    sub.add_parser("check")
+    sub.add_parser("flags")
+    s = sub.add_parser("scan")
+    s.add_argument("libs", nargs="+")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "install":
+            install(a.force)
+        elif a.cmd == "check":
+            print(json.dumps(check(), indent=1))
+        elif a.cmd == "flags":
+            print(" ".join(cmake_args(profile_name())))
+        else:
+            bad = 0
+            for lib in a.libs:
+                found = scan_library(lib)
+                bad += bool(found)
+                print(f"{lib}: " + (json.dumps(found) if found else "portable (x86-64-v3)"))
+            return 1 if bad else 0
+    except BuildError as e:
+        print(f"llama.cpp build: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
