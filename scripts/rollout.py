@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, snakemake.scriptdir)
 from cbtpipe.backends import LlamaCppBackend, make_backend  # noqa: E402
 from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from cbtpipe.llama_server import LlamaServer, LlamaServerBackend  # noqa: E402
 from cbtpipe.rollout import run_rollouts, shard_profiles  # noqa: E402
 from cbtpipe.rule import entry  # noqa: E402
 
@@ -18,7 +19,19 @@ with entry(snakemake, "rollout") as log:
         "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
         "n_gpu_layers": rcfg["therapist_n_gpu_layers"],
     }
-    therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
+    server = None
+    if rcfg["therapist_server"]:
+        server = LlamaServer(
+            snakemake.input.gguf,
+            parallel=rcfg["parallel_sessions"],
+            n_ctx=rcfg["therapist_n_ctx"],
+            n_gpu_layers=rcfg["therapist_n_gpu_layers"],
+            threads=therapist_spec["n_threads"],
+            log_path=Path(snakemake.log[0]).with_suffix(".server.log"),
+        ).__enter__()
+        therapist = LlamaServerBackend("therapist", server)
+    else:
+        therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
     patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
     try:
         sessions, stats = run_rollouts(
@@ -37,6 +50,8 @@ with entry(snakemake, "rollout") as log:
     finally:
         therapist.close()
         patient.close()
+        if server is not None:
+            server.__exit__(None, None, None)
     write_jsonl(snakemake.output.sessions, sessions)
     write_json(snakemake.output.stats, stats)
     log.info("rollout stats: %s", stats)

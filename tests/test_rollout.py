@@ -70,3 +70,71 @@ def test_context_overflow_is_handled(root, tiny_backend, tiny_gguf, tmp_path):
     assert stop[0]["stop_reason"].startswith("context_full")
     trunc, _ = run_rollouts(rcfg=dict(RCFG, therapist_n_ctx=420, max_turns=8), unit_dir=tmp_path / "b", **kw)
     assert trunc[0]["context_truncations"] >= 1 or trunc[0]["stop_reason"] != "max_turns"
+
+
+def _strip_timing(sessions):
+    out = []
+    for s in sessions:
+        s = {k: v for k, v in s.items() if k not in ("therapist_backend",)}
+        s["messages"] = [{k: v for k, v in m.items() if k not in ("seconds", "cached")} for m in s["messages"]]
+        out.append(s)
+    return json.dumps(out, sort_keys=True)
+
+
+def test_parallel_sessions_in_process_equal_sequential(root, tiny_gguf, tmp_path):
+    """Sessions run in threads against one in-process llama.cpp: calls take turns on the model
+    and each prompt is evaluated canonically, so the transcripts equal a sequential run's."""
+    from cbtpipe.backends import LlamaCppBackend
+
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 3, 3, [])
+    runs = []
+    for parallel in (1, 3):
+        b = LlamaCppBackend("tiny", {"n_ctx": 2048, "n_threads": 2}, model_path=tiny_gguf, cache_dir=None)
+        try:
+            kw = _rollout_kw(root, b, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist.", profiles=ev)
+            sessions, st = run_rollouts(rcfg=dict(RCFG, parallel_sessions=parallel), unit_dir=tmp_path / f"p{parallel}", **kw)
+        finally:
+            b.close()
+        assert st["parallel_sessions"] == parallel and [s["patient_id"] for s in sessions] == sorted(p["id"] for p in ev)
+        runs.append(_strip_timing(sessions))
+    assert runs[0] == runs[1]
+
+
+def test_therapist_served_by_llama_server_runs_sessions_concurrently(root, tiny_gguf, tiny_backend, tmp_path):
+    """llama.cpp's own server (built with llama-cpp-python from the same sdist) with two slots:
+    both sessions run at once against it; a re-run gets every therapist answer from the response
+    cache, so it is identical although batched decoding is not bit-identical to the in-process one."""
+    from cbtpipe.llama_server import LlamaServer, LlamaServerBackend, find_llama_server
+
+    assert find_llama_server() is not None, "the set-up installs llama-server with llama-cpp-python"
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 2, 3, [])
+    rcfg = dict(RCFG, parallel_sessions=2, therapist_server=True)
+    runs = []
+    with LlamaServer(tiny_gguf, parallel=2, n_ctx=2048, n_gpu_layers=0, threads=2, log_path=tmp_path / "server.log") as srv:
+        for i in range(2):
+            th = LlamaServerBackend("therapist", srv, cache_dir=tmp_path / "cache")
+            try:
+                kw = dict(_rollout_kw(root, th, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist.", profiles=ev), patient=tiny_backend)
+                sessions, st = run_rollouts(rcfg=rcfg, unit_dir=tmp_path / f"units{i}", **kw)
+            finally:
+                th.close()
+            assert st["therapist_backend"] == "llama_server" and st["parallel_sessions"] == 2
+            assert all(s["turns"] >= 1 and s["therapist_backend"] == "llama_server" for s in sessions)
+            runs.append((_strip_timing(sessions), th.stats))
+    assert runs[0][0] == runs[1][0]
+    assert runs[1][1].cache_hits == runs[1][1].calls >= 2
+    assert "slot" in (tmp_path / "server.log").read_text(errors="replace").lower()
+
+
+def test_missing_llama_server_is_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
+    import pytest
+
+    from cbtpipe.io import PipelineError
+    from cbtpipe.llama_server import LlamaServer
+
+    monkeypatch.setenv("LLAMA_SERVER_BIN", str(tmp_path / "nope"))
+    with pytest.raises(PipelineError, match="rollout.therapist_server is true, but no llama-server"):
+        with LlamaServer(tiny_gguf, parallel=2, n_ctx=512, n_gpu_layers=0, threads=1, log_path=tmp_path / "s.log"):
+            pass

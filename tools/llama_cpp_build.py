@@ -80,6 +80,19 @@ PORTABLE_X86 = [
 # Elsewhere (aarch64 ...) "portable" means llama.cpp's generic, non-native build.
 PORTABLE_OTHER = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"]
 CUDA = ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"]
+# llama.cpp's own tools from the same tree: llama-server (parallel slots for GPU rollouts and
+# concurrent sessions) and llama-bench. The Python package's separate mtmd target is switched off
+# because the tools build mtmd themselves (two targets of one name); the web UI is not embedded
+# (it would be downloaded at build time).
+TOOLS = [
+    "-DLLAVA_BUILD=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+]
+TOOL_NAMES = ("llama-server", "llama-bench")
 # CPU features the portable x86 build needs at run time (names as in /proc/cpuinfo).
 PORTABLE_X86_NEEDS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2")
 
@@ -105,7 +118,7 @@ def profile_name() -> str:
 def cmake_args(profile: str, extra: str | None = None) -> list[str]:
     """The full CMake flags of a profile, plus LLAMA_CPP_CMAKE_ARGS (later flags win in CMake)."""
     portable = PORTABLE_X86 if is_x86() else PORTABLE_OTHER
-    args = {"portable": portable, "native": ["-DGGML_NATIVE=ON"], "cuda": [*portable, *CUDA]}[profile]
+    args = {"portable": portable, "native": ["-DGGML_NATIVE=ON"], "cuda": [*portable, *CUDA]}[profile] + TOOLS
     extra = os.environ.get("LLAMA_CPP_CMAKE_ARGS", "") if extra is None else extra
     return [*args, *extra.split()]
 
@@ -196,7 +209,10 @@ def scan_library(path: str | os.PathLike) -> dict[str, dict]:
 
 
 def package_libraries(pkg_dir: Path) -> list[Path]:
-    return sorted(p for p in pkg_dir.rglob("*.so*") if p.is_file())
+    """The shared libraries to scan. The CUDA backend's library is left out: its host code is
+    compiled by nvcc with the host compiler's defaults (no -march), and its size would make the
+    scan take minutes."""
+    return sorted(p for p in pkg_dir.rglob("*.so*") if p.is_file() and "ggml-cuda" not in p.name)
 
 
 def scan_package(pkg_dir: Path) -> dict[str, dict]:
@@ -314,12 +330,18 @@ def check_cpu(profile: str) -> None:
 
 
 def build_wheel(args: list[str], dest: Path) -> Path:
-    """pip wheel from the sdist, never from pip's cache; returns the wheel file."""
+    """pip wheel from the sdist, never from pip's cache; returns the wheel file.
+
+    The tools (llama-server, llama-bench) and the shared libraries they load are copied from the
+    build tree to ``dest/tools``; the copies of them that llama.cpp's install rules put at the top
+    of the wheel (bin/, lib/, include/ in site-packages) are dropped from it."""
+    build_dir = dest / "build"
     env = {
         **os.environ,
+        "SKBUILD_BUILD_DIR": str(build_dir),
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
-        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+        "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1),
     }
     cmd = [
         sys.executable,
@@ -346,7 +368,39 @@ def build_wheel(args: list[str], dest: Path) -> Path:
     wheels = sorted(dest.glob("llama_cpp_python-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {dest}, found {[w.name for w in wheels]}")
+    collect_tools(build_dir, dest / "tools", need_server="-DLLAMA_BUILD_SERVER=ON" in args)
+    strip_wheel(wheels[0])
+    shutil.rmtree(build_dir, ignore_errors=True)
     return wheels[0]
+
+
+def collect_tools(build_dir: Path, out: Path, need_server: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    found = [p for p in build_dir.rglob("*") if p.is_file() and p.name in TOOL_NAMES]
+    if need_server and not any(p.name == "llama-server" for p in found):
+        raise BuildError(f"the build made no llama-server (looked in {build_dir})")
+    bins = {p.parent for p in found}
+    for b in bins:
+        for p in b.iterdir():
+            if p.is_file() and (p.name in TOOL_NAMES or ".so" in p.name):
+                shutil.copy2(p, out / p.name)
+
+
+def strip_wheel(wheel: Path) -> None:
+    """Drop bin/, lib/ and include/ at the wheel's top level (llama.cpp's own install rules): the
+    package's libraries are in llama_cpp/lib, the tools in the store's tools folder."""
+    tmp = wheel.with_suffix(".tmp")
+    dropped = ("bin/", "lib/", "include/")
+    with zipfile.ZipFile(wheel) as zi, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zo:
+        for info in zi.infolist():
+            if info.filename.startswith(dropped):
+                continue
+            data = zi.read(info.filename)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = [ln for ln in data.decode().splitlines() if not ln.startswith(dropped)]
+                data = ("\n".join(lines) + "\n").encode()
+            zo.writestr(info, data)
+    tmp.replace(wheel)
 
 
 def stored_wheel(key: str) -> Path | None:
@@ -356,12 +410,24 @@ def stored_wheel(key: str) -> Path | None:
 
 
 def scan_wheel(wheel: Path) -> dict[str, dict]:
+    """Instructions outside the baseline in the wheel's libraries and in the tools beside it."""
     with tempfile.TemporaryDirectory(prefix="llama-scan-") as d:
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
                 if ".so" in Path(name).name:
                     z.extract(name, d)
-        return scan_package(Path(d))
+        found = scan_package(Path(d))
+    found.update(scan_tools(wheel.parent / "tools", skip=set(zipfile.ZipFile(wheel).namelist())))
+    return found
+
+
+def scan_tools(tools: Path, skip: set[str] = frozenset()) -> dict[str, dict]:
+    """The tools and the libraries beside them (those also in the package are scanned there)."""
+    if not tools.is_dir():
+        return {}
+    names = {Path(n).name for n in skip}
+    todo = [p for p in sorted(tools.iterdir()) if p.is_file() and p.name not in names and "ggml-cuda" not in p.name]
+    return {f"tools/{p.name}": r for p in todo if (r := scan_library(p))}
 
 
 def record_path(prefix: str = sys.prefix) -> Path:
@@ -439,7 +505,16 @@ def install(force: bool = False) -> dict:
     )
     if r.returncode != 0:
         raise BuildError(f"pip could not install {wheel}:\n{r.stderr[-2000:]}")
-    rec = {"package": PACKAGE, "version": VERSION, "profile": profile, "cmake_args": args, "key": key, "wheel": str(wheel)}
+    tools_dir = install_tools(wheel.parent / "tools")
+    rec = {
+        "package": PACKAGE,
+        "version": VERSION,
+        "profile": profile,
+        "cmake_args": args,
+        "key": key,
+        "wheel": str(wheel),
+        "tools_dir": str(tools_dir) if tools_dir else None,
+    }
     if rec_file.exists():
         rec_file.unlink()
     try:
@@ -455,6 +530,22 @@ def install(force: bool = False) -> dict:
     return rec
 
 
+def tools_home(prefix: str = sys.prefix) -> Path:
+    return Path(prefix) / "libexec" / "llama-cpp"
+
+
+def install_tools(src: Path) -> Path | None:
+    """Copy the stored tools and their libraries to <prefix>/libexec/llama-cpp (replaced whole)."""
+    dst = tools_home()
+    if dst.exists():
+        shutil.rmtree(dst)
+    if not src.is_dir() or not any(src.iterdir()):
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
 def installed_package_dir() -> Path:
     import importlib.util
 
@@ -464,10 +555,25 @@ def installed_package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def tool_binary(name: str) -> Path | None:
+    """A llama.cpp tool (llama-server, llama-bench) installed with the package; it needs
+    LD_LIBRARY_PATH set to its folder (the libraries it loads are beside it)."""
+    c = tools_home() / name
+    return c if c.is_file() and os.access(c, os.X_OK) else None
+
+
+def scan_installed() -> dict[str, dict]:
+    """The installed package's libraries and the installed tools."""
+    pkg = installed_package_dir()
+    found = scan_package(pkg)
+    found.update(scan_tools(tools_home(), skip={p.name for p in package_libraries(pkg)}))
+    return found
+
+
 def check() -> dict:
     rec_file = record_path()
     rec = json.loads(rec_file.read_text()) if rec_file.is_file() else {"profile": "unknown (not installed by this tool)"}
-    found = scan_package(installed_package_dir()) if is_x86() else {}
+    found = scan_installed() if is_x86() else {}
     out = {"record": rec, "outside_baseline": found, "smoke": smoke_test()}
     return out
 

@@ -280,6 +280,8 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as e:
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
+        # One llama.cpp context serves one call at a time (sessions may run in threads).
+        self._call_lock = threading.RLock()
         self.reuse_prefix = bool(spec.get("reuse_prefix", True))
         # Piece boundaries of the prompt whose tokens (llm.input_ids) the KV cache holds,
         # evaluated canonically up to the last one.
@@ -298,7 +300,8 @@ class LlamaCppBackend(Backend):
         return {"type": self.kind, "model_sha256": sha256_file(self.model_path)}
 
     def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        with self._call_lock:
+            return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def prompt_cuts(self, tokens: list[int]) -> list[int]:
         """Boundaries of the canonical pieces of a prompt: after each end-of-turn token, and n-1."""
@@ -352,9 +355,11 @@ class LlamaCppBackend(Backend):
         )
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        t0 = time.perf_counter()
-        out = self.llm.create_chat_completion(messages=messages, **kwargs)
-        dt = time.perf_counter() - t0
+        with self._call_lock:
+            t0 = time.perf_counter()
+            out = self.llm.create_chat_completion(messages=messages, **kwargs)
+            dt = time.perf_counter() - t0
+            reused = self._reused
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         return Completion(
@@ -363,7 +368,7 @@ class LlamaCppBackend(Backend):
             completion_tokens=int(usage.get("completion_tokens", 0)),
             seconds=dt,
             finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens_reused=self._reused,
+            prompt_tokens_reused=reused,
         )
 
     def close(self) -> None:

@@ -7,7 +7,9 @@ the therapist's system prompt is the same for both arms.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +140,6 @@ def run_rollouts(
     patient_template: str | Path,
     unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from tqdm import tqdm
-
     gguf_sha = sha256_file(gguf)
     key = hash_obj(
         {
@@ -152,14 +152,19 @@ def run_rollouts(
     )
     store = UnitStore(Path(unit_dir) / key)
     plan = session_plan(profiles, rcfg)
-    sessions, reused = [], 0
+    reused = 0
+    done = 0
+    lock = threading.Lock()
     t0 = time.perf_counter()
-    for item in tqdm(plan, desc=f"{model}/{arm} sessions", unit="session", mininterval=5):
+
+    def one(item: dict[str, Any]) -> dict[str, Any]:
+        nonlocal reused, done
         uid = f"{item['profile']['id']}-s{item['session']}"
         if store.has(uid):
-            sessions.append(store.load(uid))
-            reused += 1
-            continue
+            with lock:
+                reused += 1
+                done += 1
+            return store.load(uid)
         s = run_session(item, therapist, patient, rcfg, system_prompt, patient_template)
         s.update(
             session_id=hash_obj([model, arm, quantization, uid], 12),
@@ -171,19 +176,23 @@ def run_rollouts(
             therapist_sampling=rcfg["therapist"],
             patient_sampling=rcfg["patient"],
             patient_backend=patient.name,
+            therapist_backend=therapist.kind,
         )
         store.save(uid, s)
-        sessions.append(s)
-        log.info(
-            "%s/%s %s: %d turns, stop %s (%d/%d sessions)",
-            model,
-            arm,
-            uid,
-            s["turns"],
-            s["stop_reason"],
-            len(sessions),
-            len(plan),
-        )
+        with lock:
+            done += 1
+            n = done
+        log.info("%s/%s %s: %d turns, stop %s (%d/%d sessions)", model, arm, uid, s["turns"], s["stop_reason"], n, len(plan))
+        return s
+
+    # Sessions are independent: with parallel_sessions > 1 they run at once (a llama-server with as
+    # many slots decodes them in one batch). The output keeps the plan's order either way.
+    workers = max(1, min(int(rcfg.get("parallel_sessions", 1)), len(plan) or 1))
+    if workers == 1:
+        sessions = [one(item) for item in plan]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="session") as pool:
+            sessions = list(pool.map(one, plan))
 
     def speed(role, backend):
         toks = sum(m["completion_tokens"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
@@ -211,6 +220,8 @@ def run_rollouts(
         "therapist": speed("therapist", therapist),
         "patient": speed("patient", patient),
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "parallel_sessions": workers,
+        "therapist_backend": therapist.kind,
         "unit_dir": str(store.root),
     }
     return sessions, stats
