@@ -67,6 +67,8 @@ def log(msg: str) -> None:
 
 
 def save() -> None:
+    if "--decode-child" in sys.argv:
+        return
     (OUT / "gpu_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
@@ -544,7 +546,11 @@ def write_q8_gguf(path: Path, assets: Path, vocab: int) -> int:
 def gguf_phase(assets: Path, work: Path):
     t = time.time()
     path = work / "random8b-Q8_0.gguf"
-    size = write_q8_gguf(path, assets, 49152)
+    if not (path.is_file() and path.stat().st_size > 2**30):
+        # In a child process: gguf imports sentencepiece, whose bundled C++ runtime, once loaded,
+        # made llama.cpp crash when this process loads it later.
+        subprocess.run([sys.executable, __file__, "--write-gguf", str(path), "--assets", str(assets)], check=True)
+    size = path.stat().st_size
     RESULTS["gguf"] = str(path)
     RESULTS["gguf_bytes"] = size
     return {"bytes": size, "write_s": round(time.time() - t, 1)}
@@ -585,6 +591,7 @@ def decode_phase(budget: float):
             capture_output=True,
             text=True,
             timeout=120,
+            env=dict(os.environ, LD_LIBRARY_PATH=str(Path(bench).parent)),  # its libraries are beside it
         )
         try:
             rows = json.loads(r.stdout)
@@ -732,8 +739,26 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/gpucheck")
     ap.add_argument("--budget", type=float, default=540)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--write-gguf", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--decode-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--server-predict", type=int, default=256, help="tokens each concurrent session generates")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: build,train,decode,server")
     a = ap.parse_args()
+    if a.decode_child:
+        import llama_cpp  # noqa: F401 - first, before any other native library
+
+        OUT = Path(a.out)
+        st = json.loads(Path(a.decode_child).read_text())
+        RESULTS.update({k: st[k] for k in ("gguf", "gguf_bytes", "bandwidth_GBps")})
+        RESULTS["phases"]["build"] = st["build"]
+        decode_phase(a.budget)
+        if "server" not in a.skip and left(a.budget) > 45:
+            server_phase(a.budget, n_predict=a.server_predict)
+        (OUT / "decode_out.json").write_text(json.dumps({k: v for k, v in RESULTS["phases"].items() if k != "build"}, default=str))
+        return 0
+    if a.write_gguf:
+        write_q8_gguf(Path(a.write_gguf), Path(a.assets).resolve(), 49152)
+        return 0
     OUT = Path(a.out)
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(a.work)
@@ -750,9 +775,35 @@ def main() -> int:
     if proc is not None:
         wait_build(proc, t_build, a.budget)
     if "decode" not in skip and RESULTS["phases"].get("build", {}).get("ok") and RESULTS.get("gguf"):
-        decode_phase(a.budget)
-        if "server" not in skip and left(a.budget) > 60:
-            server_phase(a.budget)
+        # A fresh process that loads llama.cpp before anything else: torch, transformers and
+        # sentencepiece (loaded above) bring their own C++ runtimes, and llama.cpp loaded after
+        # them crashed (SIGSEGV) on the CUDA image.
+        state = OUT / "decode_in.json"
+        state.write_text(
+            json.dumps({k: RESULTS.get(k) for k in ("gguf", "gguf_bytes", "bandwidth_GBps")} | {"build": RESULTS["phases"]["build"]})
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--decode-child",
+                str(state),
+                "--out",
+                str(OUT),
+                "--budget",
+                str(left(a.budget)),
+                "--server-predict",
+                str(a.server_predict),
+                "--skip",
+                a.skip,
+            ],
+            check=False,
+        )
+        child = OUT / "decode_out.json"
+        if child.is_file():
+            RESULTS["phases"].update(json.loads(child.read_text()))
+        else:
+            RESULTS["phases"]["decode"] = {"ok": False, "error": "the decode process died (see gpu_check.log)"}
     RESULTS["total_s"] = round(time.time() - T0, 1)
     save()
     print(table(), flush=True)

@@ -15,4 +15,4 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH="$(dirname "$(command -v python3)"):/usr/local/cuda/bin:$PATH"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(( $(nproc) > 4 ? $(nproc) - 3 : 1 ))}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-python3 tools/gpu_check.py --assets "$ASSETS" --out "$OUT" --budget "$BUDGET" 2>&1 | tee "$OUT/gpu_check.log"
+python3 tools/gpu_check.py --assets "$ASSETS" --out "$OUT" --budget "$BUDGET" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/gpu_check.log"

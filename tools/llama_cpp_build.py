@@ -226,6 +226,10 @@ def scan_package(pkg_dir: Path) -> dict[str, dict]:
 
 SMOKE = r"""
 import sys
+# llama.cpp's C++ libraries are loaded first: a Python extension with its own bundled C++ runtime
+# (sentencepiece, which gguf imports) loaded before them made model loading crash (SIGSEGV in
+# std::stringstream) on a CUDA image.
+from llama_cpp import Llama
 import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as Q
@@ -275,7 +279,6 @@ w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
 
-from llama_cpp import Llama
 llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=2, n_gpu_layers=0, verbose=False)
 prompt = [int(t) for t in rng.integers(3, len(tokens), n_prompt)]
 llm.eval(prompt)  # one batch of n_prompt tokens: the matrix-matrix kernels

@@ -55,9 +55,21 @@ def write_provenance(smk: Any, name: str, seconds: float) -> None:
 
 
 @contextlib.contextmanager
+def load_llama_cpp_first() -> None:
+    """Load llama.cpp's C++ libraries before any other native extension of the job.
+
+    A Python extension that bundles its own C++ runtime (sentencepiece, which gguf and slow
+    tokenizers import) loaded before llama.cpp made llama.cpp crash (SIGSEGV while loading a
+    model) on a CUDA machine image; loaded first, both work. Environments without llama.cpp
+    (statistics) skip this."""
+    with contextlib.suppress(ImportError):
+        import llama_cpp  # noqa: F401
+
+
 def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
     PipelineError ends the job with its message and a non-zero exit, and nothing else is hidden."""
+    load_llama_cpp_first()
     log_path = smk.log[0] if len(smk.log) else None
     real_stderr = sys.stderr
     fh = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
