@@ -116,7 +116,9 @@ def test_therapist_served_by_llama_server_runs_sessions_concurrently(root, tiny_
         for i in range(2):
             th = LlamaServerBackend("therapist", srv, cache_dir=tmp_path / "cache")
             try:
-                kw = dict(_rollout_kw(root, th, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist.", profiles=ev), patient=tiny_backend)
+                kw = dict(
+                    _rollout_kw(root, th, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist.", profiles=ev), patient=tiny_backend
+                )
                 sessions, st = run_rollouts(rcfg=rcfg, unit_dir=tmp_path / f"units{i}", **kw)
             finally:
                 th.close()
@@ -135,6 +137,6 @@ def test_missing_llama_server_is_a_clear_error(tiny_gguf, tmp_path, monkeypatch)
     from cbtpipe.llama_server import LlamaServer
 
     monkeypatch.setenv("LLAMA_SERVER_BIN", str(tmp_path / "nope"))
+    server = LlamaServer(tiny_gguf, parallel=2, n_ctx=512, n_gpu_layers=0, threads=1, log_path=tmp_path / "s.log")
     with pytest.raises(PipelineError, match="rollout.therapist_server is true, but no llama-server"):
-        with LlamaServer(tiny_gguf, parallel=2, n_ctx=512, n_gpu_layers=0, threads=1, log_path=tmp_path / "s.log"):
-            pass
+        server.__enter__()
