@@ -54,7 +54,6 @@ def write_provenance(smk: Any, name: str, seconds: float) -> None:
     write_json(Path(PROVENANCE_DIR) / f"{tag}.json", rec)
 
 
-@contextlib.contextmanager
 def load_llama_cpp_first() -> None:
     """Load llama.cpp's C++ libraries before any other native extension of the job.
 
@@ -66,6 +65,7 @@ def load_llama_cpp_first() -> None:
         import llama_cpp  # noqa: F401
 
 
+@contextlib.contextmanager
 def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
     PipelineError ends the job with its message and a non-zero exit, and nothing else is hidden."""
