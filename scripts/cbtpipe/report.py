@@ -434,6 +434,14 @@ def build_markdown(ctx: dict[str, Any]) -> str:
             ],
         )
     )
+    served = [f"{r['model']}/{r['arm']}" for r in ctx["rollout_stats"] if r.get("therapist_backend") == "llama_server"]
+    if served:
+        L.append(
+            f"The therapist of {', '.join(sorted(set(served)))} was served by llama.cpp's server with "
+            f"{max(r.get('parallel_sessions', 1) for r in ctx['rollout_stats'])} parallel slots (batched decoding). Batched "
+            "decoding is not bit-identical to single-stream decoding: the same seed can give another answer than the "
+            "in-process backend would. Re-runs are identical, because every answer is kept in the response cache."
+        )
     L.append("## Timing per stage (Snakemake benchmark files)")
     bt = ctx["benchmarks"]
     L.append(
