@@ -92,6 +92,13 @@ def backend_gpus(*keys):
     )
 
 
+def used_backends(*keys):
+    """The backends named by these config keys (section, field), and only those: a job's params
+    then change only when a backend it calls changes."""
+    names = {config[sec][field] for sec, field in keys}
+    return {n: config["backends"][n] for n in sorted(names) if n in config["backends"]}
+
+
 def backend_partition(*keys):
     return _partition(backend_gpus(*keys))
 

@@ -55,7 +55,7 @@ rule transcripts:
         slurm_partition=backend_partition(("data", "generator")),
     params:
         data=config["data"],
-        backends=config["backends"],
+        backends=used_backends(("data", "generator")),
     script:
         "../scripts/transcripts.py"
 

@@ -21,7 +21,7 @@ rule judge:
         slurm_partition=backend_partition(("judge", "backend")),
     params:
         judge=config["judge"],
-        backends=config["backends"],
+        backends=used_backends(("judge", "backend")),
         units="results/units/judge",
     script:
         "../scripts/judge.py"

@@ -20,7 +20,7 @@ rule rollout:
         runtime=config["resources"]["rollout_runtime_min"],
     params:
         rollout=config["rollout"],
-        backends=config["backends"],
+        backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
         units="results/units/rollouts/{model}/{arm}",
     script:

@@ -239,3 +239,24 @@ def test_concurrency_limit_is_shared(monkeypatch):
         a = OpenAIBackend("same", spec, cache_dir=None)
         b = OpenAIBackend("same", spec, cache_dir=None)
         assert a._sem is b._sem
+
+
+def test_blank_answers_are_not_cached(tmp_path):
+    from cbtpipe.backends import Backend, Completion
+
+    class Flaky(Backend):
+        n = 0
+
+        def identity(self):
+            return {"type": "flaky"}
+
+        def _complete(self, messages, *, sampling, seed, schema, stop):
+            type(self).n += 1
+            return Completion(text="" if type(self).n == 1 else "a real answer", completion_tokens=3)
+
+    b = Flaky("flaky", {}, cache_dir=tmp_path)
+    msg = [{"role": "user", "content": "hello"}]
+    assert b.chat(msg, seed=1).text == ""
+    assert b.chat(msg, seed=1).text == "a real answer" and not b.stats.cache_hits  # asked again
+    again = b.chat(msg, seed=1)
+    assert again.cached and again.text == "a real answer" and Flaky.n == 2

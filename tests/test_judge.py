@@ -64,3 +64,60 @@ def test_invalid_answers_are_missing_not_zero(root, tmp_path):
         assert all(v is None for v in s["scores"].values())
         assert s["total"] is None and s["raw_invalid"]
     assert j["total"] is None and all(v is None for v in j["item_scores"].values())
+
+
+class _Scripted:
+    """A judge backend that answers every sample with valid scores and counts its calls."""
+
+    @staticmethod
+    def make(rubric):
+        import json
+
+        from cbtpipe.backends import Backend
+
+        class Scripted(Backend):
+            calls = 0
+
+            def identity(self):
+                return {"type": "scripted"}
+
+            def _complete(self, messages, *, sampling, seed, schema, stop):
+                type(self).calls += 1
+                ans = {i["id"]: {"score": 3, "justification": "ok"} for i in rubric["items"]}
+                return Completion(text=json.dumps(ans), completion_tokens=5)
+
+        return Scripted("scripted", {}, cache_dir=None)
+
+
+def test_a_changed_transcript_is_judged_again(root, tmp_path):
+    """Judgements are keyed by the transcript they score: the same session id with other turns (a
+    retrained model's session) is judged again, an unchanged one is reused, and every judged
+    record carries the hash of the transcript it scored."""
+    from cbtpipe.io import hash_obj
+
+    rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    other = dict(SESSION, session_id="def456", patient_id="eval-001")
+    b = _Scripted.make(rubric)
+    tpl = root / "resources/prompts/judge.j2"
+    first, st1 = run_judging([SESSION, other], b, rubric, JCFG, tpl, tmp_path)
+    assert st1["sessions_reused"] == 0 and type(b).calls == 4
+    changed = dict(
+        SESSION, messages=[*SESSION["messages"][:2], {"role": "therapist", "content": "Let us look at the evidence for that thought."}]
+    )
+    second, st2 = run_judging([changed, other], b, rubric, JCFG, tpl, tmp_path)
+    assert st2["sessions_reused"] == 1 and type(b).calls == 6
+    for sess, j in zip([changed, other], second, strict=True):
+        assert j["transcript_sha256"] == hash_obj(render_transcript(sess), 64)
+    assert second[0]["transcript_sha256"] != first[0]["transcript_sha256"]
+    assert second[1] == first[1]
+
+
+def test_a_session_without_turns_is_missing_not_judged(root, tmp_path):
+    rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    b = _Scripted.make(rubric)
+    empty = dict(SESSION, messages=[])
+    judged, stats = run_judging([empty], b, rubric, JCFG, root / "resources/prompts/judge.j2", tmp_path)
+    assert type(b).calls == 0 and stats["sessions_without_turns"] == 1
+    j = judged[0]
+    assert j["total"] is None and j["valid_samples"] == 0 and j["missing_reason"] == "the session has no turns"
+    assert all(v is None for v in j["item_scores"].values())

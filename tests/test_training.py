@@ -321,3 +321,21 @@ def test_loss_subsample_is_fixed_and_bounded():
     a, b = loss_subsample(ds, 10, 3), loss_subsample(ds, 10, 3)
     assert len(a) == 10 and a["i"] == b["i"] and a["i"] == sorted(a["i"])
     assert loss_subsample(ds, 500, 3) is ds and loss_subsample(None, 5, 1) is None
+
+
+def test_training_unit_key_follows_content_not_threads(tmp_path):
+    from cbtpipe.training import training_unit_key
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weights")
+    write_jsonl(tmp_path / "t.jsonl", [{"messages": CONV}])
+    write_jsonl(tmp_path / "v.jsonl", [{"messages": CONV[:3]}])
+
+    def key(**over):
+        return training_unit_key(dict(TCFG, **over), 1, tmp_path / "t.jsonl", tmp_path / "v.jsonl", tmp_path / "m")
+
+    assert key(threads=1) == key(threads=2) == key(threads=16)
+    assert key(max_steps=6) != key()
+    before = key()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"other weights")
+    assert key() != before

@@ -200,7 +200,7 @@ class Backend:
         c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
         with self._lock:
             self.stats.add(c)
-        if key is not None:
+        if key is not None and c.text.strip():  # a blank answer is asked again next time, never kept
             d = asdict(c)
             d["cached"] = False
             write_json(self.cache_dir / key[:2] / f"{key}.json", d)

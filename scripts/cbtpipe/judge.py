@@ -168,6 +168,24 @@ def judge_session(
     }
 
 
+def unjudged(session: dict[str, Any], rubric: dict[str, Any], transcript_sha: str, reason: str) -> dict[str, Any]:
+    """The record of a session that was not judged: every score missing, with the reason."""
+    return {
+        "session_id": session["session_id"],
+        "patient_id": session["patient_id"],
+        "model": session["model"],
+        "arm": session["arm"],
+        "quantization": session["quantization"],
+        "samples": [],
+        "item_scores": {i["id"]: None for i in rubric["items"]},
+        "total": None,
+        "valid_samples": 0,
+        "rubric": rubric["name"],
+        "transcript_sha256": transcript_sha,
+        "missing_reason": reason,
+    }
+
+
 def run_judging(
     sessions: list[dict[str, Any]],
     backend: Backend,
@@ -188,15 +206,24 @@ def run_judging(
         }
     )
     store = UnitStore(Path(unit_dir) / key)
-    out, reused = [], 0
+    out, reused, empty = [], 0, 0
     t0 = time.perf_counter()
     for s in tqdm(sessions, desc="judged", unit="session", mininterval=5):
-        uid = s["session_id"]
+        transcript_sha = hash_obj(render_transcript(s), 64)
+        if not s["messages"]:
+            # Nothing to judge: missing, never a score, and no judge call.
+            out.append(unjudged(s, rubric, transcript_sha, "the session has no turns"))
+            empty += 1
+            continue
+        # A judgement is a unit of the transcript it scores: a session re-run with other content
+        # (a retrained model, another prompt) under the same session id is judged again.
+        uid = f"{s['session_id']}-{transcript_sha[:16]}"
         if store.has(uid):
             out.append(store.load(uid))
             reused += 1
             continue
         j = judge_session(s, backend, rubric, jcfg, template)
+        j["transcript_sha256"] = transcript_sha
         store.save(uid, j)
         out.append(j)
         log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], jcfg["samples"], len(out), len(sessions))
@@ -208,6 +235,7 @@ def run_judging(
     stats = {
         "sessions": len(out),
         "sessions_reused": reused,
+        "sessions_without_turns": empty,
         "samples": n_samples,
         "valid_samples": n_valid,
         "valid_share": n_valid / n_samples if n_samples else None,

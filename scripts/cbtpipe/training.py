@@ -25,6 +25,9 @@ from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, wri
 
 log = logging.getLogger("cbtpipe")
 
+# Training settings that do not change the result (only how fast it is computed).
+NOT_IN_KEY = ("threads",)
+
 
 def _ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
@@ -266,6 +269,22 @@ def loss_subsample(ds, n: int, seed: int):
     return ds.select(idx)
 
 
+def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, model_dir) -> str:
+    """The key of a training unit: what determines the adapter (settings, seed, the data and the
+    base weights by content), not how many threads compute it, so a job resumed with other
+    --cores continues from its checkpoint."""
+    weights = Path(model_dir) / "model.safetensors"
+    return hash_obj(
+        {
+            "tcfg": {k: v for k, v in tcfg.items() if k not in NOT_IN_KEY},
+            "seed": seed,
+            "train": sha256_file(train_path),
+            "val": sha256_file(val_path),
+            "base": sha256_file(weights) if weights.exists() else str(model_dir),
+        }
+    )
+
+
 def train_sft(
     *,
     model_dir: str | Path,
@@ -296,17 +315,7 @@ def train_sft(
         # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    key = hash_obj(
-        {
-            "tcfg": tcfg,
-            "seed": seed,
-            "train": sha256_file(train_path),
-            "val": sha256_file(val_path),
-            "base": sha256_file(Path(model_dir) / "model.safetensors")
-            if (Path(model_dir) / "model.safetensors").exists()
-            else str(model_dir),
-        }
-    )
+    key = training_unit_key(tcfg, seed, train_path, val_path, model_dir)
     unit = Path(unit_root) / key
     ckpt_dir = unit / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -58,3 +58,15 @@ def test_config_change_reruns_only_what_it_affects(ci_run, section, key, value, 
     assert _jobs(ci_run, cfg) == {}
     cfg.setdefault(section, {})[key] = value
     assert _jobs(ci_run, cfg) == expected
+
+
+def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
+    """Jobs receive only the backends they call: giving the judge a backend of its own (a copy of
+    the shared one with another context size) re-runs judging and what follows, not transcript
+    generation or the sessions, whose backends did not change."""
+    cfg = yaml.safe_load((ci_run / "config/ci.yaml").read_text())
+    assert _jobs(ci_run, cfg) == {}
+    shared = cfg["judge"].get("backend", "tiny")
+    cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
+    cfg["judge"]["backend"] = "judge_only"
+    assert _jobs(ci_run, cfg) == {"judge": 2, "scores": 1, "statistics": 1, "report": 1, "all": 1}
