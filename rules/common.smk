@@ -55,10 +55,23 @@ def gguf_path(model, arm, qtype):
 
 
 def import_inputs(wildcards):
-    src = config["models"][wildcards.model]["source"]
+    """Every file an import reads: the downloaded or local model, and a custom chat template (so
+    editing one of them re-runs the import and what depends on it)."""
+    m = config["models"][wildcards.model]
+    src = m["source"]
+    out = {}
     if src["type"] == "hub":
-        return {"hub": f"resources/hub/{wildcards.model}"}
-    return {}
+        out["hub"] = f"resources/hub/{wildcards.model}"
+    elif src["type"] in ("gguf", "local_hf"):
+        out["local"] = src["path"]
+    if m.get("chat_template"):
+        out["chat_template"] = m["chat_template"]
+    return out
+
+
+def human_ratings(wildcards):
+    path = config["report"]["human_ratings"]
+    return [path] if path else []
 
 
 def gpus(model):

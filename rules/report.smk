@@ -31,6 +31,7 @@ rule statistics:
         totals="results/report/session_totals.csv",
         judged=rules.scores.input.judged,
         rubric=config["judge"]["rubric"],
+        human_ratings=human_ratings,
     output:
         stats="results/report/statistics.json",
     log:

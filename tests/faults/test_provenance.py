@@ -70,3 +70,28 @@ def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
     cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
     cfg["judge"]["backend"] = "judge_only"
     assert _jobs(ci_run, cfg) == {"judge": 2, "scores": 1, "statistics": 1, "report": 1, "all": 1}
+
+
+def test_editing_the_human_ratings_reruns_the_statistics(ci_run):
+    """The ratings file is a declared input: editing it (same path, same config) re-runs the
+    statistics and the report, and nothing before them."""
+    import csv
+    import os
+    import time
+
+    cfg = yaml.safe_load((ci_run / "config/ci.yaml").read_text())
+    sid = next(csv.DictReader((ci_run / "results/report/session_totals.csv").read_text().splitlines()))["session_id"]
+    ratings = ci_run / "ratings.csv"
+    ratings.write_text(f"session_id,item,score\n{sid},agenda,4\n")
+    cfg["report"] = dict(cfg.get("report") or {}, human_ratings="ratings.csv")
+    (ci_run / "with_ratings.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_snakemake(ci_run, "--cores", "2", "--configfile", "with_ratings.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert _jobs(ci_run, cfg) == {}
+    time.sleep(1.1)
+    ratings.write_text(f"session_id,item,score\n{sid},agenda,5\n")
+    os.utime(ratings)
+    assert _jobs(ci_run, cfg) == {"statistics": 1, "report": 1, "all": 1}
+    # back to the config the other tests use
+    r = run_snakemake(ci_run, "--cores", "2", "--configfile", "config/ci.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
