@@ -140,3 +140,19 @@ def test_missing_llama_server_is_a_clear_error(tiny_gguf, tmp_path, monkeypatch)
     server = LlamaServer(tiny_gguf, parallel=2, n_ctx=512, n_gpu_layers=0, threads=1, log_path=tmp_path / "s.log")
     with pytest.raises(PipelineError, match="rollout.therapist_server is true, but no llama-server"):
         server.__enter__()
+
+
+def test_an_unreadable_unit_is_moved_aside_and_recomputed(root, tiny_backend, tiny_gguf, tmp_path, caplog):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 1, 3, [])
+    kw = _rollout_kw(
+        root, tiny_backend, tiny_gguf, arm="cbt", rcfg=RCFG, system_prompt="You are a CBT therapist.", unit_dir=tmp_path / "u", profiles=ev
+    )
+    first, st = run_rollouts(**kw)
+    unit = next(p for p in (tmp_path / "u").rglob("*.json"))
+    unit.write_text('{"cut off')
+    with caplog.at_level("WARNING", logger="cbtpipe"):
+        again, st2 = run_rollouts(**kw)
+    assert st2["sessions_reused"] == 0 and unit.with_name(unit.name + ".unreadable").exists()
+    assert str(unit) in caplog.text and "unreadable" in caplog.text
+    assert _strip_timing(again) == _strip_timing(first)

@@ -195,8 +195,10 @@ class Backend:
                     with self._lock:
                         self.stats.add(c)
                     return c
-                except (ValueError, TypeError):
-                    log.warning("ignoring unreadable cache entry %s", cpath)
+                except (ValueError, TypeError) as e:
+                    aside = cpath.with_name(cpath.name + ".unreadable")
+                    os.replace(cpath, aside)
+                    log.warning("response cache entry %s is unreadable (%s): moved to %s, asking again", cpath, e, aside.name)
         c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
         with self._lock:
             self.stats.add(c)

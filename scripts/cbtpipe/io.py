@@ -145,7 +145,19 @@ class UnitStore:
         return self.root / f"{unit_id}.json"
 
     def has(self, unit_id: str) -> bool:
-        return self.path(unit_id).exists()
+        """Whether a readable unit is stored; an unreadable one (a damaged disk, a hand edit) is
+        moved aside with a warning that names it, and counts as missing, so it is recomputed."""
+        p = self.path(unit_id)
+        if not p.exists():
+            return False
+        try:
+            read_json(p)
+        except (OSError, ValueError) as e:
+            aside = p.with_name(p.name + ".unreadable")
+            os.replace(p, aside)
+            logging.getLogger("cbtpipe").warning("unit %s is unreadable (%s): moved to %s and computed again", p, e, aside.name)
+            return False
+        return True
 
     def load(self, unit_id: str) -> Any:
         return read_json(self.path(unit_id))
