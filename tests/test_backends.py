@@ -162,7 +162,7 @@ def test_json_schema_dialect_is_refused_by_llama_cpp_python_server(llama_server,
         b.chat(MSG, sampling={"max_tokens": 5}, schema=SCHEMA)
 
 
-@pytest.mark.parametrize("mode", ["429", "500", "malformed", "slow"])
+@pytest.mark.parametrize("mode", ["429", "500", "499", "529", "malformed", "slow"])
 def test_retries_recover(mode, tmp_path):
     with FaultServer(fails=2, slow_s=1.5) as srv:
         spec = {"type": "openai", "base_url": srv.url(mode), "model": "m", "max_retries": 3, "backoff_s": 0.05, "timeout_s": 0.5}
@@ -260,3 +260,16 @@ def test_blank_answers_are_not_cached(tmp_path):
     assert b.chat(msg, seed=1).text == "a real answer" and not b.stats.cache_hits  # asked again
     again = b.chat(msg, seed=1)
     assert again.cached and again.text == "a real answer" and Flaky.n == 2
+
+
+def test_retry_after_is_honoured_and_capped():
+    with FaultServer(fails=1) as srv:
+        spec = {"type": "openai", "base_url": srv.url("retryafter"), "model": "m", "max_retries": 2, "backoff_s": 0.01}
+        b = OpenAIBackend("f", spec, cache_dir=None)
+        t0 = time.perf_counter()
+        assert b.chat_json(MSG, SCHEMA, seed=1).data == {"agenda": 3}
+        assert time.perf_counter() - t0 >= 1.0  # waited the server's second, not the 0.01 s back-off
+        assert srv.counts["retryafter"] == 2
+    assert OpenAIBackend._retry_after("3600") == OpenAIBackend.MAX_RETRY_AFTER_S
+    assert OpenAIBackend._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert OpenAIBackend._retry_after("soon") is None

@@ -384,7 +384,10 @@ class OpenAIBackend(Backend):
     kind = "openai"
     _semaphores: dict[str, threading.BoundedSemaphore] = {}
 
-    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+    # Retried: timeouts, conflicts, rate limits, a client closed request (499, some gateways),
+    # and the whole 5xx family (providers use 520-529 for overload and origin errors).
+    RETRY_STATUS = frozenset({408, 409, 425, 429, 499, *range(500, 600)})
+    MAX_RETRY_AFTER_S = 60.0
 
     def __init__(self, name: str, spec: dict[str, Any], **kw):
         super().__init__(name, spec, **kw)
@@ -451,12 +454,16 @@ class OpenAIBackend(Backend):
         body = self._payload(messages, sampling, seed, schema, stop)
         url = f"{self.base_url}/chat/completions"
         last_err = "no attempt"
+        retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 with self._lock:
                     self.stats.retries += 1
-                delay = self.backoff * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
+                # The server's Retry-After when it gave one (capped), else exponential back-off
+                # with full jitter (concurrent clients do not retry in step).
+                delay = retry_after if retry_after is not None else random.uniform(0, self.backoff * 2 ** (attempt - 1))
                 time.sleep(delay)
+            retry_after = None
             t0 = time.perf_counter()
             try:
                 with self._sem:
@@ -468,6 +475,7 @@ class OpenAIBackend(Backend):
             dt = time.perf_counter() - t0
             if r.status_code in self.RETRY_STATUS:
                 last_err = f"HTTP {r.status_code}"
+                retry_after = self._retry_after(r.headers.get("Retry-After"))
                 log.warning("%s: HTTP %d, attempt %d", self.name, r.status_code, attempt + 1)
                 continue
             if r.status_code >= 400:
@@ -493,6 +501,22 @@ class OpenAIBackend(Backend):
         with self._lock:
             self.stats.errors += 1
         raise BackendError(f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {url}")
+
+    @classmethod
+    def _retry_after(cls, value: str | None) -> float | None:
+        """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
+        if not value:
+            return None
+        try:
+            secs = float(value)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            try:
+                secs = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+        return min(max(secs, 0.0), cls.MAX_RETRY_AFTER_S)
 
     def close(self) -> None:
         self._client.close()

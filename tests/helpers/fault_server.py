@@ -8,6 +8,8 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /garbage/v1/...                  a well-formed response whose content is not JSON (always)
   /blank/v1/...                    content made only of spaces (always), as DeepSeek's JSON mode can
   /400/v1/...                      HTTP 400 (always; not retried)
+  /499/v1/... /529/v1/...          those provider codes for the first ``fails`` requests
+  /retryafter/v1/...               HTTP 503 with ``Retry-After: 1`` for the first ``fails`` requests
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class FaultServer:
                     outer.auth_headers.append(self.headers.get("Authorization", ""))
                     outer.bodies.append(body)
                 bad = k <= outer.fails
-                if mode in ("429", "500") and bad:
+                if mode in ("429", "500", "499", "529") and bad:
                     return self._send(int(mode), b'{"error": "try later"}')
+                if mode == "retryafter" and bad:
+                    return self._send(503, b'{"error": "overloaded"}', {"Retry-After": "1"})
                 if mode == "400":
                     return self._send(400, b'{"error": "bad request"}')
                 if mode == "slow" and bad:
@@ -61,9 +65,11 @@ class FaultServer:
                 }
                 self._send(200, json.dumps(out).encode())
 
-            def _send(self, code, data):
+            def _send(self, code, data, headers=None):
                 try:
                     self.send_response(code)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
