@@ -73,6 +73,8 @@ def test_import_good_and_bad(tmp_path):
         ([json.dumps(GOOD).encode(), json.dumps(GOOD).encode()], "line 2: duplicate session"),
         ([json.dumps({"patient_id": "p"}).encode()], "line 1: field 'session_index'"),
         ([b""], "no sessions found"),
+        ([json.dumps(dict(GOOD, patient_id="../../etc/passwd")).encode()], "line 1: patient_id '../../etc/passwd' must be"),
+        ([json.dumps(dict(GOOD, patient_id=".hidden")).encode()], "line 1: patient_id '.hidden'"),
     ]
     for lines, msg in cases:
         with pytest.raises(PipelineError, match=msg):
@@ -107,3 +109,21 @@ def test_generation_with_tiny_model_resumes(root, tiny_backend, tmp_path):
 
     counts = UnitStore(stats2["unit_dir"]).computed_counts()
     assert sorted(counts.values()) == [1, 1]
+
+
+def test_import_reads_spreadsheet_style_files(tmp_path):
+    """A byte-order mark and CRLF line ends (as editors and spreadsheets on Windows write them)."""
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n" + json.dumps(dict(GOOD, session_index=2)).encode() + b"\r\n")
+    rows = load_import(p, DCFG)
+    assert [r["session_index"] for r in rows] == [1, 2] and rows[0]["patient_id"] == GOOD["patient_id"]
+
+
+def test_human_ratings_with_bom_and_crlf(root, tmp_path):
+    from cbtpipe.analysis import load_human_ratings
+    from cbtpipe.judge import load_rubric
+
+    p = tmp_path / "ratings.csv"
+    p.write_bytes(b"\xef\xbb\xbfsession_id,item,score\r\ns1,agenda,4\r\n")
+    rows = load_human_ratings(p, load_rubric(root / "resources/rubrics/ctrs_modified.yaml"))
+    assert rows == [{"session_id": "s1", "item": "agenda", "score": 4.0, "rater": "human"}]

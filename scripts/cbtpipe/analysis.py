@@ -103,10 +103,10 @@ def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[st
     p = Path(path)
     ids = {i["id"]: i for i in rubric["items"]}
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
     except UnicodeDecodeError as e:
         raise PipelineError(f"{p}: not valid UTF-8") from e
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(text.splitlines())  # splitlines also ends CRLF lines cleanly
     need = {"session_id", "item", "score"}
     if not reader.fieldnames or not need <= set(reader.fieldnames):
         raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))}")

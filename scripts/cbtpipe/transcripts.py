@@ -21,6 +21,9 @@ from .profiles import describe
 
 log = logging.getLogger("cbtpipe")
 
+# Ids that end up in file names (units, caches): no path separators, no leading dot.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
 ROLE_MARKER = re.compile(
     r"(^|\n)\s*\**\s*(therapist|patient|client|counsell?or|assistant|user|system)\s*\**\s*:|<\|im_(start|end)\|>|\[/?INST\]",
     re.I,
@@ -210,6 +213,8 @@ def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
     sessions = []
     seen = set()
     raw = p.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as some editors and spreadsheets write
+        raw = raw[3:]
     for i, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -226,6 +231,11 @@ def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
         for key, typ in (("patient_id", str), ("session_index", int), ("messages", list)):
             if not isinstance(obj.get(key), typ):
                 raise PipelineError(f"{p}, line {i}: field '{key}' missing or not {typ.__name__}")
+        if not SAFE_ID.fullmatch(obj["patient_id"]):
+            raise PipelineError(
+                f"{p}, line {i}: patient_id {obj['patient_id']!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                "(not starting with '.'): it becomes part of file names"
+            )
         bad = check_session(obj["messages"], dcfg)
         if bad:
             raise PipelineError(f"{p}, line {i}: {bad}")

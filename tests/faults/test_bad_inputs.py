@@ -175,6 +175,26 @@ CASES = [
         None,
         ["ratings_not_a_number.csv, line 2", "not a number"],
     ),
+    (
+        "import_unsafe_patient_id",
+        _importing("bad/unsafe_patient_id.jsonl"),
+        None,
+        ["unsafe_patient_id.jsonl, line 1", "patient_id '../escape'"],
+    ),
+    (
+        "qlora_without_gpu",
+        lambda c: _set(c, "training.method", "qlora"),
+        None,
+        ["config key models.smollm2-135m.gpus is 0", "qlora needs a CUDA GPU"],
+    ),
+    # Job-level: a llama.cpp backend asked to offload layers, on a build or machine without a GPU,
+    # stops when the job starts, naming the key (never a silent CPU run).
+    (
+        "offload_without_gpu",
+        lambda c: _set(c, "backends.tiny.n_gpu_layers", -1),
+        "results/data/transcripts.jsonl",
+        ["config key backends.tiny.n_gpu_layers is -1", "make setup GPU=1"],
+    ),
     # Job-level: a GGUF whose header is fine but whose data is cut off fails when llama.cpp loads it.
     (
         "cut_gguf",
