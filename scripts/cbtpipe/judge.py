@@ -120,6 +120,11 @@ def aggregate(values: list[float], how: str) -> float | None:
     return float(statistics.median(vals) if how == "median" else statistics.fmean(vals))
 
 
+def _identity(session: dict[str, Any]) -> dict[str, Any]:
+    """What a judged record copies from its session."""
+    return {k: session[k] for k in ("session_id", "patient_id", "model", "arm", "quantization")}
+
+
 def judge_session(
     session: dict[str, Any], backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path
 ) -> dict[str, Any]:
@@ -154,11 +159,7 @@ def judge_session(
         )
     items = {i["id"]: aggregate([s["scores"][i["id"]] for s in samples], jcfg["aggregate"]) for i in rubric["items"]}
     return {
-        "session_id": session["session_id"],
-        "patient_id": session["patient_id"],
-        "model": session["model"],
-        "arm": session["arm"],
-        "quantization": session["quantization"],
+        **_identity(session),
         "samples": samples,
         "item_scores": items,
         "total": aggregate([s["total"] for s in samples], jcfg["aggregate"]),
@@ -171,11 +172,7 @@ def judge_session(
 def unjudged(session: dict[str, Any], rubric: dict[str, Any], transcript_sha: str, reason: str) -> dict[str, Any]:
     """The record of a session that was not judged: every score missing, with the reason."""
     return {
-        "session_id": session["session_id"],
-        "patient_id": session["patient_id"],
-        "model": session["model"],
-        "arm": session["arm"],
-        "quantization": session["quantization"],
+        **_identity(session),
         "samples": [],
         "item_scores": {i["id"]: None for i in rubric["items"]},
         "total": None,
