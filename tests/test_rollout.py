@@ -156,3 +156,18 @@ def test_an_unreadable_unit_is_moved_aside_and_recomputed(root, tiny_backend, ti
     assert st2["sessions_reused"] == 0 and unit.with_name(unit.name + ".unreadable").exists()
     assert str(unit) in caplog.text and "unreadable" in caplog.text
     assert _strip_timing(again) == _strip_timing(first)
+
+
+def test_a_changed_profile_is_played_again(root, tiny_backend, tiny_gguf, tmp_path):
+    """Sessions are units of the profile's content: a patient described differently under the same
+    id is played again, the others are reused."""
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 2, 3, [])
+    kw = _rollout_kw(root, tiny_backend, tiny_gguf, arm="cbt", rcfg=RCFG, system_prompt="You are a CBT therapist.", unit_dir=tmp_path / "u")
+    first, _ = run_rollouts(profiles=ev, **kw)
+    changed = [dict(ev[0], history="lost a job last spring and has slept badly since"), ev[1]]
+    second, st = run_rollouts(profiles=changed, **kw)
+    assert st["sessions_reused"] == 1
+    by_id = {s["patient_id"]: s for s in second}
+    assert by_id[ev[1]["id"]]["session_id"] == next(s["session_id"] for s in first if s["patient_id"] == ev[1]["id"])
+    assert by_id[ev[0]["id"]]["session_id"] != next(s["session_id"] for s in first if s["patient_id"] == ev[0]["id"])
