@@ -1,5 +1,6 @@
 """Snakemake entry: simulated sessions of one (model, arm, shard); resumable per session."""
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -19,21 +20,26 @@ with entry(snakemake, "rollout") as log:
         "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
         "n_gpu_layers": rcfg["therapist_n_gpu_layers"],
     }
-    server = None
-    if rcfg["therapist_server"]:
-        server = LlamaServer(
-            snakemake.input.gguf,
-            parallel=rcfg["parallel_sessions"],
-            n_ctx=rcfg["therapist_n_ctx"],
-            n_gpu_layers=rcfg["therapist_n_gpu_layers"],
-            threads=therapist_spec["n_threads"],
-            log_path=Path(snakemake.log[0]).with_suffix(".server.log"),
-        ).__enter__()
-        therapist = LlamaServerBackend("therapist", server)
-    else:
-        therapist = LlamaCppBackend("therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
-    patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
-    try:
+    with contextlib.ExitStack() as stack:  # closes the backends, then stops the server
+        if rcfg["therapist_server"]:
+            server = stack.enter_context(
+                LlamaServer(
+                    snakemake.input.gguf,
+                    parallel=rcfg["parallel_sessions"],
+                    n_ctx=rcfg["therapist_n_ctx"],
+                    n_gpu_layers=rcfg["therapist_n_gpu_layers"],
+                    threads=therapist_spec["n_threads"],
+                    log_path=Path(snakemake.log[0]).with_suffix(".server.log"),
+                )
+            )
+            therapist = LlamaServerBackend("therapist", server)
+        else:
+            therapist = LlamaCppBackend(
+                "therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers"
+            )
+        stack.callback(therapist.close)
+        patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
+        stack.callback(patient.close)
         sessions, stats = run_rollouts(
             model=wc.model,
             arm=wc.arm,
@@ -47,11 +53,6 @@ with entry(snakemake, "rollout") as log:
             patient_template=snakemake.input.patient_prompt,
             unit_dir=snakemake.params.units,
         )
-    finally:
-        therapist.close()
-        patient.close()
-        if server is not None:
-            server.__exit__(None, None, None)
     write_jsonl(snakemake.output.sessions, sessions)
     write_json(snakemake.output.stats, stats)
     log.info("rollout stats: %s", stats)

@@ -298,6 +298,15 @@ def tps_from_csv(path: Path, skip: int = 2) -> tuple[float | None, list[float]]:
     return (statistics.median(vals) if vals else None), vals
 
 
+def measured(log_csv: Path) -> dict:
+    """Tokens per second (median over the steps after warm-up) and peak GPU memory of a run."""
+    import torch
+
+    med, vals = tps_from_csv(log_csv)
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
+    return {"tokens_per_s": med, "per_step": vals, "peak_mem_GiB": peak}
+
+
 def run_project(name, method, model_dir, rows_path, work: Path, steps: int, liger: bool = True, n_gpus: int = 1) -> dict:
     import torch
 
@@ -347,11 +356,8 @@ def run_project(name, method, model_dir, rows_path, work: Path, steps: int, lige
         n_gpus=n_gpus,
         gpu_key="models.gpu-check.gpus",
     )
-    med, vals = tps_from_csv(out / "log.csv")
     return {
-        "tokens_per_s": med,
-        "per_step": vals,
-        "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        **measured(out / "log.csv"),
         **{
             k: m.get(k)
             for k in ("micro_batch", "grad_accum", "gradient_checkpointing", "liger_kernel", "padding_free", "train_runtime_s", "steps")
@@ -395,11 +401,8 @@ def run_trl_default(model_dir, rows, work: Path, steps: int) -> dict:
         callbacks=[CsvLogger(out / "log.csv")],
     )
     tr.train()
-    med, vals = tps_from_csv(out / "log.csv")
     res = {
-        "tokens_per_s": med,
-        "per_step": vals,
-        "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None,
+        **measured(out / "log.csv"),
         "gradient_checkpointing": args.gradient_checkpointing,
         "padding_free": args.padding_free,
         "bf16": args.bf16,

@@ -416,11 +416,12 @@ def scan_wheel(wheel: Path) -> dict[str, dict]:
     """Instructions outside the baseline in the wheel's libraries and in the tools beside it."""
     with tempfile.TemporaryDirectory(prefix="llama-scan-") as d:
         with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
+            names = z.namelist()
+            for name in names:
                 if ".so" in Path(name).name:
                     z.extract(name, d)
         found = scan_package(Path(d))
-    found.update(scan_tools(wheel.parent / "tools", skip=set(zipfile.ZipFile(wheel).namelist())))
+    found.update(scan_tools(wheel.parent / "tools", skip=set(names)))
     return found
 
 
@@ -550,8 +551,6 @@ def install_tools(src: Path) -> Path | None:
 
 
 def installed_package_dir() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
         raise BuildError(f"{PACKAGE} is not installed in {sys.prefix}; run the set-up")

@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 
 from .hardware import require_gpu_offload
-from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
+from .io import PipelineError, hash_obj, move_aside, read_json, sha256_file, write_json
 
 log = logging.getLogger("cbtpipe")
 
@@ -196,9 +196,7 @@ class Backend:
                         self.stats.add(c)
                     return c
                 except (ValueError, TypeError) as e:
-                    aside = cpath.with_name(cpath.name + ".unreadable")
-                    os.replace(cpath, aside)
-                    log.warning("response cache entry %s is unreadable (%s): moved to %s, asking again", cpath, e, aside.name)
+                    move_aside(cpath, e, "response cache entry")
         c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
         with self._lock:
             self.stats.add(c)

@@ -128,6 +128,15 @@ def setup_logging(log_path: str | os.PathLike | None = None, name: str = "cbtpip
     return logger
 
 
+def move_aside(path: Path, error: Exception, what: str) -> Path:
+    """Rename an unreadable file to ``<name>.unreadable`` (kept for inspection, never read again)
+    and say so in the log, naming it."""
+    aside = path.with_name(path.name + ".unreadable")
+    os.replace(path, aside)
+    logging.getLogger("cbtpipe").warning("%s %s is unreadable (%s): moved to %s and computed again", what, path, error, aside.name)
+    return aside
+
+
 class UnitStore:
     """A folder of finished units (a patient, a session, a judged transcript).
 
@@ -144,23 +153,18 @@ class UnitStore:
     def path(self, unit_id: str) -> Path:
         return self.root / f"{unit_id}.json"
 
-    def has(self, unit_id: str) -> bool:
-        """Whether a readable unit is stored; an unreadable one (a damaged disk, a hand edit) is
-        moved aside with a warning that names it, and counts as missing, so it is recomputed."""
+    def get(self, unit_id: str) -> Any | None:
+        """The stored unit, or None when there is none. An unreadable one (a damaged disk, a hand
+        edit) is moved aside with a warning that names it and counts as missing: it is computed
+        again."""
         p = self.path(unit_id)
-        if not p.exists():
-            return False
         try:
-            read_json(p)
+            return read_json(p)
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError) as e:
-            aside = p.with_name(p.name + ".unreadable")
-            os.replace(p, aside)
-            logging.getLogger("cbtpipe").warning("unit %s is unreadable (%s): moved to %s and computed again", p, e, aside.name)
-            return False
-        return True
-
-    def load(self, unit_id: str) -> Any:
-        return read_json(self.path(unit_id))
+            move_aside(p, e, "unit")
+            return None
 
     def save(self, unit_id: str, obj: Any) -> None:
         write_json(self.path(unit_id), obj)

@@ -215,8 +215,9 @@ def run_judging(
         # A judgement is a unit of the transcript it scores: a session re-run with other content
         # (a retrained model, another prompt) under the same session id is judged again.
         uid = f"{s['session_id']}-{transcript_sha[:16]}"
-        if store.has(uid):
-            out.append(store.load(uid))
+        stored = store.get(uid)
+        if stored is not None:
+            out.append(stored)
             reused += 1
             continue
         j = judge_session(s, backend, rubric, jcfg, template)

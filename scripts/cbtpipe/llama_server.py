@@ -120,7 +120,11 @@ class LlamaServer:
         self._log = open(self.log_path, "ab")
         log.info("starting %s", " ".join(cmd))
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self._wait_healthy()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.__exit__(None, None, None)  # no server (or log file) outlives a failed start
+            raise
         return self
 
     def _wait_healthy(self) -> None:
@@ -138,7 +142,6 @@ class LlamaServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        self.__exit__(None, None, None)
         raise PipelineError(f"llama-server did not become ready within {self.startup_timeout:.0f} s (log: {self.log_path})")
 
     def __exit__(self, *exc) -> None:

@@ -31,8 +31,9 @@ def build_pairs(
     pairs, reused, t0 = [], 0, time.perf_counter()
     for row in rows:
         uid = f"{row['patient_id']}-s{row['session_index']}-{hash_obj(row['messages'], 8)}"
-        if store.has(uid):
-            pairs += store.load(uid)
+        stored = store.get(uid)
+        if stored is not None:
+            pairs += stored
             reused += 1
             continue
         unit = []

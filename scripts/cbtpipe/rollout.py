@@ -162,14 +162,14 @@ def run_rollouts(
         # A session is a unit of the profile it plays (by content, not only by id): a patient whose
         # description changed under the same id is played again.
         uid = f"{item['profile']['id']}-s{item['session']}-{hash_obj(item['profile'], 12)}"
-        if store.has(uid):
+        stored = store.get(uid)
+        if stored is not None:
             with lock:
                 reused += 1
                 done += 1
-            return store.load(uid)
+            return stored
         s = run_session(item, therapist, patient, rcfg, system_prompt, patient_template)
         s.update(
-            # the same for both arms of a patient's session: the pairing key
             session_id=hash_obj([model, arm, quantization, uid], 12),
             model=model,
             arm=arm,

@@ -172,9 +172,10 @@ def run_generation(
     bar = tqdm(profiles, desc="patients", unit="patient", mininterval=5)
     for prof in bar:
         uid = f"{prof['id']}-{hash_obj(prof, 8)}"
-        if store.has(uid):
+        stored = store.get(uid)
+        if stored is not None:
             reused += 1
-            courses.append(store.load(uid))
+            courses.append(stored)
             continue
         course = generate_course(prof, backend, dcfg, template)
         store.save(uid, course)
