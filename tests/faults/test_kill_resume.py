@@ -1,5 +1,5 @@
-"""Kill-and-resume harness: SIGKILL a long job (or the whole snakemake) at a random moment, run
-the same command again, and check that the run completes, that no finished unit was computed
+"""Kill-and-resume harness: SIGKILL a long job (or the whole snakemake) at a moment given by its
+observed progress (its unit folder appearing, or its first finished unit), run the same command again, and check that the run completes, that no finished unit was computed
 twice, and that the outputs equal those of the uninterrupted CI run.
 
 Run alone with: pytest -m faults tests/faults/test_kill_resume.py
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -23,12 +22,12 @@ from tests.helpers.workdir import clone_workdir, snakemake_cmd
 
 pytestmark = pytest.mark.faults
 
-# rule -> (target, unit folder, script name, typical duration of the job at CI size in seconds)
+# rule -> (target, unit folder, script name); each job has at least two units at CI size
 RULES = {
-    "transcripts": ("results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py", 30),
-    "train": ("results/training/smollm2-135m/metrics.json", "results/units/train", "train.py", 45),
-    "rollout": ("results/rollouts/smollm2-135m/cbt/shard00.jsonl", "results/units/rollouts/smollm2-135m/cbt", "rollout.py", 10),
-    "judge": ("results/judge/smollm2-135m/cbt/shard00.jsonl", "results/units/judge", "judge.py", 40),
+    "transcripts": ("results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py"),
+    "train": ("results/training/smollm2-135m/metrics.json", "results/units/train", "train.py"),
+    "rollout": ("results/rollouts/smollm2-135m/cbt/shard00.jsonl", "results/units/rollouts/smollm2-135m/cbt", "rollout.py"),
+    "judge": ("results/judge/smollm2-135m/cbt/shard00.jsonl", "results/units/judge", "judge.py"),
 }
 VOLATILE = {
     "seconds",
@@ -75,23 +74,32 @@ def _job_procs(proc: subprocess.Popen, script: str):
     return out
 
 
+def finished_units(units: Path) -> int:
+    return sum(len(log.read_text().splitlines()) for log in units.rglob("computed.log"))
+
+
 def run_with_kill(wd: Path, rule: str, seed: int, whole: bool) -> dict:
-    target, units, script, dur = RULES[rule]
+    """Kill when progress is seen, not after a guessed delay (a faster machine would finish first):
+    odd seeds when the first unit is finished, even seeds as soon as the job's unit folder exists
+    (the first unit in progress)."""
+    target, units, script = RULES[rule]
     shutil.rmtree(wd / units, ignore_errors=True)
     shutil.rmtree(wd / "cache", ignore_errors=True)  # no LLM answer comes from the response cache
     # The target goes first: --forcerun and --configfile take several values and would swallow it.
     cmd = snakemake_cmd(target, "--cores", "2", "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
-    rng = random.Random(f"{rule}:{seed}")
-    delay = rng.uniform(2.0, 0.8 * dur)
+    trigger = "first finished unit" if seed % 2 else "unit folder created"
+
+    def progressed() -> bool:
+        if seed % 2:
+            return finished_units(wd / units) >= 1
+        return (wd / units).is_dir() and any((wd / units).iterdir())
+
     p = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    t_job = None
     killed = False
     deadline = time.time() + 900
     while time.time() < deadline and p.poll() is None:
         jobs = _job_procs(p, script)
-        if jobs and t_job is None:
-            t_job = time.time()
-        if t_job is not None and time.time() - t_job >= delay:
+        if jobs and progressed():
             if whole:
                 os.killpg(p.pid, signal.SIGKILL)
             else:
@@ -99,9 +107,9 @@ def run_with_kill(wd: Path, rule: str, seed: int, whole: bool) -> dict:
                     j.send_signal(signal.SIGKILL)
             killed = True
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     first_out = p.communicate(timeout=300)[0].decode(errors="replace")
-    assert killed, f"{rule}: the job ended before the kill at {delay:.1f} s\n{first_out[-2000:]}"
+    assert killed, f"{rule}: the job ended before the kill ({trigger})\n{first_out[-2000:]}"
     if not whole:
         assert p.returncode != 0
     else:
@@ -110,7 +118,7 @@ def run_with_kill(wd: Path, rule: str, seed: int, whole: bool) -> dict:
         assert u.returncode == 0, u.stderr[-2000:]
     r = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"{rule}: resumed run failed\n{(r.stdout + r.stderr)[-4000:]}"
-    return {"delay": delay, "units": wd / units}
+    return {"trigger": trigger, "units": wd / units}
 
 
 def unit_counts(units: Path) -> dict[str, int]:
