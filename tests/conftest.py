@@ -66,6 +66,28 @@ class Harness:
 _HARNESS = Harness()
 
 
+# The end-to-end run and each fault test's copy of it hold about 1.8 GB (the merged models and
+# their GGUF files); with retention policy "failed" a passing test's copy is removed when it ends.
+MIN_FREE_GIB = float(os.environ.get("CBT_TEST_MIN_FREE_GIB", "8"))
+
+
+def pytest_sessionstart(session):
+    """Refuse to start on a nearly full disk: the tests would fail late, one by one, with ENOSPC."""
+    import shutil
+    import tempfile
+
+    where = Path(session.config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**30
+    if free < MIN_FREE_GIB:
+        pytest.exit(
+            f"only {free:.1f} GiB free under {where}; the tests need about {MIN_FREE_GIB:g} GiB "
+            "(set CBT_TEST_MIN_FREE_GIB to change the limit, or free space, e.g. old /tmp/pytest-of-* folders)",
+            returncode=3,
+        )
+
+
 @pytest.fixture(scope="session")
 def harness() -> Harness:
     return _HARNESS
