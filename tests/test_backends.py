@@ -273,3 +273,91 @@ def test_retry_after_is_honoured_and_capped():
     assert OpenAIBackend._retry_after("3600") == OpenAIBackend.MAX_RETRY_AFTER_S
     assert OpenAIBackend._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
     assert OpenAIBackend._retry_after("soon") is None
+
+
+def test_a_trickling_server_is_bounded_by_the_deadline():
+    """A server that keeps the connection alive by sending a byte every 0.2 s never trips the
+    per-read timeout; the per-attempt deadline ends each attempt, and the call gives up."""
+    with FaultServer() as srv:
+        spec = {
+            "type": "openai",
+            "base_url": srv.url("trickle"),
+            "model": "m",
+            "timeout_s": 5,
+            "deadline_s": 1.0,
+            "max_retries": 1,
+            "backoff_s": 0,
+        }
+        b = OpenAIBackend("t", spec, cache_dir=None)
+        t0 = time.perf_counter()
+        with pytest.raises(BackendError, match=r"giving up after 2 attempts \(no complete answer within deadline_s=1\)"):
+            b.chat(MSG)
+        assert time.perf_counter() - t0 < 6
+        assert srv.counts["trickle"] == 2
+
+
+def test_a_redirect_is_reported_not_followed():
+    with FaultServer() as srv:
+        b = OpenAIBackend("r", {"type": "openai", "base_url": srv.url("redirect"), "model": "m", "max_retries": 3}, cache_dir=None)
+        with pytest.raises(BackendError, match=r"redirect \(HTTP 308\) to /ok/v1/chat/completions.*backends\.r\.base_url"):
+            b.chat(MSG)
+        assert srv.counts == {"redirect": 1}
+
+
+def test_content_as_a_list_of_parts_and_refusals(tmp_path):
+    with FaultServer(answer='{"agenda": 5}') as srv:
+        b = OpenAIBackend("p", {"type": "openai", "base_url": srv.url("parts"), "model": "m"}, cache_dir=tmp_path / "c")
+        assert b.chat_json(MSG, SCHEMA).data == {"agenda": 5}
+        r = OpenAIBackend("q", {"type": "openai", "base_url": srv.url("refusal"), "model": "m"}, cache_dir=tmp_path / "c")
+        c = r.chat(MSG)
+        assert c.text == "" and c.finish_reason == "refusal"
+        r.chat(MSG)
+        assert srv.counts["refusal"] == 2 and not r.stats.cache_hits  # a refusal is never replayed
+
+
+def test_which_answers_the_cache_keeps():
+    from cbtpipe.backends import Completion, keepable
+
+    assert keepable(Completion("ok", completion_tokens=2), {"max_tokens": 10})
+    assert not keepable(Completion("  "), {})
+    assert not keepable(Completion("no", finish_reason="refusal"), {})
+    assert not keepable(Completion("cut", finish_reason="content_filter"), {})
+    # cut at the request's own max_tokens (part of the key): kept; cut by a full context: not
+    assert keepable(Completion("cut", completion_tokens=10, finish_reason="length"), {"max_tokens": 10})
+    assert not keepable(Completion("cut", completion_tokens=7, finish_reason="length"), {"max_tokens": 10})
+    assert not keepable(Completion("cut", completion_tokens=7, finish_reason="length"), {})
+
+
+def test_secrets_never_reach_errors_or_logs(monkeypatch, caplog):
+    from cbtpipe.secrets import RedactingFilter, config_secrets, redact
+
+    monkeypatch.setenv("CBT_TEST_KEY", "s3cr3t-value-42")
+    with FaultServer() as srv:
+        b = OpenAIBackend(
+            "e", {"type": "openai", "base_url": srv.url("echo401"), "model": "m", "api_key_env": "CBT_TEST_KEY"}, cache_dir=None
+        )
+        with pytest.raises(BackendError) as err:
+            b.chat(MSG)
+        assert "HTTP 401" in str(err.value) and "s3cr3t-value-42" not in str(err.value) and "***" in str(err.value)
+    assert redact("https://bob:hunter2@api.example.org/v1") == "https://***@api.example.org/v1"
+    assert redact("https://api.example.org/v1?foo=1&api_key=abc123") == "https://api.example.org/v1?foo=1&api_key=***"
+    assert redact("key sk-proj-ABCDEFGHIJKLMNOPQRSTUV used") == "key *** used"
+    assert redact("Authorization: Bearer abcdefghijkl") == "Authorization: Bearer ***"
+    cfg = {
+        "backends": {
+            "a": {"base_url": "https://u:p@host/v1", "api_key_env": "GOOD_NAME"},
+            "b": {"base_url": "https://host/v1?token=xyz"},
+            "c": {"api_key_env": "sk-abcdefghijklmnopqrstu"},
+            "d": {"base_url": "https://host/v1", "model": "mistralai/Mistral-7B-Instruct-v0.3"},
+        }
+    }
+    found = config_secrets(cfg)
+    assert [f.split(" ")[2] for f in found] == ["backends.a.base_url", "backends.b.base_url", "backends.c.api_key_env"]
+    assert not any(s in " ".join(found) for s in ("u:p", "xyz", "sk-abc"))
+    import logging
+
+    lg = logging.getLogger("cbt-test-redact")
+    lg.addFilter(RedactingFilter())
+    with caplog.at_level(logging.INFO, logger="cbt-test-redact"):
+        lg.info("calling %s", "https://u:hunter2@h/v1")
+    assert "hunter2" not in caplog.text and "https://***@h/v1" in caplog.text

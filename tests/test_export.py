@@ -32,6 +32,26 @@ def test_tools_refuse_a_mismatched_sdist(tmp_path):
         extract_tools(fake, tmp_path / "out", installed_version())
 
 
+def test_tools_refuse_an_archive_member_that_escapes(tmp_path):
+    """A member named to climb out of the target (``conversion/../../..``) is refused and nothing
+    is written outside it."""
+    import io
+
+    ver = installed_version()
+    evil = tmp_path / f"llama_cpp_python-{ver}.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for name in ("convert_hf_to_gguf.py", "conversion/../../../escaped.txt"):
+            data = b"print('x')\n"
+            info = tarfile.TarInfo(f"llama_cpp_python-{ver}/vendor/llama.cpp/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(PipelineError, match="outside .*archive refused"):
+        extract_tools(evil, tmp_path / "a" / "b" / "tools", ver)
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (tmp_path / "a" / "b" / "tools").exists()
+
+
 def test_convert_quantize_and_parity(tiny_hf, tools, tmp_path):
     f16 = tmp_path / "m-f16.gguf"
     q = tmp_path / "m-Q4_K_M.gguf"

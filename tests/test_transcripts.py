@@ -127,3 +127,30 @@ def test_human_ratings_with_bom_and_crlf(root, tmp_path):
     p.write_bytes(b"\xef\xbb\xbfsession_id,item,score\r\ns1,agenda,4\r\n")
     rows = load_human_ratings(p, load_rubric(root / "resources/rubrics/ctrs_modified.yaml"))
     assert rows == [{"session_id": "s1", "item": "agenda", "score": 4.0, "rater": "human"}]
+
+
+def test_templates_render_in_a_sandbox(tmp_path):
+    """A user's prompt template formats the values it is given and cannot reach Python."""
+    import pytest
+
+    from cbtpipe.io import PipelineError
+    from cbtpipe.transcripts import render_template
+
+    ok = tmp_path / "ok.j2"
+    ok.write_text("Hello {{ patient | upper }}\n")
+    assert render_template(ok, patient="ann") == "Hello ANN"
+    evil = tmp_path / "evil.j2"
+    evil.write_text("{{ patient.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(PipelineError, match="evil.j2: refused by the template sandbox"):
+        render_template(evil, patient="ann")
+    evil.write_text("{{ cycler.__init__.__globals__.os.popen('id').read() }}")
+    with pytest.raises(PipelineError, match="evil.j2"):
+        render_template(evil, patient="ann")
+    bad = tmp_path / "bad.j2"
+    bad.write_text("line one\n{% if %}\n")
+    with pytest.raises(PipelineError, match="bad.j2, line 2"):
+        render_template(bad, patient="ann")
+    missing = tmp_path / "missing.j2"
+    missing.write_text("{{ nobody }}")
+    with pytest.raises(PipelineError, match="missing.j2: 'nobody' is undefined .*values it may use: patient"):
+        render_template(missing, patient="ann")

@@ -178,7 +178,9 @@ def gguf_py(assets: Path) -> Path:
     if not gdir.exists():
         with tarfile.open(assets / "llama_cpp_python-0.3.36.tar.gz") as tar:
             members = [m for m in tar.getmembers() if "/vendor/llama.cpp/gguf-py/" in m.name]
-            tar.extractall("/tmp/ggufsrc", members=members)
+            # the "data" filter keeps every member inside the target (no absolute paths, no "..", no links out)
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall("/tmp/ggufsrc", members=members, **kw)
         src = next(Path("/tmp/ggufsrc").rglob("gguf-py"))
         shutil.move(str(src), gdir)
     if str(gdir) not in sys.path:

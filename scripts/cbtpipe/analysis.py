@@ -110,6 +110,10 @@ def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[st
     need = {"session_id", "item", "score"}
     if not reader.fieldnames or not need <= set(reader.fieldnames):
         raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))}")
+    names = [f.strip() for f in reader.fieldnames]
+    dup = sorted({f for f in names if names.count(f) > 1})
+    if dup:
+        raise PipelineError(f"{p}, line 1: column {', '.join(dup)} appears more than once (which one holds the value?)")
     out = []
     for n, r in enumerate(reader, 2):
         if r["item"] not in ids:

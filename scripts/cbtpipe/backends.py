@@ -30,6 +30,7 @@ import jsonschema
 
 from .hardware import require_gpu_offload
 from .io import PipelineError, hash_obj, move_aside, read_json, sha256_file, write_json
+from .secrets import env_secret, redact
 
 log = logging.getLogger("cbtpipe")
 
@@ -141,6 +142,23 @@ def validate_json_text(text: str, schema: dict[str, Any]) -> tuple[Any, str | No
     return data, None
 
 
+def keepable(c: Completion, sampling: dict[str, Any]) -> bool:
+    """Whether an answer may be replayed from the response cache.
+
+    Never a blank, filtered or refused answer (asked again next time). An answer cut at a length
+    limit is kept only when the limit was the request's own ``max_tokens``, which is part of the
+    cache key: that answer is what this request gives, and replaying it is what makes a resumed
+    session on a non-deterministic server (batched llama-server, an API) equal the first run. One
+    cut short by anything else (a full context, a server-side cap) is not: a restarted server
+    with more room must be asked again."""
+    if not c.text.strip() or c.finish_reason in ("content_filter", "refusal"):
+        return False
+    if c.finish_reason == "length":
+        limit = sampling.get("max_tokens")
+        return bool(limit) and c.completion_tokens >= int(limit)
+    return True
+
+
 class Backend:
     """Base class: caching, statistics and the structured-output retry loop."""
 
@@ -200,7 +218,7 @@ class Backend:
         c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
         with self._lock:
             self.stats.add(c)
-        if key is not None and c.text.strip():  # a blank answer is asked again next time, never kept
+        if key is not None and keepable(c, sampling):
             d = asdict(c)
             d["cached"] = False
             write_json(self.cache_dir / key[:2] / f"{key}.json", d)
@@ -378,6 +396,24 @@ class LlamaCppBackend(Backend):
             self.llm = None
 
 
+class DeadlineExceeded(Exception):
+    """An attempt took longer than the backend's deadline_s."""
+
+
+def message_text(message: dict[str, Any]) -> tuple[str, bool]:
+    """The text of a chat message and whether it is a refusal. ``content`` may be a string, null,
+    or a list of parts (``{"type": "text", "text": ...}``, as some providers and proxies send);
+    a refusal comes as ``refusal`` with no content."""
+    content = message.get("content")
+    if isinstance(content, list):
+        text = "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type", "text") in ("text", "output_text")
+        )
+    else:
+        text = str(content or "")
+    return text, bool(message.get("refusal")) and not text.strip()
+
+
 class OpenAIBackend(Backend):
     kind = "openai"
     _semaphores: dict[str, threading.BoundedSemaphore] = {}
@@ -397,12 +433,13 @@ class OpenAIBackend(Backend):
         env = spec.get("api_key_env")
         self._api_key = None
         if env:
-            self._api_key = os.environ.get(env)
+            self._api_key = env_secret(env)
             if not self._api_key:
                 raise PipelineError(
                     f"backend '{name}': environment variable {env} is not set (named by config key backends.{name}.api_key_env)"
                 )
         self.timeout = float(spec.get("timeout_s", 120))
+        self.deadline = float(spec.get("deadline_s", 600))
         self.max_retries = int(spec.get("max_retries", 5))
         self.backoff = float(spec.get("backoff_s", 1.0))
         self.json_mode = spec.get("json_mode", "json_schema")
@@ -465,12 +502,20 @@ class OpenAIBackend(Backend):
             t0 = time.perf_counter()
             try:
                 with self._sem:
-                    r = self._client.post(url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                last_err = f"{type(e).__name__}"
+                    r, raw = self._post(url, body, t0 + self.deadline)
+            except (httpx.TimeoutException, httpx.TransportError, DeadlineExceeded) as e:
+                last_err = str(e) if isinstance(e, DeadlineExceeded) else type(e).__name__
                 log.warning("%s: request failed (%s), attempt %d", self.name, last_err, attempt + 1)
                 continue
             dt = time.perf_counter() - t0
+            if r.is_redirect:
+                with self._lock:
+                    self.stats.errors += 1
+                raise BackendError(
+                    f"backend '{self.name}': {redact(url)} answered with a redirect (HTTP {r.status_code}) to "
+                    f"{redact(r.headers.get('Location', '?'))}; set config key backends.{self.name}.base_url to the final "
+                    "address (redirects are not followed: a redirected POST can lose its body or its credentials)"
+                )
             if r.status_code in self.RETRY_STATUS:
                 last_err = f"HTTP {r.status_code}"
                 retry_after = self._retry_after(r.headers.get("Retry-After"))
@@ -479,12 +524,13 @@ class OpenAIBackend(Backend):
             if r.status_code >= 400:
                 with self._lock:
                     self.stats.errors += 1
-                raise BackendError(f"backend '{self.name}': HTTP {r.status_code} from {url}: {r.text[:300]}")
+                body_text = raw[:300].decode("utf-8", "replace")
+                raise BackendError(f"backend '{self.name}': HTTP {r.status_code} from {redact(url)}: {redact(body_text)}")
             try:
-                out = r.json()
+                out = json.loads(raw)
                 choice = out["choices"][0]
-                text = choice["message"].get("content") or ""
-            except (ValueError, KeyError, IndexError, TypeError):
+                text, refused = message_text(choice["message"])
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 last_err = "malformed response body"
                 log.warning("%s: malformed response, attempt %d", self.name, attempt + 1)
                 continue
@@ -494,11 +540,21 @@ class OpenAIBackend(Backend):
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 seconds=dt,
-                finish_reason=choice.get("finish_reason") or "stop",
+                finish_reason="refusal" if refused else (choice.get("finish_reason") or "stop"),
             )
         with self._lock:
             self.stats.errors += 1
-        raise BackendError(f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {url}")
+        raise BackendError(f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {redact(url)}")
+
+    def _post(self, url: str, body: dict[str, Any], deadline: float):
+        """POST and read the whole answer by ``deadline`` (each read is also bounded by timeout_s)."""
+        chunks = []
+        with self._client.stream("POST", url, json=body) as r:
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+                if time.perf_counter() > deadline:
+                    raise DeadlineExceeded(f"no complete answer within deadline_s={self.deadline:g}")
+        return r, b"".join(chunks)
 
     @classmethod
     def _retry_after(cls, value: str | None) -> float | None:

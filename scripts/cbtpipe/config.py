@@ -51,7 +51,10 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     """Raise PipelineError naming the culprit (config key, file, line)."""
     from .backends import check_gguf_file
     from .judge import load_rubric
+    from .secrets import check_config_secrets
+    from .transcripts import check_template
 
+    check_config_secrets(cfg)
     base = Path(base)
     backends = cfg["backends"]
     for key, name in active_backends(cfg).items():
@@ -99,13 +102,19 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         _file(d["import_path"], "data.import_path", base)
         load_import(base / d["import_path"], d)
     else:
+        from .profiles import load_attributes
+
         _file(d["prompts"]["session"], "data.prompts.session", base)
+        check_template(base / d["prompts"]["session"], "data.prompts.session")
         _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
+        load_attributes(base / cfg["profiles"]["attributes"])
     _file(d["system_prompt"], "data.system_prompt", base)
     _file(cfg["rollout"]["patient_prompt"], "rollout.patient_prompt", base)
+    check_template(base / cfg["rollout"]["patient_prompt"], "rollout.patient_prompt")
     _file(cfg["judge"]["rubric"], "judge.rubric", base)
     rubric = load_rubric(base / cfg["judge"]["rubric"])
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
+    check_template(base / cfg["judge"]["prompt"], "judge.prompt")
     if cfg["report"]["human_ratings"]:
         from .analysis import load_human_ratings
 

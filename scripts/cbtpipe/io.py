@@ -121,8 +121,11 @@ def setup_logging(log_path: str | os.PathLike | None = None, name: str = "cbtpip
     if log_path:
         ensure_parent(log_path)
         handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+    from .secrets import RedactingFilter
+
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(RedactingFilter())
         logger.addHandler(h)
     logger.propagate = False
     return logger

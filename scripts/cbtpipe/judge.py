@@ -8,6 +8,7 @@ attempts is recorded as missing with its raw text, never as a score of 0.
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +25,28 @@ log = logging.getLogger("cbtpipe")
 
 def _line(node) -> int:
     return node.start_mark.line + 1
+
+
+# Columns of scores_long.csv and session_totals.csv that are the pipeline's own: the totals table
+# gives each rubric item a column named by its id, so an item may not take one of these names.
+RESERVED_COLUMNS = frozenset(
+    {
+        "session_id",
+        "patient_id",
+        "model",
+        "arm",
+        "quantization",
+        "samples",
+        "valid_samples",
+        "total",
+        "judge_sample",
+        "valid",
+        "item",
+        "score",
+        "rater",
+    }
+)
+ITEM_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
 def load_rubric(path: str | Path) -> dict[str, Any]:
@@ -58,6 +81,13 @@ def load_rubric(path: str | Path) -> dict[str, Any]:
         if not isinstance(item, dict) or "id" not in item:
             raise PipelineError(f"{p}, line {line}: item without an id")
         iid = str(item["id"])
+        if iid in RESERVED_COLUMNS:
+            raise PipelineError(
+                f"{p}, line {line}: item id '{iid}' is a column name of the pipeline's own score tables "
+                f"({', '.join(sorted(RESERVED_COLUMNS))}); rename the item"
+            )
+        if not ITEM_ID.fullmatch(iid):
+            raise PipelineError(f"{p}, line {line}: item id '{iid}' must be letters, digits, _ or - (it names a column and a JSON key)")
         if iid in seen:
             raise PipelineError(f"{p}, line {line}: duplicate item id '{iid}' (first at line {seen[iid]})")
         seen[iid] = line

@@ -33,6 +33,19 @@ REQUIRED = [
 ]
 
 
+# Fields every profile carries besides its attributes (and that sessions copy): an attribute list
+# with one of these names would overwrite them.
+RESERVED_FIELDS = frozenset({"id", "split", "seed", "patient_id", "session_index", "session_id"})
+
+
+def _key_line(p: Path, key: str) -> int:
+    """The line of a top-level key in a YAML file (1 when not found)."""
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith((f"{key}:", f'"{key}":', f"'{key}':")):
+            return n
+    return 1
+
+
 def load_attributes(path: str | Path) -> dict[str, list[Any]]:
     p = Path(path)
     if not p.is_file():
@@ -43,6 +56,12 @@ def load_attributes(path: str | Path) -> dict[str, list[Any]]:
         raise PipelineError(f"{p}: invalid YAML: {e}") from e
     if not isinstance(attrs, dict):
         raise PipelineError(f"{p}: expected a mapping of attribute name to list")
+    for key in attrs:
+        if key in RESERVED_FIELDS:
+            raise PipelineError(
+                f"{p}, line {_key_line(p, key)}: attribute name '{key}' is a profile field of the pipeline's own "
+                f"({', '.join(sorted(RESERVED_FIELDS))}); rename the attribute"
+            )
     for key in REQUIRED:
         if key not in attrs:
             raise PipelineError(f"{p}: attribute list '{key}' is missing")

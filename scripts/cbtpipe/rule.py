@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import PipelineError, hash_obj, setup_logging, sha256_file, write_json
+from .secrets import redact
 
 PROVENANCE_DIR = "results/provenance"
 
@@ -87,18 +88,23 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
         yield logger
     except PipelineError as e:
         logger.error("%s: %s", name, e)
-        print(f"ERROR in {name}: {e}", file=real_stderr)
+        print(f"ERROR in {name}: {redact(e)}", file=real_stderr)
         sys.stderr, sys.stdout = real_stderr, real_stdout
         if fh is not None:
             fh.close()
         sys.exit(1)
-    except BaseException:
+    except Exception:
         import traceback
 
-        traceback.print_exc(file=sys.stderr)
+        # A traceback can quote a URL or a response: masked like every other line we write.
+        text = redact(traceback.format_exc())
+        print(text, file=sys.stderr)
         if fh is not None:
-            traceback.print_exc(file=real_stderr)
-        raise
+            print(text, file=real_stderr)
+        sys.stderr, sys.stdout = real_stderr, real_stdout
+        if fh is not None:
+            fh.close()
+        sys.exit(1)
     logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
     write_provenance(smk, name, time.perf_counter() - t0)
     sys.stderr, sys.stdout = real_stderr, real_stdout

@@ -64,7 +64,9 @@ def extract_tools(sdist: Path, out_dir: Path, expected_version: str) -> dict[str
                 rel = parts[1][len("vendor/llama.cpp/") :]
                 if not any(rel == w or rel.startswith(w) for w in WANTED) or not m.isfile():
                     continue
-                target = tmp / rel
+                target = (tmp / rel).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise PipelineError(f"{sdist}: member {m.name} would be written outside {out_dir}; archive refused")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(m) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)

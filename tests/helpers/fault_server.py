@@ -10,6 +10,11 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /400/v1/...                      HTTP 400 (always; not retried)
   /499/v1/... /529/v1/...          those provider codes for the first ``fails`` requests
   /retryafter/v1/...               HTTP 503 with ``Retry-After: 1`` for the first ``fails`` requests
+  /trickle/v1/...                  headers at once, then the body one byte every 0.2 s (always)
+  /redirect/v1/...                 HTTP 308 to /ok/v1/... (always)
+  /parts/v1/...                    content as a list of parts (always)
+  /refusal/v1/...                  a refusal: no content, a ``refusal`` field (always)
+  /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header (always)
 """
 
 from __future__ import annotations
@@ -51,16 +56,39 @@ class FaultServer:
                     return self._send(503, b'{"error": "overloaded"}', {"Retry-After": "1"})
                 if mode == "400":
                     return self._send(400, b'{"error": "bad request"}')
+                if mode == "echo401":
+                    msg = {"error": f"Incorrect API key provided: {self.headers.get('Authorization', '')}"}
+                    return self._send(401, json.dumps(msg).encode())
+                if mode == "redirect":
+                    return self._send(308, b"", {"Location": self.path.replace("/redirect/", "/ok/", 1)})
+                if mode == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    try:
+                        for _ in range(600):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return None
                 if mode == "slow" and bad:
                     time.sleep(outer.slow_s)
                 if mode == "malformed" and bad:
                     return self._send(200, b"<html>not json")
                 content = {"garbage": "I think the score is high!", "blank": "   "}.get(mode, outer.answer)
+                message = {"role": "assistant", "content": content}
+                if mode == "parts":
+                    half = len(content) // 2
+                    message["content"] = [{"type": "text", "text": content[:half]}, {"type": "text", "text": content[half:]}]
+                if mode == "refusal":
+                    message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
                 out = {
                     "id": "x",
                     "object": "chat.completion",
                     "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }
                 self._send(200, json.dumps(out).encode())
