@@ -142,6 +142,33 @@ def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
     assert last_complete_checkpoint(tmp_path / "none") is None
 
 
+def test_a_checkpoint_is_deleted_only_when_provably_incomplete(tmp_path):
+    """Marked complete but damaged since: moved aside, kept. Half-written trainer state, no mark:
+    deleted. Whole trainer state, no mark (killed between save and mark): used."""
+    import json
+
+    from cbtpipe.training import CHECKPOINT_MARK, last_complete_checkpoint
+
+    def ckpt(step, state, mark=None):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+        if mark is not None:
+            (d / CHECKPOINT_MARK).write_text(json.dumps({"step": step, "files": mark}))
+        return d
+
+    ckpt(2, "{}", {"adapter_model.safetensors": 7, "trainer_state.json": 2})
+    ckpt(4, "{}")  # killed after the Trainer's save, before the mark
+    ckpt(6, '{"global_st')  # killed while writing trainer_state.json
+    ckpt(8, "{}", {"adapter_model.safetensors": 999, "trainer_state.json": 2})  # truncated later
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-4")
+    assert not (tmp_path / "checkpoint-6").exists()
+    assert (tmp_path / "checkpoint-8.unreadable" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "checkpoint-2").is_dir()
+
+
 def test_killed_training_resumes_from_checkpoint(tiny_hf, tmp_path):
     out = tmp_path / "out"
     p = _train_proc(tiny_hf, tmp_path, out)

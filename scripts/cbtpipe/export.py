@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .io import PipelineError
+from .io import PipelineError, die_with_parent, partial_path, remove_partial
 
 
 def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, tools_dir: str | Path, outtype: str = "f16") -> float:
@@ -20,19 +20,23 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, tools_dir: str | P
     if not script.is_file():
         raise PipelineError(f"{script} is missing: run the llama_cpp_tools rule")
     out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = partial_path(out)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tools_dir) / "gguf-py"), str(tools_dir)]))
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise PipelineError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n{r.stderr[-3000:]}")
-    os.replace(tmp, out)
+    try:
+        # The converter dies with this job (a killed job leaves no converter writing on).
+        r = subprocess.run(
+            [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)],
+            capture_output=True,
+            text=True,
+            env=env,
+            preexec_fn=die_with_parent,
+        )
+        if r.returncode != 0:
+            raise PipelineError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n{r.stderr[-3000:]}")
+        os.replace(tmp, out)
+    finally:
+        remove_partial(tmp)
     return time.perf_counter() - t0
 
 
@@ -46,11 +50,13 @@ def quantize(in_path: str | Path, out_path: str | Path, qtype: str, threads: int
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = threads or os.cpu_count() or 1
     out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = partial_path(out)
     t0 = time.perf_counter()
-    rc = llama_cpp.llama_model_quantize(str(in_path).encode(), str(tmp).encode(), ctypes.byref(params))
-    if rc != 0:
-        tmp.unlink(missing_ok=True)
-        raise PipelineError(f"llama.cpp could not quantize {in_path} to {qtype} (code {rc})")
-    os.replace(tmp, out)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(in_path).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise PipelineError(f"llama.cpp could not quantize {in_path} to {qtype} (code {rc})")
+        os.replace(tmp, out)
+    finally:
+        remove_partial(tmp)
     return time.perf_counter() - t0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,53 @@ class UnitStore:
                 if line:
                     counts[line] = counts.get(line, 0) + 1
         return counts
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a job's child processes (llama.cpp's converter, llama-server): on Linux
+    the child gets SIGKILL when the job that started it dies, however it dies (SIGKILL, the OOM
+    killer), so no orphan goes on writing a file or holding a GPU after its job is gone."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """The one place a step writes ``out`` before renaming it into place: a fixed name beside it,
+    so a step killed before it could clean up leaves one leftover that its next run removes."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
+
+
+def remove_partial(tmp: Path) -> None:
+    import shutil
+
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Write a directory output whole or not at all: the body fills the yielded folder (at
+    :func:`partial_path`), which then replaces ``out``. On any error, SIGTERM included (see
+    cbtpipe.rule), the partial folder is removed; after a SIGKILL, the next run removes it first."""
+    import shutil
+
+    out = Path(out)
+    tmp = partial_path(out)
+    remove_partial(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        remove_partial(tmp)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .backends import resolve_gguf
-from .io import PipelineError, sha256_file
+from .io import PipelineError, sha256_file, staged_dir
 
 
 def gguf_chat_template(path: str | Path) -> str | None:
@@ -85,10 +84,9 @@ def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: 
 
     src = source_path(name, spec, hub_dir)
     out = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
     dtype = _dtype(spec.get("dtype", "float32"))
     prov: dict[str, Any] = {"model": name, "source": spec["source"], "dtype": spec.get("dtype", "float32")}
-    try:
+    with staged_dir(out) as tmp:
         if src.is_file():
             with gguf_read_once():
                 tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
@@ -122,12 +120,6 @@ def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: 
         model.generation_config.do_sample = True
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     prov["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
     prov["architecture"] = model.config.architectures
     return prov

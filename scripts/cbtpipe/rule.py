@@ -66,6 +66,19 @@ def load_llama_cpp_first() -> None:
         import llama_cpp  # noqa: F401
 
 
+class Terminated(BaseException):
+    """SIGTERM (what SLURM sends at a time limit, what ``kill`` sends): raised in the job's main
+    thread so that every ``finally`` runs (partial outputs removed, llama-server stopped) before
+    the job ends; finished units are already on disk."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
@@ -84,8 +97,21 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     t0 = time.perf_counter()
     logger.info("%s: start (threads=%s, wildcards=%s)", name, threads, dict(getattr(smk, "wildcards", {})))
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield logger
+    except Terminated:
+        msg = f"{name}: stopped by SIGTERM after {time.perf_counter() - t0:.1f} s; finished units are kept and the next run continues from them"
+        logger.warning("%s", msg)
+        print(f"ERROR in {msg}", file=real_stderr)
+        sys.stderr, sys.stdout = real_stderr, real_stdout
+        if fh is not None:
+            fh.close()
+        # Worker threads (parallel sessions) may still be in a call: do not wait for them.
+        logging.shutdown()
+        os._exit(128 + signal.SIGTERM)
     except PipelineError as e:
         logger.error("%s: %s", name, e)
         print(f"ERROR in {name}: {redact(e)}", file=real_stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import cuda_or_cpu
-from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, write_json
+from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
 
 log = logging.getLogger("cbtpipe")
 
@@ -77,7 +77,12 @@ class CsvLogger:
                 self.tokens_last = state.num_input_tokens_seen
 
             def on_save(self, args, state, control, **kw):
-                # A checkpoint is a finished unit: record it, so a test can show none is made twice.
+                # Called once the Trainer has written the whole checkpoint: mark it complete (with
+                # its files' sizes), and record it as a finished unit (a test shows none is made twice).
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    files = {f.name: f.stat().st_size for f in sorted(ckpt.iterdir()) if f.is_file() and f.name != CHECKPOINT_MARK}
+                    write_json(ckpt / CHECKPOINT_MARK, {"step": state.global_step, "files": files})
                 with open(self.path.parent / "computed.log", "a", encoding="utf-8") as fh:
                     fh.write(f"checkpoint-{state.global_step}\n")
 
@@ -149,22 +154,55 @@ def plot_loss(rows: list[dict[str, Any]], metrics: dict[str, Any], path: str | P
     plt.close(fig)
 
 
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest checkpoint that was written to the end.
+CHECKPOINT_MARK = "cbt-complete.json"
 
-    A kill can land while a checkpoint is being saved; its folder then exists without the trainer
-    state, which the Trainer writes last. Such a folder is removed and the one before it is used."""
+
+def checkpoint_state(d: Path) -> str:
+    """'complete', 'incomplete' (provably: a kill landed while it was being saved) or 'damaged'.
+
+    The Trainer writes a checkpoint's files with trainer_state.json last, then calls on_save, which
+    writes CHECKPOINT_MARK with every file's size. With the mark, the files must match it (else the
+    checkpoint was damaged after it was finished). Without it, a missing or half-written
+    trainer_state.json proves the save never finished; a whole one means the kill landed between
+    the Trainer's save and the mark, and the checkpoint is complete."""
     import json
 
+    mark = d / CHECKPOINT_MARK
+    if mark.exists():
+        try:
+            files = json.loads(mark.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "damaged"
+        ok = all((d / n).is_file() and (d / n).stat().st_size == size for n, size in files.items())
+        return "complete" if ok else "damaged"
+    try:
+        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "incomplete"
+    except ValueError:
+        return "incomplete"
+    except OSError:
+        return "damaged"
+    return "complete"
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint. One whose save was cut off is deleted (it is provably
+    incomplete); one damaged after it was finished is moved aside with a warning, never deleted."""
     found = []
     for d in ckpt_dir.glob("checkpoint-*"):
         if not d.is_dir() or not d.name.split("-")[-1].isdigit():
             continue
-        try:
-            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("checkpoint %s is incomplete (killed while saving); ignoring it", d)
+        state = checkpoint_state(d)
+        if state == "incomplete":
+            log.warning("checkpoint %s is incomplete (killed while saving): deleted, training goes on from the one before", d)
             shutil.rmtree(d, ignore_errors=True)
+            continue
+        if state == "damaged":
+            aside = d.with_name(d.name + ".unreadable")
+            shutil.rmtree(aside, ignore_errors=True)
+            d.rename(aside)
+            log.warning("checkpoint %s does not match its completion mark (damaged after saving): moved to %s", d, aside.name)
             continue
         found.append((int(d.name.split("-")[-1]), d))
     return str(max(found)[1]) if found else None
@@ -437,14 +475,9 @@ def train_sft(
     train_seconds = time.perf_counter() - t0
     after = losses("after")
 
-    tmp = Path(str(out_adapter) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if Path(out_adapter).exists():
-        shutil.rmtree(out_adapter)
-    tmp.rename(out_adapter)
+    with staged_dir(out_adapter) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
     rows = read_log(csv_path)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
@@ -491,13 +524,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     model = PeftModel.from_pretrained(base, adapter_dir)
     merged = model.merge_and_unload()
     tok = AutoTokenizer.from_pretrained(base_dir)
-    out = Path(out_dir)
-    tmp = Path(str(out) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters())}

@@ -1,6 +1,9 @@
-"""Kill-and-resume harness: SIGKILL a long job (or the whole snakemake) at a moment given by its
-observed progress (its unit folder appearing, or its first finished unit), run the same command again, and check that the run completes, that no finished unit was computed
-twice, and that the outputs equal those of the uninterrupted CI run.
+"""Kill-and-resume harness: stop a long job (or the whole snakemake) at a moment given by its
+observed progress, never by a guessed delay (its unit folder appearing, its first finished unit, a
+checkpoint being saved, a partial output appearing), with SIGKILL or with SIGTERM (what SLURM
+sends at a time limit); run the same command again, sometimes with other --cores, and check that
+the run completes, that no finished unit was computed twice, that no partial output is left
+behind, and that the outputs equal those of the uninterrupted CI run.
 
 Run alone with: pytest -m faults tests/faults/test_kill_resume.py
 """
@@ -18,16 +21,24 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cbtpipe.rule import path_digest
+from cbtpipe.training import CHECKPOINT_MARK
 from tests.helpers.workdir import clone_workdir, snakemake_cmd
 
 pytestmark = pytest.mark.faults
 
-# rule -> (target, unit folder, script name); each job has at least two units at CI size
+M = "smollm2-135m"
+# name -> (snakemake rule, target, unit folder or None, script name). Every unit rule has at
+# least two units at CI size; the others are one step that writes a partial output first.
 RULES = {
-    "transcripts": ("results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py"),
-    "train": ("results/training/smollm2-135m/metrics.json", "results/units/train", "train.py"),
-    "rollout": ("results/rollouts/smollm2-135m/cbt/shard00.jsonl", "results/units/rollouts/smollm2-135m/cbt", "rollout.py"),
-    "judge": ("results/judge/smollm2-135m/cbt/shard00.jsonl", "results/units/judge", "judge.py"),
+    "transcripts": ("transcripts", "results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py"),
+    "train": ("train", f"results/training/{M}/metrics.json", "results/units/train", "train.py"),
+    "rollout": ("rollout", f"results/rollouts/{M}/cbt/shard00.jsonl", f"results/units/rollouts/{M}/cbt", "rollout.py"),
+    "judge": ("judge", f"results/judge/{M}/cbt/shard00.jsonl", "results/units/judge", "judge.py"),
+    "import": ("import_model", f"results/models/{M}/instruct/hf", None, "import_model.py"),
+    "merge": ("merge", f"results/models/{M}/cbt/hf", None, "merge.py"),
+    "convert": ("convert_gguf", f"results/gguf/{M}/cbt/{M}-cbt-f16.gguf", None, "convert_gguf.py"),
+    "quantize": ("quantize_gguf", f"results/gguf/{M}/cbt/{M}-cbt-Q4_K_M.gguf", None, "quantize_gguf.py"),
 }
 VOLATILE = {
     "seconds",
@@ -78,47 +89,73 @@ def finished_units(units: Path) -> int:
     return sum(len(log.read_text().splitlines()) for log in units.rglob("computed.log"))
 
 
-def run_with_kill(wd: Path, rule: str, seed: int, whole: bool) -> dict:
-    """Kill when progress is seen, not after a guessed delay (a faster machine would finish first):
-    odd seeds when the first unit is finished, even seeds as soon as the job's unit folder exists
-    (the first unit in progress)."""
-    target, units, script = RULES[rule]
-    shutil.rmtree(wd / units, ignore_errors=True)
+def partials(wd: Path) -> list[str]:
+    return [str(p.relative_to(wd)) for p in (wd / "results").rglob("*.partial")]
+
+
+def saving_checkpoint(units: Path) -> bool:
+    """A checkpoint folder without its completion mark: the Trainer is writing it."""
+    return any(not (d / CHECKPOINT_MARK).exists() for d in units.glob("**/checkpoints/checkpoint-*") if d.name.split("-")[-1].isdigit())
+
+
+TRIGGERS = {
+    "unit folder": lambda wd, units, partial: (wd / units).is_dir() and any((wd / units).iterdir()),
+    "first unit": lambda wd, units, partial: finished_units(wd / units) >= 1,
+    "checkpoint save": lambda wd, units, partial: saving_checkpoint(wd / units),
+    "partial output": lambda wd, units, partial: partial.exists(),
+}
+
+
+def run_with_kill(wd: Path, name: str, trigger: str, whole: bool, sig: signal.Signals, cores: int) -> dict:
+    """Stop the job (or the whole snakemake) with ``sig`` the moment ``trigger`` is seen, then
+    run the same command again with ``cores``."""
+    rule, target, units, script = RULES[name]
+    if units:
+        shutil.rmtree(wd / units, ignore_errors=True)
     shutil.rmtree(wd / "cache", ignore_errors=True)  # no LLM answer comes from the response cache
-    # The target goes first: --forcerun and --configfile take several values and would swallow it.
-    cmd = snakemake_cmd(target, "--cores", "2", "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
-    trigger = "first finished unit" if seed % 2 else "unit folder created"
+    out = wd / target
+    partial = out.with_name(f".{out.name}.partial")
+    poll = 0.01 if trigger == "checkpoint save" else 0.05
 
-    def progressed() -> bool:
-        if seed % 2:
-            return finished_units(wd / units) >= 1
-        return (wd / units).is_dir() and any((wd / units).iterdir())
+    def cmd(n):
+        # The target goes first: --forcerun and --configfile take several values and would swallow it.
+        return snakemake_cmd(target, "--cores", str(n), "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
 
-    p = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(cmd(2), cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    seen = TRIGGERS[trigger]
     killed = False
     deadline = time.time() + 900
     while time.time() < deadline and p.poll() is None:
         jobs = _job_procs(p, script)
-        if jobs and progressed():
+        if jobs and seen(wd, units, partial):
             if whole:
-                os.killpg(p.pid, signal.SIGKILL)
+                os.killpg(p.pid, sig)
             else:
                 for j in jobs:
-                    j.send_signal(signal.SIGKILL)
+                    j.send_signal(sig)
             killed = True
             break
-        time.sleep(0.05)
+        time.sleep(poll)
     first_out = p.communicate(timeout=300)[0].decode(errors="replace")
-    assert killed, f"{rule}: the job ended before the kill ({trigger})\n{first_out[-2000:]}"
+    assert killed, f"{name}: the job ended before the kill ({trigger})\n{first_out[-2000:]}"
+    if trigger == "checkpoint save":
+        # The kill landed inside a save: a checkpoint folder is there without its completion mark.
+        cut = [d.name for d in (wd / units).glob("**/checkpoints/checkpoint-*") if not (d / CHECKPOINT_MARK).exists()]
+        assert cut, f"{name}: every checkpoint was complete at the kill"
     if not whole:
         assert p.returncode != 0
-    else:
-        # A killed snakemake leaves its lock behind; Snakemake tells the user to --unlock first.
+    if sig == signal.SIGTERM:
+        # SIGTERM lets the job clean up: it says so, and leaves no partial output behind.
+        assert "stopped by SIGTERM" in first_out or whole, first_out[-3000:]
+        assert not partials(wd), f"{name}: SIGTERM left {partials(wd)}"
+    # A killed snakemake leaves its lock behind; Snakemake tells the user to --unlock first.
+    if whole:
         u = subprocess.run(snakemake_cmd("--unlock", "--configfile", "config/ci.yaml"), cwd=wd, capture_output=True, text=True, timeout=120)
         assert u.returncode == 0, u.stderr[-2000:]
-    r = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"{rule}: resumed run failed\n{(r.stdout + r.stderr)[-4000:]}"
-    return {"trigger": trigger, "units": wd / units}
+    r = subprocess.run(cmd(cores), cwd=wd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"{name}: resumed run failed\n{(r.stdout + r.stderr)[-4000:]}"
+    assert not partials(wd), f"{name}: partial outputs left after the resumed run: {partials(wd)}"
+    return {"trigger": trigger, "units": wd / units if units else None}
 
 
 def unit_counts(units: Path) -> dict[str, int]:
@@ -132,8 +169,10 @@ def unit_counts(units: Path) -> dict[str, int]:
 
 
 def check_outputs(rule: str, wd: Path, ref: Path) -> None:
-    target = RULES[rule][0]
-    if rule == "train":
+    target = RULES[rule][1]
+    if RULES[rule][2] is None:  # one output, bit-identical to the uninterrupted run's
+        assert path_digest(str(wd / target)) == path_digest(str(ref / target)), f"{rule}: {target} differs"
+    elif rule == "train":
         import numpy as np
         from safetensors.numpy import load_file
 
@@ -152,28 +191,50 @@ def check_outputs(rule: str, wd: Path, ref: Path) -> None:
         assert load_jsonl(wd / target) == load_jsonl(ref / target)
 
 
+K, T = signal.SIGKILL, signal.SIGTERM
+
+# (name, trigger, whole snakemake?, signal, --cores of the resumed run)
+CASES = [
+    ("transcripts", "first unit", False, K, 2),
+    ("transcripts", "unit folder", False, K, 2),
+    ("transcripts", "first unit", False, T, 1),
+    ("train", "first unit", False, K, 2),
+    ("train", "checkpoint save", False, K, 2),
+    ("train", "first unit", False, T, 1),
+    ("train", "first unit", True, T, 2),
+    ("rollout", "first unit", False, K, 2),
+    ("rollout", "unit folder", False, K, 2),
+    ("rollout", "first unit", False, T, 1),
+    ("rollout", "first unit", True, T, 2),
+    ("judge", "first unit", False, K, 2),
+    ("judge", "unit folder", True, K, 2),
+    ("judge", "first unit", False, T, 1),
+    ("import", "partial output", False, K, 2),
+    ("import", "partial output", False, T, 1),
+    ("merge", "partial output", False, K, 2),
+    ("merge", "partial output", True, T, 1),
+    ("convert", "partial output", False, K, 2),
+    ("convert", "partial output", False, T, 1),
+    ("quantize", "partial output", False, K, 2),
+    ("quantize", "partial output", True, T, 2),
+]
+
+
 @pytest.mark.parametrize(
-    "rule,seed,whole",
-    [
-        ("transcripts", 1, False),
-        ("transcripts", 2, False),
-        ("train", 1, False),
-        ("rollout", 1, False),
-        ("rollout", 2, False),
-        ("judge", 1, False),
-        ("judge", 2, True),
-    ],
-    ids=lambda x: str(x),
+    "name,trigger,whole,sig,cores",
+    CASES,
+    ids=[f"{n}-{t.replace(' ', '_')}-{'snakemake' if w else 'job'}-{s.name}-cores{c}" for n, t, w, s, c in CASES],
 )
-def test_kill_and_resume(ci_run, tmp_path, harness, rule, seed, whole):
+def test_kill_and_resume(ci_run, tmp_path, harness, name, trigger, whole, sig, cores):
     base = ci_run
     wd = clone_workdir(base, tmp_path / "wd")
     harness.kills += 1
-    info = run_with_kill(wd, rule, seed, whole)
+    info = run_with_kill(wd, name, trigger, whole, sig, cores)
     harness.resumed += 1
-    counts = unit_counts(info["units"])
-    twice = {k: v for k, v in counts.items() if v > 1}
-    harness.recomputed += sum(v - 1 for v in twice.values())
-    assert not twice, f"{rule}: units computed more than once: {twice}"
-    assert counts, f"{rule}: no unit was recorded"
-    check_outputs(rule, wd, base)
+    if info["units"] is not None:
+        counts = unit_counts(info["units"])
+        twice = {k: v for k, v in counts.items() if v > 1}
+        harness.recomputed += sum(v - 1 for v in twice.values())
+        assert not twice, f"{name}: units computed more than once: {twice}"
+        assert counts, f"{name}: no unit was recorded"
+    check_outputs(name, wd, base)
