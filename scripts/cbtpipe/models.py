@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 from pathlib import Path
 from typing import Any
 
