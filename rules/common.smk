@@ -69,6 +69,21 @@ def import_inputs(wildcards):
     return out
 
 
+def settings(section, *paths):
+    """A config section as a rule's params, without the keys that name files: those files are the
+    rule's declared inputs (their content counts, through the input triggers), and moving a file
+    with the same content must not re-run anything."""
+    return {k: v for k, v in config[section].items() if k not in paths}
+
+
+def import_spec(wildcards):
+    """The model settings an import reads (not its resources: mem_mb or gpus do not change it)."""
+    m = config["models"][wildcards.model]
+    return {
+        k: m[k] for k in ("source", "dtype", "chat_template") if m.get(k) is not None
+    }
+
+
 def human_ratings(wildcards):
     path = config["report"]["human_ratings"]
     return [path] if path else []

@@ -54,7 +54,7 @@ rule transcripts:
         gpu=backend_gpus(("data", "generator")),
         slurm_partition=backend_partition(("data", "generator")),
     params:
-        data=config["data"],
+        data=settings("data", "prompts", "system_prompt", "import_path"),
         backends=used_backends(("data", "generator")),
     script:
         "../scripts/transcripts.py"

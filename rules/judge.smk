@@ -20,7 +20,7 @@ rule judge:
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
-        judge=config["judge"],
+        judge=settings("judge", "rubric", "prompt"),
         backends=used_backends(("judge", "backend")),
         units="results/units/judge",
     script:

@@ -47,8 +47,7 @@ rule import_model:
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     params:
-        spec=lambda wc: config["models"][wc.model],
-        prompts=config["parity"]["prompts"],
+        spec=import_spec,
         min_top1=config["parity"]["min_top1_import"],
     script:
         "../scripts/import_model.py"

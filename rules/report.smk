@@ -41,7 +41,7 @@ rule statistics:
     conda:
         "../envs/stats.yaml"
     params:
-        report=config["report"],
+        report=settings("report", "human_ratings"),
         seed=config["seed"],
     script:
         "../scripts/statistical_tests.py"

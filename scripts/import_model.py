@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 from cbtpipe.io import PipelineError, write_json  # noqa: E402
-from cbtpipe.models import import_model  # noqa: E402
+from cbtpipe.models import IMPORT_CHECK_PROMPTS, import_model  # noqa: E402
 from cbtpipe.parity import parity_report  # noqa: E402
 from cbtpipe.rule import entry  # noqa: E402
 
@@ -15,7 +15,7 @@ with entry(snakemake, "import_model") as log:
     hub = snakemake.input.get("hub") if hasattr(snakemake.input, "get") else None
     prov = import_model(model, snakemake.params.spec, snakemake.output.hf, hub_dir=hub)
     if "source_file" in prov:
-        par = parity_report(snakemake.output.hf, {"source_gguf": prov["source_file"]}, snakemake.params.prompts, snakemake.threads)
+        par = parity_report(snakemake.output.hf, {"source_gguf": prov["source_file"]}, IMPORT_CHECK_PROMPTS, snakemake.threads)
         prov["parity_vs_source_gguf"] = par["source_gguf"]
         log.info("parity with the source GGUF: %s", par["source_gguf"])
         if par["source_gguf"]["top1_agreement"] < snakemake.params.min_top1:

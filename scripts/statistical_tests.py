@@ -11,7 +11,9 @@ from cbtpipe.rule import entry  # noqa: E402
 with entry(snakemake, "statistics") as log:
     rcfg = snakemake.params.report
     rubric = load_rubric(snakemake.input.rubric)
-    human = load_human_ratings(rcfg["human_ratings"], rubric) if rcfg["human_ratings"] else None
+    r = getattr(snakemake.input, "human_ratings", None)  # one path, or an empty list without ratings
+    ratings = r if isinstance(r, str) else (r[0] if r else None)
+    human = load_human_ratings(ratings, rubric) if ratings else None
     res = analyse(read_csv(snakemake.input.long), read_csv(snakemake.input.totals), rubric, rcfg, snakemake.params.seed, human)
     write_json(snakemake.output.stats, res)
     log.info("statistics written: %s", list(res))

@@ -55,6 +55,12 @@ class Harness:
         self.recomputed = 0
         self.tried = 0
         self.handled = 0
+        # change-each-input
+        self.changes = 0
+        self.dry_exact = 0
+        self.runs = 0
+        self.units_recomputed = 0
+        self.units_reused = 0
 
     def line(self) -> str:
         return (
@@ -97,6 +103,11 @@ def pytest_terminal_summary(terminalreporter):
     h = _HARNESS
     if h.kills or h.tried:
         terminalreporter.write_line(h.line())
+    if h.changes:
+        terminalreporter.write_line(
+            f"CHANGE EACH INPUT: inputs changed={h.changes}, dry runs listing exactly the dependent rules={h.dry_exact}, "
+            f"changes run={h.runs}, units recomputed={h.units_recomputed}, units reused={h.units_reused}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,16 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+# Prompts of the import's own check (the written model against llama.cpp on its source GGUF).
+# Fixed, not parity.prompts: the check verifies a conversion, and changing the export's parity
+# prompts must not re-run the import and everything after it.
+IMPORT_CHECK_PROMPTS = [
+    "I have been feeling low for weeks and I cannot get out of bed in the morning.",
+    "Let us set an agenda for today's session. What would you like to work on?",
+    "When you notice the thought that you are a failure, what goes through your mind?",
+]
+
+
 def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: str | Path | None = None) -> dict[str, Any]:
     """Write ``out_dir`` as a clean HF model; return provenance (source, sha256)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

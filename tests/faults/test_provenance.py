@@ -2,13 +2,12 @@
 exactly the stage it affects and what depends on it."""
 
 import json
-import re
 
 import pytest
 import yaml
 
 from cbtpipe.rule import path_digest
-from tests.helpers.workdir import run_snakemake
+from tests.helpers.workdir import dry_run_jobs, run_snakemake
 
 pytestmark = pytest.mark.faults
 
@@ -33,16 +32,8 @@ def test_every_result_is_traced(ci_run):
 
 
 def _jobs(wd, cfg):
-    f = wd / "changed.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    r = run_snakemake(wd, "-n", "--configfile", "changed.yaml")
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = r.stdout + r.stderr
-    if "Job stats:" not in out:
-        assert "Nothing to be done" in out, out[-2000:]
-        return {}
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    (wd / "changed.yaml").write_text(yaml.safe_dump(cfg))
+    return dry_run_jobs(wd, "changed.yaml")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,3 +45,15 @@ def snakemake_cmd(*args: str) -> list[str]:
 def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ, **(env or {}))
     return subprocess.run(snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def dry_run_jobs(workdir: Path, configfile: str, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs that a dry run of this config would run ({} when nothing is to do)."""
+    r = run_snakemake(workdir, "-n", "--configfile", configfile, *args)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out[-2000:]
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
