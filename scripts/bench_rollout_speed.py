@@ -13,15 +13,13 @@ throughputs (tokens per second, prompt evaluation included in both) is the orche
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cbtpipe.backends import LlamaCppBackend  # noqa: E402
-from cbtpipe.io import write_json  # noqa: E402
-from cbtpipe.profiles import eval_profiles, load_attributes  # noqa: E402
-from cbtpipe.rollout import run_session, session_plan  # noqa: E402
+from cbtpipe.backends import LlamaCppBackend
+from cbtpipe.io import write_json
+from cbtpipe.profiles import eval_profiles, load_attributes
+from cbtpipe.rollout import run_session, session_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

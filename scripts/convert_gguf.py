@@ -1,12 +1,9 @@
 """Snakemake entry: convert a Hugging Face model to GGUF with llama.cpp's own converter."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.export import convert_to_gguf  # noqa: E402
-from cbtpipe.io import read_json  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
-from cbtpipe.tools import check_tools_version  # noqa: E402
+from cbtpipe.export import convert_to_gguf
+from cbtpipe.io import read_json
+from cbtpipe.rule import entry
+from cbtpipe.tools import check_tools_version
 
 with entry(snakemake, "convert_gguf") as log:
     check_tools_version(read_json(snakemake.input.info))

@@ -1,12 +1,10 @@
 """Snakemake entry: chat-format train / validation JSONL split by patient, with token statistics."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.dataset import split_by_patient, to_chat, token_stats  # noqa: E402
-from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.dataset import split_by_patient, to_chat, token_stats
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.rule import entry
 
 with entry(snakemake, "dataset") as log:
     from transformers import AutoTokenizer

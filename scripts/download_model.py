@@ -1,10 +1,7 @@
 """Snakemake entry: download a hub model (needs internet; a local rule for login nodes)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.models import download_hub  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.models import download_hub
+from cbtpipe.rule import entry
 
 with entry(snakemake, "download_model") as log:
     src = snakemake.params.source

@@ -2,13 +2,10 @@
 
 For a GGUF source, the written model is checked against llama.cpp running the original file."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.io import PipelineError, write_json  # noqa: E402
-from cbtpipe.models import IMPORT_CHECK_PROMPTS, import_model  # noqa: E402
-from cbtpipe.parity import parity_report  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.io import PipelineError, write_json
+from cbtpipe.models import IMPORT_CHECK_PROMPTS, import_model
+from cbtpipe.parity import parity_report
+from cbtpipe.rule import entry
 
 with entry(snakemake, "import_model") as log:
     model = snakemake.wildcards.model

@@ -1,12 +1,9 @@
 """Snakemake entry: judge every session of one (model, arm, shard) on the rubric, k samples each."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.backends import make_backend  # noqa: E402
-from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from cbtpipe.judge import load_rubric, run_judging  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.backends import make_backend
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.judge import load_rubric, run_judging
+from cbtpipe.rule import entry
 
 with entry(snakemake, "judge") as log:
     jcfg = snakemake.params.judge

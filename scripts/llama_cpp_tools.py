@@ -1,10 +1,7 @@
 """Snakemake entry: extract llama.cpp's converter from the installed llama-cpp-python's sdist."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.rule import entry  # noqa: E402
-from cbtpipe.tools import build_tools  # noqa: E402
+from cbtpipe.rule import entry
+from cbtpipe.tools import build_tools
 
 with entry(snakemake, "llama_cpp_tools") as log:
     info = build_tools(snakemake.output.tools, snakemake.output.info)

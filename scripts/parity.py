@@ -1,11 +1,8 @@
 """Snakemake entry: logit parity of the exported GGUF files against the Hugging Face model."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.io import PipelineError, write_json  # noqa: E402
-from cbtpipe.parity import parity_report  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.io import PipelineError, write_json
+from cbtpipe.parity import parity_report
+from cbtpipe.rule import entry
 
 with entry(snakemake, "parity") as log:
     p = snakemake.params

@@ -1,12 +1,9 @@
 """Snakemake entry: ORPO preference pairs (chosen: synthetic therapist; rejected: instruct model)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.backends import LlamaCppBackend  # noqa: E402
-from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from cbtpipe.preference import build_pairs  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.backends import LlamaCppBackend
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.preference import build_pairs
+from cbtpipe.rule import entry
 
 with entry(snakemake, "preference_pairs") as log:
     p = snakemake.params

@@ -1,11 +1,8 @@
 """Snakemake entry: sample training/validation or evaluation patient profiles."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.io import read_jsonl, write_jsonl  # noqa: E402
-from cbtpipe.profiles import eval_profiles, load_attributes, train_val_profiles  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.io import read_jsonl, write_jsonl
+from cbtpipe.profiles import eval_profiles, load_attributes, train_val_profiles
+from cbtpipe.rule import entry
 
 with entry(snakemake, snakemake.rule) as log:
     attrs = load_attributes(snakemake.input.attributes)

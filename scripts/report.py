@@ -1,14 +1,12 @@
 """Snakemake entry: figures, Markdown and self-contained HTML report."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.analysis import read_csv  # noqa: E402
-from cbtpipe.io import read_json, sha256_file  # noqa: E402
-from cbtpipe.judge import load_rubric  # noqa: E402
-from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.analysis import read_csv
+from cbtpipe.io import read_json, sha256_file
+from cbtpipe.judge import load_rubric
+from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report
+from cbtpipe.rule import entry
 
 with entry(snakemake, "report") as log:
     inp = snakemake.input

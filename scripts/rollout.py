@@ -1,15 +1,13 @@
 """Snakemake entry: simulated sessions of one (model, arm, shard); resumable per session."""
 
 import contextlib
-import sys
 from pathlib import Path
 
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.backends import LlamaCppBackend, make_backend  # noqa: E402
-from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from cbtpipe.llama_server import LlamaServer, LlamaServerBackend  # noqa: E402
-from cbtpipe.rollout import run_rollouts, shard_profiles  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.backends import LlamaCppBackend, make_backend
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
+from cbtpipe.rollout import run_rollouts, shard_profiles
+from cbtpipe.rule import entry
 
 with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout

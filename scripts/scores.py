@@ -1,12 +1,9 @@
 """Snakemake entry: the tidy score table and per-session totals."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.analysis import LONG_FIELDS, long_rows, total_rows, write_csv  # noqa: E402
-from cbtpipe.io import read_jsonl  # noqa: E402
-from cbtpipe.judge import load_rubric  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.analysis import LONG_FIELDS, long_rows, total_rows, write_csv
+from cbtpipe.io import read_jsonl
+from cbtpipe.judge import load_rubric
+from cbtpipe.rule import entry
 
 with entry(snakemake, "scores") as log:
     rubric = load_rubric(snakemake.input.rubric)

@@ -1,12 +1,9 @@
 """Snakemake entry: paired, between-model and per-item statistics, judge reliability."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.analysis import analyse, load_human_ratings, read_csv  # noqa: E402
-from cbtpipe.io import write_json  # noqa: E402
-from cbtpipe.judge import load_rubric  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
+from cbtpipe.analysis import analyse, load_human_ratings, read_csv
+from cbtpipe.io import write_json
+from cbtpipe.judge import load_rubric
+from cbtpipe.rule import entry
 
 with entry(snakemake, "statistics") as log:
     rcfg = snakemake.params.report

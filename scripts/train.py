@@ -1,10 +1,7 @@
 """Snakemake entry: LoRA / QLoRA fine-tuning of one base model (resumable)."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.rule import entry  # noqa: E402
-from cbtpipe.training import train_sft  # noqa: E402
+from cbtpipe.rule import entry
+from cbtpipe.training import train_sft
 
 with entry(snakemake, "train") as log:
     tcfg = dict(snakemake.params.training, threads=snakemake.threads)

@@ -1,12 +1,9 @@
 """Snakemake entry: generate synthetic CBT courses (resumable) or import transcripts."""
 
-import sys
-
-sys.path.insert(0, snakemake.scriptdir)
-from cbtpipe.backends import make_backend  # noqa: E402
-from cbtpipe.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from cbtpipe.rule import entry  # noqa: E402
-from cbtpipe.transcripts import load_import, run_generation  # noqa: E402
+from cbtpipe.backends import make_backend
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.rule import entry
+from cbtpipe.transcripts import load_import, run_generation
 
 with entry(snakemake, "transcripts") as log:
     dcfg = snakemake.params.data

@@ -1,13 +1,11 @@
 """Shared fixtures: the real tiny model, its imported Hugging Face copy, the repository root."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.rule)

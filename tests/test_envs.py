@@ -52,6 +52,24 @@ def test_every_rule_names_an_existing_env():
                 assert c.split("(")[0] in helpers, f"{smk.name}: unknown conda helper {c}"
 
 
+def test_every_env_installs_the_pipeline_package():
+    """The entry scripts import cbtpipe as an installed package: each env's post-deploy script
+    installs it (editable, so the env follows the checkout) with the env's pinned setuptools."""
+    for env in ENV_FILES:
+        deploy = env.with_name(env.stem + ".post-deploy.sh")
+        assert deploy.is_file(), f"{env.name} has no post-deploy script"
+        assert "pip install" in deploy.read_text() and "--no-build-isolation -e ." in deploy.read_text(), deploy.name
+        assert any(p.startswith("setuptools==") for p in yaml.safe_load(env.read_text())["dependencies"][-1]["pip"]), env.name
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "[build-system]" in text and 'where = ["src"]' in text
+    assert (ROOT / "src/cbtpipe/__init__.py").is_file()
+
+
+def test_no_entry_script_changes_the_import_path():
+    for f in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "rules").glob("*.smk"), ROOT / "Snakefile"]:
+        assert "sys.path" not in f.read_text(), f"{f.name} manipulates sys.path; import the installed cbtpipe package"
+
+
 def test_gpu_envs_extend_their_cpu_env():
     for gpu in (ROOT / "envs").glob("*-gpu.yaml"):
         cpu = yaml.safe_load(gpu.with_name(gpu.name.replace("-gpu", "")).read_text())
@@ -106,9 +124,7 @@ def test_results_are_written_with_the_users_umask(tmp_path):
     """Atomic writes give the mode a plain open() gives (not a temporary file's 0600)."""
     import os
     import stat
-    import sys
 
-    sys.path.insert(0, str(ROOT / "scripts"))
     from cbtpipe.io import write_json
 
     old = os.umask(0o022)

@@ -101,8 +101,7 @@ TCFG = {
 }
 
 TRAIN_SCRIPT = """
-import json, sys
-sys.path.insert(0, {scripts!r})
+import json
 from cbtpipe.training import train_sft
 cfg = json.loads({cfg!r})
 m = train_sft(model_dir={model!r}, train_path={train!r}, val_path={val!r}, tcfg=cfg, seed=1, unit_root={units!r},
@@ -117,7 +116,6 @@ def _train_proc(tiny_hf, tmp_path, out):
     write_jsonl(tmp_path / "val.jsonl", rows[:1])
     out.mkdir(exist_ok=True)
     code = TRAIN_SCRIPT.format(
-        scripts=str(ROOT / "scripts"),
         cfg=json.dumps(TCFG),
         model=str(tiny_hf),
         train=str(tmp_path / "train.jsonl"),

@@ -42,7 +42,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "src"))  # the GPU image has the checkout, not the installed package
 
 T0 = time.time()
 RESULTS: dict = {"phases": {}}

@@ -25,7 +25,7 @@ from typing import Any
 
 from .backends import OpenAIBackend
 from .hardware import llama_build_record, require_gpu_offload
-from .io import PipelineError, sha256_file
+from .io import PipelineError, die_with_parent, sha256_file
 
 log = logging.getLogger("cbtpipe")
 
