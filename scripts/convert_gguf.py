@@ -1,9 +1,9 @@
 """Snakemake entry: convert a Hugging Face model to GGUF with llama.cpp's own converter."""
 
+from cbtpipe.converter import check_tools_version
 from cbtpipe.export import convert_to_gguf
 from cbtpipe.io import read_json
 from cbtpipe.rule import entry
-from cbtpipe.tools import check_tools_version
 
 with entry(snakemake, "convert_gguf") as log:
     check_tools_version(read_json(snakemake.input.info))

@@ -2,7 +2,8 @@
 
 from cbtpipe.backends import make_backend
 from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.judge import load_rubric, run_judging
+from cbtpipe.judge import run_judging
+from cbtpipe.rubric import load_rubric
 from cbtpipe.rule import entry
 
 with entry(snakemake, "judge") as log:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from cbtpipe.analysis import read_csv
 from cbtpipe.io import read_json, sha256_file
-from cbtpipe.judge import load_rubric
 from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report
+from cbtpipe.rubric import load_rubric
 from cbtpipe.rule import entry
 
 with entry(snakemake, "report") as log:

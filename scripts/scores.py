@@ -2,7 +2,7 @@
 
 from cbtpipe.analysis import LONG_FIELDS, long_rows, total_rows, write_csv
 from cbtpipe.io import read_jsonl
-from cbtpipe.judge import load_rubric
+from cbtpipe.rubric import load_rubric
 from cbtpipe.rule import entry
 
 with entry(snakemake, "scores") as log:

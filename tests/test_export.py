@@ -4,10 +4,10 @@ import tarfile
 
 import pytest
 
+from cbtpipe.converter import build_tools, extract_tools, installed_version
 from cbtpipe.export import convert_to_gguf, quantize
 from cbtpipe.io import PipelineError
 from cbtpipe.parity import parity_report
-from cbtpipe.tools import build_tools, extract_tools, installed_version
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The judge with the real tiny model in llama.cpp: schema enforced, invalid answers missing."""
 
 from cbtpipe.backends import Completion
-from cbtpipe.judge import judge_session, load_rubric, render_transcript, run_judging
+from cbtpipe.judge import judge_session, render_transcript, run_judging
+from cbtpipe.rubric import load_rubric
 
 SESSION = {
     "session_id": "abc123",

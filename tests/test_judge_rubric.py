@@ -1,7 +1,8 @@
 import pytest
 
 from cbtpipe.io import PipelineError
-from cbtpipe.judge import aggregate, load_rubric, score_schema, total_score
+from cbtpipe.judge import aggregate, score_schema, total_score
+from cbtpipe.rubric import load_rubric
 
 
 def test_shipped_rubrics_load(root):

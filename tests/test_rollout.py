@@ -2,9 +2,9 @@
 
 import json
 
-from cbtpipe.io import UnitStore
 from cbtpipe.profiles import eval_profiles, load_attributes
 from cbtpipe.rollout import run_rollouts, session_plan, shard_profiles
+from cbtpipe.units import UnitStore
 
 RCFG = {
     "therapist": {"temperature": 0.7, "max_tokens": 24},

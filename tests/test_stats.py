@@ -18,7 +18,8 @@ import math
 import numpy as np
 import pytest
 
-from cbtpipe.stats import agreement, fmt, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
+from cbtpipe.report import fmt
+from cbtpipe.stats import agreement, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
 
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
@@ -97,6 +98,26 @@ def test_rm_anova_matches_statsmodels():
     assert r["F"] == pytest.approx(ref["F Value"].iloc[0], rel=1e-9)
     assert r["p"] == pytest.approx(ref["Pr > F"].iloc[0], rel=1e-9)
     assert (r["df1"], r["df2"]) == (2, 42)
+    assert 0.5 <= r["gg_epsilon"] <= 1 and r["p_gg"] >= r["p"]
+
+
+def test_greenhouse_geisser_epsilon():
+    """Against the textbook formula on the double-centred covariance (Greenhouse & Geisser 1959),
+    computed independently of the contrast-based one used by rm_anova."""
+    from cbtpipe.stats import greenhouse_geisser
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(12, 4)) @ np.diag([1, 2, 3, 4]) + rng.normal(size=(12, 1))
+    s = np.cov(y, rowvar=False)
+    k = s.shape[0]
+    sd = s - s.mean(axis=0) - s.mean(axis=1)[:, None] + s.mean()
+    ref = np.trace(sd) ** 2 / ((k - 1) * (sd**2).sum())
+    assert greenhouse_geisser(y) == pytest.approx(ref, rel=1e-10)
+    assert 1 / (k - 1) <= greenhouse_geisser(y) <= 1
+    assert greenhouse_geisser(y[:, :2]) == 1.0
+    # compound symmetry (equal variances, equal covariances): sphericity holds, epsilon is 1
+    cs = rng.normal(size=(2000, 1)) + rng.normal(size=(2000, 3))
+    assert greenhouse_geisser(cs) == pytest.approx(1.0, abs=0.01)
 
 
 def test_icc_matches_shrout_fleiss():

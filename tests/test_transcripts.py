@@ -105,7 +105,7 @@ def test_generation_with_tiny_model_resumes(root, tiny_backend, tmp_path):
     sessions2, stats2 = run_generation(train, tiny_backend, DCFG, tpl, tmp_path / "units")
     assert stats2["patients_reused"] == 1
     assert sessions2[: len(sessions)] == [dict(s) for s in sessions]
-    from cbtpipe.io import UnitStore
+    from cbtpipe.units import UnitStore
 
     counts = UnitStore(stats2["unit_dir"]).computed_counts()
     assert sorted(counts.values()) == [1, 1]
@@ -120,8 +120,7 @@ def test_import_reads_spreadsheet_style_files(tmp_path):
 
 
 def test_human_ratings_with_bom_and_crlf(root, tmp_path):
-    from cbtpipe.analysis import load_human_ratings
-    from cbtpipe.judge import load_rubric
+    from cbtpipe.rubric import load_human_ratings, load_rubric
 
     p = tmp_path / "ratings.csv"
     p.write_bytes(b"\xef\xbb\xbfsession_id,item,score\r\ns1,agenda,4\r\n")
@@ -134,7 +133,7 @@ def test_templates_render_in_a_sandbox(tmp_path):
     import pytest
 
     from cbtpipe.io import PipelineError
-    from cbtpipe.transcripts import render_template
+    from cbtpipe.prompts import render_template
 
     ok = tmp_path / "ok.j2"
     ok.write_text("Hello {{ patient | upper }}\n")

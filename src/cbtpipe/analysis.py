@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from .io import PipelineError
 from .stats import agreement, friedman, icc, p_adjust, paired_comparison, rm_anova
 
 LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
@@ -96,37 +95,6 @@ def paired_arrays(pm, model: str, a: str = "cbt", b: str = "instruct") -> tuple[
     pa, pb = pm.get((model, a), {}), pm.get((model, b), {})
     pats = sorted(set(pa) & set(pb))
     return pats, np.array([pa[p] for p in pats]), np.array([pb[p] for p in pats])
-
-
-def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:
-    """CSV with columns session_id, item, score (one row per rated item); errors name the line."""
-    p = Path(path)
-    ids = {i["id"]: i for i in rubric["items"]}
-    try:
-        text = p.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
-    except UnicodeDecodeError as e:
-        raise PipelineError(f"{p}: not valid UTF-8") from e
-    reader = csv.DictReader(text.splitlines())  # splitlines also ends CRLF lines cleanly
-    need = {"session_id", "item", "score"}
-    if not reader.fieldnames or not need <= set(reader.fieldnames):
-        raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))}")
-    names = [f.strip() for f in reader.fieldnames]
-    dup = sorted({f for f in names if names.count(f) > 1})
-    if dup:
-        raise PipelineError(f"{p}, line 1: column {', '.join(dup)} appears more than once (which one holds the value?)")
-    out = []
-    for n, r in enumerate(reader, 2):
-        if r["item"] not in ids:
-            raise PipelineError(f"{p}, line {n}: unknown rubric item '{r['item']}'")
-        try:
-            s = float(r["score"])
-        except (TypeError, ValueError) as e:
-            raise PipelineError(f"{p}, line {n}: score {r['score']!r} is not a number") from e
-        it = ids[r["item"]]
-        if not it["min"] <= s <= it["max"]:
-            raise PipelineError(f"{p}, line {n}: score {s} outside {it['min']}..{it['max']} for item '{r['item']}'")
-        out.append({"session_id": r["session_id"], "item": r["item"], "score": s, "rater": r.get("rater", "human")})
-    return out
 
 
 def analyse(

@@ -14,7 +14,6 @@ is validated here as well, whatever the endpoint promises.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,9 +27,11 @@ from typing import Any
 
 import jsonschema
 
+from .gguf import check_gguf_file, resolve_gguf
 from .hardware import require_gpu_offload
-from .io import PipelineError, hash_obj, move_aside, read_json, sha256_file, write_json
+from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
 from .secrets import env_secret, redact
+from .units import move_aside
 
 log = logging.getLogger("cbtpipe")
 
@@ -89,34 +90,6 @@ class BackendStats:
 
 class BackendError(PipelineError):
     pass
-
-
-def resolve_gguf(source: dict[str, Any], where: str = "gguf") -> Path:
-    """Path of a GGUF given as ``{path}`` or ``{package, file}``; clear error if missing or bad."""
-    if "path" in source:
-        p = Path(source["path"])
-    else:
-        spec = importlib.util.find_spec(source["package"])
-        if spec is None or not spec.submodule_search_locations:
-            raise PipelineError(
-                f"{where}: Python package '{source['package']}' is not installed "
-                f"(it should ship {source['file']}); run the README's set-up command"
-            )
-        p = Path(list(spec.submodule_search_locations)[0]) / source["file"]
-    check_gguf_file(p, where)
-    return p
-
-
-def check_gguf_file(path: str | os.PathLike, where: str = "model") -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise PipelineError(f"{where}: model file {p} does not exist")
-    with open(p, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise PipelineError(f"{where}: {p} is not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
-    if p.stat().st_size < 1024:
-        raise PipelineError(f"{where}: {p} is truncated ({p.stat().st_size} bytes)")
 
 
 def validate_json_text(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:

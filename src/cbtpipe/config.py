@@ -49,10 +49,10 @@ def check_api_keys(cfg: dict[str, Any]) -> None:
 
 def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     """Raise PipelineError naming the culprit (config key, file, line)."""
-    from .backends import check_gguf_file
-    from .judge import load_rubric
+    from .gguf import check_gguf_file
+    from .prompts import check_template
+    from .rubric import load_rubric
     from .secrets import check_config_secrets
-    from .transcripts import check_template
 
     check_config_secrets(cfg)
     base = Path(base)
@@ -116,7 +116,7 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
     check_template(base / cfg["judge"]["prompt"], "judge.prompt")
     if cfg["report"]["human_ratings"]:
-        from .analysis import load_human_ratings
+        from .rubric import load_human_ratings
 
         _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
         load_human_ratings(base / cfg["report"]["human_ratings"], rubric)

@@ -132,59 +132,6 @@ def setup_logging(log_path: str | os.PathLike | None = None, name: str = "cbtpip
     return logger
 
 
-def move_aside(path: Path, error: Exception, what: str) -> Path:
-    """Rename an unreadable file to ``<name>.unreadable`` (kept for inspection, never read again)
-    and say so in the log, naming it."""
-    aside = path.with_name(path.name + ".unreadable")
-    os.replace(path, aside)
-    logging.getLogger("cbtpipe").warning("%s %s is unreadable (%s): moved to %s and computed again", what, path, error, aside.name)
-    return aside
-
-
-class UnitStore:
-    """A folder of finished units (a patient, a session, a judged transcript).
-
-    Snakemake deletes the declared outputs of a failed or killed job, so finished units live in a
-    folder that no rule declares, keyed by a hash of everything that determines them. A re-run
-    picks up what is there. Each unit is one JSON file written atomically; a counter file records
-    how many units were computed (not loaded) so tests can show nothing was done twice.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, unit_id: str) -> Path:
-        return self.root / f"{unit_id}.json"
-
-    def get(self, unit_id: str) -> Any | None:
-        """The stored unit, or None when there is none. An unreadable one (a damaged disk, a hand
-        edit) is moved aside with a warning that names it and counts as missing: it is computed
-        again."""
-        p = self.path(unit_id)
-        try:
-            return read_json(p)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            move_aside(p, e, "unit")
-            return None
-
-    def save(self, unit_id: str, obj: Any) -> None:
-        write_json(self.path(unit_id), obj)
-        with open(self.root / "computed.log", "a", encoding="utf-8") as fh:
-            fh.write(unit_id + "\n")
-
-    def computed_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        log = self.root / "computed.log"
-        if log.exists():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                if line:
-                    counts[line] = counts.get(line, 0) + 1
-        return counts
-
-
 def die_with_parent() -> None:
     """``preexec_fn`` for a job's child processes (llama.cpp's converter, llama-server): on Linux
     the child gets SIGKILL when the job that started it dies, however it dies (SIGKILL, the OOM

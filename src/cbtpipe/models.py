@@ -8,18 +8,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from .backends import resolve_gguf
+from .gguf import gguf_chat_template, resolve_gguf
 from .io import PipelineError, sha256_file, staged_dir
-
-
-def gguf_chat_template(path: str | Path) -> str | None:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    field = reader.fields.get("tokenizer.chat_template")
-    if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
 def source_path(name: str, spec: dict[str, Any], hub_dir: str | Path | None = None) -> Path:

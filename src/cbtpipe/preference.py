@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
-from .io import UnitStore, hash_obj
+from .io import hash_obj
+from .units import UnitStore
 
 log = logging.getLogger("cbtpipe")
 

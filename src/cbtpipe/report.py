@@ -7,6 +7,7 @@ import contextlib
 import csv
 import html
 import importlib.metadata as md
+import math
 import re
 import subprocess
 from collections import defaultdict
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_text, hash_obj, read_json
-from .stats import fmt, fmt_p
 
 PUBLISHED = {
     "source": "Tahir 2024, arXiv 2412.00251 (modified CTRS, Gemini 1.5 Pro-002 judge, DeepSeek-V2.5 patient)",
@@ -283,7 +283,9 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     else:
         a, f = bm["rm_anova"], bm["friedman"]
         L.append(
-            f"Repeated-measures ANOVA: F({a['df1']}, {a['df2']}) = {fmt(a['F'])}, p = {fmt_p(a['p'])}, partial η² = {fmt(a['partial_eta_sq'])} {'; '.join(a['notes'])}"
+            f"Repeated-measures ANOVA: F({a['df1']}, {a['df2']}) = {fmt(a['F'])}, p = {fmt_p(a['p'])} "
+            f"(Greenhouse-Geisser ε = {fmt(a.get('gg_epsilon'))}, p = {fmt_p(a.get('p_gg'))}), "
+            f"partial η² = {fmt(a['partial_eta_sq'])} {'; '.join(a['notes'])}"
         )
         L.append(
             f"Friedman: χ²({f['df']}) = {fmt(f['chi2'])}, p = {fmt_p(f['p'])}, Kendall's W = {fmt(f['kendalls_w'])} {'; '.join(f['notes'])}"
@@ -539,3 +541,29 @@ def write_report(md_path: str | Path, html_path: str | Path, markdown: str) -> N
 
 def load_many(paths: list[str]) -> list[dict[str, Any]]:
     return [read_json(p) for p in paths]
+
+
+def _finite(x: Any) -> float | None:
+    """A finite float or None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    """Format a number for a report; None shows as an em dash (never 'nan')."""
+    v = _finite(x)
+    if v is None:
+        return "—"
+    if abs(v) < 10 ** (-nd) and v != 0:
+        return f"{v:.1e}"
+    return f"{v:.{nd}f}"
+
+
+def fmt_p(p: Any) -> str:
+    v = _finite(p)
+    if v is None:
+        return "—"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
-from .io import UnitStore, hash_obj, sha256_file
+from .io import hash_obj, sha256_file
 from .profiles import describe
-from .transcripts import render_template
+from .prompts import render_template
+from .units import UnitStore
 
 log = logging.getLogger("cbtpipe")
 

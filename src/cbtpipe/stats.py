@@ -111,47 +111,83 @@ def paired_comparison(
 
 
 def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | None]:
-    """Holm or Benjamini-Hochberg adjustment, as R's p.adjust; None entries stay None."""
-    idx = [i for i, p in enumerate(pvals) if p is not None]
-    m = len(idx)
-    out: list[float | None] = [None] * len(pvals)
-    if m == 0:
-        return out
-    p = np.array([pvals[i] for i in idx], float)
-    order = np.argsort(p)
-    if method == "holm":
-        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    elif method == "fdr_bh":
-        adj = np.minimum.accumulate((m / np.arange(m, 0, -1)) * p[order][::-1])[::-1]
-    else:
+    """Holm or Benjamini-Hochberg adjustment (statsmodels' multipletests, as R's p.adjust); None
+    entries stay None."""
+    from statsmodels.stats.multitest import multipletests
+
+    if method not in ("holm", "fdr_bh"):
         raise ValueError(f"unknown correction {method}")
-    adj = np.minimum(adj, 1.0)
-    for rank, j in enumerate(order):
-        out[idx[j]] = float(adj[rank])
+    idx = [i for i, p in enumerate(pvals) if p is not None]
+    out: list[float | None] = [None] * len(pvals)
+    if idx:
+        adj = multipletests([pvals[i] for i in idx], method=method)[1]
+        for i, a in zip(idx, adj, strict=True):
+            out[i] = float(a)
     return out
 
 
+def greenhouse_geisser(y: np.ndarray) -> float:
+    """Greenhouse-Geisser epsilon of a subjects x conditions table: the sphericity correction of
+    the repeated-measures ANOVA's degrees of freedom (1 when sphericity holds; at least 1/(k-1))."""
+    n, k = y.shape
+    if k < 3:
+        return 1.0
+    s = np.cov(y, rowvar=False)
+    # orthonormal contrasts (normalized Helmert): the covariance of the k-1 differences
+    c = np.zeros((k - 1, k))
+    for i in range(1, k):
+        c[i - 1, :i] = 1.0
+        c[i - 1, i] = -float(i)
+        c[i - 1] /= np.linalg.norm(c[i - 1])
+    sc = c @ s @ c.T
+    den = (k - 1) * np.trace(sc @ sc)
+    return float(np.trace(sc) ** 2 / den) if den > 0 else 1.0
+
+
 def rm_anova(y: np.ndarray) -> dict[str, Any]:
-    """One-way repeated-measures ANOVA; ``y`` is subjects x conditions (complete rows only)."""
+    """One-way repeated-measures ANOVA (statsmodels' AnovaRM) with the Greenhouse-Geisser
+    correction; ``y`` is subjects x conditions (complete rows only)."""
     y = np.asarray(y, float)
     y = y[np.all(np.isfinite(y), axis=1)]
     n, k = y.shape if y.ndim == 2 else (0, 0)
-    res: dict[str, Any] = {"n": int(n), "k": int(k), "F": None, "df1": None, "df2": None, "p": None, "partial_eta_sq": None, "notes": []}
+    res: dict[str, Any] = {
+        "n": int(n),
+        "k": int(k),
+        "F": None,
+        "df1": None,
+        "df2": None,
+        "p": None,
+        "partial_eta_sq": None,
+        "gg_epsilon": None,
+        "p_gg": None,
+        "notes": [],
+    }
     if k < 2 or n < 2:
         res["notes"].append("needs at least 2 conditions and 2 complete subjects")
         return res
     grand = y.mean()
     ss_cond = n * ((y.mean(axis=0) - grand) ** 2).sum()
     ss_subj = k * ((y.mean(axis=1) - grand) ** 2).sum()
-    ss_total = ((y - grand) ** 2).sum()
-    ss_err = ss_total - ss_cond - ss_subj
+    ss_err = ((y - grand) ** 2).sum() - ss_cond - ss_subj
     df1, df2 = k - 1, (k - 1) * (n - 1)
     res.update(df1=df1, df2=df2)
     if ss_err <= 1e-12:
         res["notes"].append("zero residual variance: F undefined")
         return res
-    F = (ss_cond / df1) / (ss_err / df2)
-    res.update(F=_f(F), p=_f(sps.f.sf(F, df1, df2)), partial_eta_sq=_f(ss_cond / (ss_cond + ss_err)))
+    import pandas as pd
+    from statsmodels.stats.anova import AnovaRM
+
+    long = pd.DataFrame({"subject": np.repeat(np.arange(n), k), "condition": np.tile(np.arange(k), n), "y": y.ravel()})
+    row = AnovaRM(long, "y", "subject", within=["condition"]).fit().anova_table.iloc[0]
+    F = float(row["F Value"])
+    eps = greenhouse_geisser(y)
+    res.update(
+        F=_f(F),
+        p=_f(row["Pr > F"]),
+        partial_eta_sq=_f(ss_cond / (ss_cond + ss_err)),
+        gg_epsilon=_f(eps),
+        p_gg=_f(sps.f.sf(F, eps * df1, eps * df2)),
+    )
     return res
 
 
@@ -215,20 +251,3 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     res["icc2_1"] = ic["icc2_1"]
     res["notes"] += ic["notes"]
     return res
-
-
-def fmt(x: Any, nd: int = 2) -> str:
-    """Format a number for a report; None shows as an em dash (never 'nan')."""
-    v = _f(x)
-    if v is None:
-        return "—"
-    if abs(v) < 10 ** (-nd) and v != 0:
-        return f"{v:.1e}"
-    return f"{v:.{nd}f}"
-
-
-def fmt_p(p: Any) -> str:
-    v = _f(p)
-    if v is None:
-        return "—"
-    return "< 0.001" if v < 0.001 else f"{v:.3f}"

@@ -84,7 +84,7 @@ def _chat_template(wd: Path, cfg):
 
 
 def _base_model(wd: Path, cfg):
-    from cbtpipe.backends import resolve_gguf
+    from cbtpipe.gguf import resolve_gguf
 
     src = cfg["models"][M]["source"]
     copy_path = wd / "my_base.gguf"

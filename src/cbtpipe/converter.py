@@ -11,7 +11,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from .io import PipelineError, write_json
+from .io import PipelineError, staged_dir, write_json
 
 WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
@@ -53,32 +53,25 @@ def extract_tools(sdist: Path, out_dir: Path, expected_version: str) -> dict[str
             f"llama.cpp tools: sdist {name} is version {sdist_version}, but llama-cpp-python "
             f"{expected_version} is installed; conversion must match the runtime"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=".tools.", dir=out_dir.parent))
     n = 0
-    try:
-        with tarfile.open(sdist) as tar:
-            for m in tar.getmembers():
-                parts = m.name.split("/", 1)
-                if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
-                    continue
-                rel = parts[1][len("vendor/llama.cpp/") :]
-                if not any(rel == w or rel.startswith(w) for w in WANTED) or not m.isfile():
-                    continue
-                target = (tmp / rel).resolve()
-                if not target.is_relative_to(tmp.resolve()):
-                    raise PipelineError(f"{sdist}: member {m.name} would be written outside {out_dir}; archive refused")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                n += 1
+    with staged_dir(out_dir) as tmp, tarfile.open(sdist) as tar:
+        root = tmp.resolve()
+        for m in tar.getmembers():
+            parts = m.name.split("/", 1)
+            if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                continue
+            rel = parts[1][len("vendor/llama.cpp/") :]
+            if not any(rel == w or rel.startswith(w) for w in WANTED) or not m.isfile():
+                continue
+            target = (tmp / rel).resolve()
+            if not target.is_relative_to(root):
+                raise PipelineError(f"{sdist}: member {m.name} would be written outside {out_dir}; archive refused")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            n += 1
         if not (tmp / "convert_hf_to_gguf.py").is_file():
             raise PipelineError(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {"llama_cpp_python": expected_version, "sdist": name, "files": n}
 
 

@@ -1,0 +1,138 @@
+"""Rubrics (the CTRS, the modified CTRS, any scale a user brings): loading and validation.
+
+A light module: scores, statistics, the report and the config check read rubrics without
+importing the LLM client code."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .io import PipelineError, hash_obj
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+# Columns of scores_long.csv and session_totals.csv that are the pipeline's own: the totals table
+# gives each rubric item a column named by its id, so an item may not take one of these names.
+RESERVED_COLUMNS = frozenset(
+    {
+        "session_id",
+        "patient_id",
+        "model",
+        "arm",
+        "quantization",
+        "samples",
+        "valid_samples",
+        "total",
+        "judge_sample",
+        "valid",
+        "item",
+        "score",
+        "rater",
+    }
+)
+
+
+ITEM_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def load_rubric(path: str | Path) -> dict[str, Any]:
+    """Load and validate a rubric file; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"config key judge.rubric: file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{p}: invalid YAML: {e}") from e
+    if not isinstance(data, dict) or root is None:
+        raise PipelineError(f"{p}, line 1: a rubric is a mapping with name, scale and items")
+    nodes = {k.value: v for k, v in root.value}
+    for key in ("name", "scale", "items"):
+        if key not in data:
+            raise PipelineError(f"{p}, line 1: rubric key '{key}' is missing")
+    scale = data["scale"]
+    if not isinstance(scale, dict) or not {"min", "max"} <= scale.keys():
+        raise PipelineError(f"{p}, line {_line(nodes['scale'])}: scale needs min and max")
+    if not (isinstance(scale["min"], int) and isinstance(scale["max"], int)) or scale["min"] >= scale["max"]:
+        raise PipelineError(f"{p}, line {_line(nodes['scale'])}: scale range {scale['min']}..{scale['max']} is inverted or not integer")
+    scale.setdefault("labels", {})
+    items = data["items"]
+    if not isinstance(items, list) or not items:
+        raise PipelineError(f"{p}, line {_line(nodes['items'])}: items must be a non-empty list")
+    seen: dict[str, int] = {}
+    for item, node in zip(items, nodes["items"].value, strict=True):
+        line = _line(node)
+        if not isinstance(item, dict) or "id" not in item:
+            raise PipelineError(f"{p}, line {line}: item without an id")
+        iid = str(item["id"])
+        if iid in RESERVED_COLUMNS:
+            raise PipelineError(
+                f"{p}, line {line}: item id '{iid}' is a column name of the pipeline's own score tables "
+                f"({', '.join(sorted(RESERVED_COLUMNS))}); rename the item"
+            )
+        if not ITEM_ID.fullmatch(iid):
+            raise PipelineError(f"{p}, line {line}: item id '{iid}' must be letters, digits, _ or - (it names a column and a JSON key)")
+        if iid in seen:
+            raise PipelineError(f"{p}, line {line}: duplicate item id '{iid}' (first at line {seen[iid]})")
+        seen[iid] = line
+        item["id"] = iid
+        item.setdefault("name", iid)
+        item.setdefault("description", "")
+        item.setdefault("modification", None)
+        lo, hi = item.get("min", scale["min"]), item.get("max", scale["max"])
+        if not (isinstance(lo, int) and isinstance(hi, int)) or lo >= hi:
+            raise PipelineError(f"{p}, line {line}: item '{iid}' has an inverted or non-integer range {lo}..{hi}")
+        item["min"], item["max"] = lo, hi
+        anchors = item.get("anchors")
+        if not isinstance(anchors, dict) or not anchors:
+            raise PipelineError(f"{p}, line {line}: item '{iid}' has no anchors")
+        for k in anchors:
+            if not isinstance(k, int) or not lo <= k <= hi:
+                raise PipelineError(f"{p}, line {line}: item '{iid}' has an anchor {k!r} outside {lo}..{hi}")
+    data["max_total"] = sum(i["max"] for i in items)
+    data["min_total"] = sum(i["min"] for i in items)
+    data.setdefault("competence_threshold", None)
+    data.setdefault("description", "")
+    data["sha256"] = hash_obj(text, 64)
+    return data
+
+
+def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:
+    """CSV with columns session_id, item, score (one row per rated item); errors name the line."""
+    p = Path(path)
+    ids = {i["id"]: i for i in rubric["items"]}
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{p}: not valid UTF-8") from e
+    reader = csv.DictReader(text.splitlines())  # splitlines also ends CRLF lines cleanly
+    need = {"session_id", "item", "score"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))}")
+    names = [f.strip() for f in reader.fieldnames]
+    dup = sorted({f for f in names if names.count(f) > 1})
+    if dup:
+        raise PipelineError(f"{p}, line 1: column {', '.join(dup)} appears more than once (which one holds the value?)")
+    out = []
+    for n, r in enumerate(reader, 2):
+        if r["item"] not in ids:
+            raise PipelineError(f"{p}, line {n}: unknown rubric item '{r['item']}'")
+        try:
+            s = float(r["score"])
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"{p}, line {n}: score {r['score']!r} is not a number") from e
+        it = ids[r["item"]]
+        if not it["min"] <= s <= it["max"]:
+            raise PipelineError(f"{p}, line {n}: score {s} outside {it['min']}..{it['max']} for item '{r['item']}'")
+        out.append({"session_id": r["session_id"], "item": r["item"], "score": s, "rater": r.get("rater", "human")})
+    return out
