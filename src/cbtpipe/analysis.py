@@ -97,25 +97,11 @@ def paired_arrays(pm, model: str, a: str = "cbt", b: str = "instruct") -> tuple[
     return pats, np.array([pa[p] for p in pats]), np.array([pb[p] for p in pats])
 
 
-def analyse(
-    long: list[dict[str, str]],
-    totals: list[dict[str, str]],
-    rubric: dict[str, Any],
-    rcfg: dict[str, Any],
-    seed: int,
-    human: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
-    items = [i["id"] for i in rubric["items"]]
-    models = sorted({r["model"] for r in totals})
-    arms = sorted({r["arm"] for r in totals})
-    threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
-    res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
-
-    # Missing judge answers
+def missing_answers(long: list[dict[str, str]], totals: list[dict[str, str]]) -> dict[str, Any]:
+    """How many judge samples were valid (a sample that failed the schema is missing, never 0)."""
     n_samples = len({(r["session_id"], r["judge_sample"]) for r in long})
     n_valid = len({(r["session_id"], r["judge_sample"]) for r in long if r["valid"] == "1"})
-    res["missing"] = {
+    return {
         "samples": n_samples,
         "valid_samples": n_valid,
         "invalid_samples": n_samples - n_valid,
@@ -124,85 +110,99 @@ def analyse(
         "sessions_without_total": sum(1 for r in totals if r["total"] == ""),
     }
 
-    # Descriptives (study style: mean +- SD per model and arm)
+
+def _mean_sd(v: np.ndarray) -> tuple[float | None, float | None]:
+    return (float(v.mean()) if v.size else None, float(v.std(ddof=1)) if v.size > 1 else None)
+
+
+def descriptives(totals: list[dict[str, str]], models: list[str], arms: list[str], items: list[str], threshold: float | None) -> list:
+    """Mean and SD of the total and of each item per model and arm (the study's table)."""
     desc = []
     for m in models:
         for a in arms:
             rows = [r for r in totals if r["model"] == m and r["arm"] == a]
             tot = np.array([_num(r["total"]) for r in rows])
             tot = tot[np.isfinite(tot)]
+            mean, sd = _mean_sd(tot)
             d = {
                 "model": m,
                 "arm": a,
                 "sessions": len(rows),
                 "n_total": int(tot.size),
-                "mean": float(tot.mean()) if tot.size else None,
-                "sd": float(tot.std(ddof=1)) if tot.size > 1 else None,
+                "mean": mean,
+                "sd": sd,
                 "competent_share": float((tot >= threshold).mean()) if (tot.size and threshold is not None) else None,
                 "items": {},
             }
             for it in items:
                 v = np.array([_num(r[it]) for r in rows])
                 v = v[np.isfinite(v)]
-                d["items"][it] = {
-                    "mean": float(v.mean()) if v.size else None,
-                    "sd": float(v.std(ddof=1)) if v.size > 1 else None,
-                    "n": int(v.size),
-                }
+                mean, sd = _mean_sd(v)
+                d["items"][it] = {"mean": mean, "sd": sd, "n": int(v.size)}
             desc.append(d)
-    res["descriptives"] = desc
+    return desc
 
-    # Tuned vs instruct, per model and pooled
+
+def tuned_vs_instruct(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> tuple[dict, dict]:
+    """CBT-tuned against instruct on the same patients: per model, and pooled over models
+    (stratified by patient)."""
     pm = patient_means(totals, "total")
     per_model = {}
     diffs_by_patient: dict[str, list[float]] = defaultdict(list)
     for m in models:
         pats, a, b = paired_arrays(pm, m)
-        per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=nb, seed=seed) | {"patients": pats}
+        per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"patients": pats}
         for p, x, y in zip(pats, a, b, strict=True):
             if np.isfinite(x) and np.isfinite(y):
                 diffs_by_patient[p].append(x - y)
-    res["tuned_vs_instruct"] = per_model
     pooled_d = np.array([np.mean(v) for v in diffs_by_patient.values()])
-    res["pooled"] = paired_comparison(pooled_d, np.zeros_like(pooled_d), alpha=alpha, n_boot=nb, seed=seed) | {
+    pooled = paired_comparison(pooled_d, np.zeros_like(pooled_d), alpha=alpha, n_boot=n_boot, seed=seed) | {
         "method": "stratified by patient: each patient's CBT-minus-instruct difference is averaged over models, "
         "then tested with a paired t-test and a Wilcoxon signed-rank test across patients",
         "models": models,
     }
+    return per_model, pooled
 
-    # Between models (CBT-tuned arms)
-    if len(models) >= 2 and "cbt" in arms:
-        cb = {m: pm.get((m, "cbt"), {}) for m in models}
-        pats = sorted(set.intersection(*[set(v) for v in cb.values()]))
-        y = np.array([[cb[m][p] for m in models] for p in pats]) if pats else np.zeros((0, len(models)))
-        pairs = []
-        for i in range(len(models)):
-            for j in range(i + 1, len(models)):
-                c = paired_comparison(y[:, i], y[:, j], alpha=alpha, n_boot=nb, seed=seed) if len(pats) else paired_comparison([], [])
-                pairs.append({"a": models[i], "b": models[j], **c})
-        adj = p_adjust([p["p_t"] for p in pairs], "holm")
-        for p, q in zip(pairs, adj, strict=True):
-            p["p_holm"] = q
-        res["between_models"] = {"patients": pats, "rm_anova": rm_anova(y), "friedman": friedman(y), "pairwise": pairs}
-    else:
-        res["between_models"] = {"note": "needs at least two models with a CBT-tuned arm"}
 
-    # Per item, tuned vs instruct, corrected across items
-    per_item = {}
+def between_models(totals: list[dict[str, str]], models: list[str], arms: list[str], alpha: float, n_boot: int, seed: int) -> dict:
+    """The CBT-tuned arms of the models on the patients they share: repeated-measures ANOVA,
+    Friedman, and Holm-corrected pairwise comparisons."""
+    if len(models) < 2 or "cbt" not in arms:
+        return {"note": "needs at least two models with a CBT-tuned arm"}
+    pm = patient_means(totals, "total")
+    cb = {m: pm.get((m, "cbt"), {}) for m in models}
+    pats = sorted(set.intersection(*[set(v) for v in cb.values()]))
+    y = np.array([[cb[m][p] for m in models] for p in pats]) if pats else np.zeros((0, len(models)))
+    pairs = []
+    for i in range(len(models)):
+        for j in range(i + 1, len(models)):
+            c = paired_comparison(y[:, i], y[:, j], alpha=alpha, n_boot=n_boot, seed=seed) if len(pats) else paired_comparison([], [])
+            pairs.append({"a": models[i], "b": models[j], **c})
+    for p, q in zip(pairs, p_adjust([p["p_t"] for p in pairs], "holm"), strict=True):
+        p["p_holm"] = q
+    return {"patients": pats, "rm_anova": rm_anova(y), "friedman": friedman(y), "pairwise": pairs}
+
+
+def per_item(
+    totals: list[dict[str, str]], models: list[str], items: list[str], method: str, alpha: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Tuned against instruct on each rubric item, p-values corrected across items."""
+    out = {}
     for m in models:
         comps = []
         for it in items:
-            pmi = patient_means(totals, it)
-            _, a, b = paired_arrays(pmi, m)
-            comps.append(paired_comparison(a, b, alpha=alpha, n_boot=nb, seed=seed) | {"item": it})
-        method = rcfg["item_correction"]
+            _, a, b = paired_arrays(patient_means(totals, it), m)
+            comps.append(paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"item": it})
         for key in ("p_t", "p_wilcoxon"):
             for c, q in zip(comps, p_adjust([c[key] for c in comps], method), strict=True):
                 c[f"{key}_adj"] = q
-        per_item[m] = {"correction": method, "items": comps}
-    res["per_item"] = per_item
+        out[m] = {"correction": method, "items": comps}
+    return out
 
-    # Judge reliability across the k samples
+
+def reliability(long: list[dict[str, str]], items: list[str]) -> dict[str, Any]:
+    """Agreement of the judge with itself across its k samples of a session (ICC), per item and
+    for the total."""
     rel = {}
     by_session: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     for r in long:
@@ -225,18 +225,43 @@ def analyse(
             if mat and len(ks) >= 2
             else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
         )
-    res["reliability"] = rel
+    return rel
 
-    # Judge-human agreement
+
+def human_agreement(totals: list[dict[str, str]], items: list[str], human: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's item scores against the mean human rating of the same session."""
+    agg = {r["session_id"]: r for r in totals}
+    hum: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for h in human:
+        hum[(h["session_id"], h["item"])].append(h["score"])
+    ag = {}
+    for it in items:
+        sids = sorted({s for (s, i) in hum if i == it and s in agg})
+        ag[it] = agreement([_num(agg[s][it]) for s in sids], [float(np.mean(hum[(s, it)])) for s in sids])
+    return {"items": ag, "unknown_sessions": sorted({h["session_id"] for h in human} - set(agg))}
+
+
+def analyse(
+    long: list[dict[str, str]],
+    totals: list[dict[str, str]],
+    rubric: dict[str, Any],
+    rcfg: dict[str, Any],
+    seed: int,
+    human: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Every analysis of the report, each a function above."""
+    alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
+    items = [i["id"] for i in rubric["items"]]
+    models = sorted({r["model"] for r in totals})
+    arms = sorted({r["arm"] for r in totals})
+    threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
+    res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
+    res["missing"] = missing_answers(long, totals)
+    res["descriptives"] = descriptives(totals, models, arms, items, threshold)
+    res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(totals, models, alpha, nb, seed)
+    res["between_models"] = between_models(totals, models, arms, alpha, nb, seed)
+    res["per_item"] = per_item(totals, models, items, rcfg["item_correction"], alpha, nb, seed)
+    res["reliability"] = reliability(long, items)
     if human:
-        agg = {r["session_id"]: r for r in totals}
-        hum: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for h in human:
-            hum[(h["session_id"], h["item"])].append(h["score"])
-        ag = {}
-        for it in items:
-            sids = sorted({s for (s, i) in hum if i == it and s in agg})
-            ag[it] = agreement([_num(agg[s][it]) for s in sids], [float(np.mean(hum[(s, it)])) for s in sids])
-        unknown = sorted({h["session_id"] for h in human} - set(agg))
-        res["human_agreement"] = {"items": ag, "unknown_sessions": unknown}
+        res["human_agreement"] = human_agreement(totals, items, human)
     return res
