@@ -479,58 +479,36 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     return "\n\n".join(L) + "\n"
 
 
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    ".table-wrap{overflow-x:auto;max-width:100%;margin:1em 0}"
+    "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em}"
+    "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}"
+    "blockquote{background:#fff4e5;border-left:4px solid #f0a020;margin:1em 0;padding:.5em 1em}"
+    "figure{margin:1em 0}figcaption{color:#555;font-size:.85em}"
+)
+
+
 def md_to_html(text: str, base: Path, title: str) -> str:
-    """Render the report's Markdown subset to one self-contained page (figures inlined)."""
-    out, lines, i = [], text.split("\n"), 0
+    """The Markdown report as one self-contained page: rendered by markdown-it-py (CommonMark and
+    tables, raw HTML escaped), figures inlined as data URIs, wide tables scrolling inside their own
+    box instead of running off the page."""
+    from markdown_it import MarkdownIt
 
-    def inline(s: str) -> str:
-        s = html.escape(s)
-        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-        return s
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
-    while i < len(lines):
-        ln = lines[i]
-        if ln.startswith("```"):
-            j = i + 1
-            while j < len(lines) and not lines[j].startswith("```"):
-                j += 1
-            out.append("<pre>" + html.escape("\n".join(lines[i + 1 : j])) + "</pre>")
-            i = j + 1
-            continue
-        m = re.match(r"^(#{1,4}) (.*)", ln)
-        if m:
-            n = len(m.group(1))
-            out.append(f"<h{n}>{inline(m.group(2))}</h{n}>")
-        elif ln.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            t = ["<table>", "<tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>"]
-            t += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[2:]]
-            out.append("\n".join(t) + "</table>")
-            continue
-        elif (m := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)", ln)) is not None:
-            img = base / m.group(2)
-            data = base64.b64encode(img.read_bytes()).decode() if img.exists() else ""
-            out.append(
-                f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"/><figcaption>{html.escape(m.group(1))}</figcaption></figure>'
-            )
-        elif ln.startswith("> "):
-            out.append(f'<p class="note">{inline(ln[2:])}</p>')
-        elif ln.strip():
-            out.append(f"<p>{inline(ln)}</p>")
-        i += 1
-    css = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em}"
-        "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}"
-        ".note{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}"
-    )
+    def figure(m: re.Match) -> str:
+        src, alt = html.unescape(m.group(1)), m.group(2)
+        img = base / src
+        data = base64.b64encode(img.read_bytes()).decode() if img.is_file() else ""
+        return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}" /><figcaption>{alt}</figcaption></figure>'
+
+    body = re.sub(r'<p><img src="([^"]+)" alt="([^"]*)" /></p>', figure, body)
+    body = body.replace("<table>", '<div class="table-wrap"><table>').replace("</table>", "</table></div>")
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{css}</style></head><body>\n'
-        + "\n".join(out)
-        + "\n</body></html>\n"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n'
+        + body
+        + "</body></html>\n"
     )
 
 
