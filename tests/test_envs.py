@@ -136,3 +136,19 @@ def test_results_are_written_with_the_users_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_the_stats_env_needs_no_llm_stack():
+    """The scores, statistics and report rules import only light modules: no LLM client
+    (jsonschema, httpx), no torch, no llama.cpp; and every package they import is in the env."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import cbtpipe.analysis, cbtpipe.report, cbtpipe.rubric, cbtpipe.rule, cbtpipe.stats;"
+        "print(','.join(sorted(m for m in ('jsonschema', 'httpx', 'torch', 'llama_cpp', 'transformers') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"the stats rules would import {out}"
+    env = {p.split("==")[0] for p in yaml.safe_load((ROOT / "envs/stats.yaml").read_text())["dependencies"][-1]["pip"]}
+    assert {"numpy", "scipy", "statsmodels", "pandas", "matplotlib", "pyyaml", "jinja2", "markdown-it-py"} <= env

@@ -189,294 +189,164 @@ def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_
     }
 
 
-def _reused_note(n: int) -> str:
-    return f", {n} of them reused from llama.cpp's key/value cache in this run" if n else ""
+def _notes(x: dict[str, Any]) -> str:
+    return "; ".join(x["notes"]) or ""
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The rows of the report's tables and its totals, formatted (the template only lays them out)."""
+    st = ctx["stats"]
+    items = st["items"]
+    paired = [
+        [
+            m,
+            c["n"],
+            fmt(c["mean_b"]),
+            fmt(c["mean_a"]),
+            fmt(c["mean_diff"]),
+            f"[{fmt(c['ci_t'][0])}, {fmt(c['ci_t'][1])}]",
+            f"[{fmt(c['ci_boot'][0])}, {fmt(c['ci_boot'][1])}]",
+            fmt(c["t"]),
+            fmt_p(c["p_t"]),
+            fmt(c["wilcoxon_V"], 1),
+            fmt_p(c["p_wilcoxon"]),
+            fmt(c["cohens_dz"]),
+            fmt(c["rank_biserial"]),
+            _notes(c),
+        ]
+        for m, c in [*st["tuned_vs_instruct"].items(), ("pooled", st["pooled"])]
+    ]
+    ours = {d["model"]: d for d in st["descriptives"] if d["arm"] == "cbt"}
+    bm = st["between_models"]
+    rel = st["reliability"]
+    ha = st.get("human_agreement")
+    js = ctx["judge_stats"]
+    parity = [
+        [p["model"], p["arm"], lab, f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
+        for p in ctx["parity"]
+        for lab, r in p["results"].items()
+    ]
+    parity += [
+        [p["model"], "import", "source GGUF", f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
+        for p in ctx["provenance_models"]
+        if (r := p.get("parity_vs_source_gguf"))
+    ]
+    rs = ctx["rollout_stats"]
+    served = sorted({f"{r['model']}/{r['arm']}" for r in rs if r.get("therapist_backend") == "llama_server"})
+    bt = ctx["benchmarks"]
+    pv = ctx["provenance"]
+    import yaml
+
+    return {
+        "paired": paired,
+        "published": [[k, v] for k, v in PUBLISHED["cbt_means"].items()],
+        "ours": [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", d["n_total"]] for m, d in ours.items()],
+        "pairwise": [
+            [p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])]
+            for p in bm.get("pairwise", [])
+        ],
+        "per_item": {
+            m: [
+                [
+                    c["item"],
+                    c["n"],
+                    fmt(c["mean_b"]),
+                    fmt(c["mean_a"]),
+                    fmt(c["mean_diff"]),
+                    fmt_p(c["p_t"]),
+                    fmt_p(c["p_t_adj"]),
+                    fmt_p(c["p_wilcoxon"]),
+                    fmt_p(c["p_wilcoxon_adj"]),
+                    fmt(c["cohens_dz"]),
+                ]
+                for c in pi["items"]
+            ]
+            for m, pi in st["per_item"].items()
+        },
+        "descriptives": [
+            [
+                d["model"],
+                d["arm"],
+                d["sessions"],
+                f"{fmt(d['mean'])} ± {fmt(d['sd'])}",
+                fmt(100 * d["competent_share"], 0) + "%" if d["competent_share"] is not None else "—",
+            ]
+            + [f"{fmt(d['items'][i]['mean'], 1)} ± {fmt(d['items'][i]['sd'], 1)}" for i in items]
+            for d in st["descriptives"]
+        ],
+        "reliability": [
+            [k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), _notes(rel[k])] for k in [*items, "total"]
+        ],
+        "human": [[k, v["n"], fmt(v["icc2_1"]), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)] for k, v in ha["items"].items()]
+        if ha
+        else [],
+        "judge": {
+            "completion_tokens": sum(j["completion_tokens"] for j in js),
+            "prompt_tokens": sum(j["prompt_tokens"] for j in js),
+            "seconds": sum(j["judge_seconds"] for j in js),
+            "reused": sum((j.get("llm") or {}).get("prompt_tokens_reused", 0) for j in js),
+            "cost": sum(j["cost_usd"] for j in js),
+        },
+        "training": [
+            [
+                t["model"],
+                t["method"],
+                t["steps"],
+                fmt(t["train_loss_before"], 3),
+                fmt(t["train_loss_after"], 3),
+                fmt(t["val_loss_before"], 3),
+                fmt(t["val_loss_after"], 3),
+                fmt(t["tokens_per_second_mean"], 1),
+                t["resumed_from"] or "—",
+            ]
+            for t in ctx["training"]
+        ],
+        "parity": parity,
+        "rollouts": [
+            [
+                r["model"],
+                r["arm"],
+                r["sessions"],
+                r["turns"],
+                ", ".join(f"{k}: {v}" for k, v in sorted(r["stop_reasons"].items())),
+                fmt(r["therapist"]["tokens_per_second"], 1),
+                fmt(r["patient"]["tokens_per_second"], 1),
+            ]
+            for r in rs
+        ],
+        "served": served,
+        "parallel": max((r.get("parallel_sessions", 1) for r in rs), default=1),
+        "benchmarks": [[b["stage"], b["jobs"], fmt(b["seconds"], 1), fmt(b["max_rss_mb"], 0)] for b in bt],
+        "benchmark_seconds": sum(b["seconds"] for b in bt),
+        "packages": [[k, v or "—"] for k, v in pv["packages"].items()],
+        "models": [
+            [
+                m["model"],
+                m["source"],
+                m["sha256"] if isinstance(m["sha256"], str) else "; ".join(f"{k}: {v}" for k, v in (m["sha256"] or {}).items()),
+            ]
+            for m in pv["models"]
+        ],
+        "files": [[k, v] for k, v in pv["files"].items()],
+        "config_yaml": yaml.safe_dump(ctx["config"], sort_keys=True),
+    }
 
 
 def build_markdown(ctx: dict[str, Any]) -> str:
-    st = ctx["stats"]
-    rub = ctx["rubric"]
-    cfg = ctx["config"]
-    L = []
-    L.append("# CBT fine-tuning report")
-    L.append(
-        "> Research software, not for clinical use. "
-        + (
-            "This run used the embedded tiny default model (SmolLM2-135M-Instruct) in every role: its scores say "
-            "nothing about therapy quality; they show that each stage ran."
-            if ctx.get("tiny")
-            else "Scores come from an LLM judge on simulated sessions, not from patients."
-        )
-    )
-    miss = st["missing"]
-    L.append("## Summary")
-    L.append(
-        f"Models: {', '.join(st['models'])}. Arms: {', '.join(st['arms'])}. Sessions judged: {miss['sessions']}. "
-        f"Judge samples: {miss['samples']}, valid answers: {miss['valid_samples']} "
-        f"({fmt(100 * miss['valid_share'] if miss['valid_share'] is not None else None, 1)}%), missing: {miss['invalid_samples']} "
-        f"(recorded as missing, never as 0). Sessions without a total: {miss['sessions_without_total']}. "
-        f"Rubric: {rub['name']} ({len(rub['items'])} items, total {rub['min_total']}-{rub['max_total']}); totals use "
-        f"{cfg['judge']['totals']} item sets, {cfg['judge']['samples']} judge sample(s) per session reduced by the {cfg['judge']['aggregate']}."
-    )
-    L.append("## CBT-tuned versus instruct (paired by patient)")
-    rows = []
-    for m, c in [*st["tuned_vs_instruct"].items(), ("pooled", st["pooled"])]:
-        rows.append(
-            [
-                m,
-                c["n"],
-                fmt(c["mean_b"]),
-                fmt(c["mean_a"]),
-                fmt(c["mean_diff"]),
-                f"[{fmt(c['ci_t'][0])}, {fmt(c['ci_t'][1])}]",
-                f"[{fmt(c['ci_boot'][0])}, {fmt(c['ci_boot'][1])}]",
-                fmt(c["t"]),
-                fmt_p(c["p_t"]),
-                fmt(c["wilcoxon_V"], 1),
-                fmt_p(c["p_wilcoxon"]),
-                fmt(c["cohens_dz"]),
-                fmt(c["rank_biserial"]),
-                "; ".join(c["notes"]) or "",
-            ]
-        )
-    L.append(
-        _table(
-            [
-                "model",
-                "n pairs",
-                "instruct mean",
-                "CBT mean",
-                "difference",
-                "95% CI (t)",
-                "95% CI (bootstrap)",
-                "t",
-                "p (t)",
-                "Wilcoxon V",
-                "p (Wilcoxon)",
-                "d_z",
-                "rank-biserial",
-                "notes",
-            ],
-            rows,
-        )
-    )
-    L.append(f"Pooled: {st['pooled']['method']}.")
-    L.append("![Totals](figures/totals.png)")
-    L.append("![Paired](figures/paired.png)")
-    L.append("## Published figures for orientation")
-    L.append(f"{PUBLISHED['source']}. Mean gain of CBT-tuned over instruct: {PUBLISHED['mean_gain']}.")
-    ours = {d["model"]: d for d in st["descriptives"] if d["arm"] == "cbt"}
-    L.append(_table(["published model", "published CBT mean ± SD"], [[k, v] for k, v in PUBLISHED["cbt_means"].items()]))
-    L.append(
-        _table(["our model", "our CBT mean ± SD", "n"], [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", d["n_total"]] for m, d in ours.items()])
-    )
-    L.append("## Between models (CBT-tuned arms)")
-    bm = st["between_models"]
-    if "note" in bm:
-        L.append(bm["note"] + ".")
-    else:
-        a, f = bm["rm_anova"], bm["friedman"]
-        L.append(
-            f"Repeated-measures ANOVA: F({a['df1']}, {a['df2']}) = {fmt(a['F'])}, p = {fmt_p(a['p'])} "
-            f"(Greenhouse-Geisser ε = {fmt(a.get('gg_epsilon'))}, p = {fmt_p(a.get('p_gg'))}), "
-            f"partial η² = {fmt(a['partial_eta_sq'])} {'; '.join(a['notes'])}"
-        )
-        L.append(
-            f"Friedman: χ²({f['df']}) = {fmt(f['chi2'])}, p = {fmt_p(f['p'])}, Kendall's W = {fmt(f['kendalls_w'])} {'; '.join(f['notes'])}"
-        )
-        L.append(
-            _table(
-                ["a", "b", "n", "difference", "p (t)", "p (Holm)", "d_z"],
-                [
-                    [p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])]
-                    for p in bm["pairwise"]
-                ],
-            )
-        )
-    L.append("## Per CTRS item")
-    for m, pi in st["per_item"].items():
-        L.append(f"### {m} (correction across items: {pi['correction']})")
-        L.append(
-            _table(
-                ["item", "n", "instruct", "CBT", "difference", "p (t)", "p adj (t)", "p (Wilcoxon)", "p adj (Wilcoxon)", "d_z"],
-                [
-                    [
-                        c["item"],
-                        c["n"],
-                        fmt(c["mean_b"]),
-                        fmt(c["mean_a"]),
-                        fmt(c["mean_diff"]),
-                        fmt_p(c["p_t"]),
-                        fmt_p(c["p_t_adj"]),
-                        fmt_p(c["p_wilcoxon"]),
-                        fmt_p(c["p_wilcoxon_adj"]),
-                        fmt(c["cohens_dz"]),
-                    ]
-                    for c in pi["items"]
-                ],
-            )
-        )
-    L.append("![Items](figures/items_heatmap.png)")
-    L.append("### Descriptives (mean ± SD)")
-    hdr = ["model", "arm", "sessions", "total", f"≥ {st['threshold']}"] + st["items"]
-    L.append(
-        _table(
-            hdr,
-            [
-                [
-                    d["model"],
-                    d["arm"],
-                    d["sessions"],
-                    f"{fmt(d['mean'])} ± {fmt(d['sd'])}",
-                    fmt(100 * d["competent_share"], 0) + "%" if d["competent_share"] is not None else "—",
-                ]
-                + [f"{fmt(d['items'][i]['mean'], 1)} ± {fmt(d['items'][i]['sd'], 1)}" for i in st["items"]]
-                for d in st["descriptives"]
-            ],
-        )
-    )
-    L.append("## Judge validity and reliability")
-    L.append(
-        f"Valid structured answers: {miss['valid_samples']} of {miss['samples']}. Agreement between the judge's samples of the same session "
-        "(ICC(2,1): one sample; ICC(2,k): the mean of k). Human raters reach about .3-.6 on items."
-    )
-    rel = st["reliability"]
-    L.append(
-        _table(
-            ["item", "sessions", "k", "ICC(2,1)", "ICC(2,k)", "notes"],
-            [
-                [k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), "; ".join(rel[k]["notes"])]
-                for k in [*st["items"], "total"]
-            ],
-        )
-    )
-    if st.get("human_agreement"):
-        ha = st["human_agreement"]
-        L.append("Judge-human agreement per item:")
-        L.append(
-            _table(
-                ["item", "n", "ICC(2,1)", "Spearman", "mean |diff|", "notes"],
-                [[k, v["n"], fmt(v["icc2_1"]), fmt(v["spearman"]), fmt(v["mad"]), "; ".join(v["notes"])] for k, v in ha["items"].items()],
-            )
-        )
-    else:
-        L.append("No human ratings were supplied (config key report.human_ratings).")
-    L.append("![Reliability](figures/reliability.png)")
-    js = ctx["judge_stats"]
-    L.append(
-        f"Judge throughput: {sum(j['completion_tokens'] for j in js)} completion tokens in {fmt(sum(j['judge_seconds'] for j in js), 1)} s; "
-        f"{sum(j['prompt_tokens'] for j in js)} prompt tokens"
-        f"{_reused_note(sum((j.get('llm') or {}).get('prompt_tokens_reused', 0) for j in js))}; "
-        f"cost {fmt(sum(j['cost_usd'] for j in js), 4)} USD at the configured prices."
-    )
-    L.append("## Training")
-    L.append(
-        _table(
-            ["model", "method", "steps", "train loss before", "after", "validation loss before", "after", "tokens/s", "resumed from"],
-            [
-                [
-                    t["model"],
-                    t["method"],
-                    t["steps"],
-                    fmt(t["train_loss_before"], 3),
-                    fmt(t["train_loss_after"], 3),
-                    fmt(t["val_loss_before"], 3),
-                    fmt(t["val_loss_after"], 3),
-                    fmt(t["tokens_per_second_mean"], 1),
-                    t["resumed_from"] or "—",
-                ]
-                for t in ctx["training"]
-            ],
-        )
-    )
-    L.append("## Export parity (next-token logits, Hugging Face vs llama.cpp)")
-    prow = []
-    for p in ctx["parity"]:
-        for lab, r in p["results"].items():
-            prow.append([p["model"], p["arm"], lab, f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)])
-    for p in ctx["provenance_models"]:
-        if "parity_vs_source_gguf" in p:
-            r = p["parity_vs_source_gguf"]
-            prow.append(
-                [p["model"], "import", "source GGUF", f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
-            )
-    L.append(_table(["model", "arm", "GGUF", "top-1 agreement", "positions", "max |Δ logit|"], prow))
-    L.append("## Data and sessions")
-    g = ctx["gen_stats"]
-    L.append(
-        f"Transcripts: source {g.get('source')}, {g.get('sessions_kept')} sessions kept, {g.get('sessions_failed', 0)} failed validation "
-        f"after retries, generation speed {fmt((g.get('llm') or {}).get('tokens_per_second'), 1)} tokens/s."
-    )
-    ds = ctx["data_stats"]
-    for m, s in ds["per_model"].items():
-        L.append(
-            f"Dataset ({m} tokenizer): train {s['train'].get('sessions')} sessions, {s['train'].get('tokens_total')} tokens "
-            f"({s['train'].get('over_max_length')} over max length); validation {s['val'].get('sessions')} sessions."
-        )
-    L.append(
-        _table(
-            ["model", "arm", "sessions", "turns", "stop reasons", "therapist tok/s", "patient tok/s"],
-            [
-                [
-                    r["model"],
-                    r["arm"],
-                    r["sessions"],
-                    r["turns"],
-                    ", ".join(f"{k}: {v}" for k, v in sorted(r["stop_reasons"].items())),
-                    fmt(r["therapist"]["tokens_per_second"], 1),
-                    fmt(r["patient"]["tokens_per_second"], 1),
-                ]
-                for r in ctx["rollout_stats"]
-            ],
-        )
-    )
-    served = [f"{r['model']}/{r['arm']}" for r in ctx["rollout_stats"] if r.get("therapist_backend") == "llama_server"]
-    if served:
-        L.append(
-            f"The therapist of {', '.join(sorted(set(served)))} was served by llama.cpp's server with "
-            f"{max(r.get('parallel_sessions', 1) for r in ctx['rollout_stats'])} parallel slots (batched decoding). Batched "
-            "decoding is not bit-identical to single-stream decoding: the same seed can give another answer than the "
-            "in-process backend would. Re-runs are identical, because every answer is kept in the response cache."
-        )
-    L.append("## Timing per stage (Snakemake benchmark files)")
-    bt = ctx["benchmarks"]
-    L.append(
-        _table(
-            ["stage", "jobs", "seconds", "max RSS (MB)"],
-            [[b["stage"], b["jobs"], fmt(b["seconds"], 1), fmt(b["max_rss_mb"], 0)] for b in bt],
-        )
-    )
-    L.append(f"Sum of job times: {fmt(sum(b['seconds'] for b in bt), 1)} s.")
-    L.append("## Provenance")
-    pv = ctx["provenance"]
-    L.append(
-        f"Config hash: `{pv['config_hash']}`. Git commit: `{pv['git_commit']}`{' (uncommitted changes)' if pv['git_dirty'] else ''}. Seeds: {pv['seeds']}."
-    )
-    L.append(_table(["package", "version"], [[k, v or "—"] for k, v in pv["packages"].items()]))
-    L.append(
-        _table(
-            ["model", "source", "sha256"],
-            [
-                [
-                    m["model"],
-                    m["source"],
-                    m["sha256"] if isinstance(m["sha256"], str) else "; ".join(f"{k}: {v}" for k, v in (m["sha256"] or {}).items()),
-                ]
-                for m in pv["models"]
-            ],
-        )
-    )
-    L.append(_table(["file", "sha256"], [[k, v] for k, v in pv["files"].items()]))
-    import yaml
+    """The Markdown report: templates/report.md.j2 laid out over report_view(ctx)."""
+    import jinja2
 
-    L.append("Configuration used:\n\n```yaml\n" + yaml.safe_dump(cfg, sort_keys=True) + "```")
-    return "\n\n".join(L) + "\n"
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cbtpipe", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML; markdown-it-py escapes raw HTML when it renders the page
+    )
+    env.filters["fmt"] = fmt
+    env.filters["fmt_p"] = fmt_p
+    text = env.get_template("report.md.j2").render(**ctx, view=report_view(ctx), published=PUBLISHED)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
 CSS = (
