@@ -1,11 +1,11 @@
 """Snakemake entry: LoRA / QLoRA fine-tuning of one base model (resumable)."""
 
 from cbtpipe.rule import entry
-from cbtpipe.training import train_sft
+from cbtpipe.training import train_adapter
 
 with entry(snakemake, "train") as log:
     tcfg = dict(snakemake.params.training, threads=snakemake.threads)
-    metrics = train_sft(
+    metrics = train_adapter(
         model_dir=snakemake.input.base,
         train_path=snakemake.input.train,
         val_path=snakemake.input.val,

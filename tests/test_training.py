@@ -102,9 +102,9 @@ TCFG = {
 
 TRAIN_SCRIPT = """
 import json
-from cbtpipe.training import train_sft
+from cbtpipe.training import train_adapter
 cfg = json.loads({cfg!r})
-m = train_sft(model_dir={model!r}, train_path={train!r}, val_path={val!r}, tcfg=cfg, seed=1, unit_root={units!r},
+m = train_adapter(model_dir={model!r}, train_path={train!r}, val_path={val!r}, tcfg=cfg, seed=1, unit_root={units!r},
               out_adapter={out!r} + "/adapter", out_csv={out!r} + "/log.csv", out_metrics={out!r} + "/metrics.json",
               out_plot={out!r} + "/loss.png", title="t")
 """
@@ -193,7 +193,7 @@ def test_killed_training_resumes_from_checkpoint(tiny_hf, tmp_path):
 def test_orpo_few_steps_on_tiny_model(tiny_hf, tiny_backend, tmp_path):
     """ORPO on pairs whose rejected reply is the instruct model's own, built by the pipeline."""
     from cbtpipe.preference import build_pairs
-    from cbtpipe.training import train_sft
+    from cbtpipe.training import train_adapter
 
     rows = [{"patient_id": "p1", "session_index": 1, "messages": CONV}]
     pairs, stats = build_pairs(rows, tiny_backend, {"temperature": 0.7, "max_tokens": 24}, 1, 2, tmp_path / "units_pairs")
@@ -206,7 +206,7 @@ def test_orpo_few_steps_on_tiny_model(tiny_hf, tiny_backend, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     cfg = dict(TCFG, method="orpo", max_steps=2, save_steps=1, orpo_beta=0.1)
-    m = train_sft(
+    m = train_adapter(
         model_dir=tiny_hf,
         train_path=tmp_path / "pt.jsonl",
         val_path=tmp_path / "pv.jsonl",
@@ -228,14 +228,14 @@ def test_gpu_training_without_cuda_stops_at_once(tiny_hf, tmp_path):
     """models.<m>.gpus > 0 on a machine without CUDA: an error naming the key, before any work."""
     import torch
 
-    from cbtpipe.training import train_sft
+    from cbtpipe.training import train_adapter
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     write_jsonl(tmp_path / "t.jsonl", [{"messages": CONV}])
     t0 = time.perf_counter()
     with pytest.raises(PipelineError, match=r"config key models\.tiny\.gpus is 1, but this job sees 0 CUDA device"):
-        train_sft(
+        train_adapter(
             model_dir=tiny_hf,
             train_path=tmp_path / "t.jsonl",
             val_path=tmp_path / "t.jsonl",

@@ -11,7 +11,7 @@ the others go on):
 1. ``build``: the CUDA build of llama-cpp-python through tools/llama_cpp_build.py (profile
    ``cuda``, this GPU's architecture), in the background while training runs; llama.cpp's own
    tools (llama-server, llama-bench) come from the same build tree.
-2. ``train``: the project's training code (cbtpipe.training.train_sft) on the 8B model, LoRA r16
+2. ``train``: the project's training code (cbtpipe.training.train_adapter) on the 8B model, LoRA r16
    on all linear projections, batch 4 x up to 2048 tokens, bf16 and QLoRA NF4, against trl's
    default ``SFTConfig`` (padded batches, gradient checkpointing) on the same data in the same
    run: non-padding tokens per second (median over the steps after warm-up) and MFU.
@@ -312,7 +312,7 @@ def measured(log_csv: Path) -> dict:
 def run_project(name, method, model_dir, rows_path, work: Path, steps: int, liger: bool = True, n_gpus: int = 1) -> dict:
     import torch
 
-    from cbtpipe.training import train_sft
+    from cbtpipe.training import train_adapter
 
     tcfg = {
         "method": method,
@@ -343,7 +343,7 @@ def run_project(name, method, model_dir, rows_path, work: Path, steps: int, lige
     out.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    m = train_sft(
+    m = train_adapter(
         model_dir=model_dir,
         train_path=rows_path,
         val_path=rows_path,

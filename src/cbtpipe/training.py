@@ -323,65 +323,20 @@ def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, mod
     )
 
 
-def train_sft(
-    *,
-    model_dir: str | Path,
-    train_path: str | Path,
-    val_path: str | Path,
-    tcfg: dict[str, Any],
-    seed: int,
-    unit_root: str | Path,
-    out_adapter: str | Path,
-    out_csv: str | Path,
-    out_metrics: str | Path,
-    out_plot: str | Path,
-    title: str,
-    n_gpus: int = 0,
-    gpu_key: str = "models.<name>.gpus",
-) -> dict[str, Any]:
-    """Train one adapter on the device the config names: ``n_gpus`` CUDA devices (an error if
-    there are fewer) or the CPU when it is 0; never a silent fallback."""
-    import torch
+def lora_config(tcfg: dict[str, Any]):
     from peft import LoraConfig
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    device = cuda_or_cpu(gpu_key, n_gpus)
-    cuda = device == "cuda"
-    torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
-    if cuda:
-        # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    key = training_unit_key(tcfg, seed, train_path, val_path, model_dir)
-    unit = Path(unit_root) / key
-    ckpt_dir = unit / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = unit / "train_log.csv"
+    return LoraConfig(
+        r=tcfg["rank"], lora_alpha=tcfg["alpha"], lora_dropout=tcfg["dropout"], target_modules=tcfg["target_modules"], task_type="CAUSAL_LM"
+    )
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = load_base(model_dir, tcfg, device)
-    mem = plan_memory(tcfg["gradient_checkpointing"], model, tcfg, device)
+
+def trainer_settings(tcfg: dict[str, Any], mem: dict[str, Any], ckpt_dir: Path, seed: int, cuda: bool, liger: bool) -> dict[str, Any]:
+    """The one place where our training config becomes trl's (SFTConfig / ORPOConfig) settings."""
+    import torch
+
     checkpointing = mem["gradient_checkpointing"]
-    log.info(
-        "micro-batch %d x accumulation %d, gradient checkpointing %s (%s)",
-        mem["batch_size"],
-        mem["grad_accum"],
-        "on" if checkpointing else "off",
-        mem["why"],
-    )
-    liger = bool(cuda and tcfg.get("liger_kernel", True) and importlib.util.find_spec("liger_kernel"))
-    targets = tcfg["target_modules"]
-    peft_cfg = LoraConfig(
-        r=tcfg["rank"],
-        lora_alpha=tcfg["alpha"],
-        lora_dropout=tcfg["dropout"],
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-    common = dict(
+    return dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=tcfg["epochs"],
         max_steps=tcfg["max_steps"],
@@ -411,46 +366,127 @@ def train_sft(
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
     )
-    if tcfg["method"] == "orpo":
-        # Preference optimization (Hong et al. 2024): chosen = synthetic therapist turn,
-        # rejected = the instruct model's reply in the same context.
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from datasets import Dataset
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        def pairs(path):
-            rows = read_jsonl(path)
-            return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]) if rows else None
 
-        ds_train, ds_val = pairs(train_path), pairs(val_path)
-        if ds_train is None:
-            raise PipelineError(f"{train_path}: no preference pairs to train on")
-        args = ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **common)
-        trainer_cls = ORPOTrainer
-    else:
-        train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
-        ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
-        ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
-        # Padding-free: a batch is one row of its examples back to back; attention stays within each
-        # example (position ids restart), labels keep the therapist-only mask. The examples are
-        # already cut to max_length here, so trl need not enforce it.
-        padding_free = bool(tcfg.get("padding_free", True) and not tcfg["packing"])
-        if padding_free:
-            common["max_length"] = None
-        args = SFTConfig(packing=tcfg["packing"], padding_free=padding_free, assistant_only_loss=False, **common)
-        trainer_cls = SFTTrainer
+def sft_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any]):
+    """Supervised fine-tuning on the chat dataset, loss on therapist turns only."""
+    from trl import SFTConfig, SFTTrainer
+
+    train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
+    ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
+    ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
+    # Padding-free: a batch is one row of its examples back to back; attention stays within each
+    # example (position ids restart), labels keep the therapist-only mask. The examples are
+    # already cut to max_length here, so trl need not enforce it.
+    padding_free = bool(tcfg.get("padding_free", True) and not tcfg["packing"])
+    if padding_free:
+        settings = dict(settings, max_length=None)
+    args = SFTConfig(packing=tcfg["packing"], padding_free=padding_free, assistant_only_loss=False, **settings)
+    return args, SFTTrainer, ds_train, ds_val
+
+
+def orpo_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any]):
+    """Preference optimization (Hong et al. 2024): chosen = the synthetic therapist's turn,
+    rejected = the instruct model's reply in the same context."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    def pairs(path):
+        rows = read_jsonl(path)
+        return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]) if rows else None
+
+    ds_train, ds_val = pairs(train_path), pairs(val_path)
+    if ds_train is None:
+        raise PipelineError(f"{train_path}: no preference pairs to train on")
+    return ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **settings), ORPOTrainer, ds_train, ds_val
+
+
+def write_training_outputs(
+    trainer, tok, csv_path: Path, out_adapter, out_csv, out_metrics, out_plot, title, metrics: dict[str, Any]
+) -> dict:
+    """The adapter (staged, then renamed into place), the step log, the metrics and the loss plot."""
+    with staged_dir(out_adapter) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    rows = read_log(csv_path)
+    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])
+        w.writeheader()
+        w.writerows(rows)
+    tps = [float(r["tokens_per_second"]) for r in rows if r.get("tokens_per_second")]
+    metrics = {**metrics, "tokens_per_second_mean": round(sum(tps) / len(tps), 2) if tps else None}
+    write_json(out_metrics, metrics)
+    plot_loss(rows, metrics, out_plot, title)
+    return metrics
+
+
+def train_adapter(
+    *,
+    model_dir: str | Path,
+    train_path: str | Path,
+    val_path: str | Path,
+    tcfg: dict[str, Any],
+    seed: int,
+    unit_root: str | Path,
+    out_adapter: str | Path,
+    out_csv: str | Path,
+    out_metrics: str | Path,
+    out_plot: str | Path,
+    title: str,
+    n_gpus: int = 0,
+    gpu_key: str = "models.<name>.gpus",
+) -> dict[str, Any]:
+    """Train one LoRA/QLoRA adapter, by SFT or ORPO (``training.method``), on the device the
+    config names: ``n_gpus`` CUDA devices (an error if there are fewer) or the CPU when it is 0;
+    never a silent fallback. Resumes from the last complete checkpoint of its unit."""
+    import torch
+    from transformers import AutoTokenizer
+
+    # 1. device and unit
+    device = cuda_or_cpu(gpu_key, n_gpus)
+    cuda = device == "cuda"
+    torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
+    if cuda:
+        # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    unit = Path(unit_root) / training_unit_key(tcfg, seed, train_path, val_path, model_dir)
+    ckpt_dir = unit / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = unit / "train_log.csv"
+
+    # 2. model, memory plan, trl settings
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = load_base(model_dir, tcfg, device)
+    mem = plan_memory(tcfg["gradient_checkpointing"], model, tcfg, device)
+    log.info(
+        "micro-batch %d x accumulation %d, gradient checkpointing %s (%s)",
+        mem["batch_size"],
+        mem["grad_accum"],
+        "on" if mem["gradient_checkpointing"] else "off",
+        mem["why"],
+    )
+    liger = bool(cuda and tcfg.get("liger_kernel", True) and importlib.util.find_spec("liger_kernel"))
+    settings = trainer_settings(tcfg, mem, ckpt_dir, seed, cuda, liger)
+
+    # 3. the method's path: data, trl config, trainer class
+    path = orpo_path if tcfg["method"] == "orpo" else sft_path
+    args, trainer_cls, ds_train, ds_val = path(tcfg, tok, train_path, val_path, settings)
     trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=ds_train,
         eval_dataset=ds_val,
         processing_class=tok,
-        peft_config=peft_cfg,
+        peft_config=lora_config(tcfg),
         callbacks=[CsvLogger(csv_path)],
     )
 
-    # Losses before and after on a fixed subsample of each split: one short pass, not two over the
-    # whole training set.
+    # 4. losses before (once per unit), training from the last complete checkpoint, losses after;
+    # each on a fixed subsample of its split: one short pass, not two over the whole training set.
     n_loss = int(tcfg.get("loss_sample", 64))
     loss_train = loss_subsample(trainer.train_dataset, n_loss, seed)
     loss_val = loss_subsample(trainer.eval_dataset, n_loss, seed) if ds_val is not None else None
@@ -475,16 +511,7 @@ def train_sft(
     train_seconds = time.perf_counter() - t0
     after = losses("after")
 
-    with staged_dir(out_adapter) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-
-    rows = read_log(csv_path)
-    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])
-        w.writeheader()
-        w.writerows(rows)
-    tps = [float(r["tokens_per_second"]) for r in rows if r.get("tokens_per_second")]
+    # 5. outputs
     metrics = {
         **before,
         **after,
@@ -493,13 +520,12 @@ def train_sft(
         "resumed_from": last,
         "train_runtime_s": round(train_seconds, 2),
         "tokens_seen": trainer.state.num_input_tokens_seen,
-        "tokens_per_second_mean": round(sum(tps) / len(tps), 2) if tps else None,
         "train_examples": len(ds_train),
         "val_examples": len(ds_val) if ds_val is not None else 0,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": device,
         "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
-        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing": mem["gradient_checkpointing"],
         "micro_batch": mem["batch_size"],
         "grad_accum": mem["grad_accum"],
         "liger_kernel": liger,
@@ -508,9 +534,7 @@ def train_sft(
         "unit_dir": str(unit),
         "final_train_loss_reported": result.training_loss,
     }
-    write_json(out_metrics, metrics)
-    plot_loss(rows, metrics, out_plot, title)
-    return metrics
+    return write_training_outputs(trainer, tok, csv_path, out_adapter, out_csv, out_metrics, out_plot, title, metrics)
 
 
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> dict[str, Any]:
