@@ -141,7 +141,7 @@ def run_judging(
         }
     )
     store = UnitStore(Path(unit_dir) / key)
-    out, reused, empty = [], 0, 0
+    out, empty = [], 0
     t0 = time.perf_counter()
     for s in tqdm(sessions, desc="judged", unit="session", mininterval=5):
         transcript_sha = hash_obj(render_transcript(s), 64)
@@ -153,15 +153,14 @@ def run_judging(
         # A judgement is a unit of the transcript it scores: a session re-run with other content
         # (a retrained model, another prompt) under the same session id is judged again.
         uid = f"{s['session_id']}-{transcript_sha[:16]}"
-        stored = store.get(uid)
-        if stored is not None:
-            out.append(stored)
-            reused += 1
-            continue
-        j = judge_session(s, backend, rubric, jcfg, template)
-        j["transcript_sha256"] = transcript_sha
-        store.save(uid, j)
+
+        def make(s=s, transcript_sha=transcript_sha):
+            return judge_session(s, backend, rubric, jcfg, template) | {"transcript_sha256": transcript_sha}
+
+        j, was_reused = store.get_or_make(uid, make)
         out.append(j)
+        if was_reused:
+            continue
         log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], jcfg["samples"], len(out), len(sessions))
     n_samples = sum(len(j["samples"]) for j in out)
     n_valid = sum(j["valid_samples"] for j in out)
@@ -170,7 +169,7 @@ def run_judging(
     secs = sum(s["seconds"] for j in out for s in j["samples"])
     stats = {
         "sessions": len(out),
-        "sessions_reused": reused,
+        "sessions_reused": store.reused,
         "sessions_without_turns": empty,
         "samples": n_samples,
         "valid_samples": n_valid,

@@ -29,31 +29,30 @@ def build_pairs(
     rows: list[dict[str, Any]], backend: Backend, sampling: dict[str, Any], seed: int, max_per_session: int, unit_dir: str | Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     store = UnitStore(Path(unit_dir) / hash_obj({"backend": backend.identity(), "sampling": sampling, "seed": seed, "k": max_per_session}))
-    pairs, reused, t0 = [], 0, time.perf_counter()
+    pairs, t0 = [], time.perf_counter()
     for row in rows:
         uid = f"{row['patient_id']}-s{row['session_index']}-{hash_obj(row['messages'], 8)}"
-        stored = store.get(uid)
-        if stored is not None:
-            pairs += stored
-            reused += 1
-            continue
-        unit = []
-        for j, (prompt, chosen) in enumerate(contexts(row, max_per_session)):
-            c = backend.chat(prompt, sampling=sampling, seed=seed + j)
-            if c.text.strip() and c.text.strip() != chosen.strip():
-                unit.append(
-                    {
-                        "prompt": prompt,
-                        "chosen": [{"role": "assistant", "content": chosen}],
-                        "rejected": [{"role": "assistant", "content": c.text.strip()}],
-                        "patient_id": row["patient_id"],
-                    }
-                )
-        store.save(uid, unit)
+
+        def make(row=row):
+            unit = []
+            for j, (prompt, chosen) in enumerate(contexts(row, max_per_session)):
+                c = backend.chat(prompt, sampling=sampling, seed=seed + j)
+                if c.text.strip() and c.text.strip() != chosen.strip():
+                    unit.append(
+                        {
+                            "prompt": prompt,
+                            "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": c.text.strip()}],
+                            "patient_id": row["patient_id"],
+                        }
+                    )
+            return unit
+
+        unit, _ = store.get_or_make(uid, make)
         pairs += unit
     stats = {
         "sessions": len(rows),
-        "sessions_reused": reused,
+        "sessions_reused": store.reused,
         "pairs": len(pairs),
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "llm": backend.stats.as_dict(),

@@ -153,39 +153,36 @@ def run_rollouts(
     )
     store = UnitStore(Path(unit_dir) / key)
     plan = session_plan(profiles, rcfg)
-    reused = 0
     done = 0
     lock = threading.Lock()
     t0 = time.perf_counter()
 
     def one(item: dict[str, Any]) -> dict[str, Any]:
-        nonlocal reused, done
+        nonlocal done
         # A session is a unit of the profile it plays (by content, not only by id): a patient whose
         # description changed under the same id is played again.
         uid = f"{item['profile']['id']}-s{item['session']}-{hash_obj(item['profile'], 12)}"
-        stored = store.get(uid)
-        if stored is not None:
-            with lock:
-                reused += 1
-                done += 1
-            return stored
-        s = run_session(item, therapist, patient, rcfg, system_prompt, patient_template)
-        s.update(
-            session_id=hash_obj([model, arm, quantization, uid], 12),
-            model=model,
-            arm=arm,
-            quantization=quantization,
-            gguf=str(gguf),
-            gguf_sha256=gguf_sha,
-            therapist_sampling=rcfg["therapist"],
-            patient_sampling=rcfg["patient"],
-            patient_backend=patient.name,
-            therapist_backend=therapist.kind,
-        )
-        store.save(uid, s)
+
+        def make():
+            return run_session(item, therapist, patient, rcfg, system_prompt, patient_template) | dict(
+                session_id=hash_obj([model, arm, quantization, uid], 12),
+                model=model,
+                arm=arm,
+                quantization=quantization,
+                gguf=str(gguf),
+                gguf_sha256=gguf_sha,
+                therapist_sampling=rcfg["therapist"],
+                patient_sampling=rcfg["patient"],
+                patient_backend=patient.name,
+                therapist_backend=therapist.kind,
+            )
+
+        s, was_reused = store.get_or_make(uid, make)
         with lock:
             done += 1
             n = done
+        if was_reused:
+            return s
         log.info("%s/%s %s: %d turns, stop %s (%d/%d sessions)", model, arm, uid, s["turns"], s["stop_reason"], n, len(plan))
         return s
 
@@ -218,7 +215,7 @@ def run_rollouts(
         "arm": arm,
         "quantization": quantization,
         "sessions": len(sessions),
-        "sessions_reused": reused,
+        "sessions_reused": store.reused,
         "turns": sum(s["turns"] for s in sessions),
         "stop_reasons": stops,
         "therapist": speed("therapist", therapist),

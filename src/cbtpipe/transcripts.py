@@ -161,19 +161,14 @@ def run_generation(
 
     store = UnitStore(Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text()}))
     t0 = time.perf_counter()
-    reused = 0
     courses = []
     bar = tqdm(profiles, desc="patients", unit="patient", mininterval=5)
     for prof in bar:
         uid = f"{prof['id']}-{hash_obj(prof, 8)}"
-        stored = store.get(uid)
-        if stored is not None:
-            reused += 1
-            courses.append(stored)
-            continue
-        course = generate_course(prof, backend, dcfg, template)
-        store.save(uid, course)
+        course, was_reused = store.get_or_make(uid, lambda prof=prof: generate_course(prof, backend, dcfg, template))
         courses.append(course)
+        if was_reused:
+            continue
         log.info(
             "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
             prof["id"],
@@ -186,7 +181,7 @@ def run_generation(
     sessions = [dict(s, split=c["split"]) for c in courses for s in c["sessions"]]
     stats = {
         "patients": len(profiles),
-        "patients_reused": reused,
+        "patients_reused": store.reused,
         "sessions_kept": len(sessions),
         "sessions_failed": sum(len(c["failed"]) for c in courses),
         "failures": {c["patient_id"]: c["failed"] for c in courses if c["failed"]},

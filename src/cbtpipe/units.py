@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ class UnitStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.reused = 0  # units loaded instead of computed, by get_or_make
+        self._lock = threading.Lock()
 
     def path(self, unit_id: str) -> Path:
         return self.root / f"{unit_id}.json"
@@ -47,6 +51,18 @@ class UnitStore:
         except (OSError, ValueError) as e:
             move_aside(p, e, "unit")
             return None
+
+    def get_or_make(self, unit_id: str, make: Callable[[], Any]) -> tuple[Any, bool]:
+        """The stored unit, or ``make()`` saved as the unit; and whether it was reused. The one
+        "compute or reload" step of every resumable stage (safe from several threads)."""
+        stored = self.get(unit_id)
+        if stored is not None:
+            with self._lock:
+                self.reused += 1
+            return stored, True
+        obj = make()
+        self.save(unit_id, obj)
+        return obj, False
 
     def save(self, unit_id: str, obj: Any) -> None:
         write_json(self.path(unit_id), obj)
