@@ -2,6 +2,8 @@
 # Stages: models -> data -> training -> export -> rollouts -> judge -> report.
 from snakemake.utils import min_version, validate
 
+from cbtpipe.config import SCHEMA
+
 min_version("9.0")
 
 
@@ -12,7 +14,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+validate(config, str(SCHEMA))
 
 
 include: "rules/common.smk"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from cbtpipe.config import check_config
+from cbtpipe.config import SCHEMA, check_config
 from cbtpipe.io import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def load(name="config.yaml"):
 
 def valid(cfg):
     cfg = copy.deepcopy(cfg)
-    validate(cfg, str(ROOT / "schemas/config.schema.yaml"))
+    validate(cfg, str(SCHEMA))
     return cfg
 
 
@@ -49,6 +49,18 @@ def test_other_configs_validate(name):
         (lambda c: c["profiles"].update(n_train=-3), "-3"),
         (lambda c: c.update(judg={}), "judg"),
         (lambda c: c["backends"]["tiny"].update(type="vllm"), "vllm"),
+        # what each kind of backend, model source and data source needs: in the schema (if/then)
+        (lambda c: c["data"].update(source="import"), r"'import_path' is a required property[\s\S]*instance\['data'\]"),
+        (
+            lambda c: c["backends"].update(api={"type": "openai", "model": "m"}),
+            r"'base_url' is a required property[\s\S]*\['backends'\]\['api'\]",
+        ),
+        (lambda c: c["backends"]["tiny"].pop("gguf"), r"'gguf' is a required property[\s\S]*\['backends'\]\['tiny'\]"),
+        (lambda c: c["models"]["smollm2-135m"].update(source={"type": "hub"}), r"'repo_id' is a required property"),
+        (
+            lambda c: c["models"]["smollm2-135m"].update(source={"type": "package_gguf", "file": "x.gguf"}),
+            r"'package' is a required property",
+        ),
     ],
 )
 def test_schema_refuses_bad_keys(mutate, message):
@@ -69,8 +81,6 @@ def test_schema_refuses_bad_keys(mutate, message):
         (lambda c: c["judge"].update(rubric="missing.yaml"), "judge.rubric: file missing.yaml"),
         (lambda c: c["data"].update(exchanges_min=9, exchanges_max=2), "exchanges_min > data.exchanges_max"),
         (lambda c: c["rollout"].update(quantization="Q8_0"), "rollout.quantization"),
-        (lambda c: c["data"].update(source="import"), "data.import_path is required"),
-        (lambda c: c["backends"].update(api={"type": "openai", "model": "m"}), "backends.api.base_url is required"),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, message):
@@ -119,3 +129,20 @@ def test_dry_run_study_builds_full_dag():
     for model in ("mistral-7b-v0.3", "qwen2.5-7b", "llama3.1-8b"):
         assert model in out
     assert "download_model" in out and "rollout" in out and "judge" in out
+
+
+def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():
+    """One home for backend defaults and requirements: the schema, also when a backend is built
+    directly (a test, a notebook)."""
+    from cbtpipe.config import backend_spec, schema
+
+    props = schema()["properties"]["backends"]["additionalProperties"]["properties"]
+    spec = backend_spec("api", {"type": "openai", "base_url": "http://h/v1", "model": "m"})
+    assert spec["timeout_s"] == props["timeout_s"]["default"] and spec["deadline_s"] == props["deadline_s"]["default"]
+    assert spec["json_mode"] == "json_schema" and spec["max_retries"] == props["max_retries"]["default"]
+    with pytest.raises(PipelineError, match="config key backends.api: 'base_url' is a required property"):
+        backend_spec("api", {"type": "openai", "model": "m"})
+    with pytest.raises(PipelineError, match="config key backends.api.timeout_s: -1 is less than or equal to the minimum of 0"):
+        backend_spec("api", {"type": "openai", "base_url": "http://h/v1", "model": "m", "timeout_s": -1})
+    with pytest.raises(PipelineError, match="config key backends.x: Additional properties are not allowed \\('temprature' was unexpected"):
+        backend_spec("x", {"type": "llama_cpp", "gguf": {"path": "a.gguf"}, "temprature": 1})

@@ -27,6 +27,7 @@ from typing import Any
 
 import jsonschema
 
+from .config import backend_spec
 from .gguf import check_gguf_file, resolve_gguf
 from .hardware import require_gpu_offload
 from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
@@ -249,23 +250,29 @@ class LlamaCppBackend(Backend):
         gpu_key: str | None = None,
         **kw,
     ):
-        """``gpu_key`` names the config key that set ``n_gpu_layers`` (for the error when the
-        llama.cpp build cannot offload); by default ``backends.<name>.n_gpu_layers``."""
+        """``model_path`` serves a GGUF that is not a configured backend's (a therapist, the
+        instruct model of preference pairs); ``gpu_key`` names the config key that set
+        ``n_gpu_layers`` (for the error when the llama.cpp build cannot offload); by default
+        ``backends.<name>.n_gpu_layers``."""
+        spec = {"type": "llama_cpp", **spec}
+        if model_path:
+            spec["gguf"] = {"path": str(model_path)}
+        spec = backend_spec(name, spec)  # checked and completed with the schema's defaults
         super().__init__(name, spec, **kw)
-        self.model_path = Path(model_path) if model_path else resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
+        self.model_path = resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
         check_gguf_file(self.model_path, f"backends.{name}")
-        require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec.get("n_gpu_layers", 0)))
+        require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec["n_gpu_layers"]))
         from llama_cpp import Llama
 
-        threads = spec.get("n_threads") or os.cpu_count() or 1
+        threads = spec["n_threads"] or os.cpu_count() or 1
         try:
             self.llm = Llama(
                 model_path=str(self.model_path),
-                n_ctx=int(spec.get("n_ctx", 4096)),
+                n_ctx=int(spec["n_ctx"]),
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_gpu_layers=int(spec.get("n_gpu_layers", 0)),
-                seed=int(spec.get("seed", 0)),
+                n_gpu_layers=int(spec["n_gpu_layers"]),
+                seed=0,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as e:
@@ -273,7 +280,7 @@ class LlamaCppBackend(Backend):
         self.n_ctx = self.llm.n_ctx()
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
-        self.reuse_prefix = bool(spec.get("reuse_prefix", True))
+        self.reuse_prefix = bool(spec["reuse_prefix"])
         # Piece boundaries of the prompt whose tokens (llm.input_ids) the KV cache holds,
         # evaluated canonically up to the last one.
         self._cuts: list[int] = []
@@ -397,10 +404,8 @@ class OpenAIBackend(Backend):
     MAX_RETRY_AFTER_S = 60.0
 
     def __init__(self, name: str, spec: dict[str, Any], **kw):
+        spec = backend_spec(name, {"type": "openai", **spec})  # checked and completed with the schema's defaults
         super().__init__(name, spec, **kw)
-        for key in ("base_url", "model"):
-            if not spec.get(key):
-                raise PipelineError(f"config key backends.{name}.{key} is required for an openai backend")
         self.base_url = spec["base_url"].rstrip("/")
         self.model = spec["model"]
         env = spec.get("api_key_env")
@@ -411,12 +416,12 @@ class OpenAIBackend(Backend):
                 raise PipelineError(
                     f"backend '{name}': environment variable {env} is not set (named by config key backends.{name}.api_key_env)"
                 )
-        self.timeout = float(spec.get("timeout_s", 120))
-        self.deadline = float(spec.get("deadline_s", 600))
-        self.max_retries = int(spec.get("max_retries", 5))
-        self.backoff = float(spec.get("backoff_s", 1.0))
-        self.json_mode = spec.get("json_mode", "json_schema")
-        conc = int(spec.get("concurrency", 1))
+        self.timeout = float(spec["timeout_s"])
+        self.deadline = float(spec["deadline_s"])
+        self.max_retries = int(spec["max_retries"])
+        self.backoff = float(spec["backoff_s"])
+        self.json_mode = spec["json_mode"]
+        conc = int(spec["concurrency"])
         self.concurrency = conc
         self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
         import httpx
@@ -560,14 +565,9 @@ def make_backend(
     if name not in backends:
         known = ", ".join(sorted(backends)) or "none"
         raise PipelineError(f"config key {where}: unknown backend '{name}' (defined: {known})")
-    spec = backends[name]
-    if spec["type"] == "llama_cpp":
-        if "gguf" not in spec:
-            raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")
-        return LlamaCppBackend(name, spec, cache_dir=cache_dir)
-    if spec["type"] == "openai":
-        return OpenAIBackend(name, spec, cache_dir=cache_dir)
-    raise PipelineError(f"config key backends.{name}.type: unknown backend type '{spec['type']}'")
+    spec = backend_spec(name, backends[name])  # the schema checks the type and what each type needs
+    cls = {"llama_cpp": LlamaCppBackend, "openai": OpenAIBackend}[spec["type"]]
+    return cls(name, spec, cache_dir=cache_dir)
 
 
 def cost_usd(spec: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float:

@@ -1,17 +1,51 @@
 """Checks of the configuration beyond its JSON schema: cross-references and files.
 
-The schema (schemas/config.schema.yaml, applied by snakemake.utils.validate) catches unknown keys
+The schema (cbtpipe/schemas/config.schema.yaml, applied by snakemake.utils.validate) catches unknown keys
 and wrong types; this catches what a schema cannot: a stage naming an undefined backend, a file
 that does not exist, a range that is inverted. Run at workflow start-up, before any rule.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from .io import PipelineError
+
+# The one home of every config key's type, default and conditional requirement.
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+
+
+def backend_schema() -> dict[str, Any]:
+    """The schema of one entry of ``backends`` (with the $defs it refers to)."""
+    s = schema()
+    return {**s["properties"]["backends"]["additionalProperties"], "$defs": s["$defs"]}
+
+
+def backend_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A backend's settings checked against the schema and completed with its defaults, for a
+    backend built outside a Snakemake run (a test, a notebook): the same rules and defaults as a
+    config, from the same place."""
+    import jsonschema
+
+    props = backend_schema()["properties"]
+    full = {k: v["default"] for k, v in props.items() if "default" in v} | dict(spec)
+    errors = sorted(jsonschema.Draft202012Validator(backend_schema()).iter_errors(full), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in [name, *e.absolute_path])
+        raise PipelineError(f"config key backends.{where}: {e.message}")
+    return full
+
 
 STAGE_BACKENDS = {
     "data.generator": ("data", "generator"),
@@ -61,22 +95,12 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         if name not in backends:
             raise PipelineError(f"config key {key}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")
     for name, b in backends.items():
-        if b["type"] == "llama_cpp" and "gguf" not in b:
-            raise PipelineError(f"config key backends.{name}.gguf is required for a llama_cpp backend")
         if b["type"] == "llama_cpp" and "path" in b.get("gguf", {}):
             _file(b["gguf"]["path"], f"backends.{name}.gguf.path", base)
             check_gguf_file(base / b["gguf"]["path"], f"config key backends.{name}.gguf.path")
-        if b["type"] == "openai":
-            for k in ("base_url", "model"):
-                if not b.get(k):
-                    raise PipelineError(f"config key backends.{name}.{k} is required for an openai backend")
     for name, m in cfg["models"].items():
         src = m["source"]
         where = f"models.{name}.source"
-        need = {"package_gguf": ("package", "file"), "gguf": ("path",), "local_hf": ("path",), "hub": ("repo_id",)}[src["type"]]
-        for k in need:
-            if k not in src:
-                raise PipelineError(f"config key {where}.{k} is required for source type {src['type']}")
         if src["type"] == "gguf":
             _file(src["path"], f"{where}.path", base)
             check_gguf_file(base / src["path"], f"config key {where}.path")
@@ -97,8 +121,6 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     if d["source"] == "import":
         from .transcripts import load_import
 
-        if not d["import_path"]:
-            raise PipelineError("config key data.import_path is required when data.source is import")
         _file(d["import_path"], "data.import_path", base)
         load_import(base / d["import_path"], d)
     else:

@@ -172,6 +172,7 @@ class LlamaServerBackend(OpenAIBackend):
             "concurrency": server.parallel,
             "timeout_s": 900,
             "max_retries": 2,
+            "type": "openai",
             "backoff_s": 1.0,
         }
         super().__init__(name, spec, **kw)
