@@ -145,7 +145,7 @@ def test_the_stats_env_needs_no_llm_stack():
     import sys
 
     code = (
-        "import sys; import cbtpipe.analysis, cbtpipe.report, cbtpipe.rubric, cbtpipe.rule, cbtpipe.stats;"
+        "import sys; import cbtpipe.analysis, cbtpipe.report, cbtpipe.rubric, cbtpipe.rule, cbtpipe.stattests;"
         "print(','.join(sorted(m for m in ('jsonschema', 'httpx', 'torch', 'llama_cpp', 'transformers') if m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import agreement, friedman, icc, p_adjust, paired_comparison, rm_anova
+from .stattests import agreement, friedman, icc, p_adjust, paired_comparison, rm_anova
 
 LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
 

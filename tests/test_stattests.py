@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cbtpipe.report import fmt
-from cbtpipe.stats import agreement, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
+from cbtpipe.stattests import agreement, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
 
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
@@ -104,7 +104,7 @@ def test_rm_anova_matches_statsmodels():
 def test_greenhouse_geisser_epsilon():
     """Against the textbook formula on the double-centred covariance (Greenhouse & Geisser 1959),
     computed independently of the contrast-based one used by rm_anova."""
-    from cbtpipe.stats import greenhouse_geisser
+    from cbtpipe.stattests import greenhouse_geisser
 
     rng = np.random.default_rng(3)
     y = rng.normal(size=(12, 4)) @ np.diag([1, 2, 3, 4]) + rng.normal(size=(12, 1))

@@ -1,4 +1,4 @@
-"""Statistics for the comparison: paired tests, repeated measures, multiple testing, reliability.
+"""Statistical tests for the comparison: paired tests, repeated measures, multiple testing, reliability.
 
 Every function returns plain dicts whose numbers are finite floats or None, with a ``note`` that
 says why a figure is missing (too few pairs, zero variance, ties...). Nothing returns NaN.
