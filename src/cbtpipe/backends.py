@@ -565,9 +565,11 @@ def make_backend(
     if name not in backends:
         known = ", ".join(sorted(backends)) or "none"
         raise PipelineError(f"config key {where}: unknown backend '{name}' (defined: {known})")
-    spec = backend_spec(name, backends[name])  # the schema checks the type and what each type needs
-    cls = {"llama_cpp": LlamaCppBackend, "openai": OpenAIBackend}[spec["type"]]
-    return cls(name, spec, cache_dir=cache_dir)
+    spec = backends[name]
+    cls = {"llama_cpp": LlamaCppBackend, "openai": OpenAIBackend}.get(spec.get("type"))
+    if cls is None:
+        backend_spec(name, spec)  # raises: the schema's message names the key and the known types
+    return cls(name, spec, cache_dir=cache_dir)  # the constructor checks the spec and fills in its defaults
 
 
 def cost_usd(spec: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float:

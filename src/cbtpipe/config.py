@@ -25,21 +25,23 @@ def schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
 
 
-def backend_schema() -> dict[str, Any]:
-    """The schema of one entry of ``backends`` (with the $defs it refers to)."""
+@functools.cache
+def _backend_validator():
+    """A validator for one entry of ``backends`` (with the $defs it refers to)."""
+    import jsonschema
+
     s = schema()
-    return {**s["properties"]["backends"]["additionalProperties"], "$defs": s["$defs"]}
+    return jsonschema.Draft202012Validator({**s["properties"]["backends"]["additionalProperties"], "$defs": s["$defs"]})
 
 
 def backend_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A backend's settings checked against the schema and completed with its defaults, for a
     backend built outside a Snakemake run (a test, a notebook): the same rules and defaults as a
     config, from the same place."""
-    import jsonschema
-
-    props = backend_schema()["properties"]
+    validator = _backend_validator()
+    props = validator.schema["properties"]
     full = {k: v["default"] for k, v in props.items() if "default" in v} | dict(spec)
-    errors = sorted(jsonschema.Draft202012Validator(backend_schema()).iter_errors(full), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(full), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in [name, *e.absolute_path])

@@ -16,11 +16,7 @@ def source_path(name: str, spec: dict[str, Any], hub_dir: str | Path | None = No
     src = spec["source"]
     where = f"models.{name}.source"
     t = src["type"]
-    if t in ("package_gguf", "gguf"):
-        if t == "package_gguf" and not ({"package", "file"} <= src.keys()):
-            raise PipelineError(f"config key {where}: package_gguf needs 'package' and 'file'")
-        if t == "gguf" and "path" not in src:
-            raise PipelineError(f"config key {where}: gguf needs 'path'")
+    if t in ("package_gguf", "gguf"):  # the keys each type needs are required by the schema
         return resolve_gguf(src, where)
     if t == "local_hf":
         p = Path(src.get("path", ""))

@@ -7,7 +7,6 @@ import contextlib
 import csv
 import html
 import importlib.metadata as md
-import math
 import re
 import subprocess
 from collections import defaultdict
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_text, hash_obj, read_json
+from .stattests import finite
 
 PUBLISHED = {
     "source": "Tahir 2024, arXiv 2412.00251 (modified CTRS, Gemini 1.5 Pro-002 judge, DeepSeek-V2.5 patient)",
@@ -391,18 +391,9 @@ def load_many(paths: list[str]) -> list[dict[str, Any]]:
     return [read_json(p) for p in paths]
 
 
-def _finite(x: Any) -> float | None:
-    """A finite float or None."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def fmt(x: Any, nd: int = 2) -> str:
     """Format a number for a report; None shows as an em dash (never 'nan')."""
-    v = _finite(x)
+    v = finite(x)
     if v is None:
         return "—"
     if abs(v) < 10 ** (-nd) and v != 0:
@@ -411,7 +402,7 @@ def fmt(x: Any, nd: int = 2) -> str:
 
 
 def fmt_p(p: Any) -> str:
-    v = _finite(p)
+    v = finite(p)
     if v is None:
         return "—"
     return "< 0.001" if v < 0.001 else f"{v:.3f}"

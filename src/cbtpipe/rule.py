@@ -91,6 +91,12 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     if fh is not None:
         sys.stderr = fh  # tqdm progress bars land in the rule's log
         sys.stdout = fh
+
+    def restore() -> None:
+        sys.stderr, sys.stdout = real_stderr, real_stdout
+        if fh is not None:
+            fh.close()
+
     logger = setup_logging(None, "cbtpipe")
     logger.handlers[0].stream = sys.stderr
     threads = str(getattr(smk, "threads", 1) or 1)
@@ -106,18 +112,14 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
         msg = f"{name}: stopped by SIGTERM after {time.perf_counter() - t0:.1f} s; finished units are kept and the next run continues from them"
         logger.warning("%s", msg)
         print(f"ERROR in {msg}", file=real_stderr)
-        sys.stderr, sys.stdout = real_stderr, real_stdout
-        if fh is not None:
-            fh.close()
+        restore()
         # Worker threads (parallel sessions) may still be in a call: do not wait for them.
         logging.shutdown()
         os._exit(128 + signal.SIGTERM)
     except PipelineError as e:
         logger.error("%s: %s", name, e)
         print(f"ERROR in {name}: {redact(e)}", file=real_stderr)
-        sys.stderr, sys.stdout = real_stderr, real_stdout
-        if fh is not None:
-            fh.close()
+        restore()
         sys.exit(1)
     except Exception:
         import traceback
@@ -127,12 +129,8 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
         print(text, file=sys.stderr)
         if fh is not None:
             print(text, file=real_stderr)
-        sys.stderr, sys.stdout = real_stderr, real_stdout
-        if fh is not None:
-            fh.close()
+        restore()
         sys.exit(1)
     logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
     write_provenance(smk, name, time.perf_counter() - t0)
-    sys.stderr, sys.stdout = real_stderr, real_stdout
-    if fh is not None:
-        fh.close()
+    restore()

@@ -13,8 +13,8 @@ import numpy as np
 from scipy import stats as sps
 
 
-def _f(x: Any) -> float | None:
-    """A finite float or None."""
+def finite(x: Any) -> float | None:
+    """A finite float or None (the statistics never report NaN or infinity)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -29,7 +29,7 @@ def rank_biserial_paired(d: np.ndarray) -> float | None:
         return None
     ranks = sps.rankdata(np.abs(d))
     rp, rm = ranks[d > 0].sum(), ranks[d < 0].sum()
-    return _f((rp - rm) / (rp + rm))
+    return finite((rp - rm) / (rp + rm))
 
 
 def paired_comparison(
@@ -66,12 +66,12 @@ def paired_comparison(
     if n == 0:
         res["notes"].append("no complete pairs")
         return res
-    res.update(mean_a=_f(a.mean()), mean_b=_f(b.mean()), mean_diff=_f(d.mean()))
+    res.update(mean_a=finite(a.mean()), mean_b=finite(b.mean()), mean_diff=finite(d.mean()))
     if n < 2:
         res["notes"].append("fewer than 2 pairs: no test possible")
         return res
     sd = float(d.std(ddof=1))
-    res["sd_diff"] = _f(sd)
+    res["sd_diff"] = finite(sd)
     res["df"] = n - 1
     if sd == 0:
         res["notes"].append("zero variance of the differences: t-test and d_z undefined")
@@ -80,14 +80,14 @@ def paired_comparison(
         tcrit = sps.t.ppf(1 - alpha / 2, n - 1)
         t = d.mean() / se
         res.update(
-            t=_f(t),
-            p_t=_f(2 * sps.t.sf(abs(t), n - 1)),
-            ci_t=[_f(d.mean() - tcrit * se), _f(d.mean() + tcrit * se)],
-            cohens_dz=_f(d.mean() / sd),
+            t=finite(t),
+            p_t=finite(2 * sps.t.sf(abs(t), n - 1)),
+            ci_t=[finite(d.mean() - tcrit * se), finite(d.mean() + tcrit * se)],
+            cohens_dz=finite(d.mean() / sd),
         )
     rng = np.random.default_rng(seed)
     boots = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    res["ci_boot"] = [_f(np.quantile(boots, alpha / 2)), _f(np.quantile(boots, 1 - alpha / 2))]
+    res["ci_boot"] = [finite(np.quantile(boots, alpha / 2)), finite(np.quantile(boots, 1 - alpha / 2))]
     nz = d[d != 0]
     if nz.size == 0:
         res["notes"].append("all differences are zero: Wilcoxon test undefined")
@@ -98,8 +98,8 @@ def paired_comparison(
         method = "approx" if (ties or nz.size >= 50) else "exact"
         w = sps.wilcoxon(nz, zero_method="wilcox", correction=True, method=method, alternative="two-sided")
         ranks = sps.rankdata(np.abs(nz))
-        res["wilcoxon_V"] = _f(ranks[nz > 0].sum())
-        res["p_wilcoxon"] = _f(w.pvalue)
+        res["wilcoxon_V"] = finite(ranks[nz > 0].sum())
+        res["p_wilcoxon"] = finite(w.pvalue)
         if ties:
             res["notes"].append("ties among differences: Wilcoxon p from the normal approximation")
         if nz.size < d.size:
@@ -124,6 +124,16 @@ def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | No
         for i, a in zip(idx, adj, strict=True):
             out[i] = float(a)
     return out
+
+
+def two_way_ss(y: np.ndarray) -> tuple[float, float, float]:
+    """Sums of squares of a complete rows x columns table without replication: rows, columns,
+    residual (what the repeated-measures ANOVA and the ICC both decompose)."""
+    n, k = y.shape
+    grand = y.mean()
+    ss_rows = k * ((y.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((y.mean(axis=0) - grand) ** 2).sum()
+    return ss_rows, ss_cols, ((y - grand) ** 2).sum() - ss_rows - ss_cols
 
 
 def greenhouse_geisser(y: np.ndarray) -> float:
@@ -165,10 +175,7 @@ def rm_anova(y: np.ndarray) -> dict[str, Any]:
     if k < 2 or n < 2:
         res["notes"].append("needs at least 2 conditions and 2 complete subjects")
         return res
-    grand = y.mean()
-    ss_cond = n * ((y.mean(axis=0) - grand) ** 2).sum()
-    ss_subj = k * ((y.mean(axis=1) - grand) ** 2).sum()
-    ss_err = ((y - grand) ** 2).sum() - ss_cond - ss_subj
+    _ss_subj, ss_cond, ss_err = two_way_ss(y)
     df1, df2 = k - 1, (k - 1) * (n - 1)
     res.update(df1=df1, df2=df2)
     if ss_err <= 1e-12:
@@ -182,11 +189,11 @@ def rm_anova(y: np.ndarray) -> dict[str, Any]:
     F = float(row["F Value"])
     eps = greenhouse_geisser(y)
     res.update(
-        F=_f(F),
-        p=_f(row["Pr > F"]),
-        partial_eta_sq=_f(ss_cond / (ss_cond + ss_err)),
-        gg_epsilon=_f(eps),
-        p_gg=_f(sps.f.sf(F, eps * df1, eps * df2)),
+        F=finite(F),
+        p=finite(row["Pr > F"]),
+        partial_eta_sq=finite(ss_cond / (ss_cond + ss_err)),
+        gg_epsilon=finite(eps),
+        p_gg=finite(sps.f.sf(F, eps * df1, eps * df2)),
     )
     return res
 
@@ -203,7 +210,7 @@ def friedman(y: np.ndarray) -> dict[str, Any]:
         res["notes"].append("all conditions tie within every subject: test undefined")
         return res
     r = sps.friedmanchisquare(*[y[:, j] for j in range(k)])
-    res.update(chi2=_f(r.statistic), df=k - 1, p=_f(r.pvalue), kendalls_w=_f(r.statistic / (n * (k - 1))))
+    res.update(chi2=finite(r.statistic), df=k - 1, p=finite(r.pvalue), kendalls_w=finite(r.statistic / (n * (k - 1))))
     return res
 
 
@@ -218,17 +225,14 @@ def icc(x: np.ndarray) -> dict[str, Any]:
     if n < 2 or k < 2:
         res["notes"].append("needs at least 2 targets and 2 ratings each")
         return res
-    grand = x.mean()
-    ss_r = k * ((x.mean(axis=1) - grand) ** 2).sum()
-    ss_c = n * ((x.mean(axis=0) - grand) ** 2).sum()
-    ss_e = ((x - grand) ** 2).sum() - ss_r - ss_c
+    ss_r, ss_c, ss_e = two_way_ss(x)
     msr, msc, mse = ss_r / (n - 1), ss_c / (k - 1), ss_e / ((n - 1) * (k - 1))
     den1 = msr + (k - 1) * mse + k * (msc - mse) / n
     denk = msr + (msc - mse) / n
     if den1 <= 0 or denk <= 0 or (msr == 0 and mse == 0):
         res["notes"].append("no variance between or within targets: ICC undefined")
         return res
-    res.update(icc2_1=_f((msr - mse) / den1), icc2_k=_f((msr - mse) / denk))
+    res.update(icc2_1=finite((msr - mse) / den1), icc2_k=finite((msr - mse) / denk))
     return res
 
 
@@ -241,10 +245,10 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     if a.size == 0:
         res["notes"].append("no sessions rated by both")
         return res
-    res["mad"] = _f(np.abs(a - b).mean())
+    res["mad"] = finite(np.abs(a - b).mean())
     if a.size >= 3 and a.std() > 0 and b.std() > 0:
         r = sps.spearmanr(a, b)
-        res.update(spearman=_f(r.statistic), p_spearman=_f(r.pvalue))
+        res.update(spearman=finite(r.statistic), p_spearman=finite(r.pvalue))
     else:
         res["notes"].append("Spearman needs 3 or more pairs with variance")
     ic = icc(np.column_stack([a, b]))

@@ -363,18 +363,7 @@ def test_misbehaving_servers_in_a_run(workdir, harness, mode, extra, expect):
 @pytest.mark.parametrize("mode,expect", [("500", ["giving up after", "HTTP 500"]), ("garbage", ["no training sessions left"])])
 def test_openai_server_errors_or_garbage(workdir, harness, mode, expect):
     with FaultServer(fails=10_000) as srv:
-        backend = {
-            "type": "openai",
-            "base_url": srv.url(mode),
-            "model": "m",
-            "max_retries": 1,
-            "backoff_s": 0.01,
-            "json_mode": "json_object",
-        }
         target = "results/data/dataset_stats.json" if mode == "garbage" else "results/data/transcripts.jsonl"
-
-        def mutate(c):
-            return _set(_set(c, "backends.api", backend), "data.generator", "api")
-
+        mutate = _api(srv.url(mode), max_retries=1, backoff_s=0.01, json_mode="json_object")
         _run_case(workdir, harness, f"server_{mode}", mutate, target, expect)
         assert sum(srv.counts.values()) >= 2
