@@ -38,6 +38,7 @@ PROMPTS = config["data"]["prompts"]
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     arm="instruct|cbt",
+    variant=r"[A-Za-z0-9_-]+",
     shard=r"\d+",
     qtype=r"Q[0-9A-Z_]+",
     outtype="f16|bf16|f32",
@@ -71,6 +72,20 @@ def settings(section, *paths):
     rule's declared inputs (their content counts, through the input triggers), and moving a file
     with the same content must not re-run anything."""
     return {k: v for k, v in config[section].items() if k not in paths}
+
+
+def eval_history_settings():
+    """What an evaluation patient's synthetic course history depends on, and only that."""
+    d = config["data"]
+    keys = (
+        "generator",
+        "sampling",
+        "sessions_per_patient",
+        "phases",
+        "summary_chars_max",
+        "max_attempts",
+    )
+    return {k: d[k] for k in keys} | {"positions": config["rollout"]["positions"]}
 
 
 def import_spec(wildcards):
@@ -176,7 +191,31 @@ def rollout_inputs(wildcards):
         "profiles": "results/profiles/eval.jsonl",
         "system_prompt": config["data"]["system_prompt"],
         "patient_prompt": config["rollout"]["patient_prompt"],
+        "context": PROMPTS["context"],
+        "history": "results/profiles/eval_history.jsonl",
+        "layout": f"results/models/{wildcards.model}/chat_layout.json",
     }
+
+
+ABLATIONS = sorted(config["rollout"]["ablations"])
+
+
+def rollout_settings(wildcards):
+    """The rollout section for a main job, or with an ablation's overrides for an ablation job
+    (the list of ablations itself changes no session)."""
+    r = {k: v for k, v in config["rollout"].items() if k != "ablations"}
+    variant = getattr(wildcards, "variant", None)
+    return r | config["rollout"]["ablations"][variant] if variant else r
+
+
+def ablation_judged(wildcards=None):
+    return expand(
+        "results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.jsonl",
+        variant=ABLATIONS,
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
 
 
 def transcript_inputs(wildcards):

@@ -60,12 +60,39 @@ rule transcripts:
         "../scripts/transcripts.py"
 
 
+rule eval_history:
+    input:
+        profiles="results/profiles/eval.jsonl",
+        template=PROMPTS["history"],
+    output:
+        history="results/profiles/eval_history.jsonl",
+        stats="results/profiles/eval_history_stats.json",
+    log:
+        "logs/profiles/eval_history.log",
+    benchmark:
+        "benchmarks/profiles/eval_history.tsv"
+    conda:
+        llm_env(("data", "generator"))
+    threads: CPU
+    resources:
+        gpu=backend_gpus(("data", "generator")),
+        slurm_partition=backend_partition(("data", "generator")),
+    params:
+        course=eval_history_settings(),
+        backends=used_backends(("data", "generator")),
+        units="results/units/eval_history",
+    script:
+        "../scripts/eval_history.py"
+
+
 rule dataset:
     input:
         transcripts="results/data/transcripts.jsonl",
         system_prompt=config["data"]["system_prompt"],
+        context=PROMPTS["context"],
         val="results/profiles/val.jsonl",
         tokenizers=expand("results/models/{model}/instruct/hf", model=MODELS),
+        layouts=expand("results/models/{model}/chat_layout.json", model=MODELS),
     output:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
@@ -78,6 +105,10 @@ rule dataset:
         "../envs/training.yaml"
     params:
         source=config["data"]["source"],
+        data={
+            "phases": config["data"]["phases"],
+            "sessions_per_patient": config["data"]["sessions_per_patient"],
+        },
         opening=config["rollout"]["opening_message"],
         n_val=config["profiles"]["n_val"],
         seed=config["seed"],

@@ -25,3 +25,29 @@ rule judge:
         units="results/units/judge",
     script:
         "../scripts/judge.py"
+
+
+rule judge_ablation:
+    input:
+        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        rubric=config["judge"]["rubric"],
+        prompt=config["judge"]["prompt"],
+    output:
+        judged="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/ablations/{variant}/judge/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/judge/{model}-{arm}-{shard}.tsv"
+    conda:
+        llm_env(("judge", "backend"))
+    threads: CPU
+    resources:
+        gpu=backend_gpus(("judge", "backend")),
+        slurm_partition=backend_partition(("judge", "backend")),
+    params:
+        judge=settings("judge", "rubric", "prompt"),
+        backends=used_backends(("judge", "backend")),
+        units="results/units/judge",
+    script:
+        "../scripts/judge.py"

@@ -18,6 +18,23 @@ rule llama_cpp_tools:
         "../scripts/llama_cpp_tools.py"
 
 
+rule chat_layout:
+    input:
+        hf="results/models/{model}/instruct/hf",
+    output:
+        layout="results/models/{model}/chat_layout.json",
+    log:
+        "logs/chat_layout/{model}.log",
+    conda:
+        "../envs/training.yaml"
+    resources:
+        slurm_partition=cpu_partition,
+    params:
+        prefer=lambda wc: config["models"][wc.model]["chat_layout"],
+    script:
+        "../scripts/chat_layout.py"
+
+
 rule download_model:
     output:
         directory("resources/hub/{model}"),

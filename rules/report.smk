@@ -9,6 +9,12 @@ rule scores:
             arm=ARMS,
             shard=SHARDS,
         ),
+        rollouts=expand(
+            "results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
         rubric=config["judge"]["rubric"],
     output:
         long=report(
@@ -47,6 +53,32 @@ rule statistics:
         "../scripts/statistical_tests.py"
 
 
+rule ablation_statistics:
+    input:
+        totals="results/report/session_totals.csv",
+        judged=ablation_judged(),
+        rollouts=expand(
+            "results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+            variant=ABLATIONS,
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        rubric=config["judge"]["rubric"],
+    output:
+        stats="results/report/ablations.json",
+    log:
+        "logs/report/ablations.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        ablations=config["rollout"]["ablations"],
+        report=settings("report", "human_ratings"),
+        seed=config["seed"],
+    script:
+        "../scripts/ablation_statistics.py"
+
+
 rule report:
     input:
         stats="results/report/statistics.json",
@@ -74,6 +106,8 @@ rule report:
             arm=ARMS,
             shard=SHARDS,
         ),
+        ablations=["results/report/ablations.json"] if ABLATIONS else [],
+        eval_history="results/profiles/eval_history_stats.json",
     output:
         md="results/report/report.md",
         html=report(

@@ -19,9 +19,47 @@ rule rollout:
         slurm_partition=rollout_partition,
         runtime=config["resources"]["rollout_runtime_min"],
     params:
-        rollout=config["rollout"],
+        rollout=rollout_settings,
         backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
+        course={
+            "n_sessions": config["data"]["sessions_per_patient"],
+            "phases": config["data"]["phases"],
+        },
+        units="results/units/rollouts/{model}/{arm}",
+    script:
+        "../scripts/rollout.py"
+
+
+# Ablations (rollout.ablations): the same patients, positions and seeds under other rollout
+# settings, played and judged beside the main sessions.
+
+
+rule rollout_ablation:
+    input:
+        unpack(rollout_inputs),
+    output:
+        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/ablations/{variant}/rollout/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/rollout/{model}-{arm}-{shard}.tsv"
+    conda:
+        rollout_env
+    threads: CPU
+    resources:
+        gpu=rollout_gpus,
+        slurm_partition=rollout_partition,
+        runtime=config["resources"]["rollout_runtime_min"],
+    params:
+        rollout=rollout_settings,
+        backends=used_backends(("rollout", "patient_backend")),
+        shards=len(SHARDS),
+        course={
+            "n_sessions": config["data"]["sessions_per_patient"],
+            "phases": config["data"]["phases"],
+        },
         units="results/units/rollouts/{model}/{arm}",
     script:
         "../scripts/rollout.py"

@@ -7,6 +7,7 @@ rule preference_pairs:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
         gguf=gguf_path("{model}", "instruct", RQ),
+        layout="results/models/{model}/chat_layout.json",
     output:
         train="results/data/{model}/pairs_train.jsonl",
         val="results/data/{model}/pairs_val.jsonl",
@@ -33,6 +34,7 @@ rule train:
     input:
         unpack(training_inputs),
         base="results/models/{model}/instruct/hf",
+        layout="results/models/{model}/chat_layout.json",
     output:
         adapter=directory("results/training/{model}/adapter"),
         log_csv="results/training/{model}/train_log.csv",

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
+from cbtpipe.course import training_context
 from cbtpipe.dataset import split_by_patient, to_chat, token_stats
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.rule import entry
 
 with entry(snakemake, "dataset") as log:
@@ -16,8 +17,16 @@ with entry(snakemake, "dataset") as log:
     if p.source == "generate":
         splits = {s["patient_id"]: s.get("split", "train") for s in sessions}
     train, val = split_by_patient(sessions, splits, p.n_val, p.seed)
-    train_rows = [to_chat(s, system, p.opening) for s in train]
-    val_rows = [to_chat(s, system, p.opening) for s in val]
+    by_patient = {}
+    for s in sessions:
+        by_patient.setdefault(s["patient_id"], []).append(s)
+
+    def chat(s):
+        ctx = training_context(s, by_patient[s["patient_id"]], p.data, snakemake.input.context)
+        return to_chat(s, system, p.opening, ctx)
+
+    train_rows = [chat(s) for s in train]
+    val_rows = [chat(s) for s in val]
     write_jsonl(snakemake.output.train, train_rows)
     write_jsonl(snakemake.output.val, val_rows)
     stats = {
@@ -25,11 +34,13 @@ with entry(snakemake, "dataset") as log:
         "val_patients": sorted({r["patient_id"] for r in val_rows}),
         "per_model": {},
     }
-    for model, tok_dir in zip(p.models, snakemake.input.tokenizers, strict=True):
+    for model, tok_dir, layout_path in zip(p.models, snakemake.input.tokenizers, snakemake.input.layouts, strict=True):
         tok = AutoTokenizer.from_pretrained(tok_dir)
+        layout = read_json(layout_path)
         stats["per_model"][model] = {
-            "train": token_stats(train_rows, tok, p.max_length[model]),
-            "val": token_stats(val_rows, tok, p.max_length[model]),
+            "chat_layout": layout["system"],
+            "train": token_stats(train_rows, tok, p.max_length[model], layout),
+            "val": token_stats(val_rows, tok, p.max_length[model], layout),
         }
     write_json(snakemake.output.stats, stats)
     log.info("dataset: %d train / %d val sessions", len(train_rows), len(val_rows))

@@ -1,7 +1,7 @@
 """Snakemake entry: ORPO preference pairs (chosen: synthetic therapist; rejected: instruct model)."""
 
 from cbtpipe.backends import LlamaCppBackend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.preference import build_pairs
 from cbtpipe.rule import entry
 
@@ -9,10 +9,13 @@ with entry(snakemake, "preference_pairs") as log:
     p = snakemake.params
     spec = {"n_ctx": p.n_ctx, "n_threads": snakemake.threads, "n_gpu_layers": p.n_gpu_layers}
     backend = LlamaCppBackend("instruct", spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers")
+    layout = read_json(snakemake.input.layout)
     try:
         out = {}
         for split in ("train", "val"):
-            pairs, stats = build_pairs(read_jsonl(snakemake.input[split]), backend, p.sampling, p.seed, p.per_session, f"{p.units}/{split}")
+            pairs, stats = build_pairs(
+                read_jsonl(snakemake.input[split]), backend, p.sampling, p.seed, p.per_session, f"{p.units}/{split}", layout
+            )
             write_jsonl(snakemake.output[split], pairs)
             out[split] = stats
     finally:

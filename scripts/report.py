@@ -28,6 +28,8 @@ with entry(snakemake, "report") as log:
         "provenance_models": prov_models,
         "gen_stats": read_json(inp.gen_stats),
         "data_stats": read_json(inp.data_stats),
+        "eval_history": read_json(inp.eval_history),
+        "ablations": read_json(inp.ablations[0]) if inp.ablations else {},
         "benchmarks": benchmark_table(snakemake.params.benchmarks),
         "provenance": provenance(cfg, prov_models, files),
     }

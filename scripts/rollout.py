@@ -4,7 +4,8 @@ import contextlib
 from pathlib import Path
 
 from cbtpipe.backends import LlamaCppBackend, make_backend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.course import eval_context
+from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
 from cbtpipe.rollout import run_rollouts, shard_profiles
 from cbtpipe.rule import entry
@@ -13,6 +14,13 @@ with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout
     wc = snakemake.wildcards
     profiles = shard_profiles(read_jsonl(snakemake.input.profiles), int(wc.shard), snakemake.params.shards)
+    histories = {h["patient_id"]: h for h in read_jsonl(snakemake.input.history)}
+    course = snakemake.params.course
+    contexts = {
+        (p["id"], pos): eval_context(histories.get(p["id"]), pos, course["n_sessions"], course["phases"], snakemake.input.context)
+        for p in profiles
+        for pos in rcfg["positions"]
+    }
     therapist_spec = {
         "n_ctx": rcfg["therapist_n_ctx"],
         "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
@@ -50,6 +58,8 @@ with entry(snakemake, "rollout") as log:
             system_prompt=Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip(),
             patient_template=snakemake.input.patient_prompt,
             unit_dir=snakemake.params.units,
+            layout=read_json(snakemake.input.layout),
+            contexts=contexts,
         )
     write_jsonl(snakemake.output.sessions, sessions)
     write_json(snakemake.output.stats, stats)

@@ -1,6 +1,6 @@
 """Snakemake entry: the tidy score table and per-session totals."""
 
-from cbtpipe.analysis import LONG_FIELDS, long_rows, total_rows, write_csv
+from cbtpipe.analysis import LONG_FIELDS, long_rows, total_fields, total_rows, write_csv
 from cbtpipe.io import read_jsonl
 from cbtpipe.rubric import load_rubric
 from cbtpipe.rule import entry
@@ -9,7 +9,6 @@ with entry(snakemake, "scores") as log:
     rubric = load_rubric(snakemake.input.rubric)
     judged = [j for path in snakemake.input.judged for j in read_jsonl(path)]
     write_csv(snakemake.output.long, long_rows(judged, rubric), LONG_FIELDS)
-    totals = total_rows(judged, rubric)
-    fields = ["session_id", "patient_id", "model", "arm", "quantization", "samples", "valid_samples", "total"]
-    write_csv(snakemake.output.totals, totals, fields + [i["id"] for i in rubric["items"]])
+    sessions = {s["session_id"]: s for path in snakemake.input.rollouts for s in read_jsonl(path)}
+    write_csv(snakemake.output.totals, total_rows(judged, rubric, sessions), total_fields(rubric))
     log.info("%d judged sessions", len(judged))

@@ -9,6 +9,7 @@ with entry(snakemake, "train") as log:
         model_dir=snakemake.input.base,
         train_path=snakemake.input.train,
         val_path=snakemake.input.val,
+        layout_path=snakemake.input.layout,
         tcfg=tcfg,
         seed=snakemake.params.seed,
         unit_root=snakemake.params.units,

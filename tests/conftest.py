@@ -44,6 +44,17 @@ def tiny_hf(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def llama_cpp_tools(tmp_path_factory) -> Path:
+    """llama.cpp's conversion tools and chat templates from the installed version's sdist."""
+    from cbtpipe.converter import build_tools, installed_version
+
+    d = tmp_path_factory.mktemp("tools")
+    info = build_tools(d / "llama_cpp_tools", d / "info.json")
+    assert info["llama_cpp_python"] == installed_version()
+    return d / "llama_cpp_tools"
+
+
 class Harness:
     """Counters of the kill-and-resume harness and the bad-input corpus, summed over the session."""
 

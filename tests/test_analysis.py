@@ -93,3 +93,83 @@ def test_human_agreement_on_rated_sessions_only():
     ag = human_agreement(totals, ITEMS, human)
     assert ag["unknown_sessions"] == ["nobody"]
     assert ag["items"]["agenda"]["n"] == 5 and ag["items"]["feedback"]["n"] == 0
+
+
+def _course_totals():
+    """One model, two arms, five patients, two positions. The CBT arm scores 2 more at equal length;
+    every extra turn adds 1.5 points; the CBT arm's sessions are longer by a patient-specific amount."""
+    rows = []
+    for i, p in enumerate(["p1", "p2", "p3", "p4", "p5"]):
+        for pos in (1, 2):
+            for arm in ("instruct", "cbt"):
+                turns = 6 + (i % 3 if arm == "cbt" else 0) + pos
+                total = 20.0 + i + 1.5 * turns + (2.0 if arm == "cbt" else 0.0) - pos
+                rows.append(
+                    {
+                        "session_id": f"{arm}-{p}-{pos}",
+                        "patient_id": p,
+                        "model": "m1",
+                        "arm": arm,
+                        "position": str(pos),
+                        "total": str(total),
+                        "cactus6": str(total / 2),
+                        "turns": str(turns),
+                        "therapist_turns": str(turns // 2),
+                        "therapist_words": str(20 * turns + i),
+                        "words_per_therapist_turn": str(40.0),
+                        "therapist_tokens": str(30 * turns),
+                        "turns_cut_at_max_tokens": "1" if arm == "cbt" and i == 0 else "0",
+                        "context_truncations": "0",
+                        "context_tokens_max": str(500 * turns + 100 * i),
+                        "stop_reason": "closing_turn" if turns >= 8 else "end_marker_patient",
+                        "closing_prompted": "1" if turns >= 8 else "0",
+                    }
+                )
+    return rows
+
+
+def test_by_position_lengths_and_length_adjusted_difference():
+    from cbtpipe.analysis import by_position, length_adjusted, lengths
+
+    rows = _course_totals()
+    pos = by_position(rows, ["m1"], 0.05, 200, 1)
+    assert [(r["position"], r["n"], r["sessions"]) for r in pos] == [(1, 5, 10), (2, 5, 10)]
+    # per patient and position the CBT arm is 2 + 1.5 x (i mod 3) turns ahead: mean 2 + 1.5 * 4/5
+    for r in pos:
+        assert r["mean_diff"] == pytest.approx(2 + 1.5 * (0 + 1 + 2 + 0 + 1) / 5)
+    ln = {r["arm"]: r for r in lengths(rows, ["m1"], ["cbt", "instruct"])}
+    assert ln["instruct"]["turns_mean"] == pytest.approx(7.5) and ln["cbt"]["turns_cut_at_max_tokens"] == 2
+    assert ln["cbt"]["stop_reasons"] == {"closing_turn": 8, "end_marker_patient": 2}
+    assert ln["cbt"]["context_tokens_max"] == 500 * 10 + 200
+    adj = length_adjusted(rows, ["m1"], 0.05)
+    # the differences are exactly 2 + 1.5 x (turn difference): at equal length the gain is 2
+    assert adj["turns"]["m1"]["adjusted_diff"] == pytest.approx(2.0) and adj["turns"]["m1"]["slope"] == pytest.approx(1.5)
+    # the same fit by numpy's least squares on the per-patient differences
+    d = np.array([2 + 1.5 * (i % 3) for i in range(5)])
+    c = np.array([20 * (i % 3) for i in range(5)], float)
+    coef = np.linalg.lstsq(np.c_[np.ones(5), c], d, rcond=None)[0]
+    assert adj["therapist_words"]["m1"]["adjusted_diff"] == pytest.approx(coef[0])
+
+
+def test_context_score_correlation_and_subtotals():
+    from scipy.stats import spearmanr
+
+    from cbtpipe.analysis import context_vs_score, subtotal_comparisons
+
+    rows = _course_totals()
+    cs = context_vs_score(rows, ["m1"], ["cbt", "instruct"], limit=4000)
+    x = [float(r["context_tokens_max"]) for r in rows]
+    y = [float(r["total"]) for r in rows]
+    assert cs["pooled"]["rho"] == pytest.approx(spearmanr(x, y).statistic)
+    assert cs["pooled"]["n_below"] + cs["pooled"]["n_at_or_above"] == 20
+    assert cs["pooled"]["n_at_or_above"] == sum(v >= 4000 for v in x)
+    rubric = {"subtotals": {"cactus6": {"name": "Cactus 6", "max": 36, "note": "n", "items": []}}}
+    sub = subtotal_comparisons(rows, rubric, ["m1"], 0.05, 200, 1)
+    assert sub["cactus6"]["models"]["m1"]["mean_diff"] == pytest.approx((2 + 1.5 * 4 / 5) / 2)
+
+
+def test_pooled_row_shows_the_arms_means():
+    per_model, pooled = tuned_vs_instruct(_totals(), ["m1", "m2"], 0.05, 200, 1)
+    assert pooled["mean_diff"] == pytest.approx(2.0)
+    assert pooled["mean_b"] == pytest.approx(np.mean([per_model[m]["mean_b"] for m in ("m1", "m2")]))
+    assert pooled["mean_a"] - pooled["mean_b"] == pytest.approx(2.0)

@@ -4,18 +4,15 @@ import tarfile
 
 import pytest
 
-from cbtpipe.converter import build_tools, extract_tools, installed_version
+from cbtpipe.converter import extract_tools, installed_version
 from cbtpipe.export import convert_to_gguf, quantize
 from cbtpipe.io import PipelineError
 from cbtpipe.parity import parity_report
 
 
 @pytest.fixture(scope="module")
-def tools(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tools")
-    info = build_tools(d / "llama_cpp_tools", d / "info.json")
-    assert info["llama_cpp_python"] == installed_version()
-    return d / "llama_cpp_tools"
+def tools(llama_cpp_tools):
+    return llama_cpp_tools
 
 
 def test_tools_come_from_the_installed_version(tools):

@@ -17,6 +17,11 @@ RCFG = {
     "context_strategy": "truncate_oldest",
     "sessions_per_patient": 1,
     "seed": 7,
+    "min_turns": 0,
+    "who_may_end": "either",
+    "at_max_turns": "cut",
+    "closing_instruction": "(Time is nearly up: close the session.)",
+    "positions": [1],
 }
 
 
@@ -171,3 +176,56 @@ def test_a_changed_profile_is_played_again(root, tiny_backend, tiny_gguf, tmp_pa
     by_id = {s["patient_id"]: s for s in second}
     assert by_id[ev[1]["id"]]["session_id"] == next(s["session_id"] for s in first if s["patient_id"] == ev[1]["id"])
     assert by_id[ev[0]["id"]]["session_id"] != next(s["session_id"] for s in first if s["patient_id"] == ev[0]["id"])
+
+
+def _scripted(srv, mode="ok"):
+    from cbtpipe.backends import OpenAIBackend
+
+    return OpenAIBackend("srv", {"type": "openai", "base_url": srv.url(mode), "model": "m"}, cache_dir=None)
+
+
+def test_session_control_min_turns_who_may_end_and_closing(root):
+    """A real OpenAI-compatible server on loopback plays both roles with fixed answers: the patient
+    always asks to end. The end marker counts only from min_turns on and only from whom
+    who_may_end allows; at max_turns the therapist's last turn is asked to close the session."""
+    from cbtpipe.rollout import run_session
+    from tests.helpers.fault_server import FaultServer
+
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    item = session_plan(eval_profiles(attrs, 1, 3, []), RCFG)[0]
+    ptpl = root / "resources/prompts/patient_system.j2"
+    with FaultServer(answer="What would you like to work on today?") as tsrv, FaultServer(answer="A little better. [END]") as psrv:
+        th, pa = _scripted(tsrv), _scripted(psrv)
+        s = run_session(item, th, pa, dict(RCFG, min_turns=4, max_turns=8), "Base prompt.", ptpl)
+        assert (s["stop_reason"], s["turns"], s["end_markers_ignored"]) == ("end_marker_patient", 4, 1)
+        assert all("[END]" not in m["content"] for m in s["messages"])
+
+        s = run_session(item, th, pa, dict(RCFG, who_may_end="therapist", max_turns=6, at_max_turns="closing"), "Base prompt.", ptpl)
+        assert (s["stop_reason"], s["turns"], s["closing_prompted"], s["end_markers_ignored"]) == ("closing_turn", 5, True, 2)
+        last = tsrv.bodies[-1]["messages"]
+        assert last[-1]["role"] == "user" and last[-1]["content"].endswith(RCFG["closing_instruction"])
+        assert all(RCFG["closing_instruction"] not in m["content"] for m in s["messages"])  # never in the transcript
+
+        s = run_session(item, th, pa, dict(RCFG, who_may_end="therapist", max_turns=6), "Base prompt.", ptpl)
+        assert (s["stop_reason"], s["turns"], s["closing_prompted"]) == ("max_turns", 6, False)
+
+        # The first_user layout reaches the therapist: no system message, the system text (base
+        # prompt and course context) leads the first user turn.
+        n = len(tsrv.bodies)
+        s = run_session(dict(item, context="CONTEXTBLOCK"), th, pa, dict(RCFG, max_turns=2), "Base prompt.", ptpl, {"system": "first_user"})
+        sent = tsrv.bodies[n]["messages"]
+        assert [m["role"] for m in sent] == ["user"] and sent[0]["content"].startswith("Base prompt.\n\nCONTEXTBLOCK\n\n")
+        assert s["course_context"] == "CONTEXTBLOCK" and s["chat_layout"] == "first_user"
+
+
+def test_positions_extend_the_plan_and_keep_first_session_seeds(root):
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 3, 3, [])
+    one = session_plan(ev, RCFG)
+    two = session_plan(ev, dict(RCFG, positions=[1, 3]), {(p["id"], 3): f"ctx-{p['id']}" for p in ev})
+    assert len(two) == 2 * len(one)
+    seeds = [(x["patient_seed"], x["therapist_seed"]) for x in two if x["position"] == 1]
+    assert seeds == [(x["patient_seed"], x["therapist_seed"]) for x in one]
+    later = [x for x in two if x["position"] == 3]
+    assert all(x["context"] == f"ctx-{x['profile']['id']}" for x in later)
+    assert not {(x["patient_seed"], x["therapist_seed"]) for x in later} & set(seeds)

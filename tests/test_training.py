@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cbtpipe.chat import mask_example
 from cbtpipe.io import PipelineError, write_jsonl
-from cbtpipe.training import assistant_mask_example
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,21 @@ CONV = [
 ]
 
 
+NATIVE = {"system": "native", "end_of_turn": "<|im_end|>"}
+
+
+def _layout(d: Path) -> Path:
+    """The chat layout of the tiny model's ChatML template, as the chat_layout rule writes it."""
+    p = d / "chat_layout.json"
+    p.write_text(json.dumps(NATIVE))
+    return p
+
+
 def test_patient_tokens_carry_no_loss(tiny_hf):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
-    ex = assistant_mask_example(tok, CONV, max_length=4096)
+    ex = mask_example(tok, CONV, NATIVE)
     ids, mask = ex["input_ids"], ex["assistant_masks"]
     trained = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
     untrained = tok.decode([t for t, m in zip(ids, mask, strict=True) if not m])
@@ -37,9 +47,18 @@ def test_patient_tokens_carry_no_loss(tiny_hf):
     assert "PATIENTSAYSHELLO" in untrained and "PATIENTSAYSMORE" in untrained
     # The assistant's end-of-turn token is trained, so the model learns to stop.
     assert trained.count("<|im_end|>") == 2
-    # Truncation keeps ids and mask aligned.
-    short = assistant_mask_example(tok, CONV, max_length=20)
-    assert len(short["input_ids"]) == len(short["assistant_masks"]) == 20
+    # A cut keeps ids and mask aligned.
+    from cbtpipe.training import build_examples
+
+    short, counts = build_examples([{"messages": CONV}], tok, NATIVE, 35)
+    assert counts["sessions_windowed"] == 1 and counts["examples"] == 2 and counts["windows_cut"] == 2
+    assert all(len(e["input_ids"]) == len(e["assistant_masks"]) == 35 for e in short)
+    # A window cut before any therapist token has nothing to learn from: it is dropped, and counted.
+    none, counts = build_examples([{"messages": CONV}], tok, NATIVE, 20)
+    assert none == [] and counts["windows_dropped"] == 2
+    # Whole exchanges fit: two windows, each with the system prompt, none cut.
+    wins, counts = build_examples([{"messages": CONV}], tok, NATIVE, 60)
+    assert counts["windows_cut"] == 0 and all("CBT therapist" in tok.decode(e["input_ids"]) for e in wins)
 
 
 def test_labels_built_by_trl_mask_patient_tokens(tiny_hf, tmp_path):
@@ -51,7 +70,7 @@ def test_labels_built_by_trl_mask_patient_tokens(tiny_hf, tmp_path):
     from cbtpipe.training import build_dataset
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
-    ds = build_dataset([{"messages": CONV}], tok, 512)
+    ds, _ = build_dataset([{"messages": CONV}], tok, NATIVE, 512)
     model = AutoModelForCausalLM.from_pretrained(tiny_hf)
     args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, max_length=512)
     tr = SFTTrainer(
@@ -104,7 +123,7 @@ TRAIN_SCRIPT = """
 import json
 from cbtpipe.training import train_adapter
 cfg = json.loads({cfg!r})
-m = train_adapter(model_dir={model!r}, train_path={train!r}, val_path={val!r}, tcfg=cfg, seed=1, unit_root={units!r},
+m = train_adapter(model_dir={model!r}, train_path={train!r}, val_path={val!r}, layout_path={layout!r}, tcfg=cfg, seed=1, unit_root={units!r},
               out_adapter={out!r} + "/adapter", out_csv={out!r} + "/log.csv", out_metrics={out!r} + "/metrics.json",
               out_plot={out!r} + "/loss.png", title="t")
 """
@@ -121,6 +140,7 @@ def _train_proc(tiny_hf, tmp_path, out):
         train=str(tmp_path / "train.jsonl"),
         val=str(tmp_path / "val.jsonl"),
         units=str(tmp_path / "units"),
+        layout=str(_layout(tmp_path)),
         out=str(out),
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -210,6 +230,7 @@ def test_orpo_few_steps_on_tiny_model(tiny_hf, tiny_backend, tmp_path):
         model_dir=tiny_hf,
         train_path=tmp_path / "pt.jsonl",
         val_path=tmp_path / "pv.jsonl",
+        layout_path=_layout(tmp_path),
         tcfg=cfg,
         seed=1,
         unit_root=tmp_path / "units",
@@ -239,6 +260,7 @@ def test_gpu_training_without_cuda_stops_at_once(tiny_hf, tmp_path):
             model_dir=tiny_hf,
             train_path=tmp_path / "t.jsonl",
             val_path=tmp_path / "t.jsonl",
+            layout_path=_layout(tmp_path),
             tcfg=dict(TCFG),
             seed=1,
             unit_root=tmp_path / "units",
@@ -286,14 +308,14 @@ def test_padding_free_batches_keep_the_mask_and_attend_per_example(tiny_hf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from cbtpipe.training import assistant_mask_example
+    from cbtpipe.chat import mask_example
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
     model = AutoModelForCausalLM.from_pretrained(tiny_hf, attn_implementation="sdpa").eval()
     other = [dict(m, content=m["content"].replace("low", "anxious and tired")) for m in CONV]
     examples = []
     for conv in (CONV, other):
-        ex = assistant_mask_example(tok, conv, 4096)
+        ex = mask_example(tok, conv, NATIVE)
         ex["labels"] = [t if m else -100 for t, m in zip(ex["input_ids"], ex["assistant_masks"], strict=True)]
         examples.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
     pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -357,10 +379,15 @@ def test_training_unit_key_follows_content_not_threads(tmp_path):
     write_jsonl(tmp_path / "v.jsonl", [{"messages": CONV[:3]}])
 
     def key(**over):
-        return training_unit_key(dict(TCFG, **over), 1, tmp_path / "t.jsonl", tmp_path / "v.jsonl", tmp_path / "m")
+        return training_unit_key(dict(TCFG, **over), 1, tmp_path / "t.jsonl", tmp_path / "v.jsonl", tmp_path / "m", layout)
+
+    layout = _layout(tmp_path)
 
     assert key(threads=1) == key(threads=2) == key(threads=16)
     assert key(max_steps=6) != key()
     before = key()
     (tmp_path / "m" / "model.safetensors").write_bytes(b"other weights")
+    assert key() != before
+    before = key()
+    layout.write_text(json.dumps({"system": "first_user", "end_of_turn": "<|im_end|>"}))
     assert key() != before

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from cbtpipe.course import phase_plan
 from cbtpipe.dataset import split_by_patient, to_chat
 from cbtpipe.io import PipelineError
 from cbtpipe.profiles import load_attributes, train_val_profiles
-from cbtpipe.transcripts import check_session, load_import, phase_plan, run_generation
+from cbtpipe.transcripts import check_session, load_import, run_generation
 
 DCFG = {
     "turn_chars_min": 2,

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .stattests import agreement, friedman, icc, p_adjust, paired_comparison, rm_anova
+from .rubric import SESSION_COLUMNS
+from .stattests import agreement, friedman, icc, p_adjust, paired_comparison, paired_with_covariate, rm_anova, spearman
 
 LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
 
@@ -36,7 +37,30 @@ def long_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict
     return rows
 
 
-def total_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict[str, Any]]:
+def session_lengths(session: dict[str, Any]) -> dict[str, Any]:
+    """The length columns of one rollout session (``rubric.SESSION_COLUMNS``)."""
+    th = sum(m["role"] == "therapist" for m in session["messages"])
+    words = session.get("therapist_words", 0)
+    return {
+        "position": session.get("position", 1),
+        "turns": session["turns"],
+        "therapist_turns": th,
+        "therapist_words": words,
+        "words_per_therapist_turn": round(words / th, 2) if th else "",
+        "therapist_tokens": session.get("therapist_tokens", ""),
+        "turns_cut_at_max_tokens": session.get("turns_cut_at_max_tokens", ""),
+        "context_truncations": session.get("context_truncations", 0),
+        "context_tokens_max": session.get("context_tokens_max", ""),
+        "stop_reason": session["stop_reason"],
+        "closing_prompted": int(bool(session.get("closing_prompted"))),
+    }
+
+
+def total_rows(
+    judged: list[dict[str, Any]], rubric: dict[str, Any], sessions: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per judged session: the total (also as percent of the scale's maximum), the
+    rubric's subtotals, each item, and the session's position and length from its rollout."""
     rows = []
     for j in judged:
         r = {
@@ -48,12 +72,23 @@ def total_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dic
             "samples": len(j["samples"]),
             "valid_samples": j["valid_samples"],
             "total": "" if j["total"] is None else round(j["total"], 4),
+            "total_pct": "" if j["total"] is None else round(100 * j["total"] / rubric["max_total"], 4),
         }
+        for sid, sub in rubric.get("subtotals", {}).items():
+            vals = [j["item_scores"].get(i) for i in sub["items"]]
+            r[sid] = round(sum(vals), 4) if all(v is not None for v in vals) else ""
         for it in rubric["items"]:
             v = j["item_scores"].get(it["id"])
             r[it["id"]] = "" if v is None else round(v, 4)
+        if sessions is not None:
+            r |= session_lengths(sessions[j["session_id"]])
         rows.append(r)
     return rows
+
+
+def total_fields(rubric: dict[str, Any]) -> list[str]:
+    head = ["session_id", "patient_id", "model", "arm", "quantization", "samples", "valid_samples", "total", "total_pct"]
+    return head + list(rubric.get("subtotals", {})) + [i["id"] for i in rubric["items"]] + list(SESSION_COLUMNS)
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
@@ -148,15 +183,17 @@ def tuned_vs_instruct(totals: list[dict[str, str]], models: list[str], alpha: fl
     (stratified by patient)."""
     pm = patient_means(totals, "total")
     per_model = {}
-    diffs_by_patient: dict[str, list[float]] = defaultdict(list)
+    diffs_by_patient: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for m in models:
         pats, a, b = paired_arrays(pm, m)
         per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"patients": pats}
         for p, x, y in zip(pats, a, b, strict=True):
             if np.isfinite(x) and np.isfinite(y):
-                diffs_by_patient[p].append(x - y)
-    pooled_d = np.array([np.mean(v) for v in diffs_by_patient.values()])
-    pooled = paired_comparison(pooled_d, np.zeros_like(pooled_d), alpha=alpha, n_boot=n_boot, seed=seed) | {
+                diffs_by_patient[p].append((x, y))
+    # each patient's arms averaged over models: the difference of these is the pooled difference
+    pooled_a = np.array([np.mean([x for x, _ in v]) for v in diffs_by_patient.values()])
+    pooled_b = np.array([np.mean([y for _, y in v]) for v in diffs_by_patient.values()])
+    pooled = paired_comparison(pooled_a, pooled_b, alpha=alpha, n_boot=n_boot, seed=seed) | {
         "method": "stratified by patient: each patient's CBT-minus-instruct difference is averaged over models, "
         "then tested with a paired t-test and a Wilcoxon signed-rank test across patients",
         "models": models,
@@ -241,6 +278,155 @@ def human_agreement(totals: list[dict[str, str]], items: list[str], human: list[
     return {"items": ag, "unknown_sessions": sorted({h["session_id"] for h in human} - set(agg))}
 
 
+def _rows(totals, **match):
+    return [r for r in totals if all(r.get(k) == v for k, v in match.items())]
+
+
+def _mean(vals) -> float | None:
+    v = np.array([_num(x) for x in vals], float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
+
+
+def by_position(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Tuned against instruct at each course position (paired by patient at that position)."""
+    out = []
+    for pos in sorted({r.get("position", "1") for r in totals}, key=int):
+        sub = _rows(totals, position=pos) if "position" in totals[0] else totals
+        pm = patient_means(sub, "total")
+        for m in models:
+            _, a, b = paired_arrays(pm, m)
+            c = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed)
+            out.append(
+                {
+                    "position": int(pos),
+                    "model": m,
+                    "sessions": len(_rows(sub, model=m)),
+                    "mean_cbt": _mean(r["total"] for r in _rows(sub, model=m, arm="cbt")),
+                    "mean_instruct": _mean(r["total"] for r in _rows(sub, model=m, arm="instruct")),
+                    **{k: c[k] for k in ("n", "mean_diff", "ci_t", "p_t", "notes")},
+                }
+            )
+    return out
+
+
+def lengths(totals: list[dict[str, str]], models: list[str], arms: list[str]) -> list[dict[str, Any]]:
+    """How long the sessions of each model and arm were, and how they ended."""
+    out = []
+    for m in models:
+        for a in arms:
+            rows = _rows(totals, model=m, arm=a)
+            if not rows or "turns" not in rows[0]:
+                continue
+            stops: dict[str, int] = defaultdict(int)
+            for r in rows:
+                stops[r["stop_reason"]] += 1
+            ctx = [_num(r["context_tokens_max"]) for r in rows]
+            out.append(
+                {
+                    "model": m,
+                    "arm": a,
+                    "sessions": len(rows),
+                    "turns_mean": _mean(r["turns"] for r in rows),
+                    "words_per_therapist_turn": _mean(r["words_per_therapist_turn"] for r in rows),
+                    "therapist_tokens_mean": _mean(r["therapist_tokens"] for r in rows),
+                    "turns_cut_at_max_tokens": int(np.nansum([_num(r["turns_cut_at_max_tokens"]) for r in rows])),
+                    "sessions_with_context_truncation": sum(_num(r["context_truncations"]) > 0 for r in rows),
+                    "context_tokens_max": int(np.nanmax(ctx)) if np.isfinite(ctx).any() else None,
+                    "context_tokens_mean": _mean(r["context_tokens_max"] for r in rows),
+                    "closing_prompted": sum(r["closing_prompted"] == "1" for r in rows),
+                    "stop_reasons": dict(sorted(stops.items())),
+                }
+            )
+    return out
+
+
+def length_adjusted(totals: list[dict[str, str]], models: list[str], alpha: float) -> dict[str, Any]:
+    """The paired tuned-vs-instruct comparison repeated with session length as a covariate (turns,
+    and therapist words): does the gain hold at equal length?"""
+    out: dict[str, Any] = {}
+    if not totals or "turns" not in totals[0]:
+        return out
+    pm = patient_means(totals, "total")
+    for cov in ("turns", "therapist_words"):
+        cm = patient_means(totals, cov)
+        out[cov] = {}
+        for m in models:
+            pats, a, b = paired_arrays(pm, m)
+            if not pats:
+                out[cov][m] = paired_with_covariate([], [], alpha=alpha)
+                continue
+            ca = np.array([cm[(m, "cbt")][p] for p in pats])
+            cb = np.array([cm[(m, "instruct")][p] for p in pats])
+            out[cov][m] = paired_with_covariate(a - b, ca - cb, alpha=alpha)
+    return out
+
+
+def context_vs_score(totals: list[dict[str, str]], models: list[str], arms: list[str], limit: int = 4000) -> dict[str, Any]:
+    """Session totals against the largest context the therapist reached (the study saw quality fall
+    near 4,000 tokens): Spearman correlation per model and arm and pooled, and the mean total of
+    sessions below and at or above ``limit`` tokens."""
+    if not totals or "context_tokens_max" not in totals[0]:
+        return {}
+
+    def summary(rows):
+        x = [_num(r["context_tokens_max"]) for r in rows]
+        y = [_num(r["total"]) for r in rows]
+        below = [t for c, t in zip(x, y, strict=True) if c < limit]
+        above = [t for c, t in zip(x, y, strict=True) if c >= limit]
+        return spearman(x, y) | {
+            "mean_below": _mean(below),
+            "n_below": len(below),
+            "mean_at_or_above": _mean(above),
+            "n_at_or_above": len(above),
+        }
+
+    groups = [
+        {"model": m, "arm": a, **summary(_rows(totals, model=m, arm=a))} for m in models for a in arms if _rows(totals, model=m, arm=a)
+    ]
+    return {"limit_tokens": limit, "groups": groups, "pooled": summary(totals)}
+
+
+def subtotal_comparisons(
+    totals: list[dict[str, str]], rubric: dict[str, Any], models: list[str], alpha: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Tuned against instruct on each rubric subtotal (a sensitivity analysis beside the total)."""
+    out = {}
+    for sid, sub in rubric.get("subtotals", {}).items():
+        pm = patient_means(totals, sid)
+        out[sid] = {
+            "name": sub["name"],
+            "max": sub["max"],
+            "note": sub["note"],
+            "models": {m: paired_comparison(*paired_arrays(pm, m)[1:], alpha=alpha, n_boot=n_boot, seed=seed) for m in models},
+        }
+    return out
+
+
+def ablation_comparison(
+    main: list[dict[str, Any]], variant: list[dict[str, Any]], models: list[str], arms: list[str], alpha: float, n_boot: int, seed: int
+) -> list[dict[str, Any]]:
+    """Each model and arm under an ablation's rollout settings against the main run, paired by
+    patient (the same patients, positions and seeds), with the context each reached."""
+    out = []
+    pm_main, pm_var = patient_means(main, "total"), patient_means(variant, "total")
+    for m in models:
+        for a in arms:
+            x, y = pm_var.get((m, a), {}), pm_main.get((m, a), {})
+            pats = sorted(set(x) & set(y))
+            c = paired_comparison([x[p] for p in pats], [y[p] for p in pats], alpha=alpha, n_boot=n_boot, seed=seed)
+            out.append(
+                {
+                    "model": m,
+                    "arm": a,
+                    **{k: c[k] for k in ("n", "mean_a", "mean_b", "mean_diff", "ci_t", "p_t", "notes")},
+                    "context_tokens_mean_variant": _mean(r.get("context_tokens_max") for r in _rows(variant, model=m, arm=a)),
+                    "context_tokens_mean_main": _mean(r.get("context_tokens_max") for r in _rows(main, model=m, arm=a)),
+                }
+            )
+    return out
+
+
 def analyse(
     long: list[dict[str, str]],
     totals: list[dict[str, str]],
@@ -262,6 +448,12 @@ def analyse(
     res["between_models"] = between_models(totals, models, arms, alpha, nb, seed)
     res["per_item"] = per_item(totals, models, items, rcfg["item_correction"], alpha, nb, seed)
     res["reliability"] = reliability(long, items)
+    res["max_total"] = rubric["max_total"]
+    res["by_position"] = by_position(totals, models, alpha, nb, seed) if totals else []
+    res["lengths"] = lengths(totals, models, arms)
+    res["length_adjusted"] = length_adjusted(totals, models, alpha)
+    res["context_vs_score"] = context_vs_score(totals, models, arms)
+    res["subtotals"] = subtotal_comparisons(totals, rubric, models, alpha, nb, seed)
     if human:
         res["human_agreement"] = human_agreement(totals, items, human)
     return res

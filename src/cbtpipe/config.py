@@ -133,6 +133,15 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
         load_attributes(base / cfg["profiles"]["attributes"])
     _file(d["system_prompt"], "data.system_prompt", base)
+    for key in ("context", "history"):
+        _file(d["prompts"][key], f"data.prompts.{key}", base)
+        check_template(base / d["prompts"][key], f"data.prompts.{key}")
+    from .course import check_positions
+
+    r = cfg["rollout"]
+    check_positions(r["positions"], d["sessions_per_patient"])
+    if r["min_turns"] > r["max_turns"]:
+        raise PipelineError(f"config keys rollout.min_turns ({r['min_turns']}) > rollout.max_turns ({r['max_turns']})")
     _file(cfg["rollout"]["patient_prompt"], "rollout.patient_prompt", base)
     check_template(base / cfg["rollout"]["patient_prompt"], "rollout.patient_prompt")
     _file(cfg["judge"]["rubric"], "judge.rubric", base)

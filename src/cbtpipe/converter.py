@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .io import PipelineError, staged_dir, write_json
 
-WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+# the converter, and the chat templates of well-known models (the tests check masks on them)
+WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/templates/")
 
 
 def installed_version() -> str:

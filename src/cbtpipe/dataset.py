@@ -10,13 +10,17 @@ import random
 import statistics
 from typing import Any
 
+from .chat import apply_layout, token_count
+from .course import therapist_system
 from .io import PipelineError
 
 ROLE_MAP = {"therapist": "assistant", "patient": "user"}
 
 
-def to_chat(session: dict[str, Any], system_prompt: str, opening_message: str) -> dict[str, Any]:
-    msgs = [{"role": "system", "content": system_prompt}]
+def to_chat(session: dict[str, Any], system_prompt: str, opening_message: str, context: str = "") -> dict[str, Any]:
+    """A session as a chat example; ``context`` is its course context (``course.training_context``),
+    appended to the system prompt exactly as a rollout appends an evaluation session's."""
+    msgs = [{"role": "system", "content": therapist_system(system_prompt, context)}]
     turns = list(session["messages"])
     if turns and turns[0]["role"] == "therapist":
         # Chat templates such as Mistral's require the first turn to be the user's; the same
@@ -29,6 +33,7 @@ def to_chat(session: dict[str, Any], system_prompt: str, opening_message: str) -
         "patient_id": session["patient_id"],
         "session_index": session["session_index"],
         "phase": session.get("phase", "unknown"),
+        "course_context": context,
         "messages": msgs,
     }
 
@@ -56,8 +61,10 @@ def split_by_patient(
     return train, val
 
 
-def token_stats(rows: list[dict[str, Any]], tokenizer, max_length: int) -> dict[str, Any]:
-    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows]
+def token_stats(rows: list[dict[str, Any]], tokenizer, max_length: int, layout: dict[str, Any]) -> dict[str, Any]:
+    """Token counts under the model's chat layout; sessions over ``max_length`` are trained as
+    windows of whole exchanges (``chat.windows``)."""
+    lengths = [token_count(tokenizer, apply_layout(r["messages"], layout)) for r in rows]
     if not lengths:
         return {"sessions": 0}
     return {

@@ -60,13 +60,13 @@ def aggregate(values: list[float], how: str) -> float | None:
 
 def _identity(session: dict[str, Any]) -> dict[str, Any]:
     """What a judged record copies from its session."""
-    return {k: session[k] for k in ("session_id", "patient_id", "model", "arm", "quantization")}
+    return {k: session[k] for k in ("session_id", "patient_id", "model", "arm", "quantization")} | {"position": session.get("position", 1)}
 
 
 def judge_session(
     session: dict[str, Any], backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path
 ) -> dict[str, Any]:
-    prompt = render_template(template, rubric=rubric, transcript=render_transcript(session))
+    prompt = render_template(template, rubric=rubric, transcript=render_transcript(session), context=session.get("course_context") or "")
     schema = score_schema(rubric, jcfg["justification_chars"])
     messages = [{"role": "user", "content": prompt}]
     samples = []
@@ -144,7 +144,8 @@ def run_judging(
     out, empty = [], 0
     t0 = time.perf_counter()
     for s in tqdm(sessions, desc="judged", unit="session", mininterval=5):
-        transcript_sha = hash_obj(render_transcript(s), 64)
+        # what the judge reads of a session: its turns and the course context it was played in
+        transcript_sha = hash_obj([render_transcript(s), s.get("course_context") or ""], 64)
         if not s["messages"]:
             # Nothing to judge: missing, never a score, and no judge call.
             out.append(unjudged(s, rubric, transcript_sha, "the session has no turns"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
+from .chat import apply_layout
 from .io import hash_obj
 from .units import UnitStore
 
@@ -26,9 +27,19 @@ def contexts(row: dict[str, Any], max_per_session: int) -> list[tuple[list[dict[
 
 
 def build_pairs(
-    rows: list[dict[str, Any]], backend: Backend, sampling: dict[str, Any], seed: int, max_per_session: int, unit_dir: str | Path
+    rows: list[dict[str, Any]],
+    backend: Backend,
+    sampling: dict[str, Any],
+    seed: int,
+    max_per_session: int,
+    unit_dir: str | Path,
+    layout: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    store = UnitStore(Path(unit_dir) / hash_obj({"backend": backend.identity(), "sampling": sampling, "seed": seed, "k": max_per_session}))
+    """Pairs whose prompts are laid out for the model's chat template (``chat.apply_layout``), as
+    the instruct model is asked and as ORPO will render them."""
+    mode = (layout or {"system": "native"})["system"]
+    key = {"backend": backend.identity(), "sampling": sampling, "seed": seed, "k": max_per_session, "layout": mode}
+    store = UnitStore(Path(unit_dir) / hash_obj(key))
     pairs, t0 = [], time.perf_counter()
     for row in rows:
         uid = f"{row['patient_id']}-s{row['session_index']}-{hash_obj(row['messages'], 8)}"
@@ -36,6 +47,7 @@ def build_pairs(
         def make(row=row):
             unit = []
             for j, (prompt, chosen) in enumerate(contexts(row, max_per_session)):
+                prompt = apply_layout(prompt, mode)
                 c = backend.chat(prompt, sampling=sampling, seed=seed + j)
                 if c.text.strip() and c.text.strip() != chosen.strip():
                     unit.append(

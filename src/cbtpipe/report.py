@@ -193,6 +193,13 @@ def _notes(x: dict[str, Any]) -> str:
     return "; ".join(x["notes"]) or ""
 
 
+def _shortening(t: dict[str, Any]) -> str:
+    sh = t.get("shortening")
+    if not sh:
+        return "—"
+    return f"{sh['sessions_windowed']} of {sh['sessions']} sessions in windows ({sh['examples']} examples), {sh['windows_cut']} cut"
+
+
 def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
     """The rows of the report's tables and its totals, formatted (the template only lays them out)."""
     st = ctx["stats"]
@@ -237,10 +244,104 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
     pv = ctx["provenance"]
     import yaml
 
+    mx = st.get("max_total")
+
+    def pct(v):
+        return fmt(100 * v / mx, 1) + "%" if (v is not None and mx) else "—"
+
+    def ci(c):
+        return f"[{fmt(c[0])}, {fmt(c[1])}]"
+
     return {
         "paired": paired,
         "published": [[k, v] for k, v in PUBLISHED["cbt_means"].items()],
-        "ours": [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", d["n_total"]] for m, d in ours.items()],
+        "ours": [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", pct(d["mean"]), d["n_total"]] for m, d in ours.items()],
+        "positions": [
+            [
+                r["position"],
+                r["model"],
+                r["sessions"],
+                fmt(r["mean_instruct"]),
+                fmt(r["mean_cbt"]),
+                r["n"],
+                fmt(r["mean_diff"]),
+                ci(r["ci_t"]),
+                fmt_p(r["p_t"]),
+                "; ".join(r["notes"]),
+            ]
+            for r in st.get("by_position", [])
+        ],
+        "lengths": [
+            [
+                r["model"],
+                r["arm"],
+                r["sessions"],
+                fmt(r["turns_mean"], 1),
+                fmt(r["words_per_therapist_turn"], 1),
+                fmt(r["therapist_tokens_mean"], 0),
+                r["turns_cut_at_max_tokens"],
+                r["sessions_with_context_truncation"],
+                f"{fmt(r['context_tokens_mean'], 0)} / {r['context_tokens_max'] if r['context_tokens_max'] is not None else '—'}",
+                r["closing_prompted"],
+                ", ".join(f"{k}: {v}" for k, v in r["stop_reasons"].items()),
+            ]
+            for r in st.get("lengths", [])
+        ],
+        "length_adjusted": [
+            [cov, m, c["n"], fmt(c["adjusted_diff"]), ci(c["ci"]), fmt_p(c["p"]), fmt(c["slope"], 3), fmt_p(c["p_slope"]), _notes(c)]
+            for cov, per in st.get("length_adjusted", {}).items()
+            for m, c in per.items()
+        ],
+        "context": [
+            [
+                g["model"],
+                g["arm"],
+                g["n"],
+                fmt(g["rho"]),
+                fmt_p(g["p"]),
+                f"{fmt(g['mean_below'])} (n={g['n_below']})",
+                f"{fmt(g['mean_at_or_above'])} (n={g['n_at_or_above']})",
+                _notes(g),
+            ]
+            for g in [
+                *st.get("context_vs_score", {}).get("groups", []),
+                *([dict(st["context_vs_score"]["pooled"], model="pooled", arm="both")] if st.get("context_vs_score") else []),
+            ]
+        ],
+        "subtotals": [
+            [
+                sub["name"],
+                f"0-{sub['max']}",
+                m,
+                c["n"],
+                fmt(c["mean_b"]),
+                fmt(c["mean_a"]),
+                fmt(c["mean_diff"]),
+                ci(c["ci_t"]),
+                fmt_p(c["p_t"]),
+                fmt(c["cohens_dz"]),
+            ]
+            for sub in st.get("subtotals", {}).values()
+            for m, c in sub["models"].items()
+        ],
+        "ablations": [
+            [
+                name,
+                ", ".join(f"{k}: {v}" for k, v in ab["settings"].items()),
+                r["model"],
+                r["arm"],
+                r["n"],
+                fmt(r["mean_b"]),
+                fmt(r["mean_a"]),
+                fmt(r["mean_diff"]),
+                ci(r["ci_t"]),
+                fmt_p(r["p_t"]),
+                f"{fmt(r['context_tokens_mean_main'], 0)} → {fmt(r['context_tokens_mean_variant'], 0)}",
+            ]
+            for name, ab in ctx.get("ablations", {}).items()
+            for r in ab["comparison"]
+        ],
+        "subtotal_notes": [f"{sub['name']}: {sub['note'].strip()}" for sub in st.get("subtotals", {}).values()],
         "pairwise": [
             [p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])]
             for p in bm.get("pairwise", [])
@@ -269,6 +370,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 d["arm"],
                 d["sessions"],
                 f"{fmt(d['mean'])} ± {fmt(d['sd'])}",
+                pct(d["mean"]),
                 fmt(100 * d["competent_share"], 0) + "%" if d["competent_share"] is not None else "—",
             ]
             + [f"{fmt(d['items'][i]['mean'], 1)} ± {fmt(d['items'][i]['sd'], 1)}" for i in items]
@@ -297,6 +399,8 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 fmt(t["val_loss_before"], 3),
                 fmt(t["val_loss_after"], 3),
                 fmt(t["tokens_per_second_mean"], 1),
+                t.get("chat_layout", "—"),
+                _shortening(t),
                 t["resumed_from"] or "—",
             ]
             for t in ctx["training"]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
+from .chat import apply_layout, drop_oldest_exchange
+from .course import therapist_system
 from .io import hash_obj, sha256_file
 from .profiles import describe
 from .prompts import render_template
@@ -26,20 +28,37 @@ def shard_profiles(profiles: list[dict[str, Any]], shard: int, shards: int) -> l
     return sorted(profiles, key=lambda p: p["id"])[shard::shards]
 
 
-def session_plan(profiles: list[dict[str, Any]], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """(patient, session) pairs with their seeds; identical for every model and arm."""
+def session_plan(
+    profiles: list[dict[str, Any]], rcfg: dict[str, Any], contexts: dict[tuple[str, int], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """(patient, position, repeat) with their seeds and course contexts; identical for every model
+    and arm. ``contexts`` maps (patient id, position) to the course context block, None where the
+    patient has no history for that position (the session is planned and recorded as not run)."""
     plan = []
     for p in profiles:
-        for k in range(rcfg["sessions_per_patient"]):
-            base = int(hash_obj([rcfg["seed"], p["id"], k], 8), 16)
-            plan.append({"profile": p, "session": k, "patient_seed": base % (2**31), "therapist_seed": (base // 7) % (2**31)})
+        for pos in rcfg["positions"]:
+            for k in range(rcfg["sessions_per_patient"]):
+                # position 1 keeps the seeds of a plan without positions
+                key = [rcfg["seed"], p["id"], k] if pos == 1 else [rcfg["seed"], p["id"], k, pos]
+                base = int(hash_obj(key, 8), 16)
+                plan.append(
+                    {
+                        "profile": p,
+                        "position": pos,
+                        "session": k,
+                        "context": (contexts or {}).get((p["id"], pos), ""),
+                        "patient_seed": base % (2**31),
+                        "therapist_seed": (base // 7) % (2**31),
+                    }
+                )
     return plan
 
 
 def _fit(
     messages: list[dict[str, str]], backend: Backend, n_ctx: int, max_tokens: int, keep: int
 ) -> tuple[list[dict[str, str]], int, bool]:
-    """Drop the oldest turns after the first ``keep`` messages until the prompt fits.
+    """Drop the oldest whole exchanges after the first ``keep`` messages until the prompt fits
+    (roles keep alternating, as templates such as Mistral's require).
 
     Returns (messages, prompt token estimate, whether anything was dropped)."""
 
@@ -48,10 +67,14 @@ def _fit(
 
     dropped = False
     msgs = list(messages)
-    while size(msgs) + max_tokens > n_ctx and len(msgs) > keep + 1:
-        del msgs[keep]
+    while size(msgs) + max_tokens > n_ctx and drop_oldest_exchange(msgs, keep):
         dropped = True
     return msgs, size(msgs), dropped
+
+
+def _may_end(rcfg: dict[str, Any], speaker: str, turns_so_far: int) -> bool:
+    who = rcfg["who_may_end"]
+    return turns_so_far >= rcfg["min_turns"] and (who == "either" or who == speaker)
 
 
 def run_session(
@@ -61,11 +84,19 @@ def run_session(
     rcfg: dict[str, Any],
     system_prompt: str,
     patient_template: str | Path,
+    layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One simulated session. The therapist's system prompt is the base prompt plus the item's
+    course context; every therapist call is laid out for the model's chat template (``layout``).
+
+    Session control: an end marker counts only from ``min_turns`` on and only from the speakers
+    ``who_may_end`` allows (otherwise it is removed and the session goes on); with ``at_max_turns:
+    closing`` the therapist's last turn within ``max_turns`` is asked to close the session."""
     prof = item["profile"]
     marker = rcfg["end_marker"]
+    layout = layout or {"system": "native"}
     patient_system = render_template(patient_template, patient=describe(prof), style=prof["conversational_style"], end_marker=marker)
-    th_msgs = [{"role": "system", "content": system_prompt}]
+    th_msgs = [{"role": "system", "content": therapist_system(system_prompt, item.get("context", ""))}]
     pa_msgs = [{"role": "system", "content": patient_system}]
     if rcfg["opener"] == "therapist":
         th_msgs.append({"role": "user", "content": rcfg["opening_message"]})
@@ -74,7 +105,8 @@ def run_session(
     transcript: list[dict[str, Any]] = []
     speaker = rcfg["opener"]
     stop_reason = "max_turns"
-    truncations = 0
+    truncations = ignored_markers = 0
+    closing_prompted = False
     n_ctx = {"therapist": rcfg["therapist_n_ctx"], "patient": getattr(patient, "n_ctx", 10**9)}
     for turn in range(rcfg["max_turns"]):
         is_t = speaker == "therapist"
@@ -87,11 +119,20 @@ def run_session(
             stop_reason = f"context_full_{speaker}"
             break
         truncations += int(dropped)
+        # The therapist's last turn within max_turns (no room for another after the patient's reply).
+        closing = is_t and rcfg["at_max_turns"] == "closing" and turn + 2 >= rcfg["max_turns"]
+        if closing and fitted[-1]["role"] == "user":
+            fitted = fitted[:-1] + [{"role": "user", "content": f"{fitted[-1]['content']}\n\n{rcfg['closing_instruction']}"}]
+            closing_prompted = True
+        if is_t:
+            fitted = apply_layout(fitted, layout)
         seed = (item["therapist_seed"] if is_t else item["patient_seed"]) + turn
         c = backend.chat(fitted, sampling=sampling, seed=seed)
         text = c.text.strip()
-        ended = marker in text
+        marked = marker in text
         text = text.replace(marker, "").strip()
+        ended = marked and _may_end(rcfg, speaker, turn + 1)
+        ignored_markers += int(marked and not ended)
         transcript.append(
             {
                 "role": speaker,
@@ -113,17 +154,54 @@ def run_session(
         if ended:
             stop_reason = f"end_marker_{speaker}"
             break
+        if closing and closing_prompted:
+            stop_reason = "closing_turn"
+            break
         speaker = "patient" if is_t else "therapist"
+    th = [m for m in transcript if m["role"] == "therapist"]
     return {
         "patient_id": prof["id"],
+        "position": item.get("position", 1),
         "session": item["session"],
         "patient_seed": item["patient_seed"],
         "therapist_seed": item["therapist_seed"],
+        "course_context": item.get("context", ""),
+        "chat_layout": layout["system"],
         "messages": transcript,
         "turns": len(transcript),
         "stop_reason": stop_reason,
+        "closing_prompted": closing_prompted,
+        "end_markers_ignored": ignored_markers,
         "context_strategy": rcfg["context_strategy"],
         "context_truncations": truncations,
+        "therapist_words": sum(len(m["content"].split()) for m in th),
+        "therapist_tokens": sum(m["completion_tokens"] or 0 for m in th),
+        "turns_cut_at_max_tokens": sum(m["finish_reason"] == "length" for m in transcript),
+        "context_tokens_max": max(((m["prompt_tokens"] or 0) + (m["completion_tokens"] or 0) for m in th), default=0),
+    }
+
+
+def not_run(item: dict[str, Any], layout: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The record of a planned session that could not be played (it is judged as missing)."""
+    return {
+        "patient_id": item["profile"]["id"],
+        "position": item["position"],
+        "session": item["session"],
+        "patient_seed": item["patient_seed"],
+        "therapist_seed": item["therapist_seed"],
+        "course_context": None,
+        "chat_layout": layout["system"],
+        "messages": [],
+        "turns": 0,
+        "stop_reason": reason,
+        "closing_prompted": False,
+        "end_markers_ignored": 0,
+        "context_strategy": None,
+        "context_truncations": 0,
+        "therapist_words": 0,
+        "therapist_tokens": 0,
+        "turns_cut_at_max_tokens": 0,
+        "context_tokens_max": 0,
     }
 
 
@@ -140,19 +218,25 @@ def run_rollouts(
     system_prompt: str,
     patient_template: str | Path,
     unit_dir: str | Path,
+    layout: dict[str, Any] | None = None,
+    contexts: dict[tuple[str, int], str | None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     gguf_sha = sha256_file(gguf)
+    layout = layout or {"system": "native"}
     key = hash_obj(
         {
-            "rcfg": rcfg,
+            # which positions are planned does not change a session (its position and course
+            # context are part of its own unit id)
+            "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
             "gguf": gguf_sha,
             "patient": patient.identity(),
             "system": system_prompt,
+            "layout": layout["system"],
             "ptpl": Path(patient_template).read_text(encoding="utf-8"),
         }
     )
     store = UnitStore(Path(unit_dir) / key)
-    plan = session_plan(profiles, rcfg)
+    plan = session_plan(profiles, rcfg, contexts)
     done = 0
     lock = threading.Lock()
     t0 = time.perf_counter()
@@ -161,21 +245,26 @@ def run_rollouts(
         nonlocal done
         # A session is a unit of the profile it plays (by content, not only by id): a patient whose
         # description changed under the same id is played again.
-        uid = f"{item['profile']['id']}-s{item['session']}-{hash_obj(item['profile'], 12)}"
+        pos = "" if item["position"] == 1 else f"-p{item['position']}"
+        uid = f"{item['profile']['id']}{pos}-s{item['session']}-{hash_obj([item['profile'], item['context']], 12)}"
 
         def make():
-            return run_session(item, therapist, patient, rcfg, system_prompt, patient_template) | dict(
-                session_id=hash_obj([model, arm, quantization, uid], 12),
-                model=model,
-                arm=arm,
-                quantization=quantization,
-                gguf=str(gguf),
-                gguf_sha256=gguf_sha,
-                therapist_sampling=rcfg["therapist"],
-                patient_sampling=rcfg["patient"],
-                patient_backend=patient.name,
-                therapist_backend=therapist.kind,
-            )
+            if item["context"] is None:  # no course history for this patient and position
+                return not_run(item, layout, "no_course_history") | meta
+            return run_session(item, therapist, patient, rcfg, system_prompt, patient_template, layout) | meta
+
+        meta = dict(
+            session_id=hash_obj([model, arm, quantization, uid], 12),
+            model=model,
+            arm=arm,
+            quantization=quantization,
+            gguf=str(gguf),
+            gguf_sha256=gguf_sha,
+            therapist_sampling=rcfg["therapist"],
+            patient_sampling=rcfg["patient"],
+            patient_backend=patient.name,
+            therapist_backend=therapist.kind,
+        )
 
         s, was_reused = store.get_or_make(uid, make)
         with lock:

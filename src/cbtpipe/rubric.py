@@ -21,6 +21,21 @@ def _line(node) -> int:
 
 # Columns of scores_long.csv and session_totals.csv that are the pipeline's own: the totals table
 # gives each rubric item a column named by its id, so an item may not take one of these names.
+# What the score table carries of each session's rollout (its position in the course and its length).
+SESSION_COLUMNS = (
+    "position",
+    "turns",
+    "therapist_turns",
+    "therapist_words",
+    "words_per_therapist_turn",
+    "therapist_tokens",
+    "turns_cut_at_max_tokens",
+    "context_truncations",
+    "context_tokens_max",
+    "stop_reason",
+    "closing_prompted",
+)
+
 RESERVED_COLUMNS = frozenset(
     {
         "session_id",
@@ -36,7 +51,9 @@ RESERVED_COLUMNS = frozenset(
         "item",
         "score",
         "rater",
+        "total_pct",
     }
+    | set(SESSION_COLUMNS)
 )
 
 
@@ -101,10 +118,32 @@ def load_rubric(path: str | Path) -> dict[str, Any]:
                 raise PipelineError(f"{p}, line {line}: item '{iid}' has an anchor {k!r} outside {lo}..{hi}")
     data["max_total"] = sum(i["max"] for i in items)
     data["min_total"] = sum(i["min"] for i in items)
+    data["subtotals"] = _subtotals(p, data, nodes, seen)
     data.setdefault("competence_threshold", None)
     data.setdefault("description", "")
     data["sha256"] = hash_obj(text, 64)
     return data
+
+
+def _subtotals(p: Path, data: dict[str, Any], nodes: dict[str, Any], seen: dict[str, int]) -> dict[str, Any]:
+    """Optional ``subtotals``: named item subsets reported beside the total (sensitivity analyses)."""
+    subs = data.get("subtotals") or {}
+    line = _line(nodes["subtotals"]) if "subtotals" in nodes else 1
+    if not isinstance(subs, dict):
+        raise PipelineError(f"{p}, line {line}: subtotals must map a subtotal id to its name and items")
+    maxima = {i["id"]: i["max"] for i in data["items"]}
+    out = {}
+    for sid, sub in subs.items():
+        if not ITEM_ID.fullmatch(str(sid)) or str(sid) in seen or str(sid) in RESERVED_COLUMNS:
+            raise PipelineError(f"{p}, line {line}: subtotal id {sid!r} must be a new column name (letters, digits, _ or -)")
+        its = sub.get("items") if isinstance(sub, dict) else None
+        if not isinstance(its, list) or not its or len(set(its)) != len(its):
+            raise PipelineError(f"{p}, line {line}: subtotal '{sid}' needs a list of distinct item ids")
+        unknown = [i for i in its if i not in maxima]
+        if unknown:
+            raise PipelineError(f"{p}, line {line}: subtotal '{sid}' names unknown item(s) {', '.join(map(str, unknown))}")
+        out[str(sid)] = {"name": sub.get("name", sid), "items": its, "note": sub.get("note", ""), "max": sum(maxima[i] for i in its)}
+    return out
 
 
 def load_human_ratings(path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:

@@ -255,3 +255,53 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     res["icc2_1"] = ic["icc2_1"]
     res["notes"] += ic["notes"]
     return res
+
+
+def paired_with_covariate(d: np.ndarray, c: np.ndarray, *, alpha: float = 0.05) -> dict[str, Any]:
+    """The paired difference adjusted for a paired covariate: OLS of the per-patient differences
+    ``d`` on the covariate's differences ``c`` (d = b0 + b1 c). The intercept b0 is the difference
+    expected between arms at equal covariate (for example equal session length); b1 is how much
+    of the difference goes with the covariate."""
+    import statsmodels.api as sm
+
+    d, c = np.asarray(d, float), np.asarray(c, float)
+    keep = np.isfinite(d) & np.isfinite(c)
+    d, c = d[keep], c[keep]
+    res: dict[str, Any] = {
+        "n": int(d.size),
+        "adjusted_diff": None,
+        "ci": [None, None],
+        "p": None,
+        "slope": None,
+        "p_slope": None,
+        "notes": [],
+    }
+    if d.size < 3:
+        res["notes"].append("fewer than 3 pairs: no adjusted estimate")
+        return res
+    if float(np.ptp(c)) == 0:
+        res["notes"].append("the covariate does not vary between pairs: no adjusted estimate")
+        return res
+    fit = sm.OLS(d, sm.add_constant(c)).fit()
+    lo, hi = fit.conf_int(alpha)[0]
+    res.update(
+        adjusted_diff=finite(fit.params[0]),
+        ci=[finite(lo), finite(hi)],
+        p=finite(fit.pvalues[0]),
+        slope=finite(fit.params[1]),
+        p_slope=finite(fit.pvalues[1]),
+    )
+    return res
+
+
+def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> dict[str, Any]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    res: dict[str, Any] = {"n": int(x.size), "rho": None, "p": None, "notes": []}
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        res["notes"].append("fewer than 3 sessions or no variation: no correlation")
+        return res
+    r = sps.spearmanr(x, y)
+    res.update(rho=finite(r.statistic), p=finite(r.pvalue))
+    return res

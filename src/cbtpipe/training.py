@@ -1,8 +1,10 @@
 """LoRA / QLoRA supervised fine-tuning with trl's SFTTrainer and a peft adapter.
 
-* Loss on the therapist (assistant) turns only: examples are tokenized here with an assistant
-  mask built from the chat template itself (rendering each prefix), which works for templates
-  without ``{% generation %}`` markers such as SmolLM2's ChatML; trl turns the mask into labels.
+* Loss on the therapist (assistant) turns only: examples are tokenized here under the model's
+  chat layout with a mask that ``chat.mask_example`` builds from the rendered template and checks
+  (the masked text is exactly each therapist turn and its end-of-turn token), which works for
+  templates without ``{% generation %}`` markers; trl turns the mask into labels. Sessions longer
+  than ``max_length`` become windows of whole exchanges, never cut at the end.
 * Resumable: checkpoints every ``save_steps`` in a unit folder that Snakemake does not delete; a
   re-run continues from the last checkpoint.
 * Outputs: the adapter in peft's format, a CSV log (step, loss, learning rate, tokens, tokens per
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .chat import mask_example, windows
 from .hardware import cuda_or_cpu
 from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
 
@@ -29,35 +32,36 @@ log = logging.getLogger("cbtpipe")
 NOT_IN_KEY = ("threads",)
 
 
-def _ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
-    return list(out)
+def build_examples(
+    rows: list[dict[str, Any]], tokenizer, layout: dict[str, Any], max_length: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Tokenized examples with the therapist-only loss mask (``chat.mask_example``, checked per
+    example) and how many sessions had to be shortened.
+
+    A session longer than ``max_length`` is split into windows of whole exchanges (``chat.windows``),
+    so its closing summary and homework stay in training; only a single exchange longer than
+    ``max_length`` is cut, and counted."""
+    examples, counts = [], {"sessions": len(rows), "examples": 0, "sessions_windowed": 0, "windows_cut": 0, "windows_dropped": 0}
+    for r in rows:
+        wins = windows(tokenizer, r["messages"], layout, max_length)
+        counts["sessions_windowed"] += int(len(wins) > 1)
+        for w in wins:
+            ex = mask_example(tokenizer, w, layout)
+            if len(ex["input_ids"]) > max_length:
+                counts["windows_cut"] += 1
+                if not any(ex["assistant_masks"][:max_length]):  # nothing left to learn from
+                    counts["windows_dropped"] += 1
+                    continue
+            examples.append({"input_ids": ex["input_ids"][:max_length], "assistant_masks": ex["assistant_masks"][:max_length]})
+    counts["examples"] = len(examples)
+    return examples, counts
 
 
-def assistant_mask_example(tokenizer, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
-    """Token ids of a conversation and a mask that is 1 on assistant tokens (content and the
-    end-of-turn token), 0 elsewhere; built by rendering prefixes of the conversation."""
-    full = _ids(tokenizer, messages)
-    mask = [0] * len(full)
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(_ids(tokenizer, messages[:i], add_generation_prompt=True))
-        upto = _ids(tokenizer, messages[: i + 1])
-        if full[: len(upto)] != upto:
-            raise PipelineError(
-                "the chat template is not prefix-stable (rendering a conversation's first turns does not "
-                "give the start of the whole): set models.<name>.chat_template to a template that is"
-            )
-        for j in range(start, len(upto)):
-            mask[j] = 1
-    return {"input_ids": full[:max_length], "assistant_masks": mask[:max_length]}
-
-
-def build_dataset(rows: list[dict[str, Any]], tokenizer, max_length: int):
+def build_dataset(rows: list[dict[str, Any]], tokenizer, layout: dict[str, Any], max_length: int):
     from datasets import Dataset
 
-    return Dataset.from_list([assistant_mask_example(tokenizer, r["messages"], max_length) for r in rows])
+    examples, counts = build_examples(rows, tokenizer, layout, max_length)
+    return Dataset.from_list(examples), counts
 
 
 class CsvLogger:
@@ -307,7 +311,7 @@ def loss_subsample(ds, n: int, seed: int):
     return ds.select(idx)
 
 
-def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, model_dir) -> str:
+def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, model_dir, layout_path) -> str:
     """The key of a training unit: what determines the adapter (settings, seed, the data and the
     base weights by content), not how many threads compute it, so a job resumed with other
     --cores continues from its checkpoint."""
@@ -319,8 +323,19 @@ def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, mod
             "train": sha256_file(train_path),
             "val": sha256_file(val_path),
             "base": sha256_file(weights) if weights.exists() else str(model_dir),
+            "layout": sha256_file(layout_path),
+            "template": _template_sha(model_dir),
         }
     )
+
+
+def _template_sha(model_dir) -> str | None:
+    """The chat template the tokenizer renders examples with (its own file, or its config's)."""
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        f = Path(model_dir) / name
+        if f.is_file():
+            return sha256_file(f)
+    return None
 
 
 def lora_config(tcfg: dict[str, Any]):
@@ -368,13 +383,21 @@ def trainer_settings(tcfg: dict[str, Any], mem: dict[str, Any], ckpt_dir: Path, 
     )
 
 
-def sft_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any]):
+def sft_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any], layout: dict[str, Any]):
     """Supervised fine-tuning on the chat dataset, loss on therapist turns only."""
     from trl import SFTConfig, SFTTrainer
 
     train_rows, val_rows = read_jsonl(train_path), read_jsonl(val_path)
-    ds_train = build_dataset(train_rows, tok, tcfg["max_length"])
-    ds_val = build_dataset(val_rows, tok, tcfg["max_length"]) if val_rows else None
+    ds_train, counts = build_dataset(train_rows, tok, layout, tcfg["max_length"])
+    ds_val = build_dataset(val_rows, tok, layout, tcfg["max_length"])[0] if val_rows else None
+    log.info(
+        "chat layout %s: %d sessions -> %d examples (%d sessions split into windows of whole exchanges, %d windows cut)",
+        layout["system"],
+        counts["sessions"],
+        counts["examples"],
+        counts["sessions_windowed"],
+        counts["windows_cut"],
+    )
     # Padding-free: a batch is one row of its examples back to back; attention stays within each
     # example (position ids restart), labels keep the therapist-only mask. The examples are
     # already cut to max_length here, so trl need not enforce it.
@@ -382,10 +405,10 @@ def sft_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str
     if padding_free:
         settings = dict(settings, max_length=None)
     args = SFTConfig(packing=tcfg["packing"], padding_free=padding_free, assistant_only_loss=False, **settings)
-    return args, SFTTrainer, ds_train, ds_val
+    return args, SFTTrainer, ds_train, ds_val, {"chat_layout": layout["system"], "shortening": counts}
 
 
-def orpo_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any]):
+def orpo_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[str, Any], layout: dict[str, Any]):
     """Preference optimization (Hong et al. 2024): chosen = the synthetic therapist's turn,
     rejected = the instruct model's reply in the same context."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -399,7 +422,9 @@ def orpo_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[st
     ds_train, ds_val = pairs(train_path), pairs(val_path)
     if ds_train is None:
         raise PipelineError(f"{train_path}: no preference pairs to train on")
-    return ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **settings), ORPOTrainer, ds_train, ds_val
+    # The pairs' prompts were laid out for this model when they were built (preference.build_pairs).
+    info = {"chat_layout": layout["system"]}
+    return ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **settings), ORPOTrainer, ds_train, ds_val, info
 
 
 def write_training_outputs(
@@ -426,6 +451,7 @@ def train_adapter(
     model_dir: str | Path,
     train_path: str | Path,
     val_path: str | Path,
+    layout_path: str | Path,
     tcfg: dict[str, Any],
     seed: int,
     unit_root: str | Path,
@@ -451,7 +477,8 @@ def train_adapter(
         # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    unit = Path(unit_root) / training_unit_key(tcfg, seed, train_path, val_path, model_dir)
+    unit = Path(unit_root) / training_unit_key(tcfg, seed, train_path, val_path, model_dir, layout_path)
+    layout = read_json(layout_path)
     ckpt_dir = unit / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     csv_path = unit / "train_log.csv"
@@ -474,7 +501,7 @@ def train_adapter(
 
     # 3. the method's path: data, trl config, trainer class
     path = orpo_path if tcfg["method"] == "orpo" else sft_path
-    args, trainer_cls, ds_train, ds_val = path(tcfg, tok, train_path, val_path, settings)
+    args, trainer_cls, ds_train, ds_val, data_info = path(tcfg, tok, train_path, val_path, settings, layout)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -521,6 +548,7 @@ def train_adapter(
         "train_runtime_s": round(train_seconds, 2),
         "tokens_seen": trainer.state.num_input_tokens_seen,
         "train_examples": len(ds_train),
+        **data_info,
         "val_examples": len(ds_val) if ds_val is not None else 0,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": device,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .course import phase_plan
 from .io import PipelineError, hash_obj
 from .profiles import describe
 from .prompts import render_template
@@ -30,21 +31,6 @@ ROLE_MARKER = re.compile(
     r"(^|\n)\s*\**\s*(therapist|patient|client|counsell?or|assistant|user|system)\s*\**\s*:|<\|im_(start|end)\|>|\[/?INST\]",
     re.I,
 )
-
-
-def phase_plan(phases: list[dict[str, Any]], n_sessions: int) -> list[dict[str, Any]]:
-    """Assign a phase to each session index (1-based) by the phases' shares, in order."""
-    total = sum(p["share"] for p in phases)
-    bounds, acc = [], 0.0
-    for p in phases:
-        acc += p["share"] / total
-        bounds.append(acc)
-    plan = []
-    for i in range(n_sessions):
-        pos = (i + 0.5) / n_sessions
-        k = next(j for j, b in enumerate(bounds) if pos <= b + 1e-9)
-        plan.append(phases[k])
-    return plan
 
 
 def session_schema(dcfg: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +121,9 @@ def generate_course(profile: dict[str, Any], backend: Backend, dcfg: dict[str, A
                 "session_index": idx,
                 "phase": phase["name"],
                 "messages": turns,
+                "n_sessions": n,
+                # the course so far as the generator saw it: the training example's context
+                "history": [dict(h) for h in summaries],
                 "summary": res.data["summary"].strip(),
                 "homework": res.data["homework"].strip(),
                 "attempts": attempt + 1,
@@ -159,7 +148,10 @@ def run_generation(
     """Generate every patient's course, resuming from finished patients in ``unit_dir``."""
     from tqdm import tqdm
 
-    store = UnitStore(Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text()}))
+    # "format" 2: sessions record their course history (older units lack it)
+    store = UnitStore(
+        Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text(), "format": 2})
+    )
     t0 = time.perf_counter()
     courses = []
     bar = tqdm(profiles, desc="patients", unit="patient", mininterval=5)
@@ -239,6 +231,7 @@ def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
                 "session_index": obj["session_index"],
                 "phase": obj.get("phase", "unknown"),
                 "messages": [{"role": m["role"], "content": m["content"]} for m in obj["messages"]],
+                **{k: obj[k] for k in ("summary", "homework") if isinstance(obj.get(k), str)},
             }
         )
     if not sessions:

@@ -19,11 +19,30 @@ def test_both_arms_met_the_same_patients_with_the_same_seeds(ci_run):
     arms = {}
     for arm in ("instruct", "cbt"):
         rows = _jsonl(ci_run / f"results/rollouts/smollm2-135m/{arm}/shard00.jsonl")
-        arms[arm] = {(s["patient_id"], s["session"], s["patient_seed"], s["therapist_seed"]) for s in rows}
+        arms[arm] = {
+            (s["patient_id"], s["position"], s["session"], s["patient_seed"], s["therapist_seed"], s["course_context"]) for s in rows
+        }
         for s in rows:
             assert s["turns"] >= 1 and s["stop_reason"]
             assert s["arm"] == arm and s["quantization"] == "Q4_K_M"
-    assert arms["instruct"] == arms["cbt"] and len(arms["cbt"]) == 2
+    # 2 patients x positions 1 and 2, the same course contexts in both arms
+    assert arms["instruct"] == arms["cbt"] and len(arms["cbt"]) == 4
+    ctx = {pos: c for _, pos, _, _, _, c in arms["cbt"]}
+    assert "session 1 of 2" in ctx[1] and "no earlier homework" in ctx[1]
+    assert "session 2 of 2" in ctx[2] and "Session 1:" in ctx[2]
+
+
+def test_training_examples_carry_their_course_context(ci_run):
+    rows = _jsonl(ci_run / "results/data/train.jsonl") + _jsonl(ci_run / "results/data/val.jsonl")
+    assert {r["session_index"] for r in rows} == {1, 2}
+    for r in rows:
+        system = r["messages"][0]
+        assert system["role"] == "system" and system["content"].endswith(r["course_context"])
+        assert f"session {r['session_index']} of 2" in r["course_context"]
+    layout = json.loads((ci_run / "results/models/smollm2-135m/chat_layout.json").read_text())
+    assert layout["system"] == "native" and layout["end_of_turn"] == "<|im_end|>"
+    metrics = json.loads((ci_run / "results/training/smollm2-135m/metrics.json").read_text())
+    assert metrics["chat_layout"] == "native" and metrics["shortening"]["sessions"] == 4
 
 
 def test_report_content(ci_run):
@@ -35,7 +54,7 @@ def test_report_content(ci_run):
         by_patient.setdefault(r["patient_id"], set()).add(r["arm"])
     assert by_patient and all(v == {"instruct", "cbt"} for v in by_patient.values())
     m = re.search(r"Judge samples: (\d+), valid answers: (\d+)", md)
-    assert m and int(m.group(1)) == 2 * 2 * 2  # sessions x arms x samples
+    assert m and int(m.group(1)) == 2 * 2 * 2 * 2  # patients x positions x arms x samples
     assert int(m.group(2)) >= 1
     for section in (
         "CBT-tuned versus instruct",
@@ -46,12 +65,18 @@ def test_report_content(ci_run):
         "Timing per stage",
         "Provenance",
         "Published figures",
+        "By course position",
+        "Session length and how sessions ended",
     ):
         assert f"## {section}" in md
     assert not re.search(r"\bnan\b", md, re.I), "the report prints NaN"
     assert html.count("data:image/png;base64,") >= 4
     stats = json.loads((ci_run / "results/report/statistics.json").read_text())
     assert stats["tuned_vs_instruct"]["smollm2-135m"]["n"] == 2
+    assert [(r["position"], r["n"]) for r in stats["by_position"]] == [(1, 2), (2, 2)]
+    assert {(r["arm"], r["sessions"]) for r in stats["lengths"]} == {("cbt", 4), ("instruct", 4)}
+    assert {"turns", "position", "therapist_words", "context_tokens_max", "stop_reason", "total_pct", "cactus6"} <= set(totals[0])
+    assert "scale maximum unknown" in md and "(exploratory)" in md
 
 
 def test_export_parity_and_training_outputs(ci_run):

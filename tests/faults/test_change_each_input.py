@@ -35,9 +35,10 @@ CBT_ARM = {"merge": 1, "convert_gguf": 1, "quantize_gguf": 1, "parity": 1, "roll
 FROM_TRAIN = {"train": 1, **CBT_ARM}
 FROM_DATASET = {"dataset": 1, **FROM_TRAIN}
 FROM_TRANSCRIPTS = {"transcripts": 1, **FROM_DATASET}
-FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2}
+FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2}
 FROM_IMPORT = {
     "import_model": 1,
+    "chat_layout": 1,
     "dataset": 1,
     "train": 1,
     "merge": 1,
@@ -117,9 +118,18 @@ STEPS = [
     ("judge section", _cfg("judge.samples", 3), JUDGE_BOTH, False, None),
     ("rubric", _edit("resources/rubrics/ctrs_modified.yaml", "0: No agenda is set.", "0: No agenda at all."), JUDGE_BOTH, False, None),
     ("rollout section", _cfg("rollout.max_turns", 5), ROLLOUT_BOTH, False, None),
-    ("backends section", _cfg("backends.tiny.n_ctx", 3072), {**FROM_TRANSCRIPTS, **ROLLOUT_BOTH}, False, None),
+    ("backends section", _cfg("backends.tiny.n_ctx", 3072), {**FROM_TRANSCRIPTS, "eval_history": 1, **ROLLOUT_BOTH}, False, None),
     ("seed", _cfg("seed", 99), FROM_DATASET, False, None),
-    ("data section", _cfg("data.sampling.temperature", 0.7), FROM_TRANSCRIPTS, False, None),
+    # the generator also writes the evaluation patients' course histories
+    ("data section", _cfg("data.sampling.temperature", 0.7), {**FROM_TRANSCRIPTS, "eval_history": 1, **ROLLOUT_BOTH}, False, None),
+    ("data section, transcripts only", _cfg("data.exchanges_max", 4), FROM_TRANSCRIPTS, False, None),
+    (
+        "course context template",
+        _edit("resources/prompts/course_context.j2", "Course context:", "Where we are in the course:"),
+        {**FROM_DATASET, **ROLLOUT_BOTH},
+        False,
+        None,
+    ),
     ("session template", _edit("resources/prompts/generate_session.j2", "realistic", "realistic, varied"), FROM_TRANSCRIPTS, False, None),
     (
         "therapist system prompt",
@@ -145,28 +155,50 @@ STEPS = [
         _edit("resources/prompts/judge.j2", "experienced supervisor", "experienced CBT supervisor"),
         JUDGE_BOTH,
         True,
-        {("rollout", "instruct"): (0, 2), ("rollout", "cbt"): (0, 2), ("judge", "instruct"): (2, 0), ("judge", "cbt"): (2, 0)},
+        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (0, 4), ("judge", "instruct"): (4, 0), ("judge", "cbt"): (4, 0)},
+    ),
+    (
+        # later positions read the history; first sessions do not
+        "history template",
+        _edit("resources/prompts/eval_history.j2", "case notes", "brief case notes"),
+        {"eval_history": 1, **ROLLOUT_BOTH},
+        True,
+        {("rollout", "instruct"): (2, 2), ("rollout", "cbt"): (2, 2), ("judge", "instruct"): (2, 2), ("judge", "cbt"): (2, 2)},
+    ),
+    (
+        "positions",
+        _cfg("rollout.positions", [1]),
+        {"eval_history": 1, **ROLLOUT_BOTH},
+        True,
+        {("rollout", "instruct"): (0, 2), ("rollout", "cbt"): (0, 2), ("judge", "instruct"): (0, 2), ("judge", "cbt"): (0, 2)},
+    ),
+    (
+        "positions again",
+        _cfg("rollout.positions", [1, 2]),
+        {"eval_history": 1, **ROLLOUT_BOTH},
+        True,
+        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (0, 4), ("judge", "instruct"): (0, 4), ("judge", "cbt"): (0, 4)},
     ),
     (
         "patient prompt",
         _edit("resources/prompts/patient_system.j2", "for low mood", "for low mood and worry"),
         ROLLOUT_BOTH,
         True,
-        {("rollout", "instruct"): (2, 0), ("rollout", "cbt"): (2, 0), ("judge", "instruct"): (2, 0), ("judge", "cbt"): (2, 0)},
+        {("rollout", "instruct"): (4, 0), ("rollout", "cbt"): (4, 0), ("judge", "instruct"): (4, 0), ("judge", "cbt"): (4, 0)},
     ),
     (
         "training section",
         _cfg("training.max_steps", 6),
         FROM_TRAIN,
         True,
-        {("rollout", "instruct"): (0, 2), ("rollout", "cbt"): (2, 0), ("judge", "instruct"): (0, 2), ("judge", "cbt"): (2, 0)},
+        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (4, 0), ("judge", "instruct"): (0, 4), ("judge", "cbt"): (4, 0)},
     ),
     (
         "profiles section",
         _cfg("profiles.n_eval", 3),
-        {"profiles_eval": 1, **ROLLOUT_BOTH},
+        {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH},
         True,
-        {("rollout", "instruct"): (1, 2), ("rollout", "cbt"): (1, 2), ("judge", "instruct"): (1, 2), ("judge", "cbt"): (1, 2)},
+        {("rollout", "instruct"): (2, 4), ("rollout", "cbt"): (2, 4), ("judge", "instruct"): (2, 4), ("judge", "cbt"): (2, 4)},
     ),
 ]
 
@@ -221,7 +253,8 @@ def _check_scores_are_current(wd: Path) -> None:
             sessions[s["session_id"]] = s
         for line in (wd / f"results/judge/{M}/{arm}/shard00.jsonl").read_text().splitlines():
             j = json.loads(line)
-            assert j["transcript_sha256"] == hash_obj(render_transcript(sessions[j["session_id"]]), 64), j["session_id"]
+            s = sessions[j["session_id"]]
+            assert j["transcript_sha256"] == hash_obj([render_transcript(s), s.get("course_context") or ""], 64), j["session_id"]
             judged_ids.add(j["session_id"])
     totals = {r["session_id"] for r in csv.DictReader((wd / "results/report/session_totals.csv").read_text().splitlines())}
     assert totals == judged_ids

@@ -32,6 +32,7 @@ M = "smollm2-135m"
 # least two units at CI size; the others are one step that writes a partial output first.
 RULES = {
     "transcripts": ("transcripts", "results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py"),
+    "eval_history": ("eval_history", "results/profiles/eval_history.jsonl", "results/units/eval_history", "eval_history.py"),
     "train": ("train", f"results/training/{M}/metrics.json", "results/units/train", "train.py"),
     "rollout": ("rollout", f"results/rollouts/{M}/cbt/shard00.jsonl", f"results/units/rollouts/{M}/cbt", "rollout.py"),
     "judge": ("judge", f"results/judge/{M}/cbt/shard00.jsonl", "results/units/judge", "judge.py"),
@@ -198,6 +199,7 @@ CASES = [
     ("transcripts", "first unit", False, K, 2),
     ("transcripts", "unit folder", False, K, 2),
     ("transcripts", "first unit", False, T, 1),
+    ("eval_history", "first unit", False, K, 2),
     ("train", "first unit", False, K, 2),
     ("train", "checkpoint save", False, K, 2),
     ("train", "first unit", False, T, 1),

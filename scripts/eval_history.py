@@ -1,0 +1,19 @@
+"""Snakemake entry: a synthetic course history for each evaluation patient (later positions)."""
+
+from cbtpipe.backends import make_backend
+from cbtpipe.course import generate_history
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
+from cbtpipe.rule import entry
+
+with entry(snakemake, "eval_history") as log:
+    p = snakemake.params
+    backend = make_backend(p.course["generator"], p.backends, where="data.generator")
+    try:
+        rows, stats = generate_history(
+            read_jsonl(snakemake.input.profiles), backend, p.course, p.course["positions"], snakemake.input.template, p.units
+        )
+    finally:
+        backend.close()
+    write_jsonl(snakemake.output.history, rows)
+    write_json(snakemake.output.stats, stats)
+    log.info("course histories: %s", stats)
