@@ -1,7 +1,7 @@
 """The judge with the real tiny model in llama.cpp: schema enforced, invalid answers missing."""
 
 from cbtpipe.backends import Completion
-from cbtpipe.judge import judge_session, render_transcript, run_judging
+from cbtpipe.judge import judge_session, judged_text_sha, render_transcript, run_judging
 from cbtpipe.rubric import load_rubric
 
 SESSION = {
@@ -94,7 +94,6 @@ def test_a_changed_transcript_is_judged_again(root, tmp_path):
     """Judgements are keyed by the transcript they score: the same session id with other turns (a
     retrained model's session) is judged again, an unchanged one is reused, and every judged
     record carries the hash of the transcript it scored."""
-    from cbtpipe.io import hash_obj
 
     rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
     other = dict(SESSION, session_id="def456", patient_id="eval-001")
@@ -108,7 +107,7 @@ def test_a_changed_transcript_is_judged_again(root, tmp_path):
     second, st2 = run_judging([changed, other], b, rubric, JCFG, tpl, tmp_path)
     assert st2["sessions_reused"] == 1 and type(b).calls == 6
     for sess, j in zip([changed, other], second, strict=True):
-        assert j["transcript_sha256"] == hash_obj(render_transcript(sess), 64)
+        assert j["transcript_sha256"] == judged_text_sha(sess)
     assert second[0]["transcript_sha256"] != first[0]["transcript_sha256"]
     assert second[1] == first[1]
 

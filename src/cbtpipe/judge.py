@@ -40,6 +40,12 @@ def render_transcript(session: dict[str, Any]) -> str:
     return "\n".join(f"{label[m['role']]}: {m['content']}" for m in session["messages"])
 
 
+def judged_text_sha(session: dict[str, Any]) -> str:
+    """The hash of what the judge reads of a session: its turns and the course context it was
+    played in (a judgement is a unit of this)."""
+    return hash_obj([render_transcript(session), session.get("course_context") or ""], 64)
+
+
 def total_score(scores: dict[str, int | None], rubric: dict[str, Any], mode: str) -> float | None:
     """Total over items; None unless complete (``complete``) or some item is present (``prorate``)."""
     vals = [scores.get(i["id"]) for i in rubric["items"]]
@@ -144,8 +150,7 @@ def run_judging(
     out, empty = [], 0
     t0 = time.perf_counter()
     for s in tqdm(sessions, desc="judged", unit="session", mininterval=5):
-        # what the judge reads of a session: its turns and the course context it was played in
-        transcript_sha = hash_obj([render_transcript(s), s.get("course_context") or ""], 64)
+        transcript_sha = judged_text_sha(s)
         if not s["messages"]:
             # Nothing to judge: missing, never a score, and no judge call.
             out.append(unjudged(s, rubric, transcript_sha, "the session has no turns"))

@@ -110,3 +110,30 @@ def test_snakemake_report_builds(ci_run, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     text = out.read_text(errors="replace")
     assert out.stat().st_size > 10_000 and "loss.png" in text and "report.html" in text
+
+
+def test_a_rollout_ablation_runs_beside_the_main_sessions(ci_run, tmp_path):
+    """rollout.ablations plays the same patients, positions and seeds under other settings and
+    judges them; the main sessions are not touched, and the report compares the two."""
+    import yaml
+
+    from tests.helpers.workdir import clone_workdir, dry_run_jobs
+
+    wd = clone_workdir(ci_run, tmp_path / "wd")
+    cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
+    cfg["rollout"]["ablations"] = {"short": {"max_turns": 2}}
+    (wd / "ablation.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_jobs(wd, "ablation.yaml")
+    assert jobs == {"rollout_ablation": 2, "judge_ablation": 2, "ablation_statistics": 1, "report": 1, "all": 1}
+    r = run_snakemake(wd, "--cores", "2", "--configfile", "ablation.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    for arm in ("instruct", "cbt"):
+        main = _jsonl(wd / f"results/rollouts/smollm2-135m/{arm}/shard00.jsonl")
+        short = _jsonl(wd / f"results/ablations/short/rollouts/smollm2-135m/{arm}/shard00.jsonl")
+        key = [(s["patient_id"], s["position"], s["patient_seed"], s["therapist_seed"]) for s in main]
+        assert key == [(s["patient_id"], s["position"], s["patient_seed"], s["therapist_seed"]) for s in short]
+        assert all(s["turns"] <= 2 for s in short) and any(s["turns"] > 2 for s in main)
+    ab = json.loads((wd / "results/report/ablations.json").read_text())
+    assert ab["short"]["settings"] == {"max_turns": 2}
+    assert {(c["arm"], c["n"]) for c in ab["short"]["comparison"]} == {("cbt", 2), ("instruct", 2)}
+    assert "### Ablations of the rollout settings" in (wd / "results/report/report.md").read_text()

@@ -152,6 +152,12 @@ CASES = [
         ["rubric_no_anchors.yaml, line 4", "no anchors"],
     ),
     (
+        "rubric_subtotal_unknown_item",
+        lambda c: _set(c, "judge.rubric", "bad/rubric_subtotal_unknown_item.yaml"),
+        None,
+        ["rubric_subtotal_unknown_item.yaml, line 9", "subtotal 'structure' names unknown item(s) homework"],
+    ),
+    (
         "ratings_bad_header",
         lambda c: _set(c, "report.human_ratings", "bad/ratings_bad_header.csv"),
         None,
@@ -282,6 +288,19 @@ CASES += [
         lambda c: _set(c, "models.smollm2-135m.chat_template", "bad/no_such.jinja"),
         None,
         ["models.smollm2-135m.chat_template", "bad/no_such.jinja"],
+    ),
+    ("position_beyond_course", lambda c: _set(c, "rollout.positions", [1, 5]), None, ["rollout.positions", "[5]", "sessions_per_patient"]),
+    ("min_turns_over_max", lambda c: _set(c, "rollout.min_turns", 9), None, ["rollout.min_turns (9) > rollout.max_turns (4)"]),
+    ("context_template_missing", lambda c: _set(c, "data.prompts.context", "bad/no_such.j2"), None, ["data.prompts.context", "bad/no_such.j2"]),
+    ("ablation_unknown_key", lambda c: _set(c, "rollout.ablations", {"big": {"n_ctx": 8192}}), None, ["n_ctx"]),
+    (
+        # the template cannot carry the system prompt where it stands, and the config insists on it
+        "chat_layout_impossible",
+        lambda c: _set(
+            _set(c, "models.smollm2-135m.chat_template", "bad/system_in_last_user.jinja"), "models.smollm2-135m.chat_layout", "native"
+        ),
+        "results/models/smollm2-135m/chat_layout.json",
+        ["model smollm2-135m", "cannot carry the therapist's system prompt", "models.smollm2-135m.chat_template"],
     ),
     (
         "local_hf_not_a_model",

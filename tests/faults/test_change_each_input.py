@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.io import hash_obj
-from cbtpipe.judge import render_transcript
+from cbtpipe.judge import judged_text_sha
 from tests.helpers.workdir import clone_workdir, dry_run_jobs, run_snakemake
 
 pytestmark = pytest.mark.faults
@@ -254,7 +253,7 @@ def _check_scores_are_current(wd: Path) -> None:
         for line in (wd / f"results/judge/{M}/{arm}/shard00.jsonl").read_text().splitlines():
             j = json.loads(line)
             s = sessions[j["session_id"]]
-            assert j["transcript_sha256"] == hash_obj([render_transcript(s), s.get("course_context") or ""], 64), j["session_id"]
+            assert j["transcript_sha256"] == judged_text_sha(s), j["session_id"]
             judged_ids.add(j["session_id"])
     totals = {r["session_id"] for r in csv.DictReader((wd / "results/report/session_totals.csv").read_text().splitlines())}
     assert totals == judged_ids
