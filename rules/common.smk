@@ -218,6 +218,15 @@ def ablation_judged(wildcards=None):
     )
 
 
+def turn_judged(wildcards=None):
+    return expand(
+        "results/judge_turns/{model}/{arm}/shard{shard}.jsonl",
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
+
+
 def transcript_inputs(wildcards):
     if config["data"]["source"] == "import":
         return {"imported": config["data"]["import_path"]}

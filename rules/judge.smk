@@ -20,7 +20,7 @@ rule judge:
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
-        judge=settings("judge", "rubric", "prompt"),
+        judge=settings("judge", "rubric", "prompt", "turn_windows"),
         backends=used_backends(("judge", "backend")),
         units="results/units/judge",
     script:
@@ -46,8 +46,34 @@ rule judge_ablation:
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
-        judge=settings("judge", "rubric", "prompt"),
+        judge=settings("judge", "rubric", "prompt", "turn_windows"),
         backends=used_backends(("judge", "backend")),
         units="results/units/judge",
     script:
         "../scripts/judge.py"
+
+
+rule judge_turns:
+    input:
+        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        rubric=config["judge"]["rubric"],
+        prompt=config["judge"]["prompt"],
+    output:
+        judged="results/judge_turns/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/judge_turns/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/judge_turns/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/judge_turns/{model}-{arm}-{shard}.tsv"
+    conda:
+        llm_env(("judge", "backend"))
+    threads: CPU
+    resources:
+        gpu=backend_gpus(("judge", "backend")),
+        slurm_partition=backend_partition(("judge", "backend")),
+    params:
+        judge=settings("judge", "rubric", "prompt"),
+        backends=used_backends(("judge", "backend")),
+        units="results/units/judge_turns",
+    script:
+        "../scripts/judge_turns.py"

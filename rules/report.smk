@@ -79,6 +79,21 @@ rule ablation_statistics:
         "../scripts/ablation_statistics.py"
 
 
+rule turn_statistics:
+    input:
+        judged=turn_judged(),
+    output:
+        stats="results/report/turn_windows.json",
+    log:
+        "logs/report/turn_windows.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        windows=config["judge"]["turn_windows"],
+    script:
+        "../scripts/turn_statistics.py"
+
+
 rule report:
     input:
         stats="results/report/statistics.json",
@@ -107,6 +122,11 @@ rule report:
             shard=SHARDS,
         ),
         ablations=["results/report/ablations.json"] if ABLATIONS else [],
+        turn_windows=(
+            ["results/report/turn_windows.json"]
+            if config["judge"]["turn_windows"]["enabled"]
+            else []
+        ),
         eval_history="results/profiles/eval_history_stats.json",
     output:
         md="results/report/report.md",

@@ -173,3 +173,26 @@ def test_pooled_row_shows_the_arms_means():
     assert pooled["mean_diff"] == pytest.approx(2.0)
     assert pooled["mean_b"] == pytest.approx(np.mean([per_model[m]["mean_b"] for m in ("m1", "m2")]))
     assert pooled["mean_a"] - pooled["mean_b"] == pytest.approx(2.0)
+
+
+def test_turn_scores_against_context_bins_and_correlation():
+    from scipy.stats import spearmanr
+
+    from cbtpipe.analysis import turn_scores_vs_context
+
+    rows = [
+        {"model": "m1", "arm": arm, "context_tokens": c, "total_pct": None if c == 4500 and arm == "cbt" else 80 - c / 100}
+        for arm in ("cbt", "instruct")
+        for c in (500, 1500, 2500, 3500, 4500, 9000)
+    ]
+    res = turn_scores_vs_context(rows)
+    assert res["excerpts"] == 12 and res["missing"] == 1
+    pooled = next(g for g in res["groups"] if g["model"] == "pooled")
+    valid = [r for r in rows if r["total_pct"] is not None]
+    assert pooled["n"] == 11 and pooled["rho"] == pytest.approx(
+        spearmanr([r["context_tokens"] for r in valid], [r["total_pct"] for r in valid]).statistic
+    )
+    bins = {(b["arm"], b["context"]): (b["n"], b["mean_pct"]) for b in res["bins"]}
+    assert ("cbt", "4000-8000") not in bins  # its only excerpt has no valid score: no bin, not a 0
+    assert bins[("instruct", "4000-8000")] == (1, pytest.approx(35.0))
+    assert bins[("both", "2000-4000")] == (4, pytest.approx(50.0)) and bins[("both", ">= 8000")] == (2, pytest.approx(-10.0))

@@ -121,3 +121,17 @@ def test_a_session_without_turns_is_missing_not_judged(root, tmp_path):
     j = judged[0]
     assert j["total"] is None and j["valid_samples"] == 0 and j["missing_reason"] == "the session has no turns"
     assert all(v is None for v in j["item_scores"].values())
+
+
+def test_turn_windows_end_at_every_nth_therapist_turn_and_the_last():
+    from cbtpipe.judge import turn_windows
+
+    roles = ["therapist", "patient"] * 4 + ["therapist"]
+    msgs = [{"role": r, "content": f"{r} {i}", "prompt_tokens": 100 * i, "completion_tokens": 10} for i, r in enumerate(roles)]
+    w = turn_windows({"messages": msgs}, window=3, every=2)
+    # therapist turns are 1, 3, 5, 7, 9 (1-based): every second one (3, 7) and the last (9)
+    assert [x["turn"] for x in w] == [3, 7, 9]
+    assert [(x["excerpt"]["first"], x["excerpt"]["last"]) for x in w] == [(1, 3), (5, 7), (7, 9)]
+    assert [len(x["messages"]) for x in w] == [3, 3, 3] and w[0]["messages"][-1]["content"] == "therapist 2"
+    assert [x["context_tokens"] for x in w] == [210, 610, 810]
+    assert [x["turn"] for x in turn_windows({"messages": msgs}, window=2, every=1)] == [1, 3, 5, 7, 9]

@@ -427,6 +427,33 @@ def ablation_comparison(
     return out
 
 
+CONTEXT_BINS = (0, 1000, 2000, 4000, 8000)
+
+
+def turn_scores_vs_context(rows: list[dict[str, Any]], bins: tuple[int, ...] = CONTEXT_BINS) -> dict[str, Any]:
+    """Excerpt scores (percent of the scale's maximum) against the therapist's context at the
+    excerpt's last turn: Spearman per model and arm and pooled, and mean scores per context bin."""
+
+    def label(lo, hi):
+        return f"{lo}-{hi}" if hi is not None else f">= {lo}"
+
+    edges = [*bins, None]
+    groups = sorted({(r["model"], r["arm"]) for r in rows})
+    out: dict[str, Any] = {"excerpts": len(rows), "missing": sum(r["total_pct"] is None for r in rows), "groups": [], "bins": []}
+    for key in [*groups, ("pooled", "both")]:
+        sub = rows if key[0] == "pooled" else [r for r in rows if (r["model"], r["arm"]) == key]
+        x = [float(r["context_tokens"]) for r in sub]
+        y = [float("nan") if r["total_pct"] is None else float(r["total_pct"]) for r in sub]
+        out["groups"].append({"model": key[0], "arm": key[1], **spearman(x, y)})
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            vals = [v for c, v in zip(x, y, strict=True) if c >= lo and (hi is None or c < hi) and np.isfinite(v)]
+            if vals:
+                out["bins"].append(
+                    {"model": key[0], "arm": key[1], "context": label(lo, hi), "n": len(vals), "mean_pct": float(np.mean(vals))}
+                )
+    return out
+
+
 def analyse(
     long: list[dict[str, str]],
     totals: list[dict[str, str]],

@@ -72,7 +72,13 @@ def _identity(session: dict[str, Any]) -> dict[str, Any]:
 def judge_session(
     session: dict[str, Any], backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path
 ) -> dict[str, Any]:
-    prompt = render_template(template, rubric=rubric, transcript=render_transcript(session), context=session.get("course_context") or "")
+    prompt = render_template(
+        template,
+        rubric=rubric,
+        transcript=render_transcript(session),
+        context=session.get("course_context") or "",
+        excerpt=session.get("excerpt"),
+    )
     schema = score_schema(rubric, jcfg["justification_chars"])
     messages = [{"role": "user", "content": prompt}]
     samples = []
@@ -189,5 +195,79 @@ def run_judging(
         "llm": backend.stats.as_dict(),  # this run's calls, with the prompt tokens reused from the KV cache
         "backend": backend.name,
         "unit_dir": str(store.root),
+    }
+    return out, stats
+
+
+def turn_windows(session: dict[str, Any], window: int, every: int) -> list[dict[str, Any]]:
+    """Excerpts of a session for a per-turn judge pass: one ending at every ``every``-th therapist
+    turn (and at the last), holding the ``window`` turns up to it, with the context the therapist
+    had when it spoke that turn (its prompt plus its answer, in tokens)."""
+    msgs = session["messages"]
+    th = [i for i, m in enumerate(msgs) if m["role"] == "therapist"]
+    ends = [t for k, t in enumerate(th, 1) if k % every == 0 or t == th[-1]]
+    out = []
+    for t in ends:
+        first = max(0, t - window + 1)
+        m = msgs[t]
+        out.append(
+            {
+                "turn": t + 1,
+                "excerpt": {"first": first + 1, "last": t + 1},
+                "messages": msgs[first : t + 1],
+                "context_tokens": (m.get("prompt_tokens") or 0) + (m.get("completion_tokens") or 0),
+            }
+        )
+    return out
+
+
+def run_turn_judging(
+    sessions: list[dict[str, Any]],
+    backend: Backend,
+    rubric: dict[str, Any],
+    jcfg: dict[str, Any],
+    template: str | Path,
+    unit_dir: str | Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The opt-in per-turn pass (``judge.turn_windows``): every excerpt of every session judged on
+    the rubric with ``turn_windows.samples`` samples, resumable per excerpt."""
+    tw = jcfg["turn_windows"]
+    wcfg = dict(jcfg, samples=tw["samples"])
+    key = hash_obj(
+        {"jcfg": wcfg, "rubric": rubric["sha256"], "backend": backend.identity(), "tpl": Path(template).read_text(encoding="utf-8")}
+    )
+    store = UnitStore(Path(unit_dir) / key)
+    out = []
+    t0 = time.perf_counter()
+    for s in sessions:
+        if not s["messages"]:
+            continue
+        for w in turn_windows(s, tw["window_turns"], tw["every"]):
+            excerpt = dict(s, messages=w["messages"], excerpt=w["excerpt"])
+            uid = f"{s['session_id']}-t{w['turn']}-{judged_text_sha(excerpt)[:16]}"
+
+            def make(excerpt=excerpt):
+                return judge_session(excerpt, backend, rubric, wcfg, template)
+
+            j, _ = store.get_or_make(uid, make)
+            out.append(
+                {
+                    **_identity(s),
+                    "turn": w["turn"],
+                    "context_tokens": w["context_tokens"],
+                    "total": j["total"],
+                    "total_pct": None if j["total"] is None else 100 * j["total"] / rubric["max_total"],
+                    "item_scores": j["item_scores"],
+                    "valid_samples": j["valid_samples"],
+                    "samples": len(j["samples"]),
+                }
+            )
+    stats = {
+        "windows": len(out),
+        "windows_reused": store.reused,
+        "valid_windows": sum(r["total"] is not None for r in out),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "llm": backend.stats.as_dict(),
+        "backend": backend.name,
     }
     return out, stats

@@ -341,6 +341,12 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             for name, ab in ctx.get("ablations", {}).items()
             for r in ab["comparison"]
         ],
+        "turn_groups": [
+            [g["model"], g["arm"], g["n"], fmt(g["rho"]), fmt_p(g["p"]), _notes(g)] for g in ctx.get("turn_windows", {}).get("groups", [])
+        ],
+        "turn_bins": [
+            [b["model"], b["arm"], b["context"], b["n"], fmt(b["mean_pct"], 1)] for b in ctx.get("turn_windows", {}).get("bins", [])
+        ],
         "subtotal_notes": [f"{sub['name']}: {sub['note'].strip()}" for sub in st.get("subtotals", {}).values()],
         "pairwise": [
             [p["a"], p["b"], p["n"], fmt(p["mean_diff"]), fmt_p(p["p_t"]), fmt_p(p["p_holm"]), fmt(p["cohens_dz"])]

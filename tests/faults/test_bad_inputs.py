@@ -291,7 +291,12 @@ CASES += [
     ),
     ("position_beyond_course", lambda c: _set(c, "rollout.positions", [1, 5]), None, ["rollout.positions", "[5]", "sessions_per_patient"]),
     ("min_turns_over_max", lambda c: _set(c, "rollout.min_turns", 9), None, ["rollout.min_turns (9) > rollout.max_turns (4)"]),
-    ("context_template_missing", lambda c: _set(c, "data.prompts.context", "bad/no_such.j2"), None, ["data.prompts.context", "bad/no_such.j2"]),
+    (
+        "context_template_missing",
+        lambda c: _set(c, "data.prompts.context", "bad/no_such.j2"),
+        None,
+        ["data.prompts.context", "bad/no_such.j2"],
+    ),
     ("ablation_unknown_key", lambda c: _set(c, "rollout.ablations", {"big": {"n_ctx": 8192}}), None, ["n_ctx"]),
     (
         # the template cannot carry the system prompt where it stands, and the config insists on it

@@ -1,0 +1,11 @@
+"""Snakemake entry: per-turn judge scores against the context the therapist had reached."""
+
+from cbtpipe.analysis import turn_scores_vs_context
+from cbtpipe.io import read_jsonl, write_json
+from cbtpipe.rule import entry
+
+with entry(snakemake, "turn_statistics") as log:
+    rows = [r for path in snakemake.input.judged for r in read_jsonl(path)]
+    res = turn_scores_vs_context(rows) | {"settings": snakemake.params.windows}
+    write_json(snakemake.output.stats, res)
+    log.info("turn windows: %d excerpts", len(rows))
