@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from cbtpipe.backends import LlamaCppBackend
+from cbtpipe.config import section_defaults
 from cbtpipe.io import write_json
 from cbtpipe.profiles import eval_profiles, load_attributes
 from cbtpipe.rollout import run_session, session_plan
@@ -46,7 +47,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     sampling = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 80, "repeat_penalty": 1.1}
-    rcfg = {
+    rcfg = section_defaults("rollout") | {
         "therapist": sampling,
         "patient": dict(sampling, max_tokens=60),
         "therapist_n_ctx": 2048,

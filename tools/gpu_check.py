@@ -343,10 +343,18 @@ def run_project(name, method, model_dir, rows_path, work: Path, steps: int, lige
     out.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    from transformers import AutoTokenizer
+
+    from cbtpipe.chat import chat_layout
+    from cbtpipe.io import write_json
+
+    layout_path = out / "chat_layout.json"
+    write_json(layout_path, chat_layout(AutoTokenizer.from_pretrained(model_dir), "gpu-check"))
     m = train_adapter(
         model_dir=model_dir,
         train_path=rows_path,
         val_path=rows_path,
+        layout_path=layout_path,
         tcfg=tcfg,
         seed=1,
         unit_root=out / "units",
@@ -373,10 +381,11 @@ def run_trl_default(model_dir, rows, work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from cbtpipe.chat import chat_layout
     from cbtpipe.training import CsvLogger, build_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ds = build_dataset(rows, tok, 2048)
+    ds, _ = build_dataset(rows, tok, chat_layout(tok, "gpu-check"), 2048)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     out = work / "trl_default"
     out.mkdir(parents=True, exist_ok=True)
@@ -431,9 +440,11 @@ def train_phase(assets: Path, work: Path, budget: float, steps: int):
     write_jsonl(rows_path, rows)
     from transformers import AutoTokenizer
 
+    from cbtpipe.chat import chat_layout
     from cbtpipe.training import build_dataset
 
-    ds = build_dataset(rows, AutoTokenizer.from_pretrained(model_dir), 2048)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ds, _ = build_dataset(rows, tok, chat_layout(tok, "gpu-check"), 2048)
     lens = [len(x) for x in ds["input_ids"]]
     avg = sum(lens) / len(lens)
     res = {"parameters": n_params, "examples": len(rows), "avg_tokens": round(avg), "max_tokens": max(lens), "runs": {}}

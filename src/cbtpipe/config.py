@@ -49,6 +49,12 @@ def backend_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
+def section_defaults(section: str) -> dict[str, Any]:
+    """The schema's defaults of one config section (for code run outside a Snakemake run)."""
+    props = schema()["properties"][section]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
 STAGE_BACKENDS = {
     "data.generator": ("data", "generator"),
     "rollout.patient_backend": ("rollout", "patient_backend"),
