@@ -67,3 +67,36 @@ def test_totals_and_aggregation():
     assert aggregate([1, None, 3], "mean") == 2
     assert aggregate([1, 2, 9], "median") == 2
     assert aggregate([None], "mean") is None
+
+
+def test_modified_rubric_agrees_with_the_course_context(root):
+    """No anchor of the modified scale asks for what a first session cannot have, and the
+    subtotal the report uses as a sensitivity analysis is the Cactus six."""
+    mod = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    hw = next(i for i in mod["items"] if i["id"] == "homework")
+    assert all("where there is any" in hw["anchors"][k] for k in (4, 6))
+    assert "course context" in hw["modification"] and "course context" in hw["description"]
+    sub = mod["subtotals"]["cactus6"]
+    assert sub["max"] == 36 and len(sub["items"]) == 6 and "homework" not in sub["items"]
+
+
+def test_the_judge_prompt_carries_the_course_context_and_nothing_of_model_or_arm(root):
+    from cbtpipe.judge import render_transcript
+    from cbtpipe.prompts import render_template
+
+    rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
+    session = {
+        "model": "secretmodelname",
+        "arm": "cbt",
+        "messages": [{"role": "therapist", "content": "How was the activity log?"}, {"role": "patient", "content": "I did it twice."}],
+        "course_context": "Course context: this is session 2 of 20. Homework agreed: an activity log.",
+    }
+    prompt = render_template(
+        root / "resources/prompts/judge.j2",
+        rubric=rubric,
+        transcript=render_transcript(session),
+        context=session["course_context"],
+        excerpt=None,
+    )
+    assert session["course_context"] in prompt and "secretmodelname" not in prompt
+    assert "instruct" not in prompt.lower() and "fine-tun" not in prompt.lower() and " cbt arm" not in prompt.lower()
