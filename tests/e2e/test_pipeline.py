@@ -112,9 +112,10 @@ def test_snakemake_report_builds(ci_run, tmp_path):
     assert out.stat().st_size > 10_000 and "loss.png" in text and "report.html" in text
 
 
-def test_a_rollout_ablation_runs_beside_the_main_sessions(ci_run, tmp_path):
+def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run, tmp_path):
     """rollout.ablations plays the same patients, positions and seeds under other settings and
-    judges them; the main sessions are not touched, and the report compares the two."""
+    judges them; judge.turn_windows scores excerpts of each main session against the therapist's
+    context. Neither touches the main sessions or their judgements, and the report shows both."""
     import yaml
 
     from tests.helpers.workdir import clone_workdir, dry_run_jobs
@@ -122,11 +123,23 @@ def test_a_rollout_ablation_runs_beside_the_main_sessions(ci_run, tmp_path):
     wd = clone_workdir(ci_run, tmp_path / "wd")
     cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
     cfg["rollout"]["ablations"] = {"short": {"max_turns": 2}}
-    (wd / "ablation.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = dry_run_jobs(wd, "ablation.yaml")
-    assert jobs == {"rollout_ablation": 2, "judge_ablation": 2, "ablation_statistics": 1, "report": 1, "all": 1}
-    r = run_snakemake(wd, "--cores", "2", "--configfile", "ablation.yaml")
+    cfg["judge"]["turn_windows"] = {"enabled": True, "window_turns": 2, "every": 2}
+    (wd / "variants.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_jobs(wd, "variants.yaml")
+    assert jobs == {
+        "rollout_ablation": 2,
+        "judge_ablation": 2,
+        "ablation_statistics": 1,
+        "judge_turns": 2,
+        "turn_statistics": 1,
+        "report": 1,
+        "all": 1,
+    }
+    r = run_snakemake(wd, "--cores", "2", "--configfile", "variants.yaml")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    md = (wd / "results/report/report.md").read_text()
+
+    # the ablation: same patients, positions and seeds; shorter sessions; compared in the report
     for arm in ("instruct", "cbt"):
         main = _jsonl(wd / f"results/rollouts/smollm2-135m/{arm}/shard00.jsonl")
         short = _jsonl(wd / f"results/ablations/short/rollouts/smollm2-135m/{arm}/shard00.jsonl")
@@ -136,32 +149,18 @@ def test_a_rollout_ablation_runs_beside_the_main_sessions(ci_run, tmp_path):
     ab = json.loads((wd / "results/report/ablations.json").read_text())
     assert ab["short"]["settings"] == {"max_turns": 2}
     assert {(c["arm"], c["n"]) for c in ab["short"]["comparison"]} == {("cbt", 2), ("instruct", 2)}
-    assert "### Ablations of the rollout settings" in (wd / "results/report/report.md").read_text()
+    assert "### Ablations of the rollout settings" in md
 
-
-def test_the_opt_in_turn_window_pass(ci_run, tmp_path):
-    """judge.turn_windows scores excerpts of each session against the therapist's context; turning
-    it on re-runs no main judgement."""
-    import yaml
-
-    from tests.helpers.workdir import clone_workdir, dry_run_jobs
-
-    wd = clone_workdir(ci_run, tmp_path / "wd")
-    cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
-    cfg["judge"]["turn_windows"] = {"enabled": True, "window_turns": 2, "every": 2}
-    (wd / "turns.yaml").write_text(yaml.safe_dump(cfg))
-    assert dry_run_jobs(wd, "turns.yaml") == {"judge_turns": 2, "turn_statistics": 1, "report": 1, "all": 1}
-    r = run_snakemake(wd, "--cores", "2", "--configfile", "turns.yaml")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    # the turn-window pass: CI sessions have two therapist turns, so with every = 2 one excerpt
+    # each, ending at the second, with the context the therapist had there
     rows = _jsonl(wd / "results/judge_turns/smollm2-135m/cbt/shard00.jsonl")
     sessions = _jsonl(wd / "results/rollouts/smollm2-135m/cbt/shard00.jsonl")
-    # CI sessions have two therapist turns: with every = 2 one excerpt each, ending at the second
     assert len(rows) == len(sessions)
     by_turn = {(s["session_id"], i + 1): m for s in sessions for i, m in enumerate(s["messages"])}
-    for r in rows:
-        m = by_turn[(r["session_id"], r["turn"])]
-        assert m["role"] == "therapist" and r["context_tokens"] == m["prompt_tokens"] + m["completion_tokens"]
-        assert r["total_pct"] is None or 0 <= r["total_pct"] <= 100
+    for row in rows:
+        m = by_turn[(row["session_id"], row["turn"])]
+        assert m["role"] == "therapist" and row["context_tokens"] == m["prompt_tokens"] + m["completion_tokens"]
+        assert row["total_pct"] is None or 0 <= row["total_pct"] <= 100
     tw = json.loads((wd / "results/report/turn_windows.json").read_text())
     assert tw["excerpts"] == 2 * len(sessions) and len(tw["groups"]) == 3
-    assert "Per-turn scores against context" in (wd / "results/report/report.md").read_text()
+    assert "Per-turn scores against context" in md

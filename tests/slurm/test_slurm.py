@@ -98,7 +98,8 @@ def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
     ):
         local_s += float((ci_run / "benchmarks" / f"{b}.tsv").read_text().splitlines()[-1].split("\t")[0])
     lines = (wd / TARGET).read_text().splitlines()
-    assert len(lines) == 2 and all(json.loads(line)["turns"] >= 1 for line in lines)
+    # 2 evaluation patients x course positions 1 and 2
+    assert len(lines) == 4 and all(json.loads(line)["turns"] >= 1 for line in lines)
     for rule in ("train", "merge", "convert_gguf", "quantize_gguf", "rollout"):
         # Each job went through sbatch (the plugin names the job's SLURM log; it removes the logs of
         # successful jobs afterwards).
