@@ -7,13 +7,15 @@ from cbtpipe.rule import entry
 
 with entry(snakemake, "eval_history") as log:
     p = snakemake.params
-    backend = make_backend(p.course["generator"], p.backends, where="data.generator")
+    # only later positions need a history (and a generator: an import may have none)
+    backend = make_backend(p.course["generator"], p.backends, where="data.generator") if max(p.course["positions"]) > 1 else None
     try:
         rows, stats = generate_history(
             read_jsonl(snakemake.input.profiles), backend, p.course, p.course["positions"], snakemake.input.template, p.units
         )
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
     write_jsonl(snakemake.output.history, rows)
     write_json(snakemake.output.stats, stats)
     log.info("course histories: %s", stats)

@@ -146,3 +146,26 @@ def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():
         backend_spec("api", {"type": "openai", "base_url": "http://h/v1", "model": "m", "timeout_s": -1})
     with pytest.raises(PipelineError, match="config key backends.x: Additional properties are not allowed \\('temprature' was unexpected"):
         backend_spec("x", {"type": "llama_cpp", "gguf": {"path": "a.gguf"}, "temprature": 1})
+
+
+def test_an_import_needs_a_generator_only_for_later_positions():
+    """With imported transcripts the generator writes nothing, unless later course positions need
+    the evaluation patients' histories: then data.generator must name a backend."""
+    from cbtpipe.config import active_backends
+
+    cfg = valid(load())
+    cfg["data"].update(source="import", import_path="x.jsonl", generator="nowhere")
+    cfg["rollout"]["positions"] = [1]
+    assert "data.generator" not in active_backends(cfg)
+    cfg["rollout"]["positions"] = [1, 2]
+    assert active_backends(cfg)["data.generator"] == "nowhere"
+
+
+def test_histories_are_written_only_for_later_positions(root, tmp_path):
+    from cbtpipe.course import generate_history
+
+    dcfg = valid(load())["data"]
+    profiles = [{"id": "eval-000", "seed": 1}, {"id": "eval-001", "seed": 2}]
+    rows, stats = generate_history(profiles, None, dcfg, [1], root / "resources/prompts/eval_history.j2", tmp_path)
+    assert rows == [{"patient_id": "eval-000", "history": []}, {"patient_id": "eval-001", "history": []}]
+    assert stats["sessions_each"] == 0 and stats["backend"] is None

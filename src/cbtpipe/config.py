@@ -71,7 +71,8 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
     """Config key -> backend name, for the stages that call an LLM backend in this config."""
     out = {}
     for key, (sec, field) in STAGE_BACKENDS.items():
-        if key == "data.generator" and cfg["data"]["source"] != "generate":
+        # the generator writes the transcripts, and the course histories of later positions
+        if key == "data.generator" and cfg["data"]["source"] != "generate" and max(cfg["rollout"]["positions"]) == 1:
             continue
         out[key] = cfg[sec][field]
     return out

@@ -105,17 +105,33 @@ def history_schema(n: int, chars_max: int) -> dict[str, Any]:
 
 
 def generate_history(
-    profiles: list[dict[str, Any]], backend: Backend, dcfg: dict[str, Any], positions: list[int], template: str | Path, unit_dir: str | Path
+    profiles: list[dict[str, Any]],
+    backend: Backend | None,
+    dcfg: dict[str, Any],
+    positions: list[int],
+    template: str | Path,
+    unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A synthetic course history (summary and homework of sessions 1 .. max(positions) - 1) for
     each evaluation patient, resumable per patient. A patient whose history could not be written
     within ``data.max_attempts`` gets ``history: null`` and is left out of later positions (and
-    counted), never given an empty history that would pass for a first session."""
+    counted), never given an empty history that would pass for a first session. With only
+    position 1 there is nothing to write and ``backend`` may be None."""
     n_sessions = dcfg["sessions_per_patient"]
     check_positions(positions, n_sessions)
     n = max(positions) - 1
     plan = phase_plan(dcfg["phases"], n_sessions)
     sessions = [{"index": i + 1, "phase": plan[i]} for i in range(n)]
+    if n == 0:
+        rows = [{"patient_id": p["id"], "history": []} for p in profiles]
+        return rows, {
+            "patients": len(profiles),
+            "sessions_each": 0,
+            "patients_failed": 0,
+            "patients_reused": 0,
+            "backend": None,
+            "llm": None,
+        }
     tpl_text = Path(template).read_text(encoding="utf-8")
     store = UnitStore(
         Path(unit_dir)
@@ -134,9 +150,6 @@ def generate_history(
     )
     out, failed = [], 0
     for prof in profiles:
-        if n == 0:
-            out.append({"patient_id": prof["id"], "history": []})
-            continue
 
         def make(prof=prof):
             prompt = render_template(template, patient=describe(prof), sessions=sessions, n_sessions=n_sessions)
