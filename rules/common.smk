@@ -74,6 +74,12 @@ def settings(section, *paths):
     return {k: v for k, v in config[section].items() if k not in paths}
 
 
+def course_settings():
+    """The course an evaluation session's position belongs to (its length and phases)."""
+    d = config["data"]
+    return {"n_sessions": d["sessions_per_patient"], "phases": d["phases"]}
+
+
 def eval_history_settings():
     """What an evaluation patient's synthetic course history depends on, and only that."""
     d = config["data"]

@@ -22,10 +22,7 @@ rule rollout:
         rollout=rollout_settings,
         backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
-        course={
-            "n_sessions": config["data"]["sessions_per_patient"],
-            "phases": config["data"]["phases"],
-        },
+        course=course_settings(),
         units="results/units/rollouts/{model}/{arm}",
     script:
         "../scripts/rollout.py"
@@ -56,10 +53,7 @@ rule rollout_ablation:
         rollout=rollout_settings,
         backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
-        course={
-            "n_sessions": config["data"]["sessions_per_patient"],
-            "phases": config["data"]["phases"],
-        },
+        course=course_settings(),
         units="results/units/rollouts/{model}/{arm}",
     script:
         "../scripts/rollout.py"
