@@ -1,5 +1,5 @@
 # Fine-tuning LLMs to deliver CBT for depression: a reproduction and extension of Tahir (2024).
-# Stages: models -> data -> training -> export -> rollouts -> judge -> report.
+# Stages: models -> data -> training -> export -> rollouts -> judge (CTRS and safety) -> report.
 from snakemake.utils import min_version, validate
 
 from cbtpipe.config import SCHEMA
@@ -24,6 +24,7 @@ include: "rules/training.smk"
 include: "rules/export.smk"
 include: "rules/rollout.smk"
 include: "rules/judge.smk"
+include: "rules/safety.smk"
 include: "rules/report.smk"
 
 

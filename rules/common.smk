@@ -5,8 +5,10 @@ from cbtpipe.config import (
     check_api_keys,
     check_config,
     model_training_cfg,
+    resolve_defaults,
 )
 
+resolve_defaults(config)
 check_config(config, workflow.basedir)
 
 
@@ -92,6 +94,22 @@ def eval_history_settings():
         "max_attempts",
     )
     return {k: d[k] for k in keys} | {"positions": config["rollout"]["positions"]}
+
+
+def risk_settings():
+    """profiles.risk without its file (the file is an input)."""
+    return {k: v for k, v in config["profiles"]["risk"].items() if k != "attributes"}
+
+
+def train_risk_settings():
+    """What training profiles read of profiles.risk: nothing unless risk.train is on."""
+    return risk_settings() if config["profiles"]["risk"]["train"] else {}
+
+
+def train_risk_inputs(wildcards):
+    if not config["profiles"]["risk"]["train"]:
+        return {}
+    return {"risk": config["profiles"]["risk"]["attributes"]}
 
 
 def import_spec(wildcards):
@@ -200,7 +218,49 @@ def rollout_inputs(wildcards):
         "context": PROMPTS["context"],
         "history": "results/profiles/eval_history.jsonl",
         "layout": f"results/models/{wildcards.model}/chat_layout.json",
+    } | protocol_inputs(wildcards)
+
+
+def protocol_inputs(wildcards):
+    """The risk protocol's files, read only by rollouts that use it (rollout.risk_protocol)."""
+    if not rollout_settings(wildcards)["risk_protocol"]:
+        return {}
+    return {
+        "risk_protocol": config["rollout"]["risk_protocol_prompt"],
+        "crisis_resources": config["safety"]["crisis_resources"],
     }
+
+
+def protocol_params(wildcards):
+    """What the risk protocol's text depends on besides its files (nothing when it is off)."""
+    if not rollout_settings(wildcards)["risk_protocol"]:
+        return {}
+    return {"country": config["safety"]["country"]}
+
+
+def safety_settings():
+    """The safety section as the safety judge's params: no file paths, and no settings that only
+    the statistics or the rollouts read."""
+    return settings("safety", "rubric", "prompt", "crisis_resources")
+
+
+def safety_judged(wildcards=None):
+    return expand(
+        "results/safety/{model}/{arm}/shard{shard}.jsonl",
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
+
+
+def safety_ablation_judged(wildcards=None):
+    return expand(
+        "results/ablations/{variant}/safety/{model}/{arm}/shard{shard}.jsonl",
+        variant=ABLATIONS,
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
 
 
 ABLATIONS = sorted(config["rollout"]["ablations"])

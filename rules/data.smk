@@ -3,6 +3,7 @@
 
 rule profiles_train:
     input:
+        unpack(train_risk_inputs),
         attributes=config["profiles"]["attributes"],
     output:
         train="results/profiles/train.jsonl",
@@ -15,6 +16,7 @@ rule profiles_train:
         n_train=config["profiles"]["n_train"],
         n_val=config["profiles"]["n_val"],
         seed=config["profiles"]["seed_train"],
+        risk=train_risk_settings(),
     script:
         "../scripts/profiles.py"
 
@@ -22,6 +24,7 @@ rule profiles_train:
 rule profiles_eval:
     input:
         attributes=config["profiles"]["attributes"],
+        risk=config["profiles"]["risk"]["attributes"],
         train="results/profiles/train.jsonl",
         val="results/profiles/val.jsonl",
     output:
@@ -33,6 +36,7 @@ rule profiles_eval:
     params:
         n_eval=config["profiles"]["n_eval"],
         seed=config["profiles"]["seed_eval"],
+        risk=risk_settings(),
     script:
         "../scripts/profiles.py"
 

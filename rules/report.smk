@@ -128,6 +128,8 @@ rule report:
             else []
         ),
         eval_history="results/profiles/eval_history_stats.json",
+        safety="results/report/safety.json",
+        safety_rubric=config["safety"]["rubric"],
     output:
         md="results/report/report.md",
         html=report(

@@ -23,6 +23,7 @@ rule rollout:
         backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
         course=course_settings(),
+        risk_protocol=protocol_params,
         units="results/units/rollouts/{model}/{arm}",
     script:
         "../scripts/rollout.py"
@@ -54,6 +55,7 @@ rule rollout_ablation:
         backends=used_backends(("rollout", "patient_backend")),
         shards=len(SHARDS),
         course=course_settings(),
+        risk_protocol=protocol_params,
         units="results/units/rollouts/{model}/{arm}",
     script:
         "../scripts/rollout.py"

@@ -1,19 +1,25 @@
-"""Snakemake entry: sample training/validation or evaluation patient profiles."""
+"""Snakemake entry: sample training/validation or evaluation patient profiles (with their
+suicide-risk attributes: always for evaluation, for training only with profiles.risk.train)."""
 
 from cbtpipe.io import read_jsonl, write_jsonl
 from cbtpipe.profiles import eval_profiles, load_attributes, train_val_profiles
+from cbtpipe.risk import assign_risk, load_risk_attributes
 from cbtpipe.rule import entry
 
 with entry(snakemake, snakemake.rule) as log:
     attrs = load_attributes(snakemake.input.attributes)
     p = snakemake.params
+    risk = load_risk_attributes(snakemake.input.risk) if p.risk else None
     if "eval" in snakemake.output.keys():  # noqa: SIM118 (a Snakemake namedlist)
         taken = read_jsonl(snakemake.input.train) + read_jsonl(snakemake.input.val)
-        ev = eval_profiles(attrs, p.n_eval, p.seed, taken)
+        ev = assign_risk(eval_profiles(attrs, p.n_eval, p.seed, taken), risk, p.risk, p.seed)
         write_jsonl(snakemake.output.eval, ev)
-        log.info("%d evaluation profiles", len(ev))
+        levels = [e["risk"]["level"] for e in ev]
+        log.info("%d evaluation profiles (risk levels: %s)", len(ev), {lv: levels.count(lv) for lv in sorted(set(levels))})
     else:
         train, val = train_val_profiles(attrs, p.n_train, p.n_val, p.seed)
+        if risk:
+            train, val = assign_risk(train, risk, p.risk, p.seed), assign_risk(val, risk, p.risk, p.seed)
         write_jsonl(snakemake.output.train, train)
         write_jsonl(snakemake.output.val, val)
         log.info("%d training and %d validation profiles", len(train), len(val))

@@ -29,6 +29,7 @@ with entry(snakemake, "report") as log:
         "gen_stats": read_json(inp.gen_stats),
         "data_stats": read_json(inp.data_stats),
         "eval_history": read_json(inp.eval_history),
+        "safety": read_json(inp.safety),
         "ablations": read_json(inp.ablations[0]) if inp.ablations else {},
         "turn_windows": read_json(inp.turn_windows[0]) if inp.turn_windows else {},
         "benchmarks": benchmark_table(snakemake.params.benchmarks),

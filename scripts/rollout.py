@@ -9,6 +9,7 @@ from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
 from cbtpipe.rollout import run_rollouts, shard_profiles
 from cbtpipe.rule import entry
+from cbtpipe.safety import therapist_prompt
 
 with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout
@@ -55,7 +56,12 @@ with entry(snakemake, "rollout") as log:
             therapist=therapist,
             patient=patient,
             rcfg=rcfg,
-            system_prompt=Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip(),
+            system_prompt=therapist_prompt(
+                Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip(),
+                snakemake.input.get("risk_protocol"),
+                snakemake.input.get("crisis_resources"),
+                snakemake.params.risk_protocol.get("country"),
+            ),
             patient_template=snakemake.input.patient_prompt,
             unit_dir=snakemake.params.units,
             layout=read_json(snakemake.input.layout),

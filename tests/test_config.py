@@ -1,6 +1,7 @@
 """Config validation at start-up, and dry runs of the default and study configs."""
 
 import copy
+import re
 import subprocess
 import sys
 import time
@@ -129,6 +130,10 @@ def test_dry_run_study_builds_full_dag():
     for model in ("mistral-7b-v0.3", "qwen2.5-7b", "llama3.1-8b"):
         assert model in out
     assert "download_model" in out and "rollout" in out and "judge" in out
+    # the safety jobs: every (model, arm, shard), again for each of the 2 ablations, then the statistics
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
+    assert jobs["safety"] == 3 * 2 * 6 and jobs["safety_ablation"] == 2 * 3 * 2 * 6 and jobs["safety_statistics"] == 1
+    assert jobs["safety"] == jobs["judge"] == jobs["rollout"]
 
 
 def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():

@@ -61,6 +61,7 @@ class JsonResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    refusals: int = 0  # attempts the provider refused or filtered (finish reason refusal or content_filter)
 
 
 @dataclass
@@ -216,6 +217,7 @@ class Backend:
             res.prompt_tokens += c.prompt_tokens
             res.completion_tokens += c.completion_tokens
             res.seconds += c.seconds
+            res.refusals += int(c.finish_reason in ("refusal", "content_filter"))
             data, err = validate_json_text(c.text, schema)
             if err is None:
                 res.data = data

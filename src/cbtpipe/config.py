@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,33 @@ def backend_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def section_defaults(section: str) -> dict[str, Any]:
     """The schema's defaults of one config section (for code run outside a Snakemake run)."""
-    props = schema()["properties"][section]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    return _defaults(schema()["properties"][section])
+
+
+def _defaults(sub: dict[str, Any]) -> dict[str, Any]:
+    """Defaults of an object schema, with those of nested objects filled in (as a validation
+    with defaults fills them in a config)."""
+    out = {}
+    for k, v in sub.get("properties", {}).items():
+        if "default" not in v:
+            continue
+        d = v["default"]
+        out[k] = _defaults(v) | d if isinstance(d, dict) and "properties" in v else d
+    return out
 
 
 STAGE_BACKENDS = {
     "data.generator": ("data", "generator"),
     "rollout.patient_backend": ("rollout", "patient_backend"),
     "judge.backend": ("judge", "backend"),
+    "safety.backend": ("safety", "backend"),
 }
+
+
+def resolve_defaults(cfg: dict[str, Any]) -> None:
+    """Defaults that refer to other keys: ``safety.backend: null`` is the CTRS judge's backend."""
+    if cfg.get("safety", {}).get("backend") is None:
+        cfg["safety"]["backend"] = cfg["judge"]["backend"]
 
 
 def _file(path: str, key: str, base: Path) -> None:
@@ -74,7 +93,7 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
         # the generator writes the transcripts, and the course histories of later positions
         if key == "data.generator" and cfg["data"]["source"] != "generate" and max(cfg["rollout"]["positions"]) == 1:
             continue
-        out[key] = cfg[sec][field]
+        out[key] = cfg[sec][field] or cfg["judge"]["backend"]  # safety.backend null: the judge's
     return out
 
 
@@ -160,6 +179,26 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
 
         _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
         load_human_ratings(base / cfg["report"]["human_ratings"], rubric)
+    from .risk import check_shares, load_risk_attributes
+    from .safety import load_crisis_resources, load_safety_rubric
+
+    rk = cfg["profiles"]["risk"]
+    _file(rk["attributes"], "profiles.risk.attributes", base)
+    check_shares(load_risk_attributes(base / rk["attributes"]), rk)
+    s = cfg["safety"]
+    _file(s["rubric"], "safety.rubric", base)
+    load_safety_rubric(base / s["rubric"])
+    _file(s["prompt"], "safety.prompt", base)
+    check_template(base / s["prompt"], "safety.prompt")
+    _file(s["crisis_resources"], "safety.crisis_resources", base)
+    load_crisis_resources(base / s["crisis_resources"], s["country"])
+    for n, pat in enumerate(s["refusal_patterns"]):
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise PipelineError(f"config key safety.refusal_patterns[{n}]: {pat!r} is not a valid regular expression ({e})") from None
+    _file(r["risk_protocol_prompt"], "rollout.risk_protocol_prompt", base)
+    check_template(base / r["risk_protocol_prompt"], "rollout.risk_protocol_prompt")
     q = cfg["rollout"]["quantization"]
     if q not in cfg["export"]["quantizations"] and q != cfg["export"]["outtype"]:
         raise PipelineError(f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations")

@@ -97,6 +97,7 @@ def judge_session(
                 "seed": seed,
                 "valid": res.data is not None,
                 "attempts": res.attempts,
+                "refusals": res.refusals,
                 "scores": scores,
                 "justifications": just,
                 "raw_invalid": [] if res.data is not None else res.raw,

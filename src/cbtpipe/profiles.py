@@ -10,8 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import yamlfile
 from .io import PipelineError, hash_obj
 
 MULTI = {"presenting_problems": 2, "automatic_thoughts": 2}
@@ -35,7 +34,7 @@ REQUIRED = [
 
 # Fields every profile carries besides its attributes (and that sessions copy): an attribute list
 # with one of these names would overwrite them.
-RESERVED_FIELDS = frozenset({"id", "split", "seed", "patient_id", "session_index", "session_id"})
+RESERVED_FIELDS = frozenset({"id", "split", "seed", "risk", "patient_id", "session_index", "session_id"})
 
 
 def _key_line(p: Path, key: str) -> int:
@@ -47,13 +46,7 @@ def _key_line(p: Path, key: str) -> int:
 
 
 def load_attributes(path: str | Path) -> dict[str, list[Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise PipelineError(f"config key profiles.attributes: file {p} does not exist")
-    try:
-        attrs = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{p}: invalid YAML: {e}") from e
+    p, _, _, attrs = yamlfile.load(path, "profiles.attributes")
     if not isinstance(attrs, dict):
         raise PipelineError(f"{p}: expected a mapping of attribute name to list")
     for key in attrs:
@@ -118,7 +111,7 @@ def eval_profiles(attrs: dict[str, list[Any]], n_eval: int, seed: int, taken: li
 
 
 def _content(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in p.items() if k not in ("id", "split", "seed")}
+    return {k: v for k, v in p.items() if k not in ("id", "split", "seed", "risk")}
 
 
 def describe(p: dict[str, Any]) -> str:

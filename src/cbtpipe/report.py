@@ -442,6 +442,127 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rate(c: dict[str, Any]) -> str:
+    """A cluster-bootstrap rate as "k/n (x%) [lo, hi]"."""
+    if not c or c.get("estimate") is None:
+        return "—"
+    lo, hi = c["ci"]
+    ci = f" [{100 * lo:.0f}%, {100 * hi:.0f}%]" if lo is not None else ""
+    return f"{fmt(c['num'], 0)}/{fmt(c['den'], 0)} ({100 * c['estimate']:.0f}%){ci}"
+
+
+def _mean_ci(c: dict[str, Any]) -> str:
+    if not c or c.get("estimate") is None:
+        return "—"
+    lo, hi = c["ci"]
+    return f"{fmt(c['estimate'], 1)}" + (f" [{fmt(lo, 1)}, {fmt(hi, 1)}]" if lo is not None else "") + f" (n={fmt(c['den'], 0)})"
+
+
+def safety_view(sf: dict[str, Any]) -> dict[str, Any]:
+    """The rows of the report's safety tables (results/report/safety.json)."""
+    if not sf:
+        return {}
+    dims = {d["id"]: d["name"] for d in sf["rubric"]["dimensions"]}
+    per_arm = [
+        [
+            a["model"],
+            a["arm"],
+            a["at_risk_sessions"],
+            a["disclosed"],
+            a["not_disclosed"] + a["gate_missing"],
+            _rate(a["any_high_harm"]),
+            _mean_ci(a["score"]),
+            f"{a['over_escalation']['k']}/{a['over_escalation']['n']}",
+            a["unexpected_disclosures"],
+            f"{a['refusals']['safety_judge']} / {a['refusals']['ctrs_judge']}",
+            a["refusals"]["patient_turns"],
+        ]
+        for a in sf["per_arm"]
+    ]
+    comp = []
+    for c in sf["comparisons"]:
+        t, mc, d, s = c["table"], c["mcnemar"], c["harm_rate_difference"], c["score"]
+        dci = f" [{fmt(100 * d['ci'][0], 1)}, {fmt(100 * d['ci'][1], 1)}]" if d["ci"][0] is not None else ""
+        comp.append(
+            [
+                c["model"],
+                c["pairs"],
+                f"{t['both']} / {t['a_only']} / {t['b_only']} / {t['neither']}",
+                fmt(mc["chi2"]),
+                fmt_p(mc["p"]),
+                fmt_p(mc["p_exact"]),
+                (fmt(100 * d["estimate"], 1) + " pts" + dci) if d["estimate"] is not None else "—",
+                s["n"],
+                fmt(s["mean_diff"], 1),
+                f"[{fmt(s['ci_boot'][0], 1)}, {fmt(s['ci_boot'][1], 1)}]",
+                fmt_p(s["p_t"]),
+                fmt_p(s["p_wilcoxon"]),
+                "; ".join(mc["notes"] + s["notes"]),
+            ]
+        )
+
+    def pc(x):
+        return "—" if x is None else f"{100 * x:.0f}%"
+
+    dim_rows = [
+        [
+            a["model"],
+            a["arm"],
+            dims.get(d, d),
+            v["rated"],
+            pc(v["rates"]["best_practice"]),
+            pc(v["rates"]["suboptimal"]),
+            pc(v["rates"]["high_harm"]),
+            v["not_applicable"],
+            v["missing"],
+        ]
+        for a in sf["per_arm"]
+        for d in dims
+        if (v := a["dimensions"].get(d))
+    ]
+    breakdown = [
+        [
+            b["model"],
+            b["arm"],
+            b["risk_level"],
+            b["disclosure_style"] or "—",
+            b["sessions"],
+            b["disclosed"],
+            f"{b['any_high_harm']}/{b['with_harm_outcome']}",
+            fmt(b["mean_score"], 1),
+        ]
+        for b in sf["breakdown"]
+    ]
+    timing = [
+        [
+            a["model"],
+            a["arm"],
+            a["timing"]["with_disclosure_turn"],
+            fmt(a["timing"]["turns_to_acknowledgement"]["median"], 1),
+            a["timing"]["never_acknowledged"],
+            fmt(a["timing"]["turns_to_resources"]["median"], 1),
+            a["timing"]["never_resources"],
+        ]
+        for a in sf["per_arm"]
+    ]
+    abl = [
+        [
+            x["variant"],
+            x["model"],
+            x["arm"],
+            x["disclosed"],
+            _rate(x["any_high_harm"]),
+            _mean_ci(x["score"]),
+            x["vs_main"]["pairs"],
+            f"{x['vs_main']['table']['a_only']} / {x['vs_main']['table']['b_only']}",
+            fmt_p(x["vs_main"]["mcnemar"]["p_exact"]),
+            fmt(x["vs_main"]["score"]["mean_diff"], 1),
+        ]
+        for x in sf["ablations"]
+    ]
+    return {"per_arm": per_arm, "comparisons": comp, "dimensions": dim_rows, "breakdown": breakdown, "timing": timing, "ablations": abl}
+
+
 def build_markdown(ctx: dict[str, Any]) -> str:
     """The Markdown report: templates/report.md.j2 laid out over report_view(ctx)."""
     import jinja2
@@ -455,7 +576,8 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     )
     env.filters["fmt"] = fmt
     env.filters["fmt_p"] = fmt_p
-    text = env.get_template("report.md.j2").render(**ctx, view=report_view(ctx), published=PUBLISHED)
+    ctx = {"safety": {}} | ctx
+    text = env.get_template("report.md.j2").render(**ctx, view=report_view(ctx), sview=safety_view(ctx["safety"]), published=PUBLISHED)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 

@@ -19,6 +19,7 @@ from .course import therapist_system
 from .io import hash_obj, sha256_file
 from .profiles import describe
 from .prompts import render_template
+from .risk import risk_prompt
 from .units import UnitStore
 
 log = logging.getLogger("cbtpipe")
@@ -95,7 +96,9 @@ def run_session(
     prof = item["profile"]
     marker = rcfg["end_marker"]
     layout = layout or {"system": "native"}
-    patient_system = render_template(patient_template, patient=describe(prof), style=prof["conversational_style"], end_marker=marker)
+    patient_system = render_template(
+        patient_template, patient=describe(prof), style=prof["conversational_style"], risk=risk_prompt(prof), end_marker=marker
+    )
     th_msgs = [{"role": "system", "content": therapist_system(system_prompt, item.get("context", ""))}]
     pa_msgs = [{"role": "system", "content": patient_system}]
     if rcfg["opener"] == "therapist":
@@ -311,6 +314,8 @@ def run_rollouts(
         "patient": speed("patient", patient),
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "parallel_sessions": workers,
+        "risk_protocol": bool(rcfg.get("risk_protocol")),
+        "system_prompt_sha256": hash_obj(system_prompt, 16),
         "therapist_backend": therapist.kind,
         "unit_dir": str(store.root),
     }

@@ -10,13 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import yamlfile
 from .io import PipelineError, hash_obj
 
-
-def _line(node) -> int:
-    return node.start_mark.line + 1
+_line = yamlfile.line
 
 
 # Columns of scores_long.csv and session_totals.csv that are the pipeline's own: the totals table
@@ -62,15 +59,7 @@ ITEM_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 def load_rubric(path: str | Path) -> dict[str, Any]:
     """Load and validate a rubric file; errors name the file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise PipelineError(f"config key judge.rubric: file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{p}: invalid YAML: {e}") from e
+    p, text, root, data = yamlfile.load(path, "judge.rubric")
     if not isinstance(data, dict) or root is None:
         raise PipelineError(f"{p}, line 1: a rubric is a mapping with name, scale and items")
     nodes = {k.value: v for k, v in root.value}

@@ -17,6 +17,7 @@ from .course import phase_plan
 from .io import PipelineError, hash_obj
 from .profiles import describe
 from .prompts import render_template
+from .risk import risk_prompt
 from .units import UnitStore
 
 if TYPE_CHECKING:  # the type only: the config check imports this module while planning
@@ -89,6 +90,7 @@ def generate_course(profile: dict[str, Any], backend: Backend, dcfg: dict[str, A
         prompt = render_template(
             template,
             patient=describe(profile),
+            risk=risk_prompt(profile),
             session_index=idx,
             n_sessions=n,
             phase=phase,

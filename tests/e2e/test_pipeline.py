@@ -79,6 +79,31 @@ def test_report_content(ci_run):
     assert "scale maximum unknown" in md and "(exploratory)" in md
 
 
+def test_safety_comes_first_and_compares_the_arms(ci_run):
+    """The CI config's two patients: one without risk, one at risk (by the default shares); both
+    arms meet both at two positions, and the report opens with the safety section."""
+    md = (ci_run / "results/report/report.md").read_text()
+    sections = re.findall(r"^## (.+)$", md, re.M)
+    assert sections[0] == "Safety around suicide risk" and "Summary" in sections[1:]
+    assert "not a clinical instrument" in md and "they are noise" in md
+    profiles = _jsonl(ci_run / "results/profiles/eval.jsonl")
+    assert sorted(p["risk"]["level"] for p in profiles) == ["low", "none"]
+    stats = json.loads((ci_run / "results/report/safety.json").read_text())
+    assert {(a["arm"], a["sessions"], a["at_risk_sessions"]) for a in stats["per_arm"]} == {("instruct", 4, 2), ("cbt", 4, 2)}
+    for a in stats["per_arm"]:
+        # every at-risk session is disclosed, not disclosed or missing the gate: none vanishes
+        assert a["disclosed"] + a["not_disclosed"] + a["gate_missing"] == a["at_risk_sessions"]
+        assert set(a["refusals"]) == {"patient_turns", "sessions_with_patient_refusal", "safety_judge", "ctrs_judge"}
+    assert stats["comparisons"][0]["model"] == "smollm2-135m"
+    judged = _jsonl(ci_run / "results/safety/smollm2-135m/cbt/shard00.jsonl")
+    assert len(judged) == 4
+    for j in judged:
+        assert j["asked"][0] == "disclosed" and set(j["dimensions"]) == {d["id"] for d in stats["rubric"]["dimensions"]}
+        assert all(a["answer"] in ("yes", "no", None) for q, a in j["answers"].items() if q != "timing")
+    rows = list(csv.DictReader((ci_run / "results/report/safety_sessions.csv").read_text().splitlines()))
+    assert len(rows) == 8 and {r["risk_level"] for r in rows} == {"low", "none"}
+
+
 def test_export_parity_and_training_outputs(ci_run):
     for arm in ("instruct", "cbt"):
         par = json.loads((ci_run / f"results/export/smollm2-135m/{arm}/parity.json").read_text())
@@ -99,7 +124,7 @@ def test_export_parity_and_training_outputs(ci_run):
 
 def test_benchmarks_and_noop_rerun(ci_run):
     bench = list((ci_run / "benchmarks").glob("**/*.tsv"))
-    assert {b.parent.name for b in bench} >= {"import", "data", "train", "merge", "export", "parity", "rollout", "judge"}
+    assert {b.parent.name for b in bench} >= {"import", "data", "train", "merge", "export", "parity", "rollout", "judge", "safety"}
     r = run_snakemake(ci_run, "--cores", "2", "--configfile", "config/ci.yaml", "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
@@ -122,7 +147,8 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
 
     wd = clone_workdir(ci_run, tmp_path / "wd")
     cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
-    cfg["rollout"]["ablations"] = {"short": {"max_turns": 2}}
+    # a short variant whose therapist also has the risk protocol in its system prompt
+    cfg["rollout"]["ablations"] = {"short": {"max_turns": 2, "risk_protocol": True}}
     cfg["judge"]["turn_windows"] = {"enabled": True, "window_turns": 2, "every": 2}
     (wd / "variants.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(wd, "variants.yaml")
@@ -130,6 +156,8 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
         "rollout_ablation": 2,
         "judge_ablation": 2,
         "ablation_statistics": 1,
+        "safety_ablation": 2,
+        "safety_statistics": 1,
         "judge_turns": 2,
         "turn_statistics": 1,
         "report": 1,
@@ -147,7 +175,15 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
         assert key == [(s["patient_id"], s["position"], s["patient_seed"], s["therapist_seed"]) for s in short]
         assert all(s["turns"] <= 2 for s in short) and any(s["turns"] > 2 for s in main)
     ab = json.loads((wd / "results/report/ablations.json").read_text())
-    assert ab["short"]["settings"] == {"max_turns": 2}
+    assert ab["short"]["settings"] == {"max_turns": 2, "risk_protocol": True}
+    sf = json.loads((wd / "results/report/safety.json").read_text())
+    assert {(x["variant"], x["arm"]) for x in sf["ablations"]} == {("short", "cbt"), ("short", "instruct")}
+    assert "### Rollout ablations (safety)" in md
+    for arm in ("instruct", "cbt"):
+        main = json.loads((wd / f"results/rollouts/smollm2-135m/{arm}/shard00.stats.json").read_text())
+        short = json.loads((wd / f"results/ablations/short/rollouts/smollm2-135m/{arm}/shard00.stats.json").read_text())
+        assert short["risk_protocol"] and not main["risk_protocol"]
+        assert short["system_prompt_sha256"] != main["system_prompt_sha256"]
     assert {(c["arm"], c["n"]) for c in ab["short"]["comparison"]} == {("cbt", 2), ("instruct", 2)}
     assert "### Ablations of the rollout settings" in md
 

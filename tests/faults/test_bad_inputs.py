@@ -158,6 +158,36 @@ CASES = [
         ["rubric_subtotal_unknown_item.yaml, line 9", "subtotal 'structure' names unknown item(s) homework"],
     ),
     (
+        "safety_rubric_loop",
+        lambda c: _set(c, "safety.rubric", "bad/safety_loop.yaml"),
+        None,
+        ["safety_loop.yaml, line 12", "loops back to node 'a'"],
+    ),
+    (
+        "safety_rubric_unknown_dimension",
+        lambda c: _set(c, "safety.rubric", "bad/safety_unknown_dimension.yaml"),
+        None,
+        ["safety_unknown_dimension.yaml, line 19", "dimension 'asks_directly'"],
+    ),
+    (
+        "risk_levels_without_none",
+        lambda c: _set(c, "profiles.risk.attributes", "bad/risk_no_none.yaml"),
+        None,
+        ["risk_no_none.yaml, line 3", "level named 'none'"],
+    ),
+    (
+        "risk_shares_unknown_level",
+        lambda c: _set(c, "profiles.risk.eval_shares", {"none": 1, "severe": 1}),
+        None,
+        ["profiles.risk.eval_shares", "severe"],
+    ),
+    (
+        "safety_country_without_resources",
+        lambda c: _set(c, "safety.country", "XX"),
+        None,
+        ["safety.country", "'XX'"],
+    ),
+    (
         "ratings_bad_header",
         lambda c: _set(c, "report.human_ratings", "bad/ratings_bad_header.csv"),
         None,

@@ -15,6 +15,7 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /parts/v1/...                    content as a list of parts (always)
   /refusal/v1/...                  a refusal: no content, a ``refusal`` field (always)
   /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header (always)
+``answer`` is the content of a good answer, or a function of the request body that returns it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class FaultServer:
                     time.sleep(outer.slow_s)
                 if mode == "malformed" and bad:
                     return self._send(200, b"<html>not json")
-                content = {"garbage": "I think the score is high!", "blank": "   "}.get(mode, outer.answer)
+                answer = outer.answer(body) if callable(outer.answer) else outer.answer
+                content = {"garbage": "I think the score is high!", "blank": "   "}.get(mode, answer)
                 message = {"role": "assistant", "content": content}
                 if mode == "parts":
                     half = len(content) // 2

@@ -1,0 +1,90 @@
+# Safety around suicide risk: the judge answers the safety rubric's yes/no flow for every session.
+
+
+rule safety:
+    input:
+        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        rubric=config["safety"]["rubric"],
+        prompt=config["safety"]["prompt"],
+        crisis_resources=config["safety"]["crisis_resources"],
+    output:
+        judged="results/safety/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/safety/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/safety/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/safety/{model}-{arm}-{shard}.tsv"
+    conda:
+        llm_env(("safety", "backend"))
+    threads: CPU
+    resources:
+        gpu=backend_gpus(("safety", "backend")),
+        slurm_partition=backend_partition(("safety", "backend")),
+    params:
+        safety=safety_settings(),
+        backends=used_backends(("safety", "backend")),
+        units="results/units/safety",
+    script:
+        "../scripts/safety.py"
+
+
+rule safety_ablation:
+    input:
+        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        rubric=config["safety"]["rubric"],
+        prompt=config["safety"]["prompt"],
+        crisis_resources=config["safety"]["crisis_resources"],
+    output:
+        judged="results/ablations/{variant}/safety/{model}/{arm}/shard{shard}.jsonl",
+        stats="results/ablations/{variant}/safety/{model}/{arm}/shard{shard}.stats.json",
+    log:
+        "logs/ablations/{variant}/safety/{model}-{arm}-{shard}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/safety/{model}-{arm}-{shard}.tsv"
+    conda:
+        llm_env(("safety", "backend"))
+    threads: CPU
+    resources:
+        gpu=backend_gpus(("safety", "backend")),
+        slurm_partition=backend_partition(("safety", "backend")),
+    params:
+        safety=safety_settings(),
+        backends=used_backends(("safety", "backend")),
+        units="results/units/safety",
+    script:
+        "../scripts/safety.py"
+
+
+rule safety_statistics:
+    input:
+        judged=safety_judged(),
+        rollouts=expand(
+            "results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        ctrs=expand(
+            "results/judge/{model}/{arm}/shard{shard}.jsonl",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        ablations=safety_ablation_judged(),
+        profiles="results/profiles/eval.jsonl",
+        rubric=config["safety"]["rubric"],
+    output:
+        stats="results/report/safety.json",
+        sessions="results/report/safety_sessions.csv",
+    log:
+        "logs/report/safety.log",
+    benchmark:
+        "benchmarks/report/safety.tsv"
+    conda:
+        "../envs/stats.yaml"
+    params:
+        refusal_patterns=config["safety"]["refusal_patterns"],
+        report=settings("report", "human_ratings"),
+        seed=config["seed"],
+    script:
+        "../scripts/safety_statistics.py"

@@ -1,0 +1,33 @@
+"""Snakemake entry: safety results per model and arm, the paired arm comparison, the breakdown by
+risk level and disclosure style, refusals, and each rollout ablation against the main run."""
+
+import re
+
+from cbtpipe.analysis import write_csv
+from cbtpipe.io import read_jsonl, write_json
+from cbtpipe.rule import entry
+from cbtpipe.safety import load_safety_rubric
+from cbtpipe.safety_stats import analyse_safety, session_fields
+
+with entry(snakemake, "safety_statistics") as log:
+    rubric = load_safety_rubric(snakemake.input.rubric)
+    rcfg = snakemake.params.report
+    ablations: dict[str, list] = {}
+    for path in snakemake.input.ablations:
+        variant = re.search(r"/ablations/([^/]+)/safety/", path).group(1)
+        ablations.setdefault(variant, []).extend(read_jsonl(path))
+    stats, rows = analyse_safety(
+        records=[r for p in snakemake.input.judged for r in read_jsonl(p)],
+        ablation_records=ablations,
+        rollouts=[s for p in snakemake.input.rollouts for s in read_jsonl(p)],
+        ctrs=[j for p in snakemake.input.ctrs for j in read_jsonl(p)],
+        profiles=read_jsonl(snakemake.input.profiles),
+        rubric=rubric,
+        patterns=snakemake.params.refusal_patterns,
+        alpha=rcfg["alpha"],
+        n_boot=rcfg["bootstrap"],
+        seed=snakemake.params.seed,
+    )
+    write_json(snakemake.output.stats, stats)
+    write_csv(snakemake.output.sessions, rows, session_fields(rubric))
+    log.info("safety: %d sessions, %d per-arm summaries", len(rows), len(stats["per_arm"]))
