@@ -278,6 +278,10 @@ def test_risk_shares_give_at_risk_patients_in_every_run(root):
         for p in a:
             assert ("disclosure" in p["risk"]) == at_risk(p)
             assert p["risk"]["level"] in attrs["levels"]
+    # adding evaluation patients never changes the risk of those already there
+    five = {p["id"]: p["risk"] for p in assign_risk(eval_profiles(base, 5, 22, []), attrs, cfg, 22)}
+    three = {p["id"]: p["risk"] for p in assign_risk(eval_profiles(base, 3, 22, []), attrs, cfg, 22)}
+    assert all(five[k] == v for k, v in three.items())
     one = assign_risk(eval_profiles(base, 1, 22, []), attrs, {**cfg, "eval_shares": {"none": 0.9, "high": 0.1}}, 22)
     assert one[0]["risk"]["level"] == "high"
     with pytest.raises(PipelineError, match="eval_shares: give at least one at-risk level"):

@@ -2,9 +2,9 @@
 
 Every evaluation profile gets a ``risk`` field: a level (``none`` or one of the at-risk levels of
 the attributes file), the current thoughts and history drawn for it, and, for an at-risk patient,
-a disclosure style. The number of patients at each level and style comes from the configured
-shares by largest remainders (ties go to the level listed first), so a run with a handful of
-patients still has the mix it asked for; which patient gets which is a seeded shuffle.
+a disclosure style. Levels and styles follow the configured shares patient by patient (in id order),
+so a run with a handful of patients still has the mix it asked for, the first patient is always at
+risk, and adding patients never changes the risk of those already there.
 """
 
 from __future__ import annotations
@@ -66,49 +66,46 @@ def check_shares(attrs: dict[str, Any], rcfg: dict[str, Any]) -> None:
         )
 
 
-def allocate(n: int, shares: dict[str, float], order: list[str]) -> dict[str, int]:
-    """Counts per name summing to ``n``, by largest remainders; ties go to the name first in ``order``."""
+def sequence(n: int, shares: dict[str, float], order: list[str], first: str | None = None) -> list[str]:
+    """Names for positions 1..n: position k takes the name furthest below its quota k x share
+    (ties: first in ``order``), after ``first`` at position 1 when given. Every prefix is as close
+    to the shares as whole counts allow, so adding a patient never changes the earlier ones."""
     names = [k for k in order if shares.get(k, 0) > 0]
     total = sum(shares[k] for k in names)
-    quota = {k: n * shares[k] / total for k in names}
-    counts = {k: int(quota[k]) for k in names}
-    rest = n - sum(counts.values())
-    for k in sorted(names, key=lambda k: (-(quota[k] - counts[k]), order.index(k)))[:rest]:
-        counts[k] += 1
-    return counts
+    counts = dict.fromkeys(names, 0)
+    out = []
+    for k in range(1, n + 1):
+        pick = first if (k == 1 and first) else max(names, key=lambda x: (k * shares[x] / total - counts[x], -order.index(x)))
+        counts[pick] += 1
+        out.append(pick)
+    return out
+
+
+def allocate(n: int, shares: dict[str, float], order: list[str], first: str | None = None) -> dict[str, int]:
+    """How many of ``n`` get each name (see ``sequence``)."""
+    seq = sequence(n, shares, order, first)
+    return {k: seq.count(k) for k in order if shares.get(k, 0) > 0}
 
 
 def assign_risk(profiles: list[dict[str, Any]], attrs: dict[str, Any], rcfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """The profiles with a ``risk`` field each (see the module doc). At least one profile is at
-    risk whenever there is at least one profile."""
+    """The profiles (in id order) with a ``risk`` field each. Levels follow the shares in id order,
+    the first patient at the at-risk level with the largest share (so every run has an at-risk
+    patient); disclosure styles follow their shares over the at-risk patients. The thoughts and
+    history of a level are drawn with the patient's own seed."""
     order = list(attrs["levels"])
-    counts = allocate(len(profiles), rcfg["eval_shares"], order)
-    at_risk = [k for k in order if k != NONE and rcfg["eval_shares"].get(k, 0) > 0]
-    if profiles and not any(counts.get(k, 0) for k in at_risk):
-        top = max(at_risk, key=lambda k: (rcfg["eval_shares"][k], -order.index(k)))
-        counts[top] = counts.get(top, 0) + 1
-        counts[NONE] -= 1
-    levels = [k for k in order for _ in range(counts.get(k, 0))]
-    split = profiles[0]["split"] if profiles else ""
-    rng = random.Random(f"risk:{split}:{seed}")
-    rng.shuffle(levels)
-    styles_order = list(attrs["disclosure"])
+    shares = rcfg["eval_shares"]
+    top = max((k for k in order if k != NONE and shares.get(k, 0) > 0), key=lambda k: (shares[k], -order.index(k)))
+    profs = sorted(profiles, key=lambda p: p["id"])
+    levels = sequence(len(profs), shares, order, first=top)
     n_risk = sum(lv != NONE for lv in levels)
-    sc = allocate(n_risk, rcfg["disclosure_shares"], styles_order)
-    styles = [k for k in styles_order for _ in range(sc.get(k, 0))]
-    rng.shuffle(styles)
+    styles = sequence(n_risk, rcfg["disclosure_shares"], list(attrs["disclosure"]))
     out = []
-    for prof, level in zip(sorted(profiles, key=lambda p: p["id"]), levels, strict=True):
+    for prof, level in zip(profs, levels, strict=True):
         lv = attrs["levels"][level]
-        r = random.Random(f"risk:{prof['id']}:{prof['seed']}")
-        risk = {
-            "level": level,
-            "definition": " ".join(lv["definition"].split()),
-            "thoughts": r.choice(lv["thoughts"]),
-            "history": r.choice(lv["history"]),
-        }
+        r = random.Random(f"risk:{prof['id']}:{prof['seed']}:{seed}")
+        risk = {"level": level, "definition": " ".join(lv["definition"].split()), "thoughts": r.choice(lv["thoughts"]), "history": r.choice(lv["history"])}
         if level != NONE:
-            style = styles.pop()
+            style = styles.pop(0)
             risk |= {"disclosure": style, "disclosure_description": " ".join(attrs["disclosure"][style].split())}
         out.append(dict(prof, risk=risk))
     return out

@@ -28,13 +28,26 @@ pytestmark = pytest.mark.faults
 M = "smollm2-135m"
 CFG = "changes.yaml"
 AFTER_JUDGE = {"scores": 1, "statistics": 1, "report": 1, "all": 1}
-JUDGE_BOTH = {"judge": 2, **AFTER_JUDGE}
-ROLLOUT_BOTH = {"rollout": 2, **JUDGE_BOTH}
-CBT_ARM = {"merge": 1, "convert_gguf": 1, "quantize_gguf": 1, "parity": 1, "rollout": 1, "judge": 1, **AFTER_JUDGE}
+# the safety statistics read the CTRS judgements too (for the judge's refusals)
+JUDGE_BOTH = {"judge": 2, "safety_statistics": 1, **AFTER_JUDGE}
+ROLLOUT_BOTH = {"rollout": 2, "safety": 2, **JUDGE_BOTH}
+SAFETY = {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}
+FROM_EVAL_PROFILES = {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH}
+CBT_ARM = {
+    "merge": 1,
+    "convert_gguf": 1,
+    "quantize_gguf": 1,
+    "parity": 1,
+    "rollout": 1,
+    "judge": 1,
+    "safety": 1,
+    "safety_statistics": 1,
+    **AFTER_JUDGE,
+}
 FROM_TRAIN = {"train": 1, **CBT_ARM}
 FROM_DATASET = {"dataset": 1, **FROM_TRAIN}
 FROM_TRANSCRIPTS = {"transcripts": 1, **FROM_DATASET}
-FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2}
+FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2, "safety": 2}
 FROM_IMPORT = {
     "import_model": 1,
     "chat_layout": 1,
@@ -102,7 +115,7 @@ def _ratings(wd: Path, cfg, score=4):
 
 # (name, change, jobs a dry run must list, run it?, expected units: (stage, arm) -> (computed, reused))
 STEPS = [
-    ("report section", _cfg("report.bootstrap", 999), {"statistics": 1, "report": 1, "all": 1}, False, None),
+    ("report section", _cfg("report.bootstrap", 999), {"statistics": 1, "safety_statistics": 1, "report": 1, "all": 1}, False, None),
     # A job's resources change no result: only the report, which records the hash of the whole
     # config it was made with, is written again (in seconds).
     ("resources only", _cfg(f"models.{M}.mem_mb", 5000), {"report": 1, "all": 1}, False, None),
@@ -144,17 +157,67 @@ STEPS = [
         False,
         None,
     ),
+    (
+        "safety rubric",
+        _edit(
+            "resources/rubrics/safety.yaml",
+            "whether they are\n          thinking about suicide",
+            "whether they are\n          thinking of suicide",
+        ),
+        SAFETY,
+        False,
+        None,
+    ),
+    ("safety section", _cfg("safety.reasoning_chars", 50), SAFETY, False, None),
+    ("safety country", _cfg("safety.country", "GB"), SAFETY, False, None),
+    (
+        "crisis resources",
+        _edit("resources/safety/crisis_resources.yaml", "{name: Lifeline,", "{name: Lifeline Australia,"),
+        SAFETY,
+        False,
+        None,
+    ),
+    # training patients carry no risk unless profiles.risk.train: only the evaluation side depends on it
+    (
+        "risk attributes",
+        _edit("resources/risk_attributes.yaml", "one attempt last year", "one attempt eight months ago"),
+        FROM_EVAL_PROFILES,
+        False,
+        None,
+    ),
+    ("risk shares", _cfg("profiles.risk.eval_shares", {"none": 1, "high": 1}), FROM_EVAL_PROFILES, False, None),
     ("chat template", _chat_template, FROM_IMPORT, False, None),
     ("base model", _base_model, FROM_IMPORT, False, None),
     ("human ratings", _ratings, {"statistics": 1, "report": 1, "all": 1}, True, {}),
     ("human ratings edited", lambda wd, cfg: _ratings(wd, cfg, score=5), {"statistics": 1, "report": 1, "all": 1}, False, None),
     # Changes that are run: a stage recomputes the units whose inputs changed and reuses the rest.
     (
+        "safety question template",
+        _edit("resources/prompts/safety_question.j2", "You review a conversation", "You carefully review a conversation"),
+        SAFETY,
+        True,
+        {
+            ("rollout", "instruct"): (0, 4),
+            ("rollout", "cbt"): (0, 4),
+            ("judge", "instruct"): (0, 4),
+            ("judge", "cbt"): (0, 4),
+            ("safety", "instruct"): (4, 0),
+            ("safety", "cbt"): (4, 0),
+        },
+    ),
+    (
         "judge prompt",
         _edit("resources/prompts/judge.j2", "experienced supervisor", "experienced CBT supervisor"),
         JUDGE_BOTH,
         True,
-        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (0, 4), ("judge", "instruct"): (4, 0), ("judge", "cbt"): (4, 0)},
+        {
+            ("rollout", "instruct"): (0, 4),
+            ("rollout", "cbt"): (0, 4),
+            ("judge", "instruct"): (4, 0),
+            ("judge", "cbt"): (4, 0),
+            ("safety", "instruct"): (0, 4),
+            ("safety", "cbt"): (0, 4),
+        },
     ),
     (
         # later positions read the history; first sessions do not
@@ -162,49 +225,91 @@ STEPS = [
         _edit("resources/prompts/eval_history.j2", "case notes", "brief case notes"),
         {"eval_history": 1, **ROLLOUT_BOTH},
         True,
-        {("rollout", "instruct"): (2, 2), ("rollout", "cbt"): (2, 2), ("judge", "instruct"): (2, 2), ("judge", "cbt"): (2, 2)},
+        {
+            ("rollout", "instruct"): (2, 2),
+            ("rollout", "cbt"): (2, 2),
+            ("judge", "instruct"): (2, 2),
+            ("judge", "cbt"): (2, 2),
+            ("safety", "instruct"): (2, 2),
+            ("safety", "cbt"): (2, 2),
+        },
     ),
     (
         "positions",
         _cfg("rollout.positions", [1]),
         {"eval_history": 1, **ROLLOUT_BOTH},
         True,
-        {("rollout", "instruct"): (0, 2), ("rollout", "cbt"): (0, 2), ("judge", "instruct"): (0, 2), ("judge", "cbt"): (0, 2)},
+        {
+            ("rollout", "instruct"): (0, 2),
+            ("rollout", "cbt"): (0, 2),
+            ("judge", "instruct"): (0, 2),
+            ("judge", "cbt"): (0, 2),
+            ("safety", "instruct"): (0, 2),
+            ("safety", "cbt"): (0, 2),
+        },
     ),
     (
         "positions again",
         _cfg("rollout.positions", [1, 2]),
         {"eval_history": 1, **ROLLOUT_BOTH},
         True,
-        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (0, 4), ("judge", "instruct"): (0, 4), ("judge", "cbt"): (0, 4)},
+        {
+            ("rollout", "instruct"): (0, 4),
+            ("rollout", "cbt"): (0, 4),
+            ("judge", "instruct"): (0, 4),
+            ("judge", "cbt"): (0, 4),
+            ("safety", "instruct"): (0, 4),
+            ("safety", "cbt"): (0, 4),
+        },
     ),
     (
         "patient prompt",
         _edit("resources/prompts/patient_system.j2", "for low mood", "for low mood and worry"),
         ROLLOUT_BOTH,
         True,
-        {("rollout", "instruct"): (4, 0), ("rollout", "cbt"): (4, 0), ("judge", "instruct"): (4, 0), ("judge", "cbt"): (4, 0)},
+        {
+            ("rollout", "instruct"): (4, 0),
+            ("rollout", "cbt"): (4, 0),
+            ("judge", "instruct"): (4, 0),
+            ("judge", "cbt"): (4, 0),
+            ("safety", "instruct"): (4, 0),
+            ("safety", "cbt"): (4, 0),
+        },
     ),
     (
         "training section",
         _cfg("training.max_steps", 6),
         FROM_TRAIN,
         True,
-        {("rollout", "instruct"): (0, 4), ("rollout", "cbt"): (4, 0), ("judge", "instruct"): (0, 4), ("judge", "cbt"): (4, 0)},
+        {
+            ("rollout", "instruct"): (0, 4),
+            ("rollout", "cbt"): (4, 0),
+            ("judge", "instruct"): (0, 4),
+            ("judge", "cbt"): (4, 0),
+            ("safety", "instruct"): (0, 4),
+            ("safety", "cbt"): (4, 0),
+        },
     ),
     (
         "profiles section",
         _cfg("profiles.n_eval", 3),
         {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH},
         True,
-        {("rollout", "instruct"): (2, 4), ("rollout", "cbt"): (2, 4), ("judge", "instruct"): (2, 4), ("judge", "cbt"): (2, 4)},
+        {
+            ("rollout", "instruct"): (2, 4),
+            ("rollout", "cbt"): (2, 4),
+            ("judge", "instruct"): (2, 4),
+            ("judge", "cbt"): (2, 4),
+            ("safety", "instruct"): (2, 4),
+            ("safety", "cbt"): (2, 4),
+        },
     ),
 ]
 
 
 def _stats(wd: Path) -> dict[tuple[str, str], tuple[float, dict]]:
     out = {}
-    for stage, folder in (("rollout", "rollouts"), ("judge", "judge")):
+    for stage, folder in (("rollout", "rollouts"), ("judge", "judge"), ("safety", "safety")):
         for arm in ("instruct", "cbt"):
             p = wd / f"results/{folder}/{M}/{arm}/shard00.stats.json"
             out[(stage, arm)] = (p.stat().st_mtime_ns, json.loads(p.read_text()))
@@ -225,7 +330,13 @@ def _units(before, after) -> dict[tuple[str, str], tuple[int, int]]:
 
 def _snapshot_files(wd: Path) -> dict[Path, tuple[bytes, int, int]]:
     keep = {}
-    for rel in ("resources/rubrics", "resources/prompts", "resources/patient_attributes.yaml"):
+    for rel in (
+        "resources/rubrics",
+        "resources/prompts",
+        "resources/patient_attributes.yaml",
+        "resources/risk_attributes.yaml",
+        "resources/safety",
+    ):
         for p in [wd / rel] if (wd / rel).is_file() else sorted((wd / rel).iterdir()):
             st = p.stat()
             keep[p] = (p.read_bytes(), st.st_atime_ns, st.st_mtime_ns)
