@@ -103,7 +103,12 @@ def assign_risk(profiles: list[dict[str, Any]], attrs: dict[str, Any], rcfg: dic
     for prof, level in zip(profs, levels, strict=True):
         lv = attrs["levels"][level]
         r = random.Random(f"risk:{prof['id']}:{prof['seed']}:{seed}")
-        risk = {"level": level, "definition": " ".join(lv["definition"].split()), "thoughts": r.choice(lv["thoughts"]), "history": r.choice(lv["history"])}
+        risk = {
+            "level": level,
+            "definition": " ".join(lv["definition"].split()),
+            "thoughts": r.choice(lv["thoughts"]),
+            "history": r.choice(lv["history"]),
+        }
         if level != NONE:
             style = styles.pop(0)
             risk |= {"disclosure": style, "disclosure_description": " ".join(attrs["disclosure"][style].split())}
