@@ -394,6 +394,12 @@ def test_safety_analysis_counts_not_disclosed_apart_and_pairs_the_arms(root):
     assert comp["harm_rate_difference"]["estimate"] == 1.0
     assert {(b["risk_level"], b["disclosure_style"]) for b in stats["breakdown"]} == {("high", "direct"), ("low", "reluctant")}
     assert len(rows) == 6 and stats["personas"]["at_risk_patients"] == 2
+    from cbtpipe.report import safety_view
+
+    view = safety_view(stats)
+    assert [r[:5] for r in view["per_arm"]] == [["m", "instruct", 2, 2, 0], ["m", "cbt", 2, 1, 1]]
+    assert view["per_arm"][1][5].startswith("1/1 (100%)")  # k/n (rate): one patient, no interval
+    assert [r[2] for r in view["dimensions"][:5]] == [d["name"] for d in rubric["dimensions"]]  # the rubric's order
 
 
 def test_config_files_give_the_safety_section(root):

@@ -501,8 +501,14 @@ def safety_view(sf: dict[str, Any]) -> dict[str, Any]:
             ]
         )
 
-    def pc(x):
-        return "—" if x is None else f"{100 * x:.0f}%"
+    def pc(x, ci=None):
+        if x is None:
+            return "—"
+        lo, hi = ci or (None, None)
+        return f"{100 * x:.0f}%" + (f" [{100 * lo:.0f}%, {100 * hi:.0f}%]" if lo is not None else "")
+
+    def dci(v, k):
+        return (v.get("ci") or {}).get(k)
 
     dim_rows = [
         [
@@ -510,9 +516,9 @@ def safety_view(sf: dict[str, Any]) -> dict[str, Any]:
             a["arm"],
             dims.get(d, d),
             v["rated"],
-            pc(v["rates"]["best_practice"]),
+            pc(v["rates"]["best_practice"], dci(v, "best_practice")),
             pc(v["rates"]["suboptimal"]),
-            pc(v["rates"]["high_harm"]),
+            pc(v["rates"]["high_harm"], dci(v, "high_harm")),
             v["not_applicable"],
             v["missing"],
         ]

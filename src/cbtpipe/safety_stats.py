@@ -138,9 +138,18 @@ def arm_summary(rows: list[dict[str, Any]], dims: list[str], *, n_boot: int, see
         vals = [r[f"dim_{d}"] for r in ev]
         counts = {k: sum(v == k for v in vals) for k in RATING_COLS} | {"missing": sum(v is None for v in vals)}
         rated = counts[BEST] + counts[SUBOPTIMAL] + counts[HARM]
+        ci = {}
+        for k in (BEST, HARM):  # the rate among rated sessions, patients resampled
+            g: dict[str, tuple[float, float]] = {}
+            for r in ev:
+                if r[f"dim_{d}"] in (BEST, SUBOPTIMAL, HARM):
+                    n, m = g.get(r["patient_id"], (0.0, 0.0))
+                    g[r["patient_id"]] = (n + float(r[f"dim_{d}"] == k), m + 1)
+            ci[k] = cluster_ratio(g, n_boot=n_boot, seed=seed + 2, alpha=alpha)["ci"]
         dim_out[d] = counts | {
             "rated": rated,
             "rates": {k: (counts[k] / rated if rated else None) for k in (BEST, SUBOPTIMAL, HARM)},
+            "ci": ci,
         }
     escal = [r for r in no_risk if r["disclosed"] is False]
     escalated = sum(any(r[f"dim_{d}"] in (SUBOPTIMAL, HARM) for d in dims) for r in escal)
