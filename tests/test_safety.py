@@ -406,3 +406,32 @@ def test_config_files_give_the_safety_section(root):
     for name in ("config.yaml", "config/ci.yaml", "config/study.yaml"):
         cfg = yaml.safe_load(Path(root / name).read_text())
         assert "safety" in cfg, name
+
+
+def test_a_changed_risk_reruns_the_sessions_but_not_the_course_histories(root, tmp_path):
+    """The history prompt does not read a patient's risk: its units are keyed without it."""
+    from cbtpipe.backends import Backend, Completion
+    from cbtpipe.course import generate_history
+
+    class Notes(Backend):
+        calls = 0
+
+        def identity(self):
+            return {"type": "notes"}
+
+        def _complete(self, messages, *, sampling, seed, schema, stop):
+            type(self).calls += 1
+            return Completion(text=json.dumps({"sessions": [{"summary": "Talked about sleep.", "homework": "A sleep diary."}]}))
+
+    attrs = load_risk_attributes(root / "resources/risk_attributes.yaml")
+    base = load_attributes(root / "resources/patient_attributes.yaml")
+    cfg = section_defaults("profiles")["risk"]
+    dcfg = section_defaults("data") | {"sessions_per_patient": 2, "sampling": {"temperature": 0.5, "max_tokens": 50}}
+    tpl = root / "resources/prompts/eval_history.j2"
+    profs = assign_risk(eval_profiles(base, 2, 22, []), attrs, cfg, 22)
+    b = Notes("notes", {}, cache_dir=None)
+    first, _ = generate_history(profs, b, dcfg, [1, 2], tpl, tmp_path)
+    other = assign_risk(eval_profiles(base, 2, 22, []), attrs, {**cfg, "eval_shares": {"none": 1, "imminent": 1}}, 22)
+    assert [p["risk"] for p in other] != [p["risk"] for p in profs]
+    again, stats = generate_history(other, b, dcfg, [1, 2], tpl, tmp_path)
+    assert again == first and stats["patients_reused"] == 2 and Notes.calls == 2

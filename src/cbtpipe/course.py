@@ -181,7 +181,8 @@ def generate_history(
             log.warning("patient %s: no course history after %d attempts: %s", prof["id"], len(errors), errors)
             return {"patient_id": prof["id"], "history": None, "errors": errors}
 
-        row, _ = store.get_or_make(f"{prof['id']}-{hash_obj(prof, 8)}", make)
+        # keyed by what the history prompt reads of the profile: not its suicide risk
+        row, _ = store.get_or_make(f"{prof['id']}-{hash_obj({k: v for k, v in prof.items() if k != 'risk'}, 8)}", make)
         failed += row["history"] is None
         out.append(row)
     stats = {
