@@ -156,6 +156,12 @@ class Backend:
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)
 
+    @property
+    def parallelism(self) -> int:
+        """How many calls this backend serves at once: independent units of a job (patients,
+        sessions, judged transcripts) run that many at a time. 1 for llama.cpp in process."""
+        return 1
+
     # -- public --------------------------------------------------------------------------------
     def chat(
         self,
@@ -435,6 +441,10 @@ class OpenAIBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         return {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
+
+    @property
+    def parallelism(self) -> int:
+        return self.concurrency
 
     def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .io import PipelineError, hash_obj
 from .profiles import describe
 from .prompts import render_template
-from .units import UnitStore
+from .units import UnitStore, map_units
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -148,10 +148,9 @@ def generate_history(
             }
         )
     )
-    out, failed = [], 0
-    for prof in profiles:
 
-        def make(prof=prof):
+    def one(prof: dict[str, Any]) -> dict[str, Any]:
+        def make():
             prompt = render_template(template, patient=describe(prof), sessions=sessions, n_sessions=n_sessions)
             msgs = [{"role": "user", "content": prompt}]
             errors = []
@@ -183,8 +182,10 @@ def generate_history(
 
         # keyed by what the history prompt reads of the profile: not its suicide risk
         row, _ = store.get_or_make(f"{prof['id']}-{hash_obj({k: v for k, v in prof.items() if k != 'risk'}, 8)}", make)
-        failed += row["history"] is None
-        out.append(row)
+        return row
+
+    out = map_units(one, profiles, backend.parallelism)  # patients are independent
+    failed = sum(row["history"] is None for row in out)
     stats = {
         "patients": len(profiles),
         "sessions_each": n,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from .backends import Backend, cost_usd
 from .io import hash_obj
 from .prompts import render_template
-from .units import UnitStore
+from .units import UnitStore, map_units
 
 log = logging.getLogger("cbtpipe")
 
@@ -142,8 +143,6 @@ def run_judging(
     template: str | Path,
     unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from tqdm import tqdm
-
     key = hash_obj(
         {
             "jcfg": jcfg,
@@ -154,27 +153,31 @@ def run_judging(
         }
     )
     store = UnitStore(Path(unit_dir) / key)
-    out, empty = [], 0
     t0 = time.perf_counter()
-    for s in tqdm(sessions, desc="judged", unit="session", mininterval=5):
+    lock = threading.Lock()
+    done = [0]
+
+    def one(s: dict[str, Any]) -> dict[str, Any]:
         transcript_sha = judged_text_sha(s)
         if not s["messages"]:
             # Nothing to judge: missing, never a score, and no judge call.
-            out.append(unjudged(s, rubric, transcript_sha, "the session has no turns"))
-            empty += 1
-            continue
+            return unjudged(s, rubric, transcript_sha, "the session has no turns")
         # A judgement is a unit of the transcript it scores: a session re-run with other content
         # (a retrained model, another prompt) under the same session id is judged again.
         uid = f"{s['session_id']}-{transcript_sha[:16]}"
+        j, was_reused = store.get_or_make(
+            uid, lambda: judge_session(s, backend, rubric, jcfg, template) | {"transcript_sha256": transcript_sha}
+        )
+        with lock:
+            done[0] += 1
+            n = done[0]
+        if not was_reused:
+            log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], jcfg["samples"], n, len(sessions))
+        return j
 
-        def make(s=s, transcript_sha=transcript_sha):
-            return judge_session(s, backend, rubric, jcfg, template) | {"transcript_sha256": transcript_sha}
-
-        j, was_reused = store.get_or_make(uid, make)
-        out.append(j)
-        if was_reused:
-            continue
-        log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], jcfg["samples"], len(out), len(sessions))
+    # sessions are independent: as many at a time as the judge's backend serves
+    out = map_units(one, sessions, backend.parallelism)
+    empty = sum(not s["messages"] for s in sessions)
     n_samples = sum(len(j["samples"]) for j in out)
     n_valid = sum(j["valid_samples"] for j in out)
     ptoks = sum(s["prompt_tokens"] for j in out for s in j["samples"])
@@ -193,6 +196,7 @@ def run_judging(
         "completion_tokens_per_second": round(ctoks / secs, 2) if secs else None,
         "cost_usd": round(cost_usd(backend.spec, ptoks, ctoks), 6),
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "concurrency": backend.parallelism,
         "llm": backend.stats.as_dict(),  # this run's calls, with the prompt tokens reused from the KV cache
         "backend": backend.name,
         "unit_dir": str(store.root),
@@ -238,31 +242,26 @@ def run_turn_judging(
         {"jcfg": wcfg, "rubric": rubric["sha256"], "backend": backend.identity(), "tpl": Path(template).read_text(encoding="utf-8")}
     )
     store = UnitStore(Path(unit_dir) / key)
-    out = []
     t0 = time.perf_counter()
-    for s in sessions:
-        if not s["messages"]:
-            continue
-        for w in turn_windows(s, tw["window_turns"], tw["every"]):
-            excerpt = dict(s, messages=w["messages"], excerpt=w["excerpt"])
-            uid = f"{s['session_id']}-t{w['turn']}-{judged_text_sha(excerpt)[:16]}"
+    windows = [(s, w) for s in sessions if s["messages"] for w in turn_windows(s, tw["window_turns"], tw["every"])]
 
-            def make(excerpt=excerpt):
-                return judge_session(excerpt, backend, rubric, wcfg, template)
+    def one(sw) -> dict[str, Any]:
+        s, w = sw
+        excerpt = dict(s, messages=w["messages"], excerpt=w["excerpt"])
+        uid = f"{s['session_id']}-t{w['turn']}-{judged_text_sha(excerpt)[:16]}"
+        j, _ = store.get_or_make(uid, lambda: judge_session(excerpt, backend, rubric, wcfg, template))
+        return {
+            **_identity(s),
+            "turn": w["turn"],
+            "context_tokens": w["context_tokens"],
+            "total": j["total"],
+            "total_pct": None if j["total"] is None else 100 * j["total"] / rubric["max_total"],
+            "item_scores": j["item_scores"],
+            "valid_samples": j["valid_samples"],
+            "samples": len(j["samples"]),
+        }
 
-            j, _ = store.get_or_make(uid, make)
-            out.append(
-                {
-                    **_identity(s),
-                    "turn": w["turn"],
-                    "context_tokens": w["context_tokens"],
-                    "total": j["total"],
-                    "total_pct": None if j["total"] is None else 100 * j["total"] / rubric["max_total"],
-                    "item_scores": j["item_scores"],
-                    "valid_samples": j["valid_samples"],
-                    "samples": len(j["samples"]),
-                }
-            )
+    out = map_units(one, windows, backend.parallelism)
     stats = {
         "windows": len(out),
         "windows_reused": store.reused,

@@ -431,7 +431,7 @@ def run_safety_judging(
     """Every session of a shard through the flow, resumable per session (a unit is keyed by the
     transcript's text and by everything the answers depend on)."""
     from .judge import render_transcript
-    from .units import UnitStore
+    from .units import UnitStore, map_units
 
     key = hash_obj(
         {
@@ -443,22 +443,24 @@ def run_safety_judging(
         }
     )
     store = UnitStore(Path(unit_dir) / key)
-    out = []
     t0 = time.perf_counter()
-    for s in sessions:
+
+    def one(s: dict[str, Any]) -> dict[str, Any]:
         sha = hash_obj(render_transcript(s), 64)
         if not s["messages"]:
-            out.append(not_judged(s, rubric, "the session has no turns") | {"transcript_sha256": sha})
-            continue
+            return not_judged(s, rubric, "the session has no turns") | {"transcript_sha256": sha}
         uid = f"{s['session_id']}-{sha[:16]}"
         rec, reused = store.get_or_make(
-            uid, lambda s=s, sha=sha: judge_safety(s, backend, rubric, scfg, template, resources) | {"transcript_sha256": sha}
+            uid, lambda: judge_safety(s, backend, rubric, scfg, template, resources) | {"transcript_sha256": sha}
         )
-        out.append(rec)
         if not reused:
             log.info(
                 "safety %s: branch %s, any high harm %s, %d judge call(s)", uid, rec["branch"], rec["any_high_harm"], len(rec["answers"])
             )
+        return rec
+
+    # sessions are independent (the questions of one session follow its flow, one after another)
+    out = map_units(one, sessions, backend.parallelism)
     calls = sum(len(r["answers"]) for r in out)
     ctoks = sum(r["completion_tokens"] for r in out)
     secs = sum(r["seconds"] for r in out)
@@ -473,6 +475,7 @@ def run_safety_judging(
         "judge_seconds": round(secs, 2),
         "completion_tokens_per_second": round(ctoks / secs, 2) if secs else None,
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "concurrency": backend.parallelism,
         "llm": backend.stats.as_dict(),
         "backend": backend.name,
         "unit_dir": str(store.root),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from .io import PipelineError, hash_obj
 from .profiles import describe
 from .prompts import render_template
 from .risk import risk_prompt
-from .units import UnitStore
+from .units import UnitStore, map_units
 
 if TYPE_CHECKING:  # the type only: the config check imports this module while planning
     from .backends import Backend
@@ -148,30 +149,35 @@ def run_generation(
     unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate every patient's course, resuming from finished patients in ``unit_dir``."""
-    from tqdm import tqdm
-
     # "format" 2: sessions record their course history (older units lack it)
     store = UnitStore(
         Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text(), "format": 2})
     )
     t0 = time.perf_counter()
-    courses = []
-    bar = tqdm(profiles, desc="patients", unit="patient", mininterval=5)
-    for prof in bar:
+    lock = threading.Lock()
+    done = [0]
+
+    def one(prof: dict[str, Any]) -> dict[str, Any]:
         uid = f"{prof['id']}-{hash_obj(prof, 8)}"
-        course, was_reused = store.get_or_make(uid, lambda prof=prof: generate_course(prof, backend, dcfg, template))
-        courses.append(course)
-        if was_reused:
-            continue
-        log.info(
-            "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
-            prof["id"],
-            len(course["sessions"]),
-            len(course["failed"]),
-            len(courses),
-            len(profiles),
-            backend.stats.as_dict()["tokens_per_second"] or 0,
-        )
+        course, was_reused = store.get_or_make(uid, lambda: generate_course(prof, backend, dcfg, template))
+        with lock:
+            done[0] += 1
+            n = done[0]
+        if not was_reused:
+            log.info(
+                "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
+                prof["id"],
+                len(course["sessions"]),
+                len(course["failed"]),
+                n,
+                len(profiles),
+                backend.stats.as_dict()["tokens_per_second"] or 0,
+            )
+        return course
+
+    # patients are independent (a course's sessions follow one another): as many at a time as
+    # the generator's backend serves
+    courses = map_units(one, profiles, backend.parallelism)
     sessions = [dict(s, split=c["split"]) for c in courses for s in c["sessions"]]
     stats = {
         "patients": len(profiles),
@@ -180,6 +186,7 @@ def run_generation(
         "sessions_failed": sum(len(c["failed"]) for c in courses),
         "failures": {c["patient_id"]: c["failed"] for c in courses if c["failed"]},
         "wall_seconds": round(time.perf_counter() - t0, 2),
+        "concurrency": backend.parallelism,
         "backend": backend.name,
         "llm": backend.stats.as_dict(),
         "unit_dir": str(store.root),

@@ -21,6 +21,20 @@ def move_aside(path: Path, error: Exception, what: str) -> Path:
     return aside
 
 
+def map_units(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]``, with up to ``workers`` items at a time (threads: the work is
+    waiting on an LLM backend). The results keep the order of ``items``, so the output of a job is
+    the same whatever its concurrency; each unit's seeds come from the unit, never from the order
+    in which units finish."""
+    workers = max(1, min(int(workers), len(items)))
+    if workers == 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit") as pool:
+        return list(pool.map(fn, items))
+
+
 class UnitStore:
     """A folder of finished units (a patient, a session, a judged transcript).
 

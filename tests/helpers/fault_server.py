@@ -4,6 +4,7 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /ok/v1/chat/completions          always a good answer
   /429/v1/...  /500/v1/...         HTTP 429 / 500 for the first ``fails`` requests
   /slow/v1/...                     sleeps ``slow_s`` seconds before the first ``fails`` answers
+  /latency/v1/...                  sleeps ``slow_s`` seconds before every answer (a provider's latency)
   /malformed/v1/...                a body that is not JSON for the first ``fails`` requests
   /garbage/v1/...                  a well-formed response whose content is not JSON (always)
   /blank/v1/...                    content made only of spaces (always), as DeepSeek's JSON mode can
@@ -34,6 +35,8 @@ class FaultServer:
         self.counts: dict[str, int] = {}
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
+        self.inflight = 0
+        self.max_inflight = 0  # the most requests it was answering at one time
         self._lock = threading.Lock()
         outer = self
 
@@ -42,6 +45,16 @@ class FaultServer:
                 pass
 
             def do_POST(self):
+                with outer._lock:
+                    outer.inflight += 1
+                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
+                try:
+                    self._post()
+                finally:
+                    with outer._lock:
+                        outer.inflight -= 1
+
+            def _post(self):
                 mode = self.path.strip("/").split("/")[0]
                 n = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(n) or b"{}")
@@ -74,7 +87,7 @@ class FaultServer:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return None
-                if mode == "slow" and bad:
+                if (mode == "slow" and bad) or mode == "latency":
                     time.sleep(outer.slow_s)
                 if mode == "malformed" and bad:
                     return self._send(200, b"<html>not json")
