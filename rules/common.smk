@@ -2,6 +2,7 @@
 import re
 
 from cbtpipe.config import (
+    api_resource_name,
     check_api_keys,
     check_config,
     model_training_cfg,
@@ -161,6 +162,17 @@ def used_backends(*keys):
     then change only when a backend it calls changes."""
     names = {config[sec][field] for sec, field in keys}
     return {n: config["backends"][n] for n in sorted(names) if n in config["backends"]}
+
+
+def api_resources(*keys):
+    """One Snakemake resource per API backend a job calls, ``api_<backend>``, worth the calls it
+    may have in flight (the backend's concurrency): ``--resources api_<backend>=N`` then bounds
+    the calls in flight to that provider across all running jobs."""
+    out = {}
+    for name, spec in used_backends(*keys).items():
+        if spec["type"] == "openai":
+            out[api_resource_name(name)] = int(spec.get("concurrency", 1))
+    return out
 
 
 def backend_partition(*keys):

@@ -55,6 +55,7 @@ rule transcripts:
         llm_env(("data", "generator"))
     threads: CPU
     resources:
+        **api_resources(("data", "generator")),
         gpu=backend_gpus(("data", "generator")),
         slurm_partition=backend_partition(("data", "generator")),
     params:
@@ -79,6 +80,7 @@ rule eval_history:
         llm_env(("data", "generator"))
     threads: CPU
     resources:
+        **api_resources(("data", "generator")),
         gpu=backend_gpus(("data", "generator")),
         slurm_partition=backend_partition(("data", "generator")),
     params:

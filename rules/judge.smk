@@ -17,6 +17,7 @@ rule judge:
         llm_env(("judge", "backend"))
     threads: CPU
     resources:
+        **api_resources(("judge", "backend")),
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
@@ -43,6 +44,7 @@ rule judge_ablation:
         llm_env(("judge", "backend"))
     threads: CPU
     resources:
+        **api_resources(("judge", "backend")),
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
@@ -69,6 +71,7 @@ rule judge_turns:
         llm_env(("judge", "backend"))
     threads: CPU
     resources:
+        **api_resources(("judge", "backend")),
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:

@@ -15,6 +15,7 @@ rule rollout:
         rollout_env
     threads: CPU
     resources:
+        **api_resources(("rollout", "patient_backend")),
         gpu=rollout_gpus,
         slurm_partition=rollout_partition,
         runtime=config["resources"]["rollout_runtime_min"],
@@ -47,6 +48,7 @@ rule rollout_ablation:
         rollout_env
     threads: CPU
     resources:
+        **api_resources(("rollout", "patient_backend")),
         gpu=rollout_gpus,
         slurm_partition=rollout_partition,
         runtime=config["resources"]["rollout_runtime_min"],

@@ -18,6 +18,7 @@ rule safety:
         llm_env(("safety", "backend"))
     threads: CPU
     resources:
+        **api_resources(("safety", "backend")),
         gpu=backend_gpus(("safety", "backend")),
         slurm_partition=backend_partition(("safety", "backend")),
     params:
@@ -45,6 +46,7 @@ rule safety_ablation:
         llm_env(("safety", "backend"))
     threads: CPU
     resources:
+        **api_resources(("safety", "backend")),
         gpu=backend_gpus(("safety", "backend")),
         slurm_partition=backend_partition(("safety", "backend")),
     params:

@@ -134,6 +134,16 @@ def test_dry_run_study_builds_full_dag():
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
     assert jobs["safety"] == 3 * 2 * 6 and jobs["safety_ablation"] == 2 * 3 * 2 * 6 and jobs["safety_statistics"] == 1
     assert jobs["safety"] == jobs["judge"] == jobs["rollout"]
+    # every job that calls an API backend holds api_<backend> = its concurrency (bounded by --resources)
+    res = re.findall(r"localrule (\w+):|rule (\w+):|resources: (.*)", out)
+    seen, rule = {}, None
+    for a, b, r in res:
+        rule = a or b or rule
+        if r:
+            seen.setdefault(rule, set()).update(x for x in r.split(", ") if x.startswith("api_"))
+    assert seen["judge"] == {"api_gemini=2"} and seen["safety"] == {"api_gemini=2"}
+    assert seen["rollout"] == {"api_deepseek=4"} and seen["transcripts"] == {"api_hermes=4"}
+    assert not seen.get("train") and not seen.get("merge")
 
 
 def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():

@@ -75,6 +75,11 @@ STAGE_BACKENDS = {
 }
 
 
+def api_resource_name(backend: str) -> str:
+    """The Snakemake resource that bounds the calls in flight to an API backend across jobs."""
+    return "api_" + re.sub(r"\W", "_", backend)
+
+
 def resolve_defaults(cfg: dict[str, Any]) -> None:
     """Defaults that refer to other keys: ``safety.backend: null`` is the CTRS judge's backend."""
     if cfg.get("safety", {}).get("backend") is None:
