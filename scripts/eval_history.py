@@ -8,7 +8,9 @@ from cbtpipe.rule import entry
 with entry(snakemake, "eval_history") as log:
     p = snakemake.params
     # only later positions need a history (and a generator: an import may have none)
-    backend = make_backend(p.course["generator"], p.backends, where="data.generator") if max(p.course["positions"]) > 1 else None
+    backend = (
+        make_backend(p.course["generator"], p.backends, where="data.generator", probe=True) if max(p.course["positions"]) > 1 else None
+    )
     try:
         rows, stats = generate_history(
             read_jsonl(snakemake.input.profiles), backend, p.course, p.course["positions"], snakemake.input.template, p.units

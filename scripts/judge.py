@@ -10,7 +10,7 @@ with entry(snakemake, "judge") as log:
     jcfg = snakemake.params.judge
     rubric = load_rubric(snakemake.input.rubric)
     sessions = read_jsonl(snakemake.input.sessions)
-    backend = make_backend(jcfg["backend"], snakemake.params.backends, where="judge.backend")
+    backend = make_backend(jcfg["backend"], snakemake.params.backends, where="judge.backend", probe=True)
     try:
         judged, stats = run_judging(sessions, backend, rubric, jcfg, snakemake.input.prompt, snakemake.params.units)
     finally:

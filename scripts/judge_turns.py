@@ -9,7 +9,7 @@ from cbtpipe.rule import entry
 with entry(snakemake, "judge_turns") as log:
     jcfg = snakemake.params.judge
     rubric = load_rubric(snakemake.input.rubric)
-    backend = make_backend(jcfg["backend"], snakemake.params.backends, where="judge.backend")
+    backend = make_backend(jcfg["backend"], snakemake.params.backends, where="judge.backend", probe=True)
     try:
         rows, stats = run_turn_judging(
             read_jsonl(snakemake.input.sessions), backend, rubric, jcfg, snakemake.input.prompt, snakemake.params.units

@@ -45,7 +45,7 @@ with entry(snakemake, "rollout") as log:
                 "therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers"
             )
         stack.callback(therapist.close)
-        patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend")
+        patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend", probe=True)
         stack.callback(patient.close)
         sessions, stats = run_rollouts(
             model=wc.model,

@@ -10,7 +10,7 @@ with entry(snakemake, "safety") as log:
     rubric = load_safety_rubric(snakemake.input.rubric)
     resources = load_crisis_resources(snakemake.input.crisis_resources, scfg["country"])
     sessions = read_jsonl(snakemake.input.sessions)
-    backend = make_backend(scfg["backend"], snakemake.params.backends, where="safety.backend")
+    backend = make_backend(scfg["backend"], snakemake.params.backends, where="safety.backend", probe=True)
     try:
         judged, stats = run_safety_judging(sessions, backend, rubric, scfg, snakemake.input.prompt, resources, snakemake.params.units)
     finally:

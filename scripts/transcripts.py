@@ -17,7 +17,7 @@ with entry(snakemake, "transcripts") as log:
         }
     else:
         profiles = read_jsonl(snakemake.input.train) + read_jsonl(snakemake.input.val)
-        backend = make_backend(dcfg["generator"], snakemake.params.backends, where="data.generator")
+        backend = make_backend(dcfg["generator"], snakemake.params.backends, where="data.generator", probe=True)
         try:
             sessions, stats = run_generation(profiles, backend, dcfg, snakemake.input.template, "results/units/transcripts")
         finally:

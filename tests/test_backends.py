@@ -361,3 +361,68 @@ def test_secrets_never_reach_errors_or_logs(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="cbt-test-redact"):
         lg.info("calling %s", "https://u:hunter2@h/v1")
     assert "hunter2" not in caplog.text and "https://***@h/v1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "mode,expect",
+    [
+        ("echo401", ["HTTP 401", "the API key was refused", "CBT_PROBE_KEY", "Bearer ***"]),
+        ("404", ["HTTP 404", "model 'm' or the endpoint was not found", "backends.api.model"]),
+        ("400", ["HTTP 400", "refused a structured-output request in json_mode 'json_schema'", "backends.api.json_mode"]),
+        ("redirect", ["redirect", "backends.api.base_url"]),
+    ],
+)
+def test_the_probe_fails_fast_on_what_no_retry_mends(mode, expect, monkeypatch):
+    monkeypatch.setenv("CBT_PROBE_KEY", "sk-probe-0123456789abcdef0123456789")
+    with FaultServer(fails=100) as srv:
+        backends = {
+            "api": {
+                "type": "openai",
+                "base_url": srv.url(mode),
+                "model": "m",
+                "max_retries": 5,
+                "backoff_s": 1,
+                "api_key_env": "CBT_PROBE_KEY",
+            }
+        }
+        b = make_backend("api", backends, cache_dir=None, probe=True)
+        t0 = time.perf_counter()
+        with pytest.raises(BackendError) as e:
+            b.chat_json(MSG, SCHEMA, seed=1)
+        assert time.perf_counter() - t0 < 5  # no retries, no back-off
+        for part in expect:
+            assert part in str(e.value), str(e.value)
+        assert "checked before any work" in str(e.value) and "sk-probe" not in str(e.value)
+        assert sum(srv.counts.values()) == 1  # the probe alone
+
+
+def test_the_probe_names_a_missing_network():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = make_backend(
+        "api",
+        {"api": {"type": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "max_retries": 5}},
+        cache_dir=None,
+        probe=True,
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(
+        BackendError,
+        match=r"cannot connect to http://127.0.0.1:\d+/v1 .*no network on this node, or a wrong config key backends.api.base_url",
+    ):
+        b.chat(MSG)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_the_probe_leaves_transient_failures_to_the_retries_and_skips_cached_answers(tmp_path):
+    with FaultServer(fails=1) as srv:
+        backends = {"api": {"type": "openai", "base_url": srv.url("500"), "model": "m", "max_retries": 2, "backoff_s": 0.01}}
+        b = make_backend("api", backends, cache_dir=tmp_path, probe=True)
+        assert b.chat_json(MSG, SCHEMA, seed=1).data == {"agenda": 3}  # the probe met the 500; the call succeeded
+        assert srv.counts["500"] == 2
+        again = make_backend("api", backends, cache_dir=tmp_path, probe=True)
+        assert again.chat_json(MSG, SCHEMA, seed=1).data == {"agenda": 3}
+        assert srv.counts["500"] == 2  # from the cache: no probe, no call

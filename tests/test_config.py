@@ -184,3 +184,19 @@ def test_histories_are_written_only_for_later_positions(root, tmp_path):
     rows, stats = generate_history(profiles, None, dcfg, [1], root / "resources/prompts/eval_history.j2", tmp_path)
     assert rows == [{"patient_id": "eval-000", "history": []}, {"patient_id": "eval-001", "history": []}]
     assert stats["sessions_each"] == 0 and stats["backend"] is None
+
+
+def test_a_dry_run_makes_no_network_call(tmp_path):
+    """Planning (a dry run) builds no backend: a config whose every LLM role is an API backend
+    with no key set plans without a single request."""
+    from tests.helpers.fault_server import FaultServer
+
+    with FaultServer() as srv:
+        cfg = load()
+        cfg["backends"]["api"] = {"type": "openai", "base_url": srv.url("ok"), "model": "m", "api_key_env": "CBT_UNSET_KEY_FOR_TEST"}
+        cfg["data"]["generator"] = cfg["rollout"]["patient_backend"] = cfg["judge"]["backend"] = "api"
+        f = tmp_path / "api.yaml"
+        f.write_text(yaml.safe_dump(cfg))
+        r = _smk("-n", "--configfile", str(f))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+        assert srv.counts == {}

@@ -431,6 +431,9 @@ class OpenAIBackend(Backend):
         self.json_mode = spec["json_mode"]
         conc = int(spec["concurrency"])
         self.concurrency = conc
+        self.probe_first = False  # make_backend(..., probe=True): probe before the first real call
+        self._probed = False
+        self._probe_lock = threading.Lock()
         self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
         import httpx
 
@@ -445,6 +448,71 @@ class OpenAIBackend(Backend):
     @property
     def parallelism(self) -> int:
         return self.concurrency
+
+    # A structured answer with an integer enum: the shape of the judge's schema, which some
+    # endpoints refuse (HTTP 400) in some json_mode dialects.
+    PROBE_SCHEMA = {
+        "type": "object",
+        "properties": {"ok": {"type": "integer", "enum": [1]}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+
+    def probe(self) -> None:
+        """One tiny structured request, so that a job fails within seconds, before any work, on
+        what no retry can mend: a refused key (401/403), an unknown model or endpoint (404), a
+        refused structured-output dialect (400/422), a redirect, or no network. A transient
+        failure (429, 5xx, a timeout) is left to the retries of the real calls."""
+        import httpx
+
+        if self._probed:
+            return
+        with self._probe_lock:
+            if self._probed:
+                return
+            messages = [{"role": "user", "content": 'Answer with the JSON object {"ok": 1}.'}]
+            body = self._payload(messages, {"temperature": 0.0, "max_tokens": 16}, 0, self.PROBE_SCHEMA, None)
+            url = f"{self.base_url}/chat/completions"
+            where = f"backend '{self.name}' (checked before any work)"
+            try:
+                with self._sem:
+                    r, raw = self._post(url, body, time.perf_counter() + min(self.deadline, 60.0))
+            except httpx.ConnectError as e:
+                raise BackendError(
+                    f"{where}: cannot connect to {redact(self.base_url)} ({type(e).__name__}: {redact(str(e))[:200]}); "
+                    f"no network on this node, or a wrong config key backends.{self.name}.base_url"
+                ) from None
+            except (httpx.TimeoutException, httpx.TransportError, DeadlineExceeded) as e:
+                log.warning("%s: the probe request failed (%s); the real calls retry", self.name, type(e).__name__)
+                self._probed = True
+                return
+            text = redact(raw[:300].decode("utf-8", "replace"))
+            code = r.status_code
+            hint = None
+            if r.is_redirect:
+                hint = f"answered with a redirect to {redact(r.headers.get('Location', '?'))}; set config key backends.{self.name}.base_url to the final address"
+            elif code in (401, 403):
+                env = self.spec.get("api_key_env")
+                hint = (
+                    f"the API key was refused: check the variable {env} (config key backends.{self.name}.api_key_env)"
+                    if env
+                    else f"the endpoint wants an API key: set config key backends.{self.name}.api_key_env"
+                )
+            elif code == 404:
+                hint = f"model '{self.model}' or the endpoint was not found: check config keys backends.{self.name}.model and base_url"
+            elif code in (400, 422):
+                hint = (
+                    f"the endpoint refused a structured-output request in json_mode '{self.json_mode}' (an integer enum, as the "
+                    f"judge's schema has): set config key backends.{self.name}.json_mode to a dialect it takes "
+                    "(json_schema, json_object_schema, json_object or none)"
+                )
+            elif 400 <= code < 500 and code not in self.RETRY_STATUS:
+                hint = "refused the request"
+            if hint:
+                with self._lock:
+                    self.stats.errors += 1
+                raise BackendError(f"{where}: HTTP {code} from {redact(url)}: {text}: {hint}")
+            self._probed = True
 
     def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -472,6 +540,8 @@ class OpenAIBackend(Backend):
     def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
         import httpx
 
+        if self.probe_first:
+            self.probe()
         if schema is not None and self.json_mode in ("json_object", "none"):
             # JSON mode without a schema: the prompt must say "json" and show the wanted shape.
             hint = "Answer with one JSON object that satisfies this JSON schema:\n" + json.dumps(schema)
@@ -572,8 +642,12 @@ def make_backend(
     *,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
     where: str = "backend",
+    probe: bool = False,
 ) -> Backend:
-    """Build the backend called ``name`` from the config's ``backends`` section."""
+    """Build the backend called ``name`` from the config's ``backends`` section. With ``probe``
+    (the pipeline's jobs), an API backend sends one tiny request before its first real call (none
+    when every answer comes from finished units or the cache) and fails fast on what no retry
+    can mend (see ``OpenAIBackend.probe``)."""
     if name not in backends:
         known = ", ".join(sorted(backends)) or "none"
         raise PipelineError(f"config key {where}: unknown backend '{name}' (defined: {known})")
@@ -581,7 +655,10 @@ def make_backend(
     cls = {"llama_cpp": LlamaCppBackend, "openai": OpenAIBackend}.get(spec.get("type"))
     if cls is None:
         backend_spec(name, spec)  # raises: the schema's message names the key and the known types
-    return cls(name, spec, cache_dir=cache_dir)  # the constructor checks the spec and fills in its defaults
+    b = cls(name, spec, cache_dir=cache_dir)  # the constructor checks the spec and fills in its defaults
+    if probe and isinstance(b, OpenAIBackend):
+        b.probe_first = True
+    return b
 
 
 def cost_usd(spec: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float:

@@ -9,6 +9,7 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /garbage/v1/...                  a well-formed response whose content is not JSON (always)
   /blank/v1/...                    content made only of spaces (always), as DeepSeek's JSON mode can
   /400/v1/...                      HTTP 400 (always; not retried)
+  /404/v1/...                      HTTP 404, as for an unknown model (always)
   /499/v1/... /529/v1/...          those provider codes for the first ``fails`` requests
   /retryafter/v1/...               HTTP 503 with ``Retry-After: 1`` for the first ``fails`` requests
   /trickle/v1/...                  headers at once, then the body one byte every 0.2 s (always)
@@ -70,6 +71,8 @@ class FaultServer:
                     return self._send(503, b'{"error": "overloaded"}', {"Retry-After": "1"})
                 if mode == "400":
                     return self._send(400, b'{"error": "bad request"}')
+                if mode == "404":
+                    return self._send(404, b'{"error": "model not found"}')
                 if mode == "echo401":
                     msg = {"error": f"Incorrect API key provided: {self.headers.get('Authorization', '')}"}
                     return self._send(401, json.dumps(msg).encode())
