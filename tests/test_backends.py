@@ -426,3 +426,20 @@ def test_the_probe_leaves_transient_failures_to_the_retries_and_skips_cached_ans
         again = make_backend("api", backends, cache_dir=tmp_path, probe=True)
         assert again.chat_json(MSG, SCHEMA, seed=1).data == {"agenda": 3}
         assert srv.counts["500"] == 2  # from the cache: no probe, no call
+
+
+def test_integer_enums_can_be_left_out_of_the_request_and_answers_are_still_checked():
+    schema = {
+        "type": "object",
+        "properties": {"agenda": {"type": "integer", "minimum": 0, "maximum": 6, "enum": [0, 2, 4, 6]}},
+        "required": ["agenda"],
+    }
+    with FaultServer(answer='{"agenda": 3}') as srv:
+        spec = {"type": "openai", "base_url": srv.url("ok"), "model": "m", "integer_enums": False, "max_retries": 0}
+        b = OpenAIBackend("g", spec, cache_dir=None)
+        res = b.chat_json(MSG, schema, seed=1, max_attempts=2)
+        sent = srv.bodies[0]["response_format"]["json_schema"]["schema"]["properties"]["agenda"]
+        assert "enum" not in sent and (sent["minimum"], sent["maximum"]) == (0, 6)
+        assert res.data is None and "is not one of" in res.errors[0]  # 3 is outside the enum: refused here
+        assert b.identity()["integer_enums"] is False
+        assert "integer_enums" not in OpenAIBackend("d", {**spec, "integer_enums": True}, cache_dir=None).identity()

@@ -443,7 +443,10 @@ class OpenAIBackend(Backend):
         self._client = httpx.Client(timeout=self.timeout, headers=headers)
 
     def identity(self) -> dict[str, Any]:
-        return {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
+        ident = {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
+        if not self.spec.get("integer_enums", True):
+            ident["integer_enums"] = False  # another request (answers cached under the default stay valid)
+        return ident
 
     @property
     def parallelism(self) -> int:
@@ -525,6 +528,8 @@ class OpenAIBackend(Backend):
         }
         if stop:
             body["stop"] = stop
+        if schema is not None and not self.spec.get("integer_enums", True):
+            schema = without_integer_enums(schema)
         if schema is not None and self.json_mode != "none":
             if self.json_mode == "json_schema":
                 body["response_format"] = {
@@ -634,6 +639,21 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+
+def without_integer_enums(schema: Any) -> Any:
+    """The schema with every integer enum sent as its minimum and maximum instead (for endpoints
+    that refuse integer enums); answers are still validated against the original."""
+    if isinstance(schema, list):
+        return [without_integer_enums(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: without_integer_enums(v) for k, v in schema.items()}
+    enum = schema.get("enum")
+    if schema.get("type") == "integer" and isinstance(enum, list) and enum and all(isinstance(x, int) for x in enum):
+        del out["enum"]
+        out["minimum"], out["maximum"] = min(enum), max(enum)
+    return out
 
 
 def make_backend(
