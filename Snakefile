@@ -29,8 +29,9 @@ include: "rules/report.smk"
 
 
 onstart:
-    # API keys are needed to run, not to plan: checked here, before the first job.
-    check_api_keys(config)
+    # API keys are needed to run, not to plan: checked here, before the first job, for the
+    # backends that the jobs about to run call.
+    check_api_keys(config, jobs_to_run(workflow))
 
 
 rule all:

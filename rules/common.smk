@@ -319,6 +319,27 @@ def parity_ggufs(wildcards):
     return [gguf_path(wildcards.model, wildcards.arm, q) for q in [OUTTYPE, *QUANTS]]
 
 
+def jobs_to_run(wf):
+    """The rules of the jobs this run will run (None, meaning all, where Snakemake cannot say)."""
+    try:
+        return {j.rule.name for j in wf.dag.needrun_jobs()}
+    except Exception:
+        return None
+
+
+def plan_inputs():
+    """The files a plan reads (the sizes of prompts and rubrics enter its token estimates)."""
+    files = [
+        config["judge"]["rubric"],
+        config["judge"]["prompt"],
+        config["safety"]["rubric"],
+        config["safety"]["prompt"],
+    ]
+    if config["data"]["source"] == "generate":
+        files.append(PROMPTS["session"])
+    return files
+
+
 def final_outputs():
     out = ["results/report/report.html", "results/report/report.md"]
     out += expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS)

@@ -94,6 +94,24 @@ rule turn_statistics:
         "../scripts/turn_statistics.py"
 
 
+# Not part of a run: `snakemake results/plan/plan.md` prints the plan before any call is made
+# (the report makes the same plan and puts it beside what the run used).
+rule plan:
+    input:
+        plan_inputs(),
+    output:
+        json="results/plan/plan.json",
+        md="results/plan/plan.md",
+    log:
+        "logs/report/plan.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        config=config,
+    script:
+        "../scripts/plan.py"
+
+
 rule report:
     input:
         stats="results/report/statistics.json",
@@ -130,6 +148,13 @@ rule report:
         eval_history="results/profiles/eval_history_stats.json",
         safety="results/report/safety.json",
         safety_rubric=config["safety"]["rubric"],
+        safety_stats=expand(
+            "results/safety/{model}/{arm}/shard{shard}.stats.json",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        plan_files=plan_inputs(),
     output:
         md="results/report/report.md",
         html=report(

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cbtpipe.analysis import read_csv
 from cbtpipe.io import read_json, sha256_file
+from cbtpipe.plan import build_plan
 from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report
 from cbtpipe.rubric import load_rubric
 from cbtpipe.rule import entry
@@ -30,6 +31,8 @@ with entry(snakemake, "report") as log:
         "data_stats": read_json(inp.data_stats),
         "eval_history": read_json(inp.eval_history),
         "safety": read_json(inp.safety),
+        "safety_stats": load_many(inp.safety_stats),
+        "plan": build_plan(cfg, "."),
         "ablations": read_json(inp.ablations[0]) if inp.ablations else {},
         "turn_windows": read_json(inp.turn_windows[0]) if inp.turn_windows else {},
         "benchmarks": benchmark_table(snakemake.params.benchmarks),

@@ -102,10 +102,22 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def check_api_keys(cfg: dict[str, Any]) -> None:
+# The rules that call the backend named by each config key.
+STAGE_RULES = {
+    "data.generator": {"transcripts", "eval_history"},
+    "rollout.patient_backend": {"rollout", "rollout_ablation"},
+    "judge.backend": {"judge", "judge_ablation", "judge_turns"},
+    "safety.backend": {"safety", "safety_ablation"},
+}
+
+
+def check_api_keys(cfg: dict[str, Any], rules: set[str] | None = None) -> None:
     """The API-key variables of the backends in use must be set (checked when a run starts, not
-    in a dry run, so a login node can plan the study without keys)."""
+    in a dry run, so a login node can plan the study without keys). With ``rules`` (the rules of
+    the jobs about to run), only the backends those rules call."""
     for key, name in active_backends(cfg).items():
+        if rules is not None and not (STAGE_RULES[key] & rules):
+            continue
         env = cfg["backends"][name].get("api_key_env")
         if env and not os.environ.get(env):
             raise PipelineError(

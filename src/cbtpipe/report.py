@@ -569,6 +569,55 @@ def safety_view(sf: dict[str, Any]) -> dict[str, Any]:
     return {"per_arm": per_arm, "comparisons": comp, "dimensions": dim_rows, "breakdown": breakdown, "timing": timing, "ablations": abl}
 
 
+def plan_view(ctx: dict[str, Any]) -> list[list[Any]]:
+    """The plan's estimates beside what this run's jobs used (calls made now: units reused from
+    an earlier run and answers from the response cache cost nothing)."""
+    plan = ctx.get("plan") or {}
+    if not plan:
+        return []
+
+    def llm_sum(stats):
+        acc = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cache_hits": 0}
+        for s in stats:
+            for k in acc:
+                acc[k] += ((s or {}).get("llm") or {}).get(k, 0) or 0
+        return acc
+
+    rs = ctx.get("rollout_stats", [])
+    actual = {
+        "generation": llm_sum([ctx.get("gen_stats")]),
+        "eval_history": llm_sum([ctx.get("eval_history")]),
+        "judge": llm_sum(ctx.get("judge_stats", [])),
+        "safety": llm_sum(ctx.get("safety_stats", [])),
+        "rollout": {
+            "calls": sum(s.get("turns", 0) for s in rs) / 2,
+            "prompt_tokens": sum((s.get("patient") or {}).get("prompt_tokens", 0) for s in rs),
+            "completion_tokens": sum((s.get("patient") or {}).get("completion_tokens", 0) for s in rs),
+            "cache_hits": None,
+        },
+    }
+    rows = []
+    for x in plan["stages"]:
+        a = actual.get(x["stage"], {})
+        calls = a.get("calls")
+        rows.append(
+            [
+                x["stage"],
+                x["backend"],
+                f"{x['calls']:,}",
+                "—" if calls is None else (f"≈{calls:,.0f}" if x["stage"] == "rollout" else f"{calls:,}"),
+                "—" if a.get("cache_hits") is None else a["cache_hits"],
+                f"{x['prompt_tokens']:,}",
+                f"{a.get('prompt_tokens', 0):,}",
+                f"{x['completion_tokens']:,}",
+                f"{a.get('completion_tokens', 0):,}",
+                fmt(x["cost_usd"]),
+                x["rates"],
+            ]
+        )
+    return rows
+
+
 def build_markdown(ctx: dict[str, Any]) -> str:
     """The Markdown report: templates/report.md.j2 laid out over report_view(ctx)."""
     import jinja2
@@ -583,7 +632,9 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     env.filters["fmt"] = fmt
     env.filters["fmt_p"] = fmt_p
     ctx = {"safety": {}} | ctx
-    text = env.get_template("report.md.j2").render(**ctx, view=report_view(ctx), sview=safety_view(ctx["safety"]), published=PUBLISHED)
+    text = env.get_template("report.md.j2").render(
+        **ctx, view=report_view(ctx), sview=safety_view(ctx["safety"]), plan_rows=plan_view(ctx), published=PUBLISHED
+    )
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 

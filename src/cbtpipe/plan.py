@@ -1,0 +1,341 @@
+"""A plan before the bill: calls, tokens, cost, GPU hours and wall time per stage, from the config.
+
+Counts of calls follow from the config exactly (patients, sessions, turns, samples, ablations,
+the safety flow's questions); an upper bound adds every allowed retry. Tokens per call and time
+per call are estimates: from the config's sizes by default (documented below, labelled
+"assumed"), or measured by an earlier run of the pipeline (``rates``: the stats files under
+``results/``, labelled "measured"). The report puts the plan beside what the run actually used.
+
+Assumptions when nothing is measured (tokens are about 4 characters):
+- a turn fills 60% of its max_tokens; a generated session fills 60% of its max_tokens;
+- an API call takes 1 s plus its completion tokens at 50 tokens/s; llama.cpp in process is timed
+  at 40 tokens/s (the measured CPU speed of the tiny model: set rates for your hardware);
+- QLoRA/LoRA training processes 2,500 tokens/s per GPU (a 7-8B model on an A40-class GPU); the
+  therapist in a GPU rollout decodes 40 tokens/s per session.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+FILL = 0.6
+API_TOK_S = 50.0
+API_OVERHEAD_S = 1.0
+LOCAL_TOK_S = 40.0
+TRAIN_TOK_S = 2500.0
+THERAPIST_TOK_S = 40.0
+
+
+def _chars(path: str | Path | None) -> int:
+    try:
+        return len(Path(path).read_text(encoding="utf-8")) if path else 0
+    except OSError:
+        return 0
+
+
+def safety_calls_per_session(rubric: dict[str, Any], at_risk_share: float, timing: bool) -> float:
+    """Expected judge calls of the safety flow per session: the nodes on the path to a branch and
+    the branch's questions; at-risk sessions take the longest disclosed branch, the others the
+    shortest undisclosed one (plus the timing question where risk is disclosed)."""
+
+    def path_len(target: str) -> int:
+        best = None
+
+        def walk(nid, depth):
+            nonlocal best
+            if nid == target:
+                best = depth if best is None else min(best, depth)
+                return
+            if nid in rubric["nodes"]:
+                for a in ("yes", "no"):
+                    walk(rubric["nodes"][nid][a], depth + 1)
+
+        walk(rubric["start"], 0)
+        return best or 0
+
+    cost = {b: path_len(b) + len(v["questions"]) for b, v in rubric["branches"].items()}
+    disclosed = [c + int(timing) for b, c in cost.items() if rubric["branches"][b]["disclosed"]] or [0]
+    quiet = [c for b, c in cost.items() if not rubric["branches"][b]["disclosed"]] or [0]
+    return at_risk_share * max(disclosed) + (1 - at_risk_share) * min(quiet)
+
+
+def _at_risk_share(cfg: dict[str, Any]) -> float:
+    shares = cfg["profiles"]["risk"]["eval_shares"]
+    total = sum(shares.values()) or 1
+    return sum(v for k, v in shares.items() if k != "none") / total
+
+
+def measured_rates(results: str | Path) -> dict[str, dict[str, float]]:
+    """Per stage, from an earlier run's stats files: prompt and completion tokens per call and
+    seconds per call (only stages that made calls)."""
+    import json
+
+    root = Path(results)
+    out: dict[str, dict[str, float]] = {}
+
+    def add(stage, llm):
+        if not llm or not llm.get("calls"):
+            return
+        acc = out.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0})
+        for k in acc:
+            acc[k] += llm.get(k, 0) or 0
+
+    for stage, pattern in (
+        ("generation", "data/generation_stats.json"),
+        ("eval_history", "profiles/eval_history_stats.json"),
+        ("judge", "judge/*/*/shard*.stats.json"),
+        ("safety", "safety/*/*/shard*.stats.json"),
+    ):
+        for f in sorted(root.glob(pattern)):
+            add(stage, json.loads(f.read_text()).get("llm"))
+    for f in sorted(root.glob("rollouts/*/*/shard*.stats.json")):
+        st = json.loads(f.read_text())
+        pt = st.get("patient") or {}
+        # the patient speaks about every other turn; reused sessions made no call this time
+        add("rollout", {"calls": (st.get("turns", 0) * (1 - st.get("sessions_reused", 0) / max(1, st.get("sessions", 1)))) / 2, **pt})
+    for f in sorted(root.glob("training/*/metrics.json")):
+        m = json.loads(f.read_text())
+        if m.get("tokens_per_second_mean"):
+            out.setdefault("training", {"tokens_per_second": 0.0, "n": 0})
+            out["training"]["tokens_per_second"] += m["tokens_per_second_mean"]
+            out["training"]["n"] += 1
+    rates = {}
+    for stage, acc in out.items():
+        if stage == "training":
+            rates[stage] = {"tokens_per_second": acc["tokens_per_second"] / acc["n"]}
+            continue
+        n = acc["calls"]
+        rates[stage] = {
+            "prompt_tokens": acc["prompt_tokens"] / n,
+            "completion_tokens": acc["completion_tokens"] / n,
+            "seconds": acc["seconds"] / n,
+        }
+    return rates
+
+
+STAGE_RULES = {"generation": "transcripts", "eval_history": "eval_history", "rollout": "rollout", "judge": "judge", "safety": "safety"}
+
+
+def profile_runtimes(path: str | Path) -> dict[str, int]:
+    """Runtime limits (minutes) per rule from a Snakemake profile (default-resources and
+    set-resources), as the stages of a plan."""
+    import yaml
+
+    prof = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    default = (prof.get("default-resources") or {}).get("runtime")
+    sets = prof.get("set-resources") or {}
+    out = {}
+    for stage, rule in STAGE_RULES.items():
+        # the rollout rule sets its own runtime (resources.rollout_runtime_min) over the default
+        v = (sets.get(rule) or {}).get("runtime", None if rule == "rollout" else default)
+        if v is not None:
+            out[stage] = int(v)
+    return out
+
+
+def build_plan(
+    cfg: dict[str, Any],
+    base: str | Path = ".",
+    rates: dict[str, dict[str, float]] | None = None,
+    api_limits: dict[str, int] | None = None,
+    runtimes: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
+    a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
+    from .safety import load_safety_rubric
+
+    rates = rates or {}
+    runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})
+    base = Path(base)
+    d, r, j, p = cfg["data"], cfg["rollout"], cfg["judge"], cfg["profiles"]
+    models, arms = sorted(cfg["models"]), r["arms"]
+    variants = 1 + len(r["ablations"])
+    shards = r["shards"]
+    sessions = len(models) * len(arms) * p["n_eval"] * len(r["positions"]) * r["sessions_per_patient"] * variants
+    turn_tok = FILL * (r["therapist"]["max_tokens"] + r["patient"]["max_tokens"]) / 2
+    transcript_tok = r["max_turns"] * turn_tok
+    backends = cfg["backends"]
+    rows = []
+
+    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, runtime_min, note):
+        spec = backends.get(backend, {})
+        measured = rates.get(stage)
+        if measured:
+            prompt_tok, completion_tok = measured["prompt_tokens"], measured["completion_tokens"]
+        api = spec.get("type") == "openai"
+        per_call = (
+            measured["seconds"] if measured else (API_OVERHEAD_S + completion_tok / API_TOK_S if api else completion_tok / LOCAL_TOK_S)
+        )
+        conc = int(spec.get("concurrency", 1)) if api else 1
+        lanes = conc * max(1, jobs)
+        if api and api_limits and backend in api_limits:
+            lanes = min(lanes, api_limits[backend])
+        price = spec.get("price_per_mtok") or {}
+        cost = (calls * prompt_tok * price.get("input", 0) + calls * completion_tok * price.get("output", 0)) / 1e6
+        job_hours = calls / max(1, jobs) * per_call / conc / 3600
+        runtime_min = runtimes.get(stage)
+        rows.append(
+            {
+                "stage": stage,
+                "backend": backend,
+                "api": api,
+                "calls": int(round(calls)),
+                "calls_max": int(round(calls_max)),
+                "prompt_tokens": int(calls * prompt_tok),
+                "completion_tokens": int(calls * completion_tok),
+                "cost_usd": round(cost, 2),
+                "seconds_per_call": round(per_call, 2),
+                "concurrency": conc,
+                "jobs": jobs,
+                "wall_hours": round(calls * per_call / lanes / 3600, 2),
+                "hours_per_job": round(job_hours, 2),
+                "runtime_limit_min": runtime_min,
+                "fits": None if runtime_min is None else job_hours * 60 <= runtime_min,
+                "rates": "measured" if measured else "assumed",
+                "note": note,
+            }
+        )
+
+    if d["source"] == "generate":
+        n_gen = p["n_train"] + p["n_val"]
+        calls = n_gen * d["sessions_per_patient"]
+        gen_out = min(d["sampling"]["max_tokens"], FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4)
+        gen_prompt = _chars(base / d["prompts"]["session"]) / 4 + 400 + 60 * d["sessions_per_patient"] / 2
+        row(
+            "generation",
+            d["generator"],
+            calls,
+            calls * d["max_attempts"],
+            gen_prompt,
+            gen_out,
+            1,
+            None,
+            f"{n_gen} patients x {d['sessions_per_patient']} sessions",
+        )
+    if max(r["positions"]) > 1:
+        n = p["n_eval"]
+        row(
+            "eval_history",
+            d["generator"],
+            n,
+            n * d["max_attempts"],
+            600,
+            min(d["sampling"]["max_tokens"], 120 * max(r["positions"])),
+            1,
+            None,
+            f"{n} evaluation patients",
+        )
+    patient_calls = sessions * math.ceil(r["max_turns"] / 2)
+    row(
+        "rollout",
+        r["patient_backend"],
+        patient_calls,
+        patient_calls,
+        400 + transcript_tok / 2,
+        FILL * r["patient"]["max_tokens"],
+        len(models) * len(arms) * shards * variants,
+        None,
+        f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
+    )
+    rubric_tok = _chars(base / j["rubric"]) / 4 + _chars(base / j["prompt"]) / 4
+    judge_calls = sessions * j["samples"]
+    row(
+        "judge",
+        j["backend"],
+        judge_calls,
+        judge_calls * j["max_attempts"],
+        rubric_tok + transcript_tok,
+        min(j["sampling"]["max_tokens"], 40 + 11 * (10 + j["justification_chars"] / 4)),
+        len(models) * len(arms) * shards * variants,
+        None,
+        f"CTRS: {sessions} sessions x {j['samples']} samples",
+    )
+    s = cfg["safety"]
+    srub = load_safety_rubric(base / s["rubric"])
+    per = safety_calls_per_session(srub, _at_risk_share(cfg), s["timing"])
+    row(
+        "safety",
+        s["backend"] or j["backend"],
+        sessions * per,
+        sessions * (len(srub["nodes"]) + max(len(b["questions"]) for b in srub["branches"].values()) + 1) * s["max_attempts"],
+        _chars(base / s["prompt"]) / 4 + transcript_tok + 80,
+        min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
+        len(models) * len(arms) * shards * variants,
+        None,
+        f"{sessions} sessions x {per:.1f} questions on average",
+    )
+    # GPU hours: training (tokens seen) and the therapist's decoding in rollouts
+    train_tokens = 0.0
+    if d["source"] == "generate":
+        session_tok = FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4 + 400
+        train_tokens = p["n_train"] * d["sessions_per_patient"] * session_tok * cfg["training"]["epochs"]
+    tok_s = rates.get("training", {}).get("tokens_per_second", TRAIN_TOK_S)
+    gpu = {
+        "training_hours_per_model": round(train_tokens / tok_s / 3600, 2),
+        "training_tokens_per_model": int(train_tokens),
+        "training_rate": "measured" if "training" in rates else "assumed",
+        "therapist_decoding_hours": round(
+            sessions
+            * math.floor(r["max_turns"] / 2)
+            * FILL
+            * r["therapist"]["max_tokens"]
+            / THERAPIST_TOK_S
+            / 3600
+            / max(1, r["parallel_sessions"]),
+            2,
+        ),
+    }
+    by_backend: dict[str, float] = {}
+    for x in rows:
+        by_backend[x["backend"]] = round(by_backend.get(x["backend"], 0) + x["cost_usd"], 2)
+    return {
+        "stages": rows,
+        "cost_usd_by_backend": by_backend,
+        "cost_usd": round(sum(by_backend.values()), 2),
+        "gpu": gpu,
+        "sessions": sessions,
+        "assumptions": {
+            "fill": FILL,
+            "api_tokens_per_second": API_TOK_S,
+            "api_overhead_s": API_OVERHEAD_S,
+            "local_tokens_per_second": LOCAL_TOK_S,
+            "training_tokens_per_second": TRAIN_TOK_S,
+            "therapist_tokens_per_second": THERAPIST_TOK_S,
+        },
+    }
+
+
+def plan_markdown(plan: dict[str, Any]) -> str:
+    head = [
+        "stage",
+        "backend",
+        "calls (max)",
+        "prompt tokens",
+        "completion tokens",
+        "cost (USD)",
+        "s/call",
+        "concurrency x jobs",
+        "wall h",
+        "h per job (limit)",
+        "rates",
+        "what",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in plan["stages"]:
+        lim = "—" if x["runtime_limit_min"] is None else f"{x['runtime_limit_min'] / 60:.1f}, {'fits' if x['fits'] else 'EXCEEDS'}"
+        lines.append(
+            f"| {x['stage']} | {x['backend']} | {x['calls']:,} ({x['calls_max']:,}) | {x['prompt_tokens']:,} | {x['completion_tokens']:,} | "
+            f"{x['cost_usd']:,.2f} | {x['seconds_per_call']} | {x['concurrency']} x {x['jobs']} | {x['wall_hours']} | {x['hours_per_job']} ({lim}) | {x['rates']} | {x['note']} |"
+        )
+    g = plan["gpu"]
+    lines += [
+        "",
+        f"Estimated API cost: {plan['cost_usd']:,.2f} USD ("
+        + ", ".join(f"{k} {v:,.2f}" for k, v in plan["cost_usd_by_backend"].items())
+        + "; from each backend's price_per_mtok).",
+        f"GPU: about {g['training_hours_per_model']} h of training per model ({g['training_tokens_per_model']:,} tokens, {g['training_rate']} rate) "
+        f"and {g['therapist_decoding_hours']} h of therapist decoding in rollouts over {plan['sessions']:,} sessions.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""The plan before the bill: exact call counts from the config, token and time estimates that say
+whether they are assumed or measured, runtime limits checked, no key and no network needed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from cbtpipe.config import SCHEMA, resolve_defaults
+from cbtpipe.plan import build_plan, measured_rates, plan_markdown, profile_runtimes
+
+
+def _cfg(root, name):
+    cfg = yaml.safe_load((root / name).read_text())
+    validate(cfg, str(SCHEMA))
+    resolve_defaults(cfg)
+    return cfg
+
+
+def test_the_study_plan_counts_every_call(root):
+    plan = build_plan(_cfg(root, "config/study.yaml"), root, runtimes=profile_runtimes(root / "profiles/slurm/config.yaml"))
+    st = {x["stage"]: x for x in plan["stages"]}
+    # 3 models x 2 arms x 30 patients x 2 positions x 1 session, main run and 2 ablations
+    assert plan["sessions"] == 3 * 2 * 30 * 2 * 3
+    assert st["generation"]["calls"] == (58 + 6) * 20 and st["generation"]["calls_max"] == (58 + 6) * 20 * 3
+    assert st["rollout"]["calls"] == plan["sessions"] * 20  # the patient speaks every other turn of 40
+    assert st["judge"]["calls"] == plan["sessions"] * 3
+    # safety: 12 of 30 patients at risk take gate + triage + 7 questions + timing, the others gate + 1
+    assert st["safety"]["calls"] == round(plan["sessions"] * (0.4 * 10 + 0.6 * 2))
+    assert all(x["rates"] == "assumed" for x in plan["stages"])
+    assert st["generation"]["runtime_limit_min"] == 720 and st["rollout"]["runtime_limit_min"] == 240
+    assert plan["cost_usd"] == pytest.approx(sum(plan["cost_usd_by_backend"].values()), abs=0.05) and plan["cost_usd"] > 0
+    assert set(plan["cost_usd_by_backend"]) == {"hermes", "deepseek", "gemini"}
+
+
+def test_a_job_past_its_limit_is_flagged(root):
+    cfg = _cfg(root, "config/study.yaml")
+    plan = build_plan(cfg, root, runtimes={"generation": 60})
+    gen = next(x for x in plan["stages"] if x["stage"] == "generation")
+    assert gen["fits"] is False and "EXCEEDS" in plan_markdown(plan)
+
+
+def test_measured_rates_replace_the_assumptions(root, tmp_path):
+    res = tmp_path / "results"
+    (res / "data").mkdir(parents=True)
+    (res / "data/generation_stats.json").write_text(
+        json.dumps({"llm": {"calls": 4, "prompt_tokens": 4000, "completion_tokens": 2000, "seconds": 40.0}})
+    )
+    (res / "judge/m/cbt").mkdir(parents=True)
+    (res / "judge/m/cbt/shard00.stats.json").write_text(
+        json.dumps({"llm": {"calls": 10, "prompt_tokens": 30000, "completion_tokens": 5000, "seconds": 50.0}})
+    )
+    rates = measured_rates(res)
+    assert rates["generation"] == {"prompt_tokens": 1000, "completion_tokens": 500, "seconds": 10.0}
+    plan = build_plan(_cfg(root, "config/study.yaml"), root, rates=rates)
+    st = {x["stage"]: x for x in plan["stages"]}
+    assert st["generation"]["rates"] == "measured" and st["generation"]["prompt_tokens"] == 1280 * 1000
+    assert st["judge"]["seconds_per_call"] == 5.0 and st["safety"]["rates"] == "assumed"
+
+
+def test_the_plan_tool_needs_no_key_and_no_network(root):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["HTTPS_PROXY"] = env["HTTP_PROXY"] = "http://127.0.0.1:9"  # any network call would fail
+    r = subprocess.run(
+        [sys.executable, "tools/plan.py", "--configfile", "config/study.yaml", "--profile", "profiles/slurm", "--api-limit", "gemini=8"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| generation | hermes | 1,280 (3,840)" in r.stdout and "Estimated API cost" in r.stdout
