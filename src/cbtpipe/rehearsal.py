@@ -1,0 +1,233 @@
+"""A rehearsal of the study's API traffic on loopback: real llama.cpp servers (the tiny model)
+behind a proxy that adds a provider's latency and its faults (429 with Retry-After, 503), and the
+pipeline's own generation and judging code run against it at several concurrency levels.
+
+Each llama-server has one slot and the proxy sends every request to the server chosen by the
+request's content (with llama.cpp's prompt cache off), so an answer never depends on what else was
+in flight: the outputs of every concurrency level must be byte-identical. The proxy counts the
+requests in flight, so the bound that ``concurrency`` promises is observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .io import hash_obj
+
+
+class FaultProxy:
+    """An OpenAI-compatible front for ``upstreams`` (base URLs of llama-servers): each request
+    waits ``latency_s``, then a share ``fault_rate`` is answered 429 (Retry-After: 1) or 503
+    without reaching a server; the others go to the upstream chosen by the request's content."""
+
+    def __init__(self, upstreams: list[str], latency_s: float, fault_rate: float = 0.0, seed: int = 0):
+        import httpx
+
+        self.upstreams = upstreams
+        self.latency_s = latency_s
+        self.fault_rate = fault_rate
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.inflight = self.max_inflight = self.requests = self.faults = 0
+        self._client = httpx.Client(timeout=600)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                with outer._lock:
+                    outer.inflight += 1
+                    outer.requests += 1
+                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
+                    fault = outer._rng.random() < outer.fault_rate
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                    time.sleep(outer.latency_s)
+                    if fault:
+                        with outer._lock:
+                            outer.faults += 1
+                        code = 429 if outer.faults % 2 else 503
+                        return self._send(code, b'{"error": "overloaded"}', {"Retry-After": "1"} if code == 429 else {})
+                    up = outer.upstreams[int(hash_obj([body.get("messages"), body.get("seed")], 8), 16) % len(outer.upstreams)]
+                    r = outer._client.post(up + "/v1/chat/completions", json=dict(body, cache_prompt=False))
+                    self._send(r.status_code, r.content)
+                finally:
+                    with outer._lock:
+                        outer.inflight -= 1
+
+            def _send(self, code, data, headers=None):
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.max_inflight = self.requests = self.faults = 0
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._client.close()
+
+
+def _sessions(n: int) -> list[dict[str, Any]]:
+    """``n`` short sessions to judge (varied, so that no two requests are the same)."""
+    topics = ["sleep", "work stress", "a friend who cancelled", "low energy", "guilt", "an argument at home", "exams", "loneliness"]
+    out = []
+    for i in range(n):
+        t = topics[i % len(topics)]
+        turns = [
+            "Hello, what would you like to put on our agenda today?",
+            f"I keep thinking about {t}, and it drags me down (week {i + 1}).",
+            f"Let's look at a recent moment with {t}: what went through your mind?",
+            "That I always mess things up.",
+        ]
+        out.append(
+            {
+                "session_id": f"r{i:03d}",
+                "patient_id": f"p{i:03d}",
+                "model": "m",
+                "arm": "cbt",
+                "quantization": "q",
+                "messages": [{"role": ("therapist", "patient")[k % 2], "content": x} for k, x in enumerate(turns)],
+            }
+        )
+    return out
+
+
+def _strip(x):
+    if isinstance(x, dict):
+        return {
+            k: _strip(v) for k, v in x.items() if k not in ("seconds", "wall_seconds", "judge_seconds", "unit_dir", "llm", "concurrency")
+        }
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def rehearse(
+    root: str | Path,
+    *,
+    gguf: str | Path,
+    levels: tuple[int, ...] = (1, 8),
+    latency_s: float = 2.0,
+    fault_rate: float = 0.05,
+    servers: int = 4,
+    patients: int = 16,
+    sessions: int = 16,
+    log_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Generation (``patients`` one-session courses) and CTRS judging (``sessions`` transcripts,
+    one sample) at each concurrency level against the proxy; wall times, calls, retries, the most
+    requests in flight, and whether the outputs of every level are identical."""
+    from .backends import OpenAIBackend
+    from .config import section_defaults
+    from .llama_server import LlamaServer
+    from .profiles import load_attributes, train_val_profiles
+    from .safety import load_crisis_resources, load_safety_rubric, run_safety_judging
+    from .transcripts import run_generation
+
+    root = Path(root)
+    profs, _ = train_val_profiles(load_attributes(root / "resources/patient_attributes.yaml"), patients, 1, seed=5)
+    dcfg = section_defaults("data") | {
+        "sessions_per_patient": 1,
+        "exchanges_min": 1,
+        "exchanges_max": 1,
+        "turn_chars_min": 1,
+        "turn_chars_max": 120,
+        "summary_chars_max": 80,
+        "max_attempts": 3,
+        "sampling": {"temperature": 0.8, "max_tokens": 320},
+    }
+    srub = load_safety_rubric(root / "resources/rubrics/safety.yaml")
+    crisis = load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US")
+    scfg = section_defaults("safety") | {"backend": "api", "reasoning_chars": 0, "sampling": {"temperature": 0.0, "max_tokens": 16}}
+    work = Path(tempfile.mkdtemp(prefix="rehearsal-"))
+    # A short generation prompt: what is rehearsed is the traffic (small completions, a provider's
+    # latency), not the tiny model's compute on a few CPU cores.
+    tpl = work / "session.j2"
+    tpl.write_text(
+        "Write session {{ session_index }} of {{ n_sessions }} of CBT for this patient: {{ patient[:300] }}\n"
+        '{% if risk or phase or summaries %}{% endif %}Answer in JSON: "exchanges" ({{ exchanges_min }} to {{ exchanges_max }} '
+        'items, each a therapist turn and the patient\'s reply), "closing", "summary" and "homework", each one short sentence.\n',
+        encoding="utf-8",
+    )
+    logs = Path(log_dir or work)
+    results: dict[str, Any] = {
+        "levels": {},
+        "settings": {"latency_s": latency_s, "fault_rate": fault_rate, "servers": servers, "patients": patients, "sessions": sessions},
+    }
+    outputs: dict[int, Any] = {}
+    with contextlib.ExitStack() as stack:
+        ups = [
+            stack.enter_context(
+                LlamaServer(gguf, parallel=1, n_ctx=2048, n_gpu_layers=0, threads=1, log_path=logs / f"llama-server-{k}.log")
+            ).base_url
+            for k in range(servers)
+        ]
+        proxy = stack.enter_context(FaultProxy(ups, latency_s, fault_rate))
+        for c in levels:
+            row: dict[str, Any] = {}
+            out = {}
+            for stage in ("generation", "judging"):
+                proxy.reset()
+                spec = {
+                    "type": "openai",
+                    "base_url": proxy.url,
+                    "model": "tiny",
+                    "json_mode": "json_schema",
+                    "concurrency": c,
+                    "max_retries": 6,
+                    "backoff_s": 0.2,
+                    "timeout_s": 300,
+                }
+                b = OpenAIBackend(f"rehearsal{c}{stage}", spec, cache_dir=None)
+                t0 = time.perf_counter()
+                if stage == "generation":
+                    got, _ = run_generation(profs, b, dcfg, tpl, work / f"gen{c}")
+                else:  # the safety flow: many short questions per session
+                    got, _ = run_safety_judging(
+                        _sessions(sessions), b, srub, scfg, root / "resources/prompts/safety_question.j2", crisis, work / f"judge{c}"
+                    )
+                wall = time.perf_counter() - t0
+                row[stage] = {
+                    "wall_seconds": round(wall, 2),
+                    "calls": b.stats.calls,
+                    "retries": b.stats.retries,
+                    "requests_seen": proxy.requests,
+                    "faults_injected": proxy.faults,
+                    "max_in_flight": proxy.max_inflight,
+                }
+                out[stage] = _strip(got)
+                b.close()
+            outputs[c] = out
+            results["levels"][c] = row
+    base = levels[0]
+    results["identical_outputs"] = all(json.dumps(outputs[c], sort_keys=True) == json.dumps(outputs[base], sort_keys=True) for c in levels)
+    results["speedup"] = {
+        stage: {c: round(results["levels"][base][stage]["wall_seconds"] / results["levels"][c][stage]["wall_seconds"], 2) for c in levels}
+        for stage in ("generation", "judging")
+    }
+    return results
