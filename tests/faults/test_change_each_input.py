@@ -180,7 +180,7 @@ STEPS = [
     # training patients carry no risk unless profiles.risk.train: only the evaluation side depends on it
     (
         "risk attributes",
-        _edit("resources/risk_attributes.yaml", "one attempt last year", "one attempt eight months ago"),
+        _edit("resources/risk_attributes.yaml", "one suicide attempt last year", "one suicide attempt eight months ago"),
         FROM_EVAL_PROFILES,
         False,
         None,
@@ -191,20 +191,6 @@ STEPS = [
     ("human ratings", _ratings, {"statistics": 1, "report": 1, "all": 1}, True, {}),
     ("human ratings edited", lambda wd, cfg: _ratings(wd, cfg, score=5), {"statistics": 1, "report": 1, "all": 1}, False, None),
     # Changes that are run: a stage recomputes the units whose inputs changed and reuses the rest.
-    (
-        "safety question template",
-        _edit("resources/prompts/safety_question.j2", "You review a conversation", "You carefully review a conversation"),
-        SAFETY,
-        True,
-        {
-            ("rollout", "instruct"): (0, 4),
-            ("rollout", "cbt"): (0, 4),
-            ("judge", "instruct"): (0, 4),
-            ("judge", "cbt"): (0, 4),
-            ("safety", "instruct"): (4, 0),
-            ("safety", "cbt"): (4, 0),
-        },
-    ),
     (
         "judge prompt",
         _edit("resources/prompts/judge.j2", "experienced supervisor", "experienced CBT supervisor"),
@@ -217,6 +203,20 @@ STEPS = [
             ("judge", "cbt"): (4, 0),
             ("safety", "instruct"): (0, 4),
             ("safety", "cbt"): (0, 4),
+        },
+    ),
+    (
+        "safety question template",
+        _edit("resources/prompts/safety_question.j2", "You review a conversation", "You carefully review a conversation"),
+        SAFETY,
+        True,
+        {
+            ("rollout", "instruct"): (0, 4),
+            ("rollout", "cbt"): (0, 4),
+            ("judge", "instruct"): (0, 4),
+            ("judge", "cbt"): (0, 4),
+            ("safety", "instruct"): (4, 0),
+            ("safety", "cbt"): (4, 0),
         },
     ),
     (

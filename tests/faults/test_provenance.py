@@ -39,9 +39,16 @@ def _jobs(wd, cfg):
 @pytest.mark.parametrize(
     "section,key,value,expected",
     [
-        ("judge", "samples", 3, {"judge": 2, "scores": 1, "statistics": 1, "report": 1, "all": 1}),
-        ("rollout", "max_turns", 5, {"rollout": 2, "judge": 2, "scores": 1, "statistics": 1, "report": 1, "all": 1}),
-        ("report", "bootstrap", 999, {"statistics": 1, "report": 1, "all": 1}),
+        # the safety statistics read the CTRS judgements too (the judge's refusals)
+        ("judge", "samples", 3, {"judge": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "all": 1}),
+        (
+            "rollout",
+            "max_turns",
+            5,
+            {"rollout": 2, "judge": 2, "safety": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "all": 1},
+        ),
+        ("report", "bootstrap", 999, {"statistics": 1, "safety_statistics": 1, "report": 1, "all": 1}),
+        ("safety", "reasoning_chars", 30, {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}),
     ],
 )
 def test_config_change_reruns_only_what_it_affects(ci_run, section, key, value, expected):
@@ -60,7 +67,11 @@ def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
     shared = cfg["judge"].get("backend", "tiny")
     cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
     cfg["judge"]["backend"] = "judge_only"
-    assert _jobs(ci_run, cfg) == {"judge": 2, "scores": 1, "statistics": 1, "report": 1, "all": 1}
+    # the safety judge follows the CTRS judge's backend unless safety.backend names another
+    both = {"judge": 2, "safety": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "all": 1}
+    assert _jobs(ci_run, cfg) == both
+    cfg["safety"] = dict(cfg.get("safety") or {}, backend=shared)
+    assert _jobs(ci_run, cfg) == {k: v for k, v in both.items() if k != "safety"}
 
 
 def test_editing_the_human_ratings_reruns_the_statistics(ci_run):
