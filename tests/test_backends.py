@@ -369,7 +369,7 @@ def test_secrets_never_reach_errors_or_logs(monkeypatch, caplog):
         ("echo401", ["HTTP 401", "the API key was refused", "CBT_PROBE_KEY", "Bearer ***"]),
         ("404", ["HTTP 404", "model 'm' or the endpoint was not found", "backends.api.model"]),
         ("400", ["HTTP 400", "refused a structured-output request in json_mode 'json_schema'", "backends.api.json_mode"]),
-        ("redirect", ["redirect", "backends.api.base_url"]),
+        ("redirect", ["answered with a redirect (HTTP 308)", "backends.api.base_url"]),
     ],
 )
 def test_the_probe_fails_fast_on_what_no_retry_mends(mode, expect, monkeypatch):

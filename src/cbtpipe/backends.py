@@ -493,8 +493,14 @@ class OpenAIBackend(Backend):
             code = r.status_code
             hint = None
             if r.is_redirect:
-                hint = f"answered with a redirect to {redact(r.headers.get('Location', '?'))}; set config key backends.{self.name}.base_url to the final address"
-            elif code in (401, 403):
+                with self._lock:
+                    self.stats.errors += 1
+                raise BackendError(
+                    f"{where}: {redact(url)} answered with a redirect (HTTP {code}) to {redact(r.headers.get('Location', '?'))}; "
+                    f"set config key backends.{self.name}.base_url to the final address (redirects are not followed: a "
+                    "redirected POST can lose its body or its credentials)"
+                )
+            if code in (401, 403):
                 env = self.spec.get("api_key_env")
                 hint = (
                     f"the API key was refused: check the variable {env} (config key backends.{self.name}.api_key_env)"
