@@ -7,7 +7,7 @@ from cbtpipe.rehearsal import rehearse
 
 
 def test_a_small_rehearsal_gives_identical_outputs_with_bounded_calls_in_flight(root, tiny_gguf, tmp_path):
-    res = rehearse(root, gguf=tiny_gguf, levels=(1, 3), latency_s=0.1, fault_rate=0.2, servers=1, patients=3, sessions=1, log_dir=tmp_path)
+    res = rehearse(root, gguf=tiny_gguf, levels=(1, 3), latency_s=0.1, fault_rate=0.2, servers=1, patients=3, sessions=2, log_dir=tmp_path)
     assert res["identical_outputs"]
     one, three = res["levels"][1], res["levels"][3]
     for stage in ("generation", "judging"):
