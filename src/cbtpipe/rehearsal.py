@@ -57,13 +57,17 @@ class FaultProxy:
                         with outer._lock:
                             outer.faults += 1
                         code = 429 if outer.faults % 2 else 503
-                        return self._send(code, b'{"error": "overloaded"}', {"Retry-After": "1"} if code == 429 else {})
-                    up = outer.upstreams[int(hash_obj([body.get("messages"), body.get("seed")], 8), 16) % len(outer.upstreams)]
-                    r = outer._client.post(up + "/v1/chat/completions", json=dict(body, cache_prompt=False))
-                    self._send(r.status_code, r.content)
+                        answer = (code, b'{"error": "overloaded"}', {"Retry-After": "1"} if code == 429 else {})
+                    else:
+                        up = outer.upstreams[int(hash_obj([body.get("messages"), body.get("seed")], 8), 16) % len(outer.upstreams)]
+                        r = outer._client.post(up + "/v1/chat/completions", json=dict(body, cache_prompt=False))
+                        answer = (r.status_code, r.content, {})
                 finally:
+                    # out of flight before the answer goes out: the client may send its next
+                    # request as soon as it has this one
                     with outer._lock:
                         outer.inflight -= 1
+                self._send(*answer)
 
             def _send(self, code, data, headers=None):
                 self.send_response(code)

@@ -49,11 +49,7 @@ class FaultServer:
                 with outer._lock:
                     outer.inflight += 1
                     outer.max_inflight = max(outer.max_inflight, outer.inflight)
-                try:
-                    self._post()
-                finally:
-                    with outer._lock:
-                        outer.inflight -= 1
+                self._post()
 
             def _post(self):
                 mode = self.path.strip("/").split("/")[0]
@@ -89,6 +85,8 @@ class FaultServer:
                             time.sleep(0.2)
                     except (BrokenPipeError, ConnectionResetError):
                         pass
+                    with outer._lock:
+                        outer.inflight -= 1
                     return None
                 if (mode == "slow" and bad) or mode == "latency":
                     time.sleep(outer.slow_s)
@@ -112,6 +110,10 @@ class FaultServer:
                 self._send(200, json.dumps(out).encode())
 
             def _send(self, code, data, headers=None):
+                # out of flight before the answer goes out: the client may send its next request
+                # as soon as it has this one
+                with outer._lock:
+                    outer.inflight -= 1
                 try:
                     self.send_response(code)
                     for k, v in (headers or {}).items():
