@@ -493,13 +493,7 @@ class OpenAIBackend(Backend):
             code = r.status_code
             hint = None
             if r.is_redirect:
-                with self._lock:
-                    self.stats.errors += 1
-                raise BackendError(
-                    f"{where}: {redact(url)} answered with a redirect (HTTP {code}) to {redact(r.headers.get('Location', '?'))}; "
-                    f"set config key backends.{self.name}.base_url to the final address (redirects are not followed: a "
-                    "redirected POST can lose its body or its credentials)"
-                )
+                raise self._redirect_error(where, url, r)
             if code in (401, 403):
                 env = self.spec.get("api_key_env")
                 hint = (
@@ -580,13 +574,7 @@ class OpenAIBackend(Backend):
                 continue
             dt = time.perf_counter() - t0
             if r.is_redirect:
-                with self._lock:
-                    self.stats.errors += 1
-                raise BackendError(
-                    f"backend '{self.name}': {redact(url)} answered with a redirect (HTTP {r.status_code}) to "
-                    f"{redact(r.headers.get('Location', '?'))}; set config key backends.{self.name}.base_url to the final "
-                    "address (redirects are not followed: a redirected POST can lose its body or its credentials)"
-                )
+                raise self._redirect_error(f"backend '{self.name}'", url, r)
             if r.status_code in self.RETRY_STATUS:
                 last_err = f"HTTP {r.status_code}"
                 retry_after = self._retry_after(r.headers.get("Retry-After"))
@@ -616,6 +604,17 @@ class OpenAIBackend(Backend):
         with self._lock:
             self.stats.errors += 1
         raise BackendError(f"backend '{self.name}': giving up after {self.max_retries + 1} attempts ({last_err}) at {redact(url)}")
+
+    def _redirect_error(self, where: str, url: str, r) -> BackendError:
+        """A redirect is not followed (a redirected POST can lose its body or its credentials):
+        counted as an error, and named with the address to put in the config."""
+        with self._lock:
+            self.stats.errors += 1
+        return BackendError(
+            f"{where}: {redact(url)} answered with a redirect (HTTP {r.status_code}) to "
+            f"{redact(r.headers.get('Location', '?'))}; set config key backends.{self.name}.base_url to the final "
+            "address (redirects are not followed: a redirected POST can lose its body or its credentials)"
+        )
 
     def _post(self, url: str, body: dict[str, Any], deadline: float):
         """POST and read the whole answer by ``deadline`` (each read is also bounded by timeout_s)."""

@@ -144,6 +144,7 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
     a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
+    from .backends import cost_usd
     from .safety import load_safety_rubric
 
     rates = rates or {}
@@ -159,7 +160,7 @@ def build_plan(
     backends = cfg["backends"]
     rows = []
 
-    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, runtime_min, note):
+    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note):
         spec = backends.get(backend, {})
         measured = rates.get(stage)
         if measured:
@@ -172,8 +173,7 @@ def build_plan(
         lanes = conc * max(1, jobs)
         if api and api_limits and backend in api_limits:
             lanes = min(lanes, api_limits[backend])
-        price = spec.get("price_per_mtok") or {}
-        cost = (calls * prompt_tok * price.get("input", 0) + calls * completion_tok * price.get("output", 0)) / 1e6
+        cost = cost_usd(spec, calls * prompt_tok, calls * completion_tok)
         job_hours = calls / max(1, jobs) * per_call / conc / 3600
         runtime_min = runtimes.get(stage)
         rows.append(
@@ -211,7 +211,6 @@ def build_plan(
             gen_prompt,
             gen_out,
             1,
-            None,
             f"{n_gen} patients x {d['sessions_per_patient']} sessions",
         )
     if max(r["positions"]) > 1:
@@ -224,7 +223,6 @@ def build_plan(
             600,
             min(d["sampling"]["max_tokens"], 120 * max(r["positions"])),
             1,
-            None,
             f"{n} evaluation patients",
         )
     patient_calls = sessions * math.ceil(r["max_turns"] / 2)
@@ -236,7 +234,6 @@ def build_plan(
         400 + transcript_tok / 2,
         FILL * r["patient"]["max_tokens"],
         len(models) * len(arms) * shards * variants,
-        None,
         f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
     )
     rubric_tok = _chars(base / j["rubric"]) / 4 + _chars(base / j["prompt"]) / 4
@@ -249,7 +246,6 @@ def build_plan(
         rubric_tok + transcript_tok,
         min(j["sampling"]["max_tokens"], 40 + 11 * (10 + j["justification_chars"] / 4)),
         len(models) * len(arms) * shards * variants,
-        None,
         f"CTRS: {sessions} sessions x {j['samples']} samples",
     )
     s = cfg["safety"]
@@ -263,7 +259,6 @@ def build_plan(
         _chars(base / s["prompt"]) / 4 + transcript_tok + 80,
         min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
         len(models) * len(arms) * shards * variants,
-        None,
         f"{sessions} sessions x {per:.1f} questions on average",
     )
     # GPU hours: training (tokens seen) and the therapist's decoding in rollouts

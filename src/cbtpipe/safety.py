@@ -312,10 +312,11 @@ def is_refusal(text: str, patterns: list[str]) -> bool:
 
 
 def _identity(session: dict[str, Any]) -> dict[str, Any]:
-    return {k: session[k] for k in ("session_id", "patient_id", "model", "arm", "quantization")} | {
-        "position": session.get("position", 1),
-        "session": session.get("session", 0),
-    }
+    """What a safety record copies from its session: the CTRS judge's identity, and the session's
+    index within its position (to pair sessions across arms)."""
+    from .judge import _identity as judged_identity
+
+    return judged_identity(session) | {"session": session.get("session", 0)}
 
 
 def judge_safety(

@@ -119,20 +119,25 @@ def _describe(vals: list[float]) -> dict[str, Any]:
     return {"n": len(v), "mean": finite(np.mean(v)) if v else None, "median": finite(np.median(v)) if v else None}
 
 
+def _by_patient(rows: list[dict[str, Any]], value) -> dict[str, tuple[float, float]]:
+    """Patient -> (sum of ``value(row)``, number of rows) over the rows where it is not None: the
+    clusters of ``cluster_ratio``."""
+    out: dict[str, tuple[float, float]] = {}
+    for r in rows:
+        v = value(r)
+        if v is not None:
+            n, m = out.get(r["patient_id"], (0.0, 0.0))
+            out[r["patient_id"]] = (n + v, m + 1)
+    return out
+
+
 def arm_summary(rows: list[dict[str, Any]], dims: list[str], *, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
     """Safety results of one model and arm (one variant)."""
     at_risk = [r for r in rows if r["at_risk"]]
     ev = [r for r in at_risk if r["disclosed"] is True]
     no_risk = [r for r in rows if not r["at_risk"]]
-    harm_groups: dict[str, tuple[float, float]] = defaultdict(lambda: (0.0, 0.0))
-    score_groups: dict[str, tuple[float, float]] = defaultdict(lambda: (0.0, 0.0))
-    for r in ev:
-        if r["any_high_harm"] is not None:
-            n, d = harm_groups[r["patient_id"]]
-            harm_groups[r["patient_id"]] = (n + float(r["any_high_harm"]), d + 1)
-        if r["score"] is not None:
-            n, d = score_groups[r["patient_id"]]
-            score_groups[r["patient_id"]] = (n + r["score"], d + 1)
+    harm_groups = _by_patient(ev, lambda r: None if r["any_high_harm"] is None else float(r["any_high_harm"]))
+    score_groups = _by_patient(ev, lambda r: r["score"])
     dim_out = {}
     for d in dims:
         vals = [r[f"dim_{d}"] for r in ev]
@@ -140,11 +145,7 @@ def arm_summary(rows: list[dict[str, Any]], dims: list[str], *, n_boot: int, see
         rated = counts[BEST] + counts[SUBOPTIMAL] + counts[HARM]
         ci = {}
         for k in (BEST, HARM):  # the rate among rated sessions, patients resampled
-            g: dict[str, tuple[float, float]] = {}
-            for r in ev:
-                if r[f"dim_{d}"] in (BEST, SUBOPTIMAL, HARM):
-                    n, m = g.get(r["patient_id"], (0.0, 0.0))
-                    g[r["patient_id"]] = (n + float(r[f"dim_{d}"] == k), m + 1)
+            g = _by_patient(ev, lambda r, d=d, k=k: float(r[f"dim_{d}"] == k) if r[f"dim_{d}"] in (BEST, SUBOPTIMAL, HARM) else None)
             ci[k] = cluster_ratio(g, n_boot=n_boot, seed=seed + 2, alpha=alpha)["ci"]
         dim_out[d] = counts | {
             "rated": rated,
@@ -162,9 +163,9 @@ def arm_summary(rows: list[dict[str, Any]], dims: list[str], *, n_boot: int, see
         "gate_missing": sum(r["disclosed"] is None for r in at_risk),
         "no_risk_sessions": len(no_risk),
         "unexpected_disclosures": sum(r["disclosed"] is True for r in no_risk),
-        "any_high_harm": cluster_ratio(dict(harm_groups), n_boot=n_boot, seed=seed, alpha=alpha),
+        "any_high_harm": cluster_ratio(harm_groups, n_boot=n_boot, seed=seed, alpha=alpha),
         "any_high_harm_missing": sum(r["any_high_harm"] is None for r in ev),
-        "score": cluster_ratio(dict(score_groups), n_boot=n_boot, seed=seed + 1, alpha=alpha),
+        "score": cluster_ratio(score_groups, n_boot=n_boot, seed=seed + 1, alpha=alpha),
         "dimensions": dim_out,
         "over_escalation": {"k": escalated, "n": len(escal), "rate": escalated / len(escal) if escal else None},
         "timing": {
