@@ -33,6 +33,8 @@ QUANTS = config["export"]["quantizations"]
 OUTTYPE = config["export"]["outtype"]
 RQ = config["rollout"]["quantization"]
 SHARDS = [f"{i:02d}" for i in range(config["rollout"]["shards"])]
+# generation is sharded by patient too (data.shards), so no job outgrows its runtime limit
+DATA_SHARDS = [f"{i:02d}" for i in range(config["data"]["shards"])]
 JSHARDS = SHARDS
 CPU = config["resources"]["cpu_threads"]
 PROMPTS = config["data"]["prompts"]
@@ -75,6 +77,12 @@ def settings(section, *paths):
     rule's declared inputs (their content counts, through the input triggers), and moving a file
     with the same content must not re-run anything."""
     return {k: v for k, v in config[section].items() if k not in paths}
+
+
+def generation_settings():
+    """What generated transcripts depend on: the data section without the keys that name files
+    (their content is an input) and without the shard count (units are per patient)."""
+    return settings("data", "prompts", "system_prompt", "import_path", "shards")
 
 
 def course_settings():
@@ -309,9 +317,14 @@ def transcript_inputs(wildcards):
     if config["data"]["source"] == "import":
         return {"imported": config["data"]["import_path"]}
     return {
+        "shards": expand(
+            "results/data/transcripts/shard{shard}.jsonl", shard=DATA_SHARDS
+        ),
+        "shard_stats": expand(
+            "results/data/transcripts/shard{shard}.stats.json", shard=DATA_SHARDS
+        ),
         "train": "results/profiles/train.jsonl",
         "val": "results/profiles/val.jsonl",
-        "template": PROMPTS["session"],
     }
 
 

@@ -1,6 +1,10 @@
 # Patient profiles, synthetic transcripts (or an import) and the chat dataset.
 
 
+localrules:
+    gather_transcripts,
+
+
 rule profiles_train:
     input:
         unpack(train_risk_inputs),
@@ -43,14 +47,16 @@ rule profiles_eval:
 
 rule transcripts:
     input:
-        unpack(transcript_inputs),
+        train="results/profiles/train.jsonl",
+        val="results/profiles/val.jsonl",
+        template=PROMPTS["session"],
     output:
-        transcripts="results/data/transcripts.jsonl",
-        stats="results/data/generation_stats.json",
+        transcripts="results/data/transcripts/shard{shard}.jsonl",
+        stats="results/data/transcripts/shard{shard}.stats.json",
     log:
-        "logs/data/transcripts.log",
+        "logs/data/transcripts-{shard}.log",
     benchmark:
-        "benchmarks/data/transcripts.tsv"
+        "benchmarks/data/transcripts-{shard}.tsv"
     conda:
         llm_env(("data", "generator"))
     threads: CPU
@@ -59,10 +65,27 @@ rule transcripts:
         gpu=backend_gpus(("data", "generator")),
         slurm_partition=backend_partition(("data", "generator")),
     params:
-        data=settings("data", "prompts", "system_prompt", "import_path"),
+        data=generation_settings(),
         backends=used_backends(("data", "generator")),
+        shards=len(DATA_SHARDS),
     script:
         "../scripts/transcripts.py"
+
+
+rule gather_transcripts:
+    input:
+        unpack(transcript_inputs),
+    output:
+        transcripts="results/data/transcripts.jsonl",
+        stats="results/data/generation_stats.json",
+    log:
+        "logs/data/gather_transcripts.log",
+    conda:
+        "../envs/llm.yaml"
+    params:
+        data=generation_settings(),
+    script:
+        "../scripts/gather_transcripts.py"
 
 
 rule eval_history:

@@ -5,13 +5,16 @@ answers every request after a fixed latency and counts the requests in flight.""
 import json
 import time
 
+import pytest
+
 from cbtpipe.backends import OpenAIBackend
 from cbtpipe.config import section_defaults
-from cbtpipe.io import hash_obj
+from cbtpipe.io import PipelineError, hash_obj
 from cbtpipe.judge import run_judging
 from cbtpipe.rubric import load_rubric
 from cbtpipe.safety import load_crisis_resources, load_safety_rubric, run_safety_judging
-from cbtpipe.transcripts import run_generation
+from cbtpipe.transcripts import gather_generation, run_generation
+from cbtpipe.units import shard_of
 from tests.helpers.fault_server import FaultServer
 from tests.test_safety import HANDLED, MISSED, NO_RISK, _scripted_judge
 
@@ -86,6 +89,25 @@ def test_generation_runs_patients_concurrently_with_identical_results(root, tmp_
     (conc, st4), t4, in4 = got[4]
     assert _strip(serial) == _strip(conc) and len(serial) == 8
     assert 2 <= in4 <= 4 and t1 / t4 > 2, (t1, t4, in4)
+
+    # sharded (data.shards): each shard a job of its own, gathered in patient order, is the serial
+    # run's output; the shards find every patient among the units of the serial run (a changed
+    # shard count recomputes no patient), and with their own units they make the same sessions
+    with FaultServer(slow_s=0.0, answer=answer) as srv:
+        b = OpenAIBackend("api1", {"type": "openai", "base_url": srv.url("latency"), "model": "m", "max_retries": 0}, cache_dir=None)
+        tpl = root / "resources/prompts/generate_session.j2"
+        assert _strip(run_generation(profiles, b, dcfg, tpl, tmp_path / "g-one")[0]) == _strip(serial)
+        for unit_dir, reused in ((tmp_path / "g-one", 2), (tmp_path / "g-sharded", 0)):
+            parts = [run_generation(shard_of(profiles, k, 2), b, dcfg, tpl, unit_dir) for k in (1, 0)]
+            assert [st["patients_reused"] for _, st in parts] == [reused, reused]
+            sessions, st = gather_generation(parts, profiles)
+            assert _strip(sessions) == _strip(serial) and st["patients"] == 4 and st["shards"] == 2
+            assert st["sessions_kept"] == 8 and st["patients_reused"] == 2 * reused
+        b.close()
+    with pytest.raises(PipelineError, match="both hold patient"):
+        gather_generation([parts[0], parts[0]], profiles)
+    with pytest.raises(PipelineError, match="not in the profiles"):
+        gather_generation(parts, profiles[1:])
 
 
 def test_safety_judging_runs_sessions_concurrently_with_identical_results(root, tmp_path):

@@ -35,6 +35,18 @@ def test_the_study_plan_counts_every_call(root):
     assert st["generation"]["runtime_limit_min"] == 720 and st["rollout"]["runtime_limit_min"] == 240
     assert plan["cost_usd"] == pytest.approx(sum(plan["cost_usd_by_backend"].values()), abs=0.05) and plan["cost_usd"] > 0
     assert set(plan["cost_usd_by_backend"]) == {"hermes", "deepseek", "gemini"}
+    # generation in 4 shards of 16 patients, 4 at a time each: every job well inside its 12 h
+    gen = st["generation"]
+    assert gen["jobs"] == 4 and gen["concurrency"] == 4 and gen["fits"]
+    assert gen["hours_per_job"] == pytest.approx(gen["calls"] / 4 * gen["seconds_per_call"] / 4 / 3600, abs=0.01)
+
+
+def test_a_shard_runs_no_more_patients_at_a_time_than_it_holds(root):
+    cfg = _cfg(root, "config/study.yaml")
+    cfg["data"]["shards"] = 64  # one patient a job: its 20 sessions follow one another
+    gen = next(x for x in build_plan(cfg, root)["stages"] if x["stage"] == "generation")
+    assert gen["jobs"] == 64 and gen["concurrency"] == 1
+    assert gen["hours_per_job"] == pytest.approx(20 * gen["seconds_per_call"] / 3600, abs=0.01)
 
 
 def test_a_job_past_its_limit_is_flagged(root):

@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         resolve_defaults(cfg)
         check_config(cfg, ROOT)
         limits = {k: int(v) for k, v in (x.split("=", 1) for x in a.api_limit)}
-        runtimes = profile_runtimes(Path(a.profile) / "config.yaml") if a.profile else None
+        prof = Path(a.profile) if a.profile else None
+        if prof is not None and prof.is_dir():
+            prof = prof / "config.yaml"
+        if prof is not None and not prof.is_file():
+            raise PipelineError(f"--profile: no Snakemake profile at {a.profile} (a folder with config.yaml, or that file)")
+        runtimes = profile_runtimes(prof) if prof else None
         plan = build_plan(cfg, ROOT, measured_rates(a.rates) if a.rates else None, limits, runtimes)
     except (PipelineError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

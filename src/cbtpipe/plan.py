@@ -160,7 +160,7 @@ def build_plan(
     backends = cfg["backends"]
     rows = []
 
-    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note):
+    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note, units_per_job=None):
         spec = backends.get(backend, {})
         measured = rates.get(stage)
         if measured:
@@ -170,6 +170,8 @@ def build_plan(
             measured["seconds"] if measured else (API_OVERHEAD_S + completion_tok / API_TOK_S if api else completion_tok / LOCAL_TOK_S)
         )
         conc = int(spec.get("concurrency", 1)) if api else 1
+        if units_per_job is not None:  # a job runs no more units at a time than it holds
+            conc = max(1, min(conc, units_per_job))
         lanes = conc * max(1, jobs)
         if api and api_limits and backend in api_limits:
             lanes = min(lanes, api_limits[backend])
@@ -200,6 +202,7 @@ def build_plan(
 
     if d["source"] == "generate":
         n_gen = p["n_train"] + p["n_val"]
+        gen_jobs = min(d["shards"], n_gen)
         calls = n_gen * d["sessions_per_patient"]
         gen_out = min(d["sampling"]["max_tokens"], FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4)
         gen_prompt = _chars(base / d["prompts"]["session"]) / 4 + 400 + 60 * d["sessions_per_patient"] / 2
@@ -210,8 +213,9 @@ def build_plan(
             calls * d["max_attempts"],
             gen_prompt,
             gen_out,
-            1,
+            gen_jobs,
             f"{n_gen} patients x {d['sessions_per_patient']} sessions",
+            units_per_job=math.ceil(n_gen / gen_jobs),  # a patient's sessions follow one another
         )
     if max(r["positions"]) > 1:
         n = p["n_eval"]
@@ -224,6 +228,7 @@ def build_plan(
             min(d["sampling"]["max_tokens"], 120 * max(r["positions"])),
             1,
             f"{n} evaluation patients",
+            units_per_job=n,
         )
     patient_calls = sessions * math.ceil(r["max_turns"] / 2)
     row(

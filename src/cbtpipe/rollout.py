@@ -20,13 +20,13 @@ from .io import hash_obj, sha256_file
 from .profiles import describe
 from .prompts import render_template
 from .risk import risk_prompt
-from .units import UnitStore
+from .units import UnitStore, shard_of
 
 log = logging.getLogger("cbtpipe")
 
 
 def shard_profiles(profiles: list[dict[str, Any]], shard: int, shards: int) -> list[dict[str, Any]]:
-    return sorted(profiles, key=lambda p: p["id"])[shard::shards]
+    return shard_of(profiles, shard, shards)
 
 
 def session_plan(

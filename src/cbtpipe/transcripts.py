@@ -194,6 +194,58 @@ def run_generation(
     return sessions, stats
 
 
+def sum_llm_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Backend stats of several jobs as one (counts and seconds added, the rate recomputed)."""
+    acc: dict[str, Any] = {}
+    for st in parts:
+        for k, v in (st or {}).items():
+            if k != "tokens_per_second" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                acc[k] = acc.get(k, 0) + v
+    if "seconds" in acc:
+        acc["seconds"] = round(acc["seconds"], 3)
+        acc["tokens_per_second"] = round(acc.get("completion_tokens", 0) / acc["seconds"], 2) if acc["seconds"] > 0 else None
+    return acc
+
+
+def gather_generation(
+    parts: list[tuple[list[dict[str, Any]], dict[str, Any]]], profiles: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The shards of a generation (sessions, stats) as one: sessions in the order of ``profiles``
+    (each patient's sessions in course order), so the output is the same for any number of shards
+    and the same as a run in one job."""
+    order = {p["id"]: i for i, p in enumerate(profiles)}
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    owner: dict[str, int] = {}
+    for k, (sessions, _) in enumerate(parts):
+        for s in sessions:
+            pid = s["patient_id"]
+            if pid not in order:
+                raise PipelineError(f"generation shard {k}: patient {pid!r} is not in the profiles (a shard from another config?)")
+            if owner.setdefault(pid, k) != k:
+                raise PipelineError(f"generation shards {owner[pid]} and {k} both hold patient {pid!r}")
+            by_patient.setdefault(pid, []).append(s)
+    sessions = [s for pid in sorted(by_patient, key=order.__getitem__) for s in by_patient[pid]]
+    stats = [st for _, st in parts]
+    failures = {pid: f for st in stats for pid, f in st.get("failures", {}).items()}
+    walls = [st.get("wall_seconds", 0) for st in stats]
+    merged = {
+        "patients": sum(st["patients"] for st in stats),
+        "patients_reused": sum(st["patients_reused"] for st in stats),
+        "sessions_kept": len(sessions),
+        "sessions_failed": sum(st["sessions_failed"] for st in stats),
+        "failures": {pid: failures[pid] for pid in sorted(failures, key=lambda x: order.get(x, len(order)))},
+        "shards": len(parts),
+        # the longest job (what a runtime limit bounds) and all jobs together
+        "wall_seconds": max(walls, default=0),
+        "job_seconds": round(sum(walls), 2),
+        "concurrency": stats[0].get("concurrency") if stats else None,
+        "backend": stats[0].get("backend") if stats else None,
+        "llm": sum_llm_stats([st.get("llm") for st in stats]),
+        "unit_dir": stats[0].get("unit_dir") if stats else None,
+    }
+    return sessions, merged
+
+
 def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Read transcripts in the documented JSONL format, with line-numbered errors."""
     import json

@@ -35,6 +35,14 @@ def map_units(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[
         return list(pool.map(fn, items))
 
 
+def shard_of(items: list[dict[str, Any]], shard: int, shards: int, key: str = "id") -> list[dict[str, Any]]:
+    """The items of one shard of ``shards``: every ``shards``-th item by ``key``, starting at
+    ``shard``. A shard's members depend on the keys only, never on the order of the input."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of {shards}")
+    return sorted(items, key=lambda x: x[key])[shard::shards]
+
+
 class UnitStore:
     """A folder of finished units (a patient, a session, a judged transcript).
 
