@@ -3,7 +3,18 @@
 import numpy as np
 import pytest
 
-from cbtpipe.analysis import between_models, descriptives, human_agreement, missing_answers, per_item, reliability, tuned_vs_instruct
+from cbtpipe.analysis import (
+    between_models,
+    descriptives,
+    human_agreement,
+    missing_answers,
+    missing_bounds,
+    missing_by_group,
+    per_item,
+    primary_endpoint,
+    reliability,
+    tuned_vs_instruct,
+)
 
 ITEMS = ["agenda", "feedback"]
 
@@ -196,3 +207,33 @@ def test_turn_scores_against_context_bins_and_correlation():
     assert ("cbt", "4000-8000") not in bins  # its only excerpt has no valid score: no bin, not a 0
     assert bins[("instruct", "4000-8000")] == (1, pytest.approx(35.0))
     assert bins[("both", "2000-4000")] == (4, pytest.approx(50.0)) and bins[("both", ">= 8000")] == (2, pytest.approx(-10.0))
+
+
+def test_missingness_per_arm_and_its_bounds():
+    """A CBT session without a total: counted in its own arm, and the bounds put it at the scale's
+    minimum (least favourable to CBT) and maximum (most favourable)."""
+    totals = _totals()
+    totals[4] = dict(totals[4], total="")  # m1, cbt, p1 (7.0 when scored)
+    long = [r for r in _long() if r["session_id"] != totals[4]["session_id"] or r["judge_sample"] == "1"]
+    g = {(x["model"], x["arm"]): x for x in missing_by_group(long, totals, ["m1", "m2"], ["cbt", "instruct"])}
+    assert g[("m1", "cbt")]["sessions_without_total"] == 1 and g[("m1", "cbt")]["missing_share"] == 0.25
+    assert g[("m1", "cbt")]["samples"] == 7 and g[("m1", "instruct")]["sessions_without_total"] == 0
+    b = missing_bounds(totals, ["m1", "m2"], lo=0.0, hi=20.0)
+    assert b["sessions_without_total"] == 1
+    assert b["complete_case"]["m1"] == pytest.approx(2.0) and b["complete_case"]["m2"] == pytest.approx(2.0)
+    # p1 of m1: CBT at 0 or 20 against instruct's 5.0, the other three pairs differ by 2
+    assert b["worst_for_cbt"]["m1"] == pytest.approx((0 - 5.0 + 3 * 2) / 4)
+    assert b["best_for_cbt"]["m1"] == pytest.approx((20 - 5.0 + 3 * 2) / 4)
+    assert b["worst_for_cbt"]["pooled"] == pytest.approx(np.mean([(-5.0 + 2) / 2, 2, 2, 2]))
+
+
+def test_the_primary_endpoint_is_the_declared_contrast_with_its_detectable_effect():
+    from cbtpipe.stattests import minimum_detectable_dz
+
+    rc = {"alpha": 0.05, "power": 0.8, "primary": {"outcome": "agenda", "contrast": "m2", "test": "wilcoxon"}}
+    res = primary_endpoint(_totals(), ["m1", "m2"], rc, n_boot=200, seed=1)
+    assert res["result"]["n"] == 4 and res["result"]["mean_diff"] == pytest.approx(1.0)
+    assert res["p"] == res["result"]["p_wilcoxon"] and res["mde_dz"] == pytest.approx(minimum_detectable_dz(4))
+    rc["primary"] = {"outcome": "total", "contrast": "pooled", "test": "paired_t"}
+    res = primary_endpoint(_totals(), ["m1", "m2"], rc, n_boot=200, seed=1)
+    assert res["result"]["mean_diff"] == pytest.approx(2.0) and res["p"] == res["result"]["p_t"]

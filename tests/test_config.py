@@ -82,6 +82,8 @@ def test_schema_refuses_bad_keys(mutate, message):
         (lambda c: c["judge"].update(rubric="missing.yaml"), "judge.rubric: file missing.yaml"),
         (lambda c: c["data"].update(exchanges_min=9, exchanges_max=2), "exchanges_min > data.exchanges_max"),
         (lambda c: c["rollout"].update(quantization="Q8_0"), "rollout.quantization"),
+        (lambda c: c["report"]["primary"].update(outcome="agendaa"), "report.primary.outcome: 'agendaa' is not total or an item"),
+        (lambda c: c["report"]["primary"].update(contrast="gpt"), "report.primary.contrast: 'gpt' is neither pooled nor a model"),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, message):

@@ -8,9 +8,15 @@ Reference outputs are R 4.x on R's built-in datasets, typed in as constants:
   continuity correction, because of ties and one zero difference).
 * ``RoundingTimes`` (Hollander and Wolfe, the example of R's ?friedman.test):
   ``friedman.test(RoundingTimes)`` gives Friedman chi-squared = 11.143, df = 2, p-value = 0.003805.
-* Shrout and Fleiss (1979), Table 2 (6 targets x 4 judges): ICC(2,1) = 0.29, ICC(2,4) = 0.62.
+* Shrout and Fleiss (1979), Table 2 (6 targets x 4 judges): ICC(2,1) = 0.29, ICC(2,4) = 0.62;
+  R's ``psych::ICC`` on that table (its documented example) gives the 95% bounds 0.019 to 0.76
+  (single random raters) and 0.071 to 0.93 (average random raters).
 * ``p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm")`` = 0.05 0.08 0.09 0.09 0.09;
   ``p.adjust(c(0.01, 0.04, 0.03, 0.005), "BH")`` = 0.02 0.04 0.04 0.02.
+* ``power.t.test(delta = 0.5, sd = 1, power = 0.8, type = "paired")`` gives n = 33.36713 (the
+  classic "34 pairs for d_z = 0.5"); ``pwr::pwr.t.test(n = 30, power = 0.8, type = "paired")``
+  gives d = 0.5292, and with n = 10, d = 0.9960. statsmodels' TTestPower, a second
+  implementation, is checked beside them.
 """
 
 import math
@@ -19,7 +25,17 @@ import numpy as np
 import pytest
 
 from cbtpipe.report import fmt
-from cbtpipe.stattests import agreement, friedman, icc, p_adjust, paired_comparison, rank_biserial_paired, rm_anova
+from cbtpipe.stattests import (
+    agreement,
+    friedman,
+    icc,
+    minimum_detectable_dz,
+    p_adjust,
+    paired_comparison,
+    paired_power,
+    rank_biserial_paired,
+    rm_anova,
+)
 
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
@@ -124,6 +140,9 @@ def test_icc_matches_shrout_fleiss():
     r = icc(SHROUT_FLEISS)
     assert r["icc2_1"] == pytest.approx(0.29, abs=0.005)
     assert r["icc2_k"] == pytest.approx(0.62, abs=0.005)
+    assert r["ci2_1"] == pytest.approx([0.019, 0.761], abs=0.0005)
+    assert r["ci2_k"] == pytest.approx([0.071, 0.927], abs=0.0005)
+    assert "too wide" in r["notes"][0]  # six targets tell little about the level of agreement
 
 
 def test_p_adjust_matches_r():
@@ -160,3 +179,15 @@ def test_degenerate_inputs():
     assert rank_biserial_paired(np.zeros(3)) is None
     assert agreement([], [])["mad"] is None
     assert fmt(float("nan")) == "—" and fmt(None) == "—"
+
+
+def test_minimum_detectable_effect_matches_r_and_statsmodels():
+    from statsmodels.stats.power import TTestPower
+
+    assert minimum_detectable_dz(30) == pytest.approx(0.5292, abs=1e-4)
+    assert minimum_detectable_dz(10) == pytest.approx(0.9960, abs=1e-4)
+    # n = 33.367 pairs give exactly 80% power at d_z = 0.5: 33 fall short, 34 suffice
+    assert paired_power(0.5, 33) < 0.8 < paired_power(0.5, 34)
+    for n in (3, 8, 30, 120):
+        assert minimum_detectable_dz(n, 0.05, 0.9) == pytest.approx(TTestPower().solve_power(nobs=n, alpha=0.05, power=0.9), abs=1e-5)
+    assert minimum_detectable_dz(2) is None

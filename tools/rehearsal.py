@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage, r in row.items():
             print(
                 f"concurrency {c:>2} {stage:<10} {r['wall_seconds']:>7.1f} s  calls {r['calls']:>3}  retries {r['retries']:>2}  "
-                f"faults {r['faults_injected']:>2}  max in flight {r['max_in_flight']:>2}  speed-up x{res['speedup'][stage][c]}"
+                f"faults {r['faults_injected']:>2}  max in flight {r['max_in_flight']:>2}  tokens/call {r['prompt_tokens_per_call']:.0f}+"
+                f"{r['completion_tokens_per_call']:.0f}  speed-up x{res['speedup'][stage][c]}"
             )
     print(f"identical outputs at every level: {res['identical_outputs']}")
     if a.out:

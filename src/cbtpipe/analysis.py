@@ -146,6 +146,87 @@ def missing_answers(long: list[dict[str, str]], totals: list[dict[str, str]]) ->
     }
 
 
+def missing_by_group(long: list[dict[str, str]], totals: list[dict[str, str]], models: list[str], arms: list[str]) -> list[dict[str, Any]]:
+    """Missing judge samples and sessions without a total, per model and arm: missingness that
+    differs between arms can bias a complete-case comparison."""
+    out = []
+    for m in models:
+        for a in arms:
+            rows = [r for r in totals if r["model"] == m and r["arm"] == a]
+            sids = {r["session_id"] for r in rows}
+            samples = {(r["session_id"], r["judge_sample"]) for r in long if r["session_id"] in sids}
+            valid = {(r["session_id"], r["judge_sample"]) for r in long if r["session_id"] in sids and r["valid"] == "1"}
+            n_missing = sum(1 for r in rows if r["total"] == "")
+            out.append(
+                {
+                    "model": m,
+                    "arm": a,
+                    "sessions": len(rows),
+                    "sessions_without_total": n_missing,
+                    "missing_share": n_missing / len(rows) if rows else None,
+                    "samples": len(samples),
+                    "invalid_samples": len(samples) - len(valid),
+                }
+            )
+    return out
+
+
+def missing_bounds(totals: list[dict[str, str]], models: list[str], lo: float, hi: float) -> dict[str, Any]:
+    """Sensitivity of the CBT-minus-instruct difference in totals to sessions without a total:
+    complete case against the bounds that fill every missing total with the scale's minimum or
+    maximum, least favourable to CBT (its missing at ``lo``, instruct's at ``hi``) and most."""
+
+    def filled(cbt_fill: float, instruct_fill: float) -> list[dict[str, str]]:
+        return [
+            dict(r, total=str(cbt_fill if r["arm"] == "cbt" else instruct_fill)) if r["total"] == "" else r
+            for r in totals
+            if r["arm"] in ("cbt", "instruct")
+        ]
+
+    def diffs(rows: list[dict[str, str]]) -> dict[str, float | None]:
+        pm = patient_means(rows, "total")
+        out: dict[str, float | None] = {}
+        per_patient: dict[str, list[float]] = defaultdict(list)
+        for m in models:
+            pats, a, b = paired_arrays(pm, m)
+            d = a - b
+            d = d[np.isfinite(d)]
+            out[m] = float(d.mean()) if d.size else None
+            for p, x in zip(pats, a - b, strict=True):
+                if np.isfinite(x):
+                    per_patient[p].append(float(x))
+        pooled = [np.mean(v) for v in per_patient.values()]
+        out["pooled"] = float(np.mean(pooled)) if pooled else None
+        return out
+
+    n_missing = sum(1 for r in totals if r["total"] == "" and r["arm"] in ("cbt", "instruct"))
+    return {
+        "sessions_without_total": n_missing,
+        "complete_case": diffs(totals),
+        "worst_for_cbt": diffs(filled(lo, hi)),
+        "best_for_cbt": diffs(filled(hi, lo)),
+    }
+
+
+def primary_endpoint(totals: list[dict[str, str]], models: list[str], rcfg: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
+    """The comparison declared primary in the config (report.primary), with the smallest effect
+    the design could detect at the configured power."""
+    from .stattests import minimum_detectable_dz
+
+    prim, alpha = rcfg["primary"], rcfg["alpha"]
+    per_model, pooled = tuned_vs_instruct(totals, models, alpha, n_boot, seed, key=prim["outcome"])
+    c = pooled if prim["contrast"] == "pooled" else per_model.get(prim["contrast"])
+    res = {**prim, "power": rcfg["power"], "alpha": alpha, "result": c, "p": None, "mde_dz": None, "notes": []}
+    if c is None:
+        res["notes"].append(f"model {prim['contrast']} has no sessions")
+        return res
+    res["p"] = c["p_t"] if prim["test"] == "paired_t" else c["p_wilcoxon"]
+    res["mde_dz"] = minimum_detectable_dz(c["n"], alpha, rcfg["power"])
+    if res["mde_dz"] is None:
+        res["notes"].append("Fewer than 3 patient pairs: no detectable effect can be stated")
+    return res
+
+
 def _mean_sd(v: np.ndarray) -> tuple[float | None, float | None]:
     return (float(v.mean()) if v.size else None, float(v.std(ddof=1)) if v.size > 1 else None)
 
@@ -178,10 +259,12 @@ def descriptives(totals: list[dict[str, str]], models: list[str], arms: list[str
     return desc
 
 
-def tuned_vs_instruct(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> tuple[dict, dict]:
+def tuned_vs_instruct(
+    totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int, key: str = "total"
+) -> tuple[dict, dict]:
     """CBT-tuned against instruct on the same patients: per model, and pooled over models
-    (stratified by patient)."""
-    pm = patient_means(totals, "total")
+    (stratified by patient), for the total or one item (``key``)."""
+    pm = patient_means(totals, key)
     per_model = {}
     diffs_by_patient: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for m in models:
@@ -470,6 +553,9 @@ def analyse(
     threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
     res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
     res["missing"] = missing_answers(long, totals)
+    res["missing"]["by_group"] = missing_by_group(long, totals, models, arms)
+    res["missing"]["bounds"] = missing_bounds(totals, models, rubric["min_total"], rubric["max_total"])
+    res["primary"] = primary_endpoint(totals, models, rcfg, nb, seed)
     res["descriptives"] = descriptives(totals, models, arms, items, threshold)
     res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(totals, models, alpha, nb, seed)
     res["between_models"] = between_models(totals, models, arms, alpha, nb, seed)

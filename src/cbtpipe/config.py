@@ -191,6 +191,14 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     rubric = load_rubric(base / cfg["judge"]["rubric"])
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
     check_template(base / cfg["judge"]["prompt"], "judge.prompt")
+    prim = cfg["report"]["primary"]
+    outcomes = ["total", *(i["id"] for i in rubric["items"])]
+    if prim["outcome"] not in outcomes:
+        raise PipelineError(f"config key report.primary.outcome: '{prim['outcome']}' is not total or an item of {cfg['judge']['rubric']}")
+    if prim["contrast"] != "pooled" and prim["contrast"] not in cfg["models"]:
+        raise PipelineError(
+            f"config key report.primary.contrast: '{prim['contrast']}' is neither pooled nor a model (models: {', '.join(sorted(cfg['models']))})"
+        )
     if cfg["report"]["human_ratings"]:
         from .rubric import load_human_ratings
 

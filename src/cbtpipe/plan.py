@@ -135,6 +135,22 @@ def profile_runtimes(path: str | Path) -> dict[str, int]:
     return out
 
 
+def _design(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the paired design can detect: the minimum detectable d_z of the primary test for the
+    configured number of evaluation patients (the pairs of the paired tests)."""
+    from .stattests import minimum_detectable_dz
+
+    rc, n = cfg["report"], cfg["profiles"]["n_eval"]
+    prim = rc["primary"]
+    return {
+        "patients": n,
+        "primary": f"{prim['outcome']}, CBT minus instruct, {prim['contrast']}, {prim['test']}",
+        "power": rc["power"],
+        "alpha": rc["alpha"],
+        "mde_dz": minimum_detectable_dz(n, rc["alpha"], rc["power"]),
+    }
+
+
 def build_plan(
     cfg: dict[str, Any],
     base: str | Path = ".",
@@ -296,6 +312,7 @@ def build_plan(
         "cost_usd": round(sum(by_backend.values()), 2),
         "gpu": gpu,
         "sessions": sessions,
+        "design": _design(cfg),
         "assumptions": {
             "fill": FILL,
             "api_tokens_per_second": API_TOK_S,
@@ -338,4 +355,11 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         f"GPU: about {g['training_hours_per_model']} h of training per model ({g['training_tokens_per_model']:,} tokens, {g['training_rate']} rate) "
         f"and {g['therapist_decoding_hours']} h of therapist decoding in rollouts over {plan['sessions']:,} sessions.",
     ]
+    des = plan.get("design")
+    if des:
+        mde = f"d_z of {des['mde_dz']:.2f} or more" if des["mde_dz"] is not None else "no effect (fewer than 3 patients)"
+        lines.append(
+            f"Design: {des['patients']} evaluation patients, each meeting both arms of every model (paired); the primary test "
+            f"({des['primary']}) detects {mde} with {100 * des['power']:.0f}% power at two-sided alpha {des['alpha']}."
+        )
     return "\n".join(lines) + "\n"

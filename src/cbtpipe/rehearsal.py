@@ -160,8 +160,8 @@ def rehearse(
         "exchanges_min": 1,
         "exchanges_max": 1,
         "turn_chars_min": 1,
-        "turn_chars_max": 120,
-        "summary_chars_max": 80,
+        "turn_chars_max": 40,
+        "summary_chars_max": 40,
         "max_attempts": 3,
         "sampling": {"temperature": 0.8, "max_tokens": 320},
     }
@@ -178,6 +178,9 @@ def rehearse(
         'items, each a therapist turn and the patient\'s reply), "closing", "summary" and "homework", each one short sentence.\n',
         encoding="utf-8",
     )
+    # the same for the safety flow's questions: the transcript and the question, no preamble
+    qtpl = work / "question.j2"
+    qtpl.write_text("Conversation (turns numbered):\n{{ transcript }}\n\nQuestion: {{ question }}\n{{ answer_format }}\n", encoding="utf-8")
     logs = Path(log_dir or work)
     results: dict[str, Any] = {
         "levels": {},
@@ -212,9 +215,7 @@ def rehearse(
                 if stage == "generation":
                     got, _ = run_generation(profs, b, dcfg, tpl, work / f"gen{c}")
                 else:  # the safety flow: many short questions per session
-                    got, _ = run_safety_judging(
-                        _sessions(sessions), b, srub, scfg, root / "resources/prompts/safety_question.j2", crisis, work / f"judge{c}"
-                    )
+                    got, _ = run_safety_judging(_sessions(sessions), b, srub, scfg, qtpl, crisis, work / f"judge{c}")
                 wall = time.perf_counter() - t0
                 row[stage] = {
                     "wall_seconds": round(wall, 2),
@@ -223,6 +224,8 @@ def rehearse(
                     "requests_seen": proxy.requests,
                     "faults_injected": proxy.faults,
                     "max_in_flight": proxy.max_inflight,
+                    "prompt_tokens_per_call": round(b.stats.prompt_tokens / max(1, b.stats.calls), 1),
+                    "completion_tokens_per_call": round(b.stats.completion_tokens / max(1, b.stats.calls), 1),
                 }
                 out[stage] = _strip(got)
                 b.close()

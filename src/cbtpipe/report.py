@@ -127,7 +127,7 @@ def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -
     ax.set_ylabel("ICC(2,1) across judge samples")
     ax.set_ylim(min(-0.2, np.nanmin(vals) if np.isfinite(vals).any() else 0), 1)
     ax.legend(fontsize=7)
-    ax.set_title("Judge reliability (grey: undefined)")
+    ax.set_title("Within-judge consistency across samples (grey: undefined)")
     _save(fig, outdir / "reliability")
     figs["reliability"] = "reliability.png"
     return figs
@@ -189,6 +189,10 @@ def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_
     }
 
 
+def _ci(ci) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and None not in ci else "—"
+
+
 def _notes(x: dict[str, Any]) -> str:
     return "; ".join(x["notes"]) or ""
 
@@ -198,6 +202,29 @@ def _shortening(t: dict[str, Any]) -> str:
     if not sh:
         return "—"
     return f"{sh['sessions_windowed']} of {sh['sessions']} sessions in windows ({sh['examples']} examples), {sh['windows_cut']} cut"
+
+
+def _primary_text(prim: dict[str, Any]) -> str:
+    """The primary endpoint in one paragraph: what was declared, its result, what the design can
+    detect."""
+    what = "the CTRS total" if prim["outcome"] == "total" else f"CTRS item {prim['outcome']}"
+    where = "pooled over models (stratified by patient)" if prim["contrast"] == "pooled" else f"for {prim['contrast']}"
+    test = "paired t-test" if prim["test"] == "paired_t" else "Wilcoxon signed-rank test"
+    head = f"Primary endpoint (config key report.primary, declared before the run): {what}, CBT-tuned minus instruct, {where}, {test}"
+    c = prim.get("result")
+    if not c or not c.get("n"):
+        return head + ": no patient pairs to test. " + "; ".join(prim["notes"])
+    body = (
+        f": {c['n']} patient pairs, instruct mean {fmt(c['mean_b'])}, CBT mean {fmt(c['mean_a'])}, difference {fmt(c['mean_diff'])} "
+        f"(95% CI {fmt(c['ci_t'][0])} to {fmt(c['ci_t'][1])}), p = {fmt_p(prim['p'])}, d_z = {fmt(c['cohens_dz'])}."
+    )
+    mde = (
+        f" With {c['n']} pairs the design detects d_z of {fmt(prim['mde_dz'])} or more with {100 * prim['power']:.0f}% power (two-sided alpha {prim['alpha']});"
+        " a smaller true effect may go unseen."
+        if prim["mde_dz"] is not None
+        else " " + "; ".join(prim["notes"]) + "."
+    )
+    return head + body + mde + " Every other test in this report is secondary."
 
 
 def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +250,11 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         ]
         for m, c in [*st["tuned_vs_instruct"].items(), ("pooled", st["pooled"])]
     ]
+    prim = st.get("primary")
+    if prim and prim["outcome"] == "total":  # the paired table is of totals: label its rows
+        names = [*st["tuned_vs_instruct"], "pooled"]
+        for row, name in zip(paired, names, strict=True):
+            row[0] = f"{name} (primary)" if name == prim["contrast"] else f"{name} (secondary)"
     ours = {d["model"]: d for d in st["descriptives"] if d["arm"] == "cbt"}
     bm = st["between_models"]
     rel = st["reliability"]
@@ -252,7 +284,29 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
     def ci(c):
         return f"[{fmt(c[0])}, {fmt(c[1])}]"
 
+    miss = st["missing"]
+    bounds = miss.get("bounds") or {}
+    missing_rows = [
+        [
+            g["model"],
+            g["arm"],
+            g["sessions"],
+            g["sessions_without_total"],
+            fmt(100 * g["missing_share"], 1) + "%" if g["missing_share"] is not None else "—",
+            g["samples"],
+            g["invalid_samples"],
+        ]
+        for g in miss.get("by_group", [])
+    ]
+    bound_rows = [
+        [k, fmt(bounds["complete_case"][k]), fmt(bounds["worst_for_cbt"][k]), fmt(bounds["best_for_cbt"][k])]
+        for k in [*st["models"], "pooled"]
+        if k in bounds.get("complete_case", {})
+    ]
     return {
+        "primary": _primary_text(prim) if prim else None,
+        "missing_by_group": missing_rows,
+        "missing_bounds": bound_rows,
         "paired": paired,
         "published": [[k, v] for k, v in PUBLISHED["cbt_means"].items()],
         "ours": [[m, f"{fmt(d['mean'])} ± {fmt(d['sd'])}", pct(d["mean"]), d["n_total"]] for m, d in ours.items()],
@@ -383,9 +437,21 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             for d in st["descriptives"]
         ],
         "reliability": [
-            [k, rel[k]["n"], rel[k]["k"], fmt(rel[k]["icc2_1"]), fmt(rel[k]["icc2_k"]), _notes(rel[k])] for k in [*items, "total"]
+            [
+                k,
+                rel[k]["n"],
+                rel[k]["k"],
+                fmt(rel[k]["icc2_1"]),
+                _ci(rel[k].get("ci2_1")),
+                fmt(rel[k]["icc2_k"]),
+                _ci(rel[k].get("ci2_k")),
+                _notes(rel[k]),
+            ]
+            for k in [*items, "total"]
         ],
-        "human": [[k, v["n"], fmt(v["icc2_1"]), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)] for k, v in ha["items"].items()]
+        "human": [
+            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)] for k, v in ha["items"].items()
+        ]
         if ha
         else [],
         "judge": {

@@ -214,14 +214,15 @@ def friedman(y: np.ndarray) -> dict[str, Any]:
     return res
 
 
-def icc(x: np.ndarray) -> dict[str, Any]:
-    """ICC(2,1) and ICC(2,k) (two-way random effects, absolute agreement; Shrout and Fleiss 1979).
+def icc(x: np.ndarray, alpha: float = 0.05) -> dict[str, Any]:
+    """ICC(2,1) and ICC(2,k) (two-way random effects, absolute agreement; Shrout and Fleiss 1979),
+    with their confidence intervals (McGraw and Wong 1996, case 2A, as R's psych::ICC).
 
     ``x`` is targets x raters; rows with a missing rating are dropped."""
     x = np.asarray(x, float)
     x = x[np.all(np.isfinite(x), axis=1)] if x.ndim == 2 else x
     n, k = x.shape if x.ndim == 2 else (0, 0)
-    res: dict[str, Any] = {"n": int(n), "k": int(k), "icc2_1": None, "icc2_k": None, "notes": []}
+    res: dict[str, Any] = {"n": int(n), "k": int(k), "icc2_1": None, "icc2_k": None, "ci2_1": None, "ci2_k": None, "notes": []}
     if n < 2 or k < 2:
         res["notes"].append("needs at least 2 targets and 2 ratings each")
         return res
@@ -232,7 +233,21 @@ def icc(x: np.ndarray) -> dict[str, Any]:
     if den1 <= 0 or denk <= 0 or (msr == 0 and mse == 0):
         res["notes"].append("no variance between or within targets: ICC undefined")
         return res
-    res.update(icc2_1=finite((msr - mse) / den1), icc2_k=finite((msr - mse) / denk))
+    r1 = (msr - mse) / den1
+    res.update(icc2_1=finite(r1), icc2_k=finite((msr - mse) / denk))
+    if mse > 0:
+        # Satterthwaite's degrees of freedom for the denominator of the F bounds
+        fj = msc / mse
+        a = k * r1 * fj + n * (1 + (k - 1) * r1) - k * r1
+        v = (k - 1) * (n - 1) * a**2 / ((n - 1) * k**2 * r1**2 * fj**2 + (n * (1 + (k - 1) * r1) - k * r1) ** 2)
+        fu, fl = sps.f.ppf(1 - alpha / 2, n - 1, v), sps.f.ppf(1 - alpha / 2, v, n - 1)
+        base = k * msc + (k * n - k - n) * mse
+        lo = n * (msr - fu * mse) / (fu * base + n * msr)
+        hi = n * (fl * msr - mse) / (base + n * fl * msr)
+        res["ci2_1"] = [finite(lo), finite(hi)]
+        res["ci2_k"] = [finite(lo * k / (1 + lo * (k - 1))), finite(hi * k / (1 + hi * (k - 1)))]
+        if hi - lo > 0.5:
+            res["notes"].append(f"{n} targets: the interval is too wide for the ICC to be read as a level of agreement")
     return res
 
 
@@ -241,7 +256,7 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    res: dict[str, Any] = {"n": int(a.size), "icc2_1": None, "spearman": None, "p_spearman": None, "mad": None, "notes": []}
+    res: dict[str, Any] = {"n": int(a.size), "icc2_1": None, "ci2_1": None, "spearman": None, "p_spearman": None, "mad": None, "notes": []}
     if a.size == 0:
         res["notes"].append("no sessions rated by both")
         return res
@@ -252,7 +267,7 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     else:
         res["notes"].append("Spearman needs 3 or more pairs with variance")
     ic = icc(np.column_stack([a, b]))
-    res["icc2_1"] = ic["icc2_1"]
+    res["icc2_1"], res["ci2_1"] = ic["icc2_1"], ic["ci2_1"]
     res["notes"] += ic["notes"]
     return res
 
@@ -305,3 +320,27 @@ def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> dict[s
     r = sps.spearmanr(x, y)
     res.update(rho=finite(r.statistic), p=finite(r.pvalue))
     return res
+
+
+def paired_power(dz: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test (a one-sample t-test of the differences) for the
+    standardized effect ``dz`` with ``n`` pairs: the noncentral t distribution, as R's
+    power.t.test(type = "paired", strict = TRUE)."""
+    df = n - 1
+    tc = sps.t.ppf(1 - alpha / 2, df)
+    nc = dz * math.sqrt(n)
+    p = float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+    return 1.0 if math.isnan(p) and nc > tc else p
+
+
+def minimum_detectable_dz(n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest d_z the paired t-test detects with ``power`` at two-sided ``alpha`` with ``n``
+    pairs (None below 3 pairs: with one degree of freedom the question has no useful answer)."""
+    if n < 3:
+        return None
+    from scipy.optimize import brentq
+
+    hi = 0.5
+    while paired_power(hi, n, alpha) < power:
+        hi *= 2
+    return float(brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, hi, xtol=1e-10))
