@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cbtpipe.analysis import (
+    analyse,
     between_models,
     descriptives,
     human_agreement,
@@ -237,3 +238,35 @@ def test_the_primary_endpoint_is_the_declared_contrast_with_its_detectable_effec
     rc["primary"] = {"outcome": "total", "contrast": "pooled", "test": "paired_t"}
     res = primary_endpoint(_totals(), ["m1", "m2"], rc, n_boot=200, seed=1)
     assert res["result"]["mean_diff"] == pytest.approx(2.0) and res["p"] == res["result"]["p_t"]
+
+
+def test_analyse_with_two_models_runs_the_mixed_model_and_the_primary_endpoint():
+    rubric = {"items": [{"id": i} for i in ITEMS], "min_total": 0, "max_total": 12}
+    rc = {
+        "alpha": 0.05,
+        "bootstrap": 200,
+        "item_correction": "holm",
+        "power": 0.8,
+        "primary": {"outcome": "total", "contrast": "pooled", "test": "paired_t"},
+    }
+    extra = {
+        "position": "1",
+        "turns": "6",
+        "therapist_turns": "3",
+        "therapist_words": "100",
+        "words_per_therapist_turn": "33",
+        "therapist_tokens": "130",
+        "turns_cut_at_max_tokens": "0",
+        "context_truncations": "0",
+        "context_tokens_max": "500",
+        "stop_reason": "max_turns",
+        "closing_prompted": "0",
+    }
+    totals = [dict(r, **extra) for r in _totals()]
+    res = analyse(_long(), totals, rubric, rc, seed=1)
+    mm = res["mixed_model"]
+    # CBT is 2 higher in every cell of both models: no interaction, an arm effect of exactly 2
+    assert mm["interaction"]["df"] == 1 and mm["n_patients"] == 4
+    assert {e["model"]: round(e["estimate"], 6) for e in mm["arm_effects"]} == {"m1": 2.0, "m2": 2.0, "average over models": 2.0}
+    assert res["primary"]["result"]["mean_diff"] == pytest.approx(2.0) and res["primary"]["mde_dz"] is not None
+    assert [g["sessions"] for g in res["missing"]["by_group"]] == [4, 4, 4, 4]

@@ -30,6 +30,7 @@ from cbtpipe.stattests import (
     friedman,
     icc,
     minimum_detectable_dz,
+    mixed_arm_by_model,
     p_adjust,
     paired_comparison,
     paired_power,
@@ -191,3 +192,69 @@ def test_minimum_detectable_effect_matches_r_and_statsmodels():
     for n in (3, 8, 30, 120):
         assert minimum_detectable_dz(n, 0.05, 0.9) == pytest.approx(TTestPower().solve_power(nobs=n, alpha=0.05, power=0.9), abs=1e-5)
     assert minimum_detectable_dz(2) is None
+
+
+def _ols_reference(rows):
+    """A second, independent implementation of the mixed model's interaction test: with complete,
+    balanced data and a random intercept per patient, REML's residual variance equals the mean
+    square error of OLS with a dummy per patient, and the Wald chi-squared of the arm x model
+    terms equals that OLS's F test of the same terms times their number."""
+    pats = sorted({r["patient"] for r in rows})
+    models = sorted({r["model"] for r in rows})[1:]
+
+    def design(with_interaction):
+        out = []
+        for r in rows:
+            cbt = float(r["arm"] == "cbt")
+            x = [float(r["patient"] == p) for p in pats] + [cbt] + [float(r["model"] == m) for m in models]
+            out.append(x + ([cbt * float(r["model"] == m) for m in models] if with_interaction else []))
+        return np.array(out)
+
+    y = np.array([float(r["total"]) for r in rows])
+    rss = {}
+    for full in (True, False):
+        X = design(full)
+        b = np.linalg.lstsq(X, y, rcond=None)[0]
+        rss[full] = float(((y - X @ b) ** 2).sum())
+        if full:
+            dfe = len(y) - X.shape[1]
+            inter = b[-len(models) :]
+    q = len(models)
+    return {"chi2": (rss[False] - rss[True]) / q / (rss[True] / dfe) * q, "mse": rss[True] / dfe, "interaction": inter}
+
+
+def test_mixed_model_matches_an_independent_implementation(root):
+    """tests/data/mixed_arm_model.csv: 12 patients x 3 models x 2 arms, simulated once (numpy
+    default_rng(1): a patient intercept with SD 2, noise with SD 1.5, CBT +2 and +1.5 more for m2)
+    and committed. Reference values from _ols_reference (chi2 10.3211 on 2 df, residual variance
+    1.80472)."""
+    import csv
+
+    rows = list(csv.DictReader((root / "tests/data/mixed_arm_model.csv").open()))
+    r = mixed_arm_by_model(
+        [x["patient"] for x in rows], [x["model"] for x in rows], [x["arm"] for x in rows], [float(x["total"]) for x in rows]
+    )
+    ref = _ols_reference(rows)
+    assert ref["chi2"] == pytest.approx(10.3211, abs=1e-3) and ref["mse"] == pytest.approx(1.80472, abs=1e-4)
+    assert r["converged"] and r["interaction"]["df"] == 2
+    assert r["interaction"]["chi2"] == pytest.approx(ref["chi2"], rel=1e-5)
+    assert r["residual_variance"] == pytest.approx(ref["mse"], rel=1e-5)
+    fixed = {f["term"]: f["estimate"] for f in r["fixed"]}
+    assert [fixed[t] for t in r["interaction"]["terms"]] == pytest.approx(list(ref["interaction"]), abs=1e-6)
+    # the marginal means are the cell means (balanced data); the arm effect within m2 is theirs apart
+    cell = {
+        (x["arm"], x["model"]): np.mean([float(y["total"]) for y in rows if (y["arm"], y["model"]) == (x["arm"], x["model"])]) for x in rows
+    }
+    emm = {(e["arm"], e["model"]): e["estimate"] for e in r["emm"]}
+    assert emm == pytest.approx(cell, abs=1e-6)
+    eff = {e["model"]: e for e in r["arm_effects"]}
+    assert eff["m2"]["estimate"] == pytest.approx(cell[("cbt", "m2")] - cell[("instruct", "m2")], abs=1e-6)
+    assert eff["average over models"]["estimate"] == pytest.approx(
+        np.mean([cell[("cbt", m)] - cell[("instruct", m)] for m in ("m1", "m2", "m3")])
+    )
+    assert r["interaction"]["p"] < 0.01
+
+
+def test_mixed_model_needs_two_models_and_both_arms():
+    r = mixed_arm_by_model(["p1", "p2", "p3"] * 2, ["m1"] * 6, ["cbt"] * 3 + ["instruct"] * 3, [1, 2, 3, 2, 3, 5])
+    assert "needs at least two models" in r["notes"][0] and "interaction" not in r

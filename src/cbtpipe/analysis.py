@@ -10,7 +10,17 @@ from typing import Any
 import numpy as np
 
 from .rubric import SESSION_COLUMNS
-from .stattests import agreement, friedman, icc, p_adjust, paired_comparison, paired_with_covariate, rm_anova, spearman
+from .stattests import (
+    agreement,
+    friedman,
+    icc,
+    mixed_arm_by_model,
+    p_adjust,
+    paired_comparison,
+    paired_with_covariate,
+    rm_anova,
+    spearman,
+)
 
 LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
 
@@ -559,6 +569,14 @@ def analyse(
     res["descriptives"] = descriptives(totals, models, arms, items, threshold)
     res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(totals, models, alpha, nb, seed)
     res["between_models"] = between_models(totals, models, arms, alpha, nb, seed)
+    scored = [r for r in totals if r["arm"] in ("cbt", "instruct")]
+    res["mixed_model"] = mixed_arm_by_model(
+        [r["patient_id"] for r in scored],
+        [r["model"] for r in scored],
+        [r["arm"] for r in scored],
+        [_num(r["total"]) for r in scored],
+        alpha=alpha,
+    )
     res["per_item"] = per_item(totals, models, items, rcfg["item_correction"], alpha, nb, seed)
     res["reliability"] = reliability(long, items)
     res["max_total"] = rubric["max_total"]

@@ -303,7 +303,10 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         for k in [*st["models"], "pooled"]
         if k in bounds.get("complete_case", {})
     ]
+    mm = st.get("mixed_model") or {}
     return {
+        "mixed_emm": [[e["model"], e["arm"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"])] for e in mm.get("emm", [])],
+        "mixed_effects": [[e["model"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])] for e in mm.get("arm_effects", [])],
         "primary": _primary_text(prim) if prim else None,
         "missing_by_group": missing_rows,
         "missing_bounds": bound_rows,

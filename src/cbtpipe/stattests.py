@@ -344,3 +344,81 @@ def minimum_detectable_dz(n: int, alpha: float = 0.05, power: float = 0.8) -> fl
     while paired_power(hi, n, alpha) < power:
         hi *= 2
     return float(brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, hi, xtol=1e-10))
+
+
+def mixed_arm_by_model(
+    patient: list[str], model: list[str], arm: list[str], y: list[float], ref_arm: str = "instruct", alpha: float = 0.05
+) -> dict[str, Any]:
+    """A linear mixed model of a session's score: ``y ~ arm * model + (1 | patient)`` (REML,
+    statsmodels MixedLM). Gives the fixed effects, the Wald test of the arm x model interaction
+    (does the gain from tuning depend on the model?), the estimated marginal means of every cell
+    and the arm effect within each model and averaged over models (each with its standard error
+    and Wald interval). Rows with a missing score are left out."""
+    import warnings
+
+    import pandas as pd
+    import patsy
+    import statsmodels.formula.api as smf
+
+    df = pd.DataFrame({"patient": patient, "model": model, "arm": arm, "y": np.asarray(y, float)})
+    df = df[np.isfinite(df["y"])]
+    models = sorted(df["model"].unique())
+    arms = [ref_arm] + sorted(a for a in df["arm"].unique() if a != ref_arm)
+    res: dict[str, Any] = {
+        "n_sessions": int(len(df)),
+        "n_patients": int(df["patient"].nunique()),
+        "models": models,
+        "arms": arms,
+        "notes": [],
+    }
+    if len(models) < 2 or len(arms) < 2 or ref_arm not in set(df["arm"]):
+        res["notes"].append(f"needs at least two models and the {ref_arm} arm beside another")
+        return res
+    if res["n_patients"] < 3:
+        res["notes"].append("needs at least 3 patients")
+        return res
+    df["model"] = pd.Categorical(df["model"], categories=models)
+    df["arm"] = pd.Categorical(df["arm"], categories=arms)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = smf.mixedlm("y ~ C(arm) * C(model)", df, groups=df["patient"]).fit(reml=True)
+    res["notes"] += sorted({str(w.message).split("\n")[0] for w in caught})
+    names = list(fit.fe_params.index)
+    beta = fit.fe_params.to_numpy()
+    cov = fit.cov_params().loc[names, names].to_numpy()
+    z = sps.norm.ppf(1 - alpha / 2)
+
+    def est(x: np.ndarray) -> dict[str, Any]:
+        m, se = float(x @ beta), float(np.sqrt(max(0.0, x @ cov @ x)))
+        p = float(2 * sps.norm.sf(abs(m) / se)) if se > 0 else None
+        return {"estimate": finite(m), "se": finite(se), "ci": [finite(m - z * se), finite(m + z * se)], "p": finite(p)}
+
+    res["fixed"] = [{"term": t, **est(np.eye(len(names))[i])} for i, t in enumerate(names)]
+    inter = [i for i, t in enumerate(names) if ":" in t]
+    b, v = beta[inter], cov[np.ix_(inter, inter)]
+    chi2 = float(b @ np.linalg.solve(v, b))
+    res["interaction"] = {
+        "terms": [names[i] for i in inter],
+        "chi2": finite(chi2),
+        "df": len(inter),
+        "p": finite(float(sps.chi2.sf(chi2, len(inter)))),
+    }
+    cells = pd.DataFrame([(a, m) for m in models for a in arms], columns=["arm", "model"])
+    cells["arm"] = pd.Categorical(cells["arm"], categories=arms)
+    cells["model"] = pd.Categorical(cells["model"], categories=models)
+    dm = patsy.dmatrix("C(arm) * C(model)", cells)
+    if list(dm.design_info.column_names) != names:  # the same coding as the fit, column for column
+        raise RuntimeError(f"mixed model: cell design {dm.design_info.column_names} differs from the fit's {names}")
+    X = np.asarray(dm)
+    rows = {(a, m): X[k] for k, (a, m) in enumerate(zip(cells["arm"], cells["model"], strict=True))}
+    res["emm"] = [{"arm": a, "model": m, **est(rows[(a, m)])} for m in models for a in arms]
+    res["arm_effects"] = []
+    for a in arms[1:]:
+        for m in models:
+            res["arm_effects"].append({"arm": a, "model": m, **est(rows[(a, m)] - rows[(ref_arm, m)])})
+        avg = np.mean([rows[(a, m)] - rows[(ref_arm, m)] for m in models], axis=0)
+        res["arm_effects"].append({"arm": a, "model": "average over models", **est(avg)})
+    res["patient_variance"] = finite(float(fit.cov_re.iloc[0, 0]))
+    res["residual_variance"] = finite(float(fit.scale))
+    res["converged"] = bool(fit.converged)
+    return res
