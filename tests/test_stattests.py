@@ -13,6 +13,8 @@ Reference outputs are R 4.x on R's built-in datasets, typed in as constants:
   (single random raters) and 0.071 to 0.93 (average random raters).
 * ``p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm")`` = 0.05 0.08 0.09 0.09 0.09;
   ``p.adjust(c(0.01, 0.04, 0.03, 0.005), "BH")`` = 0.02 0.04 0.04 0.02.
+* Krippendorff (2011), "Computing Krippendorff's alpha-reliability", the worked example (4 coders,
+  12 units, missing values): alpha = 0.743 nominal, 0.849 interval.
 * ``power.t.test(delta = 0.5, sd = 1, power = 0.8, type = "paired")`` gives n = 33.36713 (the
   classic "34 pairs for d_z = 0.5"); ``pwr::pwr.t.test(n = 30, power = 0.8, type = "paired")``
   gives d = 0.5292, and with n = 10, d = 0.9960. statsmodels' TTestPower, a second
@@ -29,6 +31,8 @@ from cbtpipe.stattests import (
     agreement,
     friedman,
     icc,
+    inter_rater,
+    krippendorff_alpha,
     minimum_detectable_dz,
     mixed_arm_by_model,
     p_adjust,
@@ -258,3 +262,25 @@ def test_mixed_model_matches_an_independent_implementation(root):
 def test_mixed_model_needs_two_models_and_both_arms():
     r = mixed_arm_by_model(["p1", "p2", "p3"] * 2, ["m1"] * 6, ["cbt"] * 3 + ["instruct"] * 3, [1, 2, 3, 2, 3, 5])
     assert "needs at least two models" in r["notes"][0] and "interaction" not in r
+
+
+NA = float("nan")
+# Krippendorff's worked example: units (rows) x coders A-D (columns), NaN where a coder gave none
+KRIPP = np.array(
+    [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, NA, NA, NA],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NA, 3],
+        [NA, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NA],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NA],
+    ]
+).T
+
+
+def test_krippendorff_alpha_matches_the_worked_example():
+    assert krippendorff_alpha(KRIPP, "nominal") == pytest.approx(0.743, abs=5e-4)
+    assert krippendorff_alpha(KRIPP, "interval") == pytest.approx(0.849, abs=5e-4)
+    # unit 12 has one rating (not pairable): dropping it changes nothing
+    assert krippendorff_alpha(KRIPP[:11]) == pytest.approx(krippendorff_alpha(KRIPP))
+    assert krippendorff_alpha(np.ones((5, 2))) is None and krippendorff_alpha(KRIPP[:1]) is None
+    r = inter_rater(KRIPP, n_boot=300, seed=1)
+    assert r["kripp_ci"][0] < r["kripp_alpha"] <= r["kripp_ci"][1] and r["n"] == 8  # ICC uses complete units only

@@ -13,7 +13,7 @@ from .rubric import SESSION_COLUMNS
 from .stattests import (
     agreement,
     friedman,
-    icc,
+    inter_rater,
     mixed_arm_by_model,
     p_adjust,
     paired_comparison,
@@ -351,7 +351,7 @@ def reliability(long: list[dict[str, str]], items: list[str]) -> dict[str, Any]:
                     row.append(sc.get(it, float("nan")))
             mat.append(row)
         rel[it] = (
-            icc(np.array(mat))
+            inter_rater(np.array(mat), n_boot=500, seed=0)
             if mat and len(ks) >= 2
             else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
         )

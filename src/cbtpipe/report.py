@@ -448,12 +448,15 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 _ci(rel[k].get("ci2_1")),
                 fmt(rel[k]["icc2_k"]),
                 _ci(rel[k].get("ci2_k")),
+                fmt(rel[k].get("kripp_alpha")),
+                _ci(rel[k].get("kripp_ci")),
                 _notes(rel[k]),
             ]
             for k in [*items, "total"]
         ],
         "human": [
-            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)] for k, v in ha["items"].items()
+            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v.get("kripp_alpha")), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)]
+            for k, v in ha["items"].items()
         ]
         if ha
         else [],

@@ -256,7 +256,16 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    res: dict[str, Any] = {"n": int(a.size), "icc2_1": None, "ci2_1": None, "spearman": None, "p_spearman": None, "mad": None, "notes": []}
+    res: dict[str, Any] = {
+        "n": int(a.size),
+        "icc2_1": None,
+        "ci2_1": None,
+        "kripp_alpha": None,
+        "spearman": None,
+        "p_spearman": None,
+        "mad": None,
+        "notes": [],
+    }
     if a.size == 0:
         res["notes"].append("no sessions rated by both")
         return res
@@ -268,6 +277,7 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
         res["notes"].append("Spearman needs 3 or more pairs with variance")
     ic = icc(np.column_stack([a, b]))
     res["icc2_1"], res["ci2_1"] = ic["icc2_1"], ic["ci2_1"]
+    res["kripp_alpha"] = krippendorff_alpha(np.column_stack([a, b]))
     res["notes"] += ic["notes"]
     return res
 
@@ -421,4 +431,57 @@ def mixed_arm_by_model(
     res["patient_variance"] = finite(float(fit.cov_re.iloc[0, 0]))
     res["residual_variance"] = finite(float(fit.scale))
     res["converged"] = bool(fit.converged)
+    return res
+
+
+def krippendorff_alpha(x: np.ndarray, level: str = "interval") -> float | None:
+    """Krippendorff's alpha of a units x raters matrix (NaN: not rated), at the interval level
+    (squared differences) or the nominal level (any difference). Units with fewer than two ratings
+    are not pairable and are left out; None when fewer than two pairable units or no expected
+    disagreement. Computed from the coincidences (Krippendorff 2011, "Computing Krippendorff's
+    alpha-reliability")."""
+    x = np.asarray(x, float)
+    ok = np.isfinite(x)
+    m = ok.sum(axis=1)
+    if (m >= 2).sum() < 2:
+        return None
+    if level == "interval":  # vectorized over units: sum (a - b)^2 = 2 m sum(v^2) - 2 (sum v)^2
+        x, ok, m = x[m >= 2], ok[m >= 2], m[m >= 2]
+        v = np.where(ok, x, 0.0)
+        s1, s2 = v.sum(axis=1), (v**2).sum(axis=1)
+        n = m.sum()
+        d_o = ((2 * m * s2 - 2 * s1**2) / (m - 1)).sum() / n
+        d_e = (2 * n * s2.sum() - 2 * s1.sum() ** 2) / (n * (n - 1))
+        return finite(1 - d_o / d_e) if d_e > 0 else None
+    units = [row[np.isfinite(row)] for row in x]
+    units = [u for u in units if u.size >= 2]
+
+    def pair_sum(v: np.ndarray) -> float:
+        """The sum of delta over all ordered pairs of ``v``, in O(len(v))."""
+        if level == "interval":  # sum (a - b)^2 = 2 n sum(v^2) - 2 (sum v)^2
+            return float(2 * v.size * (v**2).sum() - 2 * v.sum() ** 2)
+        _, counts = np.unique(v, return_counts=True)  # pairs of different values
+        return float(v.size**2 - (counts**2).sum())
+
+    values = np.concatenate(units)
+    n = values.size
+    d_o = sum(pair_sum(u) / (u.size - 1) for u in units) / n
+    d_e = pair_sum(values) / (n * (n - 1))
+    return finite(1 - d_o / d_e) if d_e > 0 else None
+
+
+def inter_rater(x: np.ndarray, alpha: float = 0.05, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Agreement between raters (judges of a panel, or a judge and humans) on the same targets:
+    ICC(2,1) with its interval, and Krippendorff's alpha (interval level) with a percentile
+    bootstrap interval over targets."""
+    x = np.asarray(x, float)
+    res = icc(x, alpha)
+    res["kripp_alpha"] = krippendorff_alpha(x)
+    res["kripp_ci"] = None
+    if res["kripp_alpha"] is not None and len(x) >= 3:
+        rng = np.random.default_rng(seed)
+        boots = [krippendorff_alpha(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)]
+        boots = [b for b in boots if b is not None]
+        if boots:
+            res["kripp_ci"] = [finite(float(np.quantile(boots, alpha / 2))), finite(float(np.quantile(boots, 1 - alpha / 2)))]
     return res
