@@ -5,6 +5,7 @@ from cbtpipe.config import (
     api_resource_name,
     check_api_keys,
     check_config,
+    judge_members,
     model_training_cfg,
     resolve_defaults,
 )
@@ -134,6 +135,16 @@ def human_ratings(wildcards):
     return [path] if path else []
 
 
+def packet_ratings(wildcards):
+    """A filled rating packet and the key that maps it back to its sessions."""
+    path = config["report"]["packet_ratings"]
+    return (
+        {"packet_ratings": path, "packet_key": "results/rating_key/key.csv"}
+        if path
+        else {}
+    )
+
+
 def gpus(model):
     return config["models"][model]["gpus"]
 
@@ -155,12 +166,26 @@ def cpu_partition(wildcards):
     return _partition(0)
 
 
+JUDGES = judge_members(config["judge"])
+
+
+def _backend_names(keys):
+    """The backends named by config keys (section, field); ("judge", "panel"): every judge's."""
+    names = set()
+    for sec, field in keys:
+        if (sec, field) == ("judge", "panel"):
+            names |= {m["backend"] for m in JUDGES}
+        else:
+            names.add(config[sec][field])
+    return sorted(names)
+
+
 def backend_gpus(*keys):
     """1 if an LLM backend named by one of these config keys (section, field) offloads to a GPU."""
     return int(
         any(
-            config["backends"].get(config[sec][field], {}).get("n_gpu_layers", 0)
-            for sec, field in keys
+            config["backends"].get(n, {}).get("n_gpu_layers", 0)
+            for n in _backend_names(keys)
         )
     )
 
@@ -168,8 +193,25 @@ def backend_gpus(*keys):
 def used_backends(*keys):
     """The backends named by these config keys (section, field), and only those: a job's params
     then change only when a backend it calls changes."""
-    names = {config[sec][field] for sec, field in keys}
-    return {n: config["backends"][n] for n in sorted(names) if n in config["backends"]}
+    return {
+        n: config["backends"][n]
+        for n in _backend_names(keys)
+        if n in config["backends"]
+    }
+
+
+def judge_settings():
+    """What CTRS judgements depend on: every judge of the panel (without the path of its prompt,
+    whose content is an input) and how the panel's scores are reduced."""
+    return {
+        "members": [{k: v for k, v in m.items() if k != "prompt"} for m in JUDGES],
+        "reducer": config["judge"]["panel_reducer"],
+    }
+
+
+def judge_prompts():
+    """The prompt template of each judge of the panel, in the panel's order."""
+    return [m["prompt"] for m in JUDGES]
 
 
 def api_resources(*keys):
@@ -355,5 +397,6 @@ def plan_inputs():
 
 def final_outputs():
     out = ["results/report/report.html", "results/report/report.md"]
+    out += ["results/rating_packet/packet.html", "results/rating_key/key.csv"]
     out += expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS)
     return out

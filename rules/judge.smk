@@ -5,7 +5,7 @@ rule judge:
     input:
         sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["judge"]["rubric"],
-        prompt=config["judge"]["prompt"],
+        prompts=judge_prompts(),
     output:
         judged="results/judge/{model}/{arm}/shard{shard}.jsonl",
         stats="results/judge/{model}/{arm}/shard{shard}.stats.json",
@@ -14,15 +14,15 @@ rule judge:
     benchmark:
         "benchmarks/judge/{model}-{arm}-{shard}.tsv"
     conda:
-        llm_env(("judge", "backend"))
+        llm_env(("judge", "panel"))
     threads: CPU
     resources:
-        **api_resources(("judge", "backend")),
-        gpu=backend_gpus(("judge", "backend")),
-        slurm_partition=backend_partition(("judge", "backend")),
+        **api_resources(("judge", "panel")),
+        gpu=backend_gpus(("judge", "panel")),
+        slurm_partition=backend_partition(("judge", "panel")),
     params:
-        judge=settings("judge", "rubric", "prompt", "turn_windows"),
-        backends=used_backends(("judge", "backend")),
+        judge=judge_settings(),
+        backends=used_backends(("judge", "panel")),
         units="results/units/judge",
     script:
         "../scripts/judge.py"
@@ -32,7 +32,7 @@ rule judge_ablation:
     input:
         sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["judge"]["rubric"],
-        prompt=config["judge"]["prompt"],
+        prompts=judge_prompts(),
     output:
         judged="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.jsonl",
         stats="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.stats.json",
@@ -41,15 +41,15 @@ rule judge_ablation:
     benchmark:
         "benchmarks/ablations/{variant}/judge/{model}-{arm}-{shard}.tsv"
     conda:
-        llm_env(("judge", "backend"))
+        llm_env(("judge", "panel"))
     threads: CPU
     resources:
-        **api_resources(("judge", "backend")),
-        gpu=backend_gpus(("judge", "backend")),
-        slurm_partition=backend_partition(("judge", "backend")),
+        **api_resources(("judge", "panel")),
+        gpu=backend_gpus(("judge", "panel")),
+        slurm_partition=backend_partition(("judge", "panel")),
     params:
-        judge=settings("judge", "rubric", "prompt", "turn_windows"),
-        backends=used_backends(("judge", "backend")),
+        judge=judge_settings(),
+        backends=used_backends(("judge", "panel")),
         units="results/units/judge",
     script:
         "../scripts/judge.py"
@@ -75,7 +75,7 @@ rule judge_turns:
         gpu=backend_gpus(("judge", "backend")),
         slurm_partition=backend_partition(("judge", "backend")),
     params:
-        judge=settings("judge", "rubric", "prompt"),
+        judge=settings("judge", "rubric", "prompt", "panel", "panel_reducer"),
         backends=used_backends(("judge", "backend")),
         units="results/units/judge_turns",
     script:

@@ -33,6 +33,7 @@ rule scores:
 
 rule statistics:
     input:
+        unpack(packet_ratings),
         long="results/report/scores_long.csv",
         totals="results/report/session_totals.csv",
         judged=rules.scores.input.judged,
@@ -47,7 +48,7 @@ rule statistics:
     conda:
         "../envs/stats.yaml"
     params:
-        report=settings("report", "human_ratings"),
+        report=settings("report", "human_ratings", "packet_ratings"),
         seed=config["seed"],
     script:
         "../scripts/statistical_tests.py"
@@ -172,3 +173,30 @@ rule report:
         benchmarks="benchmarks",
     script:
         "../scripts/report.py"
+
+
+# A blinded rating packet for human raters; its key stays outside the packet's folder.
+
+
+rule rating_packet:
+    input:
+        rollouts=expand(
+            "results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+            model=MODELS,
+            arm=ARMS,
+            shard=SHARDS,
+        ),
+        rubric=config["judge"]["rubric"],
+    output:
+        html="results/rating_packet/packet.html",
+        template="results/rating_packet/ratings_template.csv",
+        key="results/rating_key/key.csv",
+    log:
+        "logs/report/rating_packet.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        packet=config["rating_packet"],
+        models=MODELS,
+    script:
+        "../scripts/rating_packet.py"

@@ -2,6 +2,7 @@
 
 from cbtpipe.analysis import analyse, read_csv
 from cbtpipe.io import write_json
+from cbtpipe.packet import load_packet_ratings
 from cbtpipe.rubric import load_human_ratings, load_rubric
 from cbtpipe.rule import entry
 
@@ -11,6 +12,9 @@ with entry(snakemake, "statistics") as log:
     r = getattr(snakemake.input, "human_ratings", None)  # one path, or an empty list without ratings
     ratings = r if isinstance(r, str) else (r[0] if r else None)
     human = load_human_ratings(ratings, rubric) if ratings else None
+    packet = getattr(snakemake.input, "packet_ratings", None)
+    if packet:  # a filled blinded packet, mapped back to its sessions through the key
+        human = (human or []) + load_packet_ratings(packet, snakemake.input.packet_key, rubric)
     res = analyse(read_csv(snakemake.input.long), read_csv(snakemake.input.totals), rubric, rcfg, snakemake.params.seed, human)
     write_json(snakemake.output.stats, res)
     log.info("statistics written: %s", list(res))

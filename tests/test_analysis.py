@@ -8,6 +8,7 @@ from cbtpipe.analysis import (
     between_models,
     descriptives,
     human_agreement,
+    inter_judge,
     missing_answers,
     missing_bounds,
     missing_by_group,
@@ -92,10 +93,29 @@ def test_per_item_corrects_across_items():
 
 
 def test_reliability_of_identical_samples_is_perfect():
-    rel = reliability(_long(k=2), ITEMS)
+    rel = reliability(_long(k=2), ITEMS)["judge"]
     assert rel["agenda"]["icc2_1"] == pytest.approx(1.0) and rel["total"]["k"] == 2
-    assert reliability(_long(k=1), ITEMS)["agenda"]["icc2_1"] is None  # one sample: nothing to agree with
-    assert reliability(_long(k=2, noisy=True), ITEMS)["agenda"]["icc2_1"] < 1.0
+    assert reliability(_long(k=1), ITEMS)["judge"]["agenda"]["icc2_1"] is None  # one sample: nothing to agree with
+    assert reliability(_long(k=2, noisy=True), ITEMS)["judge"]["agenda"]["icc2_1"] < 1.0
+
+
+def test_agreement_between_judges_of_a_panel():
+    """Two judges: "warm" scores like the data, "strict" one point lower on every item. Within
+    each judge the samples agree perfectly; between the judges, the ICC (absolute agreement) is
+    below 1 because of the offset, and Krippendorff's alpha too."""
+    warm = [dict(r, judge="warm") for r in _long(k=2)]
+    strict = [dict(r, judge="strict", score=str(float(r["score"]) - 1)) for r in _long(k=1)]
+    long = warm + strict
+    rel = reliability(long, ITEMS)
+    assert set(rel) == {"warm", "strict"} and rel["warm"]["agenda"]["icc2_1"] == pytest.approx(1.0)
+    assert rel["strict"]["agenda"]["icc2_1"] is None  # one sample each
+    ij = inter_judge(long, ITEMS)
+    assert ij["total"]["judges"] == ["warm", "strict"] and ij["total"]["n"] == 16
+    assert 0 < ij["agenda"]["icc2_1"] < 1 and ij["agenda"]["kripp_alpha"] < 1
+    # the same scores from both judges: perfect agreement
+    same = warm + [dict(r, judge="twin") for r in _long(k=1)]
+    assert inter_judge(same, ITEMS)["agenda"]["icc2_1"] == pytest.approx(1.0)
+    assert inter_judge(warm, ITEMS) == {}  # one judge: nothing between judges
 
 
 def test_human_agreement_on_rated_sessions_only():

@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"faults {r['faults_injected']:>2}  max in flight {r['max_in_flight']:>2}  tokens/call {r['prompt_tokens_per_call']:.0f}+"
                 f"{r['completion_tokens_per_call']:.0f}  speed-up x{res['speedup'][stage][c]}"
             )
+    print(
+        f"ceiling on this machine ({res['settings']['cpu_cores']} cores; the servers' compute at concurrency {a.levels[0]} spread over them): "
+        + ", ".join(f"{stage} x{v}" for stage, v in res["ceiling"].items())
+    )
     print(f"identical outputs at every level: {res['identical_outputs']}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from .stattests import (
     spearman,
 )
 
-LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge_sample", "valid", "item", "score"]
+LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge", "judge_sample", "valid", "item", "score"]
 
 
 def long_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict[str, Any]]:
@@ -38,6 +38,7 @@ def long_rows(judged: list[dict[str, Any]], rubric: dict[str, Any]) -> list[dict
                         "model": j["model"],
                         "arm": j["arm"],
                         "quantization": j["quantization"],
+                        "judge": s.get("judge", "judge"),
                         "judge_sample": s["sample"],
                         "valid": int(s["valid"]),
                         "item": it["id"],
@@ -144,8 +145,8 @@ def paired_arrays(pm, model: str, a: str = "cbt", b: str = "instruct") -> tuple[
 
 def missing_answers(long: list[dict[str, str]], totals: list[dict[str, str]]) -> dict[str, Any]:
     """How many judge samples were valid (a sample that failed the schema is missing, never 0)."""
-    n_samples = len({(r["session_id"], r["judge_sample"]) for r in long})
-    n_valid = len({(r["session_id"], r["judge_sample"]) for r in long if r["valid"] == "1"})
+    n_samples = len({(r["session_id"], r.get("judge"), r["judge_sample"]) for r in long})
+    n_valid = len({(r["session_id"], r.get("judge"), r["judge_sample"]) for r in long if r["valid"] == "1"})
     return {
         "samples": n_samples,
         "valid_samples": n_valid,
@@ -164,8 +165,8 @@ def missing_by_group(long: list[dict[str, str]], totals: list[dict[str, str]], m
         for a in arms:
             rows = [r for r in totals if r["model"] == m and r["arm"] == a]
             sids = {r["session_id"] for r in rows}
-            samples = {(r["session_id"], r["judge_sample"]) for r in long if r["session_id"] in sids}
-            valid = {(r["session_id"], r["judge_sample"]) for r in long if r["session_id"] in sids and r["valid"] == "1"}
+            samples = {(r["session_id"], r.get("judge"), r["judge_sample"]) for r in long if r["session_id"] in sids}
+            valid = {(r["session_id"], r.get("judge"), r["judge_sample"]) for r in long if r["session_id"] in sids and r["valid"] == "1"}
             n_missing = sum(1 for r in rows if r["total"] == "")
             out.append(
                 {
@@ -330,32 +331,61 @@ def per_item(
     return out
 
 
-def reliability(long: list[dict[str, str]], items: list[str]) -> dict[str, Any]:
-    """Agreement of the judge with itself across its k samples of a session (ICC), per item and
-    for the total."""
-    rel = {}
-    by_session: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+def _judge_scores(long: list[dict[str, str]], items: list[str]) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """judge -> session -> sample -> item -> score (NaN where missing)."""
+    out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     for r in long:
-        by_session[r["session_id"]].setdefault(int(r["judge_sample"]), {})[r["item"]] = _num(r["score"])
-    ks = sorted({int(r["judge_sample"]) for r in long})
+        out.setdefault(r.get("judge") or "judge", {}).setdefault(r["session_id"], {}).setdefault(int(r["judge_sample"]), {})[r["item"]] = (
+            _num(r["score"])
+        )
+    return out
+
+
+def _value(sc: dict[str, float], it: str, items: list[str]) -> float:
+    if it != "total":
+        return sc.get(it, float("nan"))
+    vals = [sc.get(i, float("nan")) for i in items]
+    return float(np.sum(vals)) if all(np.isfinite(vals)) else float("nan")
+
+
+def reliability(long: list[dict[str, str]], items: list[str]) -> dict[str, dict[str, Any]]:
+    """Within-judge consistency: each judge agreeing with itself across its k samples of a session
+    (ICC and Krippendorff's alpha), per item and for the total; judge -> item -> result."""
+    rel: dict[str, dict[str, Any]] = {}
+    for judge, by_session in _judge_scores(long, items).items():
+        ks = sorted({k for samples in by_session.values() for k in samples})
+        rel[judge] = {}
+        for it in [*items, "total"]:
+            mat = [[_value(samples.get(k, {}), it, items) for k in ks] for _sid, samples in sorted(by_session.items())]
+            rel[judge][it] = (
+                inter_rater(np.array(mat), n_boot=500, seed=0)
+                if mat and len(ks) >= 2
+                else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
+            )
+    return rel
+
+
+def inter_judge(long: list[dict[str, str]], items: list[str]) -> dict[str, Any]:
+    """Agreement between the judges of a panel on the same sessions: each judge's score of a
+    session is the mean of its valid samples; ICC(2,1) and Krippendorff's alpha (interval) with
+    their intervals, per item and for the total. Empty with a single judge."""
+    scores = _judge_scores(long, items)
+    judges = list(scores)
+    if len(judges) < 2:
+        return {}
+    sessions = sorted(set.intersection(*[set(v) for v in scores.values()]))
+    out = {}
     for it in [*items, "total"]:
         mat = []
-        for _sid, samples in sorted(by_session.items()):
+        for sid in sessions:
             row = []
-            for k in ks:
-                sc = samples.get(k, {})
-                if it == "total":
-                    vals = [sc.get(i, float("nan")) for i in items]
-                    row.append(float(np.sum(vals)) if all(np.isfinite(vals)) else float("nan"))
-                else:
-                    row.append(sc.get(it, float("nan")))
+            for j in judges:
+                v = [_value(sc, it, items) for sc in scores[j][sid].values()]
+                v = [x for x in v if np.isfinite(x)]
+                row.append(float(np.mean(v)) if v else float("nan"))
             mat.append(row)
-        rel[it] = (
-            inter_rater(np.array(mat), n_boot=500, seed=0)
-            if mat and len(ks) >= 2
-            else {"icc2_1": None, "icc2_k": None, "n": len(mat), "k": len(ks), "notes": ["needs k >= 2 judge samples"]}
-        )
-    return rel
+        out[it] = inter_rater(np.array(mat), n_boot=1000, seed=0) | {"judges": judges}
+    return out
 
 
 def human_agreement(totals: list[dict[str, str]], items: list[str], human: list[dict[str, Any]]) -> dict[str, Any]:
@@ -368,6 +398,16 @@ def human_agreement(totals: list[dict[str, str]], items: list[str], human: list[
     for it in items:
         sids = sorted({s for (s, i) in hum if i == it and s in agg})
         ag[it] = agreement([_num(agg[s][it]) for s in sids], [float(np.mean(hum[(s, it)])) for s in sids])
+    # the total: each rater's sum over the items, where that rater rated every item of the session
+    by_rater: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for h in human:
+        by_rater[(h["session_id"], h.get("rater", "human"))][h["item"]] = h["score"]
+    tot: dict[str, list[float]] = defaultdict(list)
+    for (sid, _), sc in by_rater.items():
+        if all(i in sc for i in items):
+            tot[sid].append(sum(sc[i] for i in items))
+    sids = sorted(s for s in tot if s in agg)
+    ag["total"] = agreement([_num(agg[s]["total"]) for s in sids], [float(np.mean(tot[s])) for s in sids])
     return {"items": ag, "unknown_sessions": sorted({h["session_id"] for h in human} - set(agg))}
 
 
@@ -579,6 +619,7 @@ def analyse(
     )
     res["per_item"] = per_item(totals, models, items, rcfg["item_correction"], alpha, nb, seed)
     res["reliability"] = reliability(long, items)
+    res["inter_judge"] = inter_judge(long, items)
     res["max_total"] = rubric["max_total"]
     res["by_position"] = by_position(totals, models, alpha, nb, seed) if totals else []
     res["lengths"] = lengths(totals, models, arms)

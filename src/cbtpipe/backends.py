@@ -90,6 +90,19 @@ class BackendStats:
         return d
 
 
+def sum_llm_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Backend stats of several jobs as one (counts and seconds added, the rate recomputed)."""
+    acc: dict[str, Any] = {}
+    for st in parts:
+        for k, v in (st or {}).items():
+            if k != "tokens_per_second" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                acc[k] = acc.get(k, 0) + v
+    if "seconds" in acc:
+        acc["seconds"] = round(acc["seconds"], 3)
+        acc["tokens_per_second"] = round(acc.get("completion_tokens", 0) / acc["seconds"], 2) if acc["seconds"] > 0 else None
+    return acc
+
+
 class BackendError(PipelineError):
     pass
 

@@ -80,6 +80,34 @@ def api_resource_name(backend: str) -> str:
     return "api_" + re.sub(r"\W", "_", backend)
 
 
+# The keys of the judge section that each member of a panel inherits unless it sets its own.
+JUDGE_MEMBER_KEYS = (
+    "backend",
+    "prompt",
+    "samples",
+    "sampling",
+    "justification_chars",
+    "reasoning_first",
+    "mode",
+    "seed",
+    "max_attempts",
+    "aggregate",
+    "totals",
+)
+
+
+def judge_members(judge: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judges of the panel, each complete: the section's keys under the member's own (its
+    sampling merged key by key). No panel: one judge, the section itself, named "judge"."""
+    members = judge.get("panel") or [{"name": "judge"}]
+    out = []
+    for m in members:
+        full = {k: judge[k] for k in JUDGE_MEMBER_KEYS} | {k: v for k, v in m.items() if k != "sampling"}
+        full["sampling"] = dict(judge["sampling"]) | dict(m.get("sampling") or {})
+        out.append(full)
+    return out
+
+
 def resolve_defaults(cfg: dict[str, Any]) -> None:
     """Defaults that refer to other keys: ``safety.backend: null`` is the CTRS judge's backend."""
     if cfg.get("safety", {}).get("backend") is None:
@@ -99,7 +127,15 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
         if key == "data.generator" and cfg["data"]["source"] != "generate" and max(cfg["rollout"]["positions"]) == 1:
             continue
         out[key] = cfg[sec][field] or cfg["judge"]["backend"]  # safety.backend null: the judge's
+    for m in cfg["judge"].get("panel") or []:
+        if "backend" in m:
+            out[f"judge.panel.{m['name']}.backend"] = m["backend"]
     return out
+
+
+def stage_rules(key: str) -> set[str]:
+    """The rules that call the backend named by a config key (a panel member's: the judge's)."""
+    return STAGE_RULES["judge.backend" if key.startswith("judge.panel.") else key]
 
 
 # The rules that call the backend named by each config key.
@@ -116,7 +152,7 @@ def check_api_keys(cfg: dict[str, Any], rules: set[str] | None = None) -> None:
     in a dry run, so a login node can plan the study without keys). With ``rules`` (the rules of
     the jobs about to run), only the backends those rules call."""
     for key, name in active_backends(cfg).items():
-        if rules is not None and not (STAGE_RULES[key] & rules):
+        if rules is not None and not (stage_rules(key) & rules):
             continue
         env = cfg["backends"][name].get("api_key_env")
         if env and not os.environ.get(env):
@@ -191,6 +227,14 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
     rubric = load_rubric(base / cfg["judge"]["rubric"])
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
     check_template(base / cfg["judge"]["prompt"], "judge.prompt")
+    seen_names: set[str] = set()
+    for k, m in enumerate(cfg["judge"]["panel"]):
+        if m["name"] in seen_names:
+            raise PipelineError(f"config key judge.panel[{k}].name: '{m['name']}' names two judges of the panel")
+        seen_names.add(m["name"])
+        if "prompt" in m:
+            _file(m["prompt"], f"judge.panel[{k}].prompt", base)
+            check_template(base / m["prompt"], f"judge.panel[{k}].prompt")
     prim = cfg["report"]["primary"]
     outcomes = ["total", *(i["id"] for i in rubric["items"])]
     if prim["outcome"] not in outcomes:

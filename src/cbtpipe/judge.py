@@ -22,18 +22,31 @@ from .units import UnitStore, map_units
 log = logging.getLogger("cbtpipe")
 
 
-def score_schema(rubric: dict[str, Any], justification_chars: int) -> dict[str, Any]:
+def score_schema(
+    rubric: dict[str, Any], justification_chars: int, reasoning_first: bool = True, items: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The answer's JSON schema: for each item (all of the rubric's, or ``items``) an object with
+    its score and, when ``justification_chars`` > 0, a justification, first when
+    ``reasoning_first`` (the properties' order is the order the judge writes them in)."""
     props = {}
-    for it in rubric["items"]:
+    for it in items or rubric["items"]:
         # The enum lets llama.cpp's grammar enforce the range (its converter ignores minimum/maximum).
         rng = list(range(it["min"], it["max"] + 1))
-        sub: dict[str, Any] = {"score": {"type": "integer", "minimum": it["min"], "maximum": it["max"], "enum": rng}}
-        req = ["score"]
-        if justification_chars > 0:
-            sub["justification"] = {"type": "string", "maxLength": justification_chars}
-            req.append("justification")
-        props[it["id"]] = {"type": "object", "properties": sub, "required": req, "additionalProperties": False}
+        score = {"type": "integer", "minimum": it["min"], "maximum": it["max"], "enum": rng}
+        why = {"type": "string", "maxLength": justification_chars}
+        if justification_chars <= 0:
+            sub: dict[str, Any] = {"score": score}
+        elif reasoning_first:
+            sub = {"justification": why, "score": score}
+        else:
+            sub = {"score": score, "justification": why}
+        props[it["id"]] = {"type": "object", "properties": sub, "required": list(sub), "additionalProperties": False}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _groups(rubric: dict[str, Any], jcfg: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The items each call rates: all of them at once, or one per call (``mode: per_item``)."""
+    return [[it] for it in rubric["items"]] if jcfg.get("mode") == "per_item" else [rubric["items"]]
 
 
 def render_transcript(session: dict[str, Any]) -> str:
@@ -73,40 +86,53 @@ def _identity(session: dict[str, Any]) -> dict[str, Any]:
 def judge_session(
     session: dict[str, Any], backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path
 ) -> dict[str, Any]:
-    prompt = render_template(
-        template,
-        rubric=rubric,
-        transcript=render_transcript(session),
-        context=session.get("course_context") or "",
-        excerpt=session.get("excerpt"),
-    )
-    schema = score_schema(rubric, jcfg["justification_chars"])
-    messages = [{"role": "user", "content": prompt}]
+    """``jcfg["samples"]`` samples of a session's scores: each one call for every item, or one call
+    per item (``mode: per_item``). An item whose call fails the schema is missing in its sample."""
+    reasoning_first = jcfg.get("reasoning_first", True)
+    calls = []
+    for g in _groups(rubric, jcfg):
+        prompt = render_template(
+            template,
+            rubric=dict(rubric, items=g),
+            transcript=render_transcript(session),
+            context=session.get("course_context") or "",
+            excerpt=session.get("excerpt"),
+            reasoning_first=reasoning_first,
+        )
+        calls.append((g, [{"role": "user", "content": prompt}], score_schema(rubric, jcfg["justification_chars"], reasoning_first, g)))
+    per_item = len(calls) > 1
     samples = []
     for k in range(jcfg["samples"]):
         seed = jcfg["seed"] + 101 * k
-        res = backend.chat_json(messages, schema, sampling=jcfg["sampling"], seed=seed, max_attempts=jcfg["max_attempts"])
-        if res.data is None:
-            scores = {i["id"]: None for i in rubric["items"]}
-            just = {}
-        else:
-            scores = {i["id"]: int(res.data[i["id"]]["score"]) for i in rubric["items"]}
-            just = {i["id"]: res.data[i["id"]].get("justification", "") for i in rubric["items"]}
+        scores: dict[str, int | None] = {}
+        just: dict[str, str] = {}
+        sample = {"sample": k, "seed": seed, "valid": True, "attempts": 0, "refusals": 0, "raw_invalid": [], "errors": []}
+        toks = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+        for gi, (g, messages, schema) in enumerate(calls):
+            res = backend.chat_json(
+                messages, schema, sampling=jcfg["sampling"], seed=seed + 7919 * gi if per_item else seed, max_attempts=jcfg["max_attempts"]
+            )
+            sample["attempts"] += res.attempts
+            sample["refusals"] += res.refusals
+            sample["errors"] += res.errors
+            for t in toks:
+                toks[t] += getattr(res, t)
+            if res.data is None:
+                sample["valid"] = False
+                sample["raw_invalid"] += res.raw
+                scores |= {i["id"]: None for i in g}
+            else:
+                scores |= {i["id"]: int(res.data[i["id"]]["score"]) for i in g}
+                just |= {i["id"]: res.data[i["id"]].get("justification", "") for i in g}
         samples.append(
-            {
-                "sample": k,
-                "seed": seed,
-                "valid": res.data is not None,
-                "attempts": res.attempts,
-                "refusals": res.refusals,
+            sample
+            | {
                 "scores": scores,
                 "justifications": just,
-                "raw_invalid": [] if res.data is not None else res.raw,
-                "errors": res.errors,
                 "total": total_score(scores, rubric, jcfg["totals"]),
-                "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": res.completion_tokens,
-                "seconds": round(res.seconds, 3),
+                "prompt_tokens": toks["prompt_tokens"],
+                "completion_tokens": toks["completion_tokens"],
+                "seconds": round(toks["seconds"], 3),
             }
         )
     items = {i["id"]: aggregate([s["scores"][i["id"]] for s in samples], jcfg["aggregate"]) for i in rubric["items"]}
@@ -117,7 +143,7 @@ def judge_session(
         "total": aggregate([s["total"] for s in samples], jcfg["aggregate"]),
         "valid_samples": sum(s["valid"] for s in samples),
         "rubric": rubric["name"],
-        "prompt_sha256": hash_obj(prompt, 64),
+        "prompt_sha256": hash_obj(calls[0][1][0]["content"] if len(calls) == 1 else [m[0]["content"] for _, m, _ in calls], 64),
     }
 
 
@@ -135,6 +161,82 @@ def unjudged(session: dict[str, Any], rubric: dict[str, Any], transcript_sha: st
     }
 
 
+class _Judge:
+    """One judge's resumable judging: ``one(session)`` gives the session's judged record, from
+    its unit when there is one; ``stats(out)`` sums what the records of a run hold."""
+
+    def __init__(self, backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path, unit_dir: str | Path):
+        key = hash_obj(
+            {
+                "jcfg": jcfg,
+                "rubric": rubric["sha256"],
+                "schema": [
+                    score_schema(rubric, jcfg["justification_chars"], jcfg.get("reasoning_first", True), g) for g in _groups(rubric, jcfg)
+                ],
+                "backend": backend.identity(),
+                "tpl": Path(template).read_text(encoding="utf-8"),
+            }
+        )
+        self.backend, self.rubric, self.jcfg, self.template = backend, rubric, jcfg, template
+        self.store = UnitStore(Path(unit_dir) / key)
+        self.fresh: set[str] = set()  # units judged in this run (the others were read back)
+        self.t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._done = 0
+
+    def one(self, s: dict[str, Any], n_sessions: int = 0) -> dict[str, Any]:
+        transcript_sha = judged_text_sha(s)
+        if not s["messages"]:
+            # Nothing to judge: missing, never a score, and no judge call.
+            return unjudged(s, self.rubric, transcript_sha, "the session has no turns")
+        # A judgement is a unit of the transcript it scores: a session re-run with other content
+        # (a retrained model, another prompt) under the same session id is judged again.
+        uid = f"{s['session_id']}-{transcript_sha[:16]}"
+        j, was_reused = self.store.get_or_make(
+            uid, lambda: judge_session(s, self.backend, self.rubric, self.jcfg, self.template) | {"transcript_sha256": transcript_sha}
+        )
+        with self._lock:
+            self._done += 1
+            n = self._done
+            if not was_reused:
+                self.fresh.add(uid)
+        if not was_reused:
+            log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], self.jcfg["samples"], n, n_sessions)
+        return j
+
+    def stats(self, out: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> dict[str, Any]:
+        n_samples = sum(len(j["samples"]) for j in out)
+        n_valid = sum(j["valid_samples"] for j in out)
+        ptoks = sum(s["prompt_tokens"] for j in out for s in j["samples"])
+        ctoks = sum(s["completion_tokens"] for j in out for s in j["samples"])
+        secs = sum(s["seconds"] for j in out for s in j["samples"])
+        made = [s for j in out if f"{j['session_id']}-{j.get('transcript_sha256', '')[:16]}" in self.fresh for s in j["samples"]]
+        return {
+            "sessions": len(out),
+            "sessions_reused": self.store.reused,
+            "sessions_without_turns": sum(not s["messages"] for s in sessions),
+            "samples": n_samples,
+            "valid_samples": n_valid,
+            "valid_share": n_valid / n_samples if n_samples else None,
+            "prompt_tokens": ptoks,
+            "completion_tokens": ctoks,
+            "judge_seconds": round(secs, 2),
+            "completion_tokens_per_second": round(ctoks / secs, 2) if secs else None,
+            "cost_usd": round(cost_usd(self.backend.spec, ptoks, ctoks), 6),
+            "wall_seconds": round(time.perf_counter() - self.t0, 2),
+            "concurrency": self.backend.parallelism,
+            # this judge's calls in this run (units read back made none)
+            "llm": {
+                "calls": sum(s["attempts"] for s in made),
+                "prompt_tokens": sum(s["prompt_tokens"] for s in made),
+                "completion_tokens": sum(s["completion_tokens"] for s in made),
+                "seconds": round(sum(s["seconds"] for s in made), 3),
+            },
+            "backend": self.backend.name,
+            "unit_dir": str(self.store.root),
+        }
+
+
 def run_judging(
     sessions: list[dict[str, Any]],
     backend: Backend,
@@ -143,64 +245,12 @@ def run_judging(
     template: str | Path,
     unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    key = hash_obj(
-        {
-            "jcfg": jcfg,
-            "rubric": rubric["sha256"],
-            "schema": score_schema(rubric, jcfg["justification_chars"]),
-            "backend": backend.identity(),
-            "tpl": Path(template).read_text(encoding="utf-8"),
-        }
-    )
-    store = UnitStore(Path(unit_dir) / key)
-    t0 = time.perf_counter()
-    lock = threading.Lock()
-    done = [0]
-
-    def one(s: dict[str, Any]) -> dict[str, Any]:
-        transcript_sha = judged_text_sha(s)
-        if not s["messages"]:
-            # Nothing to judge: missing, never a score, and no judge call.
-            return unjudged(s, rubric, transcript_sha, "the session has no turns")
-        # A judgement is a unit of the transcript it scores: a session re-run with other content
-        # (a retrained model, another prompt) under the same session id is judged again.
-        uid = f"{s['session_id']}-{transcript_sha[:16]}"
-        j, was_reused = store.get_or_make(
-            uid, lambda: judge_session(s, backend, rubric, jcfg, template) | {"transcript_sha256": transcript_sha}
-        )
-        with lock:
-            done[0] += 1
-            n = done[0]
-        if not was_reused:
-            log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], jcfg["samples"], n, len(sessions))
-        return j
-
+    """Every session judged by one judge, resumable per session."""
+    judge = _Judge(backend, rubric, jcfg, template, unit_dir)
     # sessions are independent: as many at a time as the judge's backend serves
-    out = map_units(one, sessions, backend.parallelism)
-    empty = sum(not s["messages"] for s in sessions)
-    n_samples = sum(len(j["samples"]) for j in out)
-    n_valid = sum(j["valid_samples"] for j in out)
-    ptoks = sum(s["prompt_tokens"] for j in out for s in j["samples"])
-    ctoks = sum(s["completion_tokens"] for j in out for s in j["samples"])
-    secs = sum(s["seconds"] for j in out for s in j["samples"])
-    stats = {
-        "sessions": len(out),
-        "sessions_reused": store.reused,
-        "sessions_without_turns": empty,
-        "samples": n_samples,
-        "valid_samples": n_valid,
-        "valid_share": n_valid / n_samples if n_samples else None,
-        "prompt_tokens": ptoks,
-        "completion_tokens": ctoks,
-        "judge_seconds": round(secs, 2),
-        "completion_tokens_per_second": round(ctoks / secs, 2) if secs else None,
-        "cost_usd": round(cost_usd(backend.spec, ptoks, ctoks), 6),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "concurrency": backend.parallelism,
-        "llm": backend.stats.as_dict(),  # this run's calls, with the prompt tokens reused from the KV cache
-        "backend": backend.name,
-        "unit_dir": str(store.root),
-    }
+    out = map_units(lambda s: judge.one(s, len(sessions)), sessions, backend.parallelism)
+    stats = judge.stats(out, sessions)
+    stats["llm"] = backend.stats.as_dict()  # with the prompt tokens reused from the KV cache
     return out, stats
 
 
@@ -269,5 +319,90 @@ def run_turn_judging(
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "llm": backend.stats.as_dict(),
         "backend": backend.name,
+    }
+    return out, stats
+
+
+def member_settings(member: dict[str, Any]) -> dict[str, Any]:
+    """What a panel member's judgements depend on (its name and the path of its prompt do not:
+    the prompt's content is part of the unit key)."""
+    return {k: v for k, v in member.items() if k not in ("name", "prompt")}
+
+
+def run_panel(
+    sessions: list[dict[str, Any]],
+    backends: dict[str, Backend],
+    rubric: dict[str, Any],
+    members: list[dict[str, Any]],
+    templates: list[str | Path],
+    unit_dir: str | Path,
+    reducer: str = "mean",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every session judged by every member of the panel (one member: the single judge). Each
+    member's judgements are units of its own settings, so a changed member re-judges alone. A
+    session's record keeps every judge's scores (``judges``, and each sample tagged with its
+    judge); its item scores and total are ``reducer`` over the judges, missing unless every judge
+    gave one."""
+    from .backends import sum_llm_stats
+
+    judges = [
+        (m["name"], _Judge(backends[m["backend"]], rubric, member_settings(m), tpl, unit_dir))
+        for m, tpl in zip(members, templates, strict=True)
+    ]
+    before = {n: b.stats.as_dict() for n, b in backends.items()}
+
+    def one(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        # every judge of a session one after another: judges that share an in-process backend
+        # and a prompt then reuse the transcript's key/value cache instead of reading it again
+        return {name: j.one(s, len(sessions)) for name, j in judges}
+
+    workers = min(b.parallelism for b in backends.values()) if backends else 1
+    by_session = map_units(one, sessions, workers)
+    per = []
+    for name, j in judges:
+        judged = [r[name] for r in by_session]
+        per.append((name, judged, j.stats(judged, sessions)))
+        log.info("judge %s: %d of %d samples valid", name, per[-1][2]["valid_samples"], per[-1][2]["samples"])
+
+    def reduce(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else aggregate(values, reducer)
+
+    out = []
+    for i in range(len(sessions)):
+        recs = {name: judged[i] for name, judged, _ in per}
+        first = next(iter(recs.values()))
+        rec = {k: v for k, v in first.items() if k not in ("samples", "item_scores", "total", "valid_samples", "prompt_sha256")}
+        rec["judges"] = {
+            name: {k: r.get(k) for k in ("item_scores", "total", "valid_samples", "prompt_sha256")} | {"samples": len(r["samples"])}
+            for name, r in recs.items()
+        }
+        rec["samples"] = [dict(s, judge=name) for name, r in recs.items() for s in r["samples"]]
+        rec["item_scores"] = {i["id"]: reduce([r["item_scores"][i["id"]] for r in recs.values()]) for i in rubric["items"]}
+        rec["total"] = reduce([r["total"] for r in recs.values()])
+        rec["valid_samples"] = sum(r["valid_samples"] for r in recs.values())
+        out.append(rec)
+    stats_list = [st for _, _, st in per]
+    n_samples = sum(st["samples"] for st in stats_list)
+    n_valid = sum(st["valid_samples"] for st in stats_list)
+    stats = {
+        "sessions": len(out),
+        "sessions_without_turns": stats_list[0]["sessions_without_turns"] if stats_list else 0,
+        "samples": n_samples,
+        "valid_samples": n_valid,
+        "valid_share": n_valid / n_samples if n_samples else None,
+        "prompt_tokens": sum(st["prompt_tokens"] for st in stats_list),
+        "completion_tokens": sum(st["completion_tokens"] for st in stats_list),
+        "judge_seconds": round(sum(st["judge_seconds"] for st in stats_list), 2),
+        "cost_usd": round(sum(st["cost_usd"] for st in stats_list), 6),
+        "wall_seconds": round(sum(st["wall_seconds"] for st in stats_list), 2),
+        "panel_reducer": reducer,
+        "judges": {name: st for name, _, st in per},
+        # every backend's calls in this run (a plan's measured rates read these)
+        "llm": sum_llm_stats(
+            [b.stats.as_dict() for b in backends.values()]
+            + [{k: -v for k, v in before[n].items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for n in backends]
+        ),
+        "backend": ",".join(dict.fromkeys(m["backend"] for m in members)),
+        "sessions_reused": min((st["sessions_reused"] for st in stats_list), default=0),
     }
     return out, stats

@@ -135,6 +135,12 @@ def profile_runtimes(path: str | Path) -> dict[str, int]:
     return out
 
 
+def _rubric_items(path: Path) -> list[Any]:
+    import yaml
+
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("items") or []
+
+
 def _design(cfg: dict[str, Any]) -> dict[str, Any]:
     """What the paired design can detect: the minimum detectable d_z of the primary test for the
     configured number of evaluation patients (the pairs of the paired tests)."""
@@ -178,7 +184,8 @@ def build_plan(
 
     def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note, units_per_job=None):
         spec = backends.get(backend, {})
-        measured = rates.get(stage)
+        base_stage = stage.split(" (")[0]  # "judge (name)": a judge of a panel
+        measured = rates.get(base_stage)
         if measured:
             prompt_tok, completion_tok = measured["prompt_tokens"], measured["completion_tokens"]
         api = spec.get("type") == "openai"
@@ -193,7 +200,7 @@ def build_plan(
             lanes = min(lanes, api_limits[backend])
         cost = cost_usd(spec, calls * prompt_tok, calls * completion_tok)
         job_hours = calls / max(1, jobs) * per_call / conc / 3600
-        runtime_min = runtimes.get(stage)
+        runtime_min = runtimes.get(base_stage)
         rows.append(
             {
                 "stage": stage,
@@ -257,18 +264,26 @@ def build_plan(
         len(models) * len(arms) * shards * variants,
         f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
     )
-    rubric_tok = _chars(base / j["rubric"]) / 4 + _chars(base / j["prompt"]) / 4
-    judge_calls = sessions * j["samples"]
-    row(
-        "judge",
-        j["backend"],
-        judge_calls,
-        judge_calls * j["max_attempts"],
-        rubric_tok + transcript_tok,
-        min(j["sampling"]["max_tokens"], 40 + 11 * (10 + j["justification_chars"] / 4)),
-        len(models) * len(arms) * shards * variants,
-        f"CTRS: {sessions} sessions x {j['samples']} samples",
-    )
+    from .config import judge_members
+
+    members = judge_members(j)
+    n_items = len(_rubric_items(base / j["rubric"]))
+    for m in members:
+        per_item = m["mode"] == "per_item"
+        calls_each = n_items if per_item else 1
+        rubric_tok = _chars(base / j["rubric"]) / 4 / (n_items if per_item else 1) + _chars(base / m["prompt"]) / 4
+        judge_calls = sessions * m["samples"] * calls_each
+        answer_tok = (40 if not per_item else 10) + (1 if per_item else n_items) * (10 + m["justification_chars"] / 4)
+        row(
+            "judge" if len(members) == 1 else f"judge ({m['name']})",
+            m["backend"],
+            judge_calls,
+            judge_calls * m["max_attempts"],
+            rubric_tok + transcript_tok,
+            min(m["sampling"]["max_tokens"], answer_tok),
+            len(models) * len(arms) * shards * variants,
+            f"CTRS: {sessions} sessions x {m['samples']} samples" + (f" x {n_items} items (one call each)" if per_item else ""),
+        )
     s = cfg["safety"]
     srub = load_safety_rubric(base / s["rubric"])
     per = safety_calls_per_session(srub, _at_risk_share(cfg), s["timing"])

@@ -2,16 +2,19 @@
 behind a proxy that adds a provider's latency and its faults (429 with Retry-After, 503), and the
 pipeline's own generation and judging code run against it at several concurrency levels.
 
-Each llama-server has one slot and the proxy sends every request to the server chosen by the
-request's content (with llama.cpp's prompt cache off), so an answer never depends on what else was
-in flight: the outputs of every concurrency level must be byte-identical. The proxy counts the
-requests in flight, so the bound that ``concurrency`` promises is observed, not assumed.
+Each llama-server has one slot and llama.cpp's prompt cache off, and all run the same model with
+the same settings on the same CPU, so a request gets the same answer from any of them and never
+depends on what else was in flight: the proxy sends it to the least busy server, and the outputs
+of every concurrency level must be byte-identical. The proxy counts the requests in flight, so the
+bound that ``concurrency`` promises is observed, not assumed, and adds up the servers' own compute
+time (llama.cpp's ``timings``), which bounds what any concurrency can gain on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import tempfile
 import threading
@@ -19,8 +22,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-from .io import hash_obj
 
 
 class FaultProxy:
@@ -37,6 +38,8 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.inflight = self.max_inflight = self.requests = self.faults = 0
+        self.compute_s = 0.0  # the servers' prompt and generation time, from their timings
+        self._busy = [0] * len(upstreams)
         self._client = httpx.Client(timeout=600)
         outer = self
 
@@ -59,8 +62,18 @@ class FaultProxy:
                         code = 429 if outer.faults % 2 else 503
                         answer = (code, b'{"error": "overloaded"}', {"Retry-After": "1"} if code == 429 else {})
                     else:
-                        up = outer.upstreams[int(hash_obj([body.get("messages"), body.get("seed")], 8), 16) % len(outer.upstreams)]
-                        r = outer._client.post(up + "/v1/chat/completions", json=dict(body, cache_prompt=False))
+                        with outer._lock:  # the least busy server (any gives the same answer)
+                            k = min(range(len(outer.upstreams)), key=lambda i: (outer._busy[i], i))
+                            outer._busy[k] += 1
+                        try:
+                            r = outer._client.post(outer.upstreams[k] + "/v1/chat/completions", json=dict(body, cache_prompt=False))
+                        finally:
+                            with outer._lock:
+                                outer._busy[k] -= 1
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            t = r.json()["timings"]
+                            with outer._lock:
+                                outer.compute_s += (t.get("prompt_ms", 0) + t.get("predicted_ms", 0)) / 1000
                         answer = (r.status_code, r.content, {})
                 finally:
                     # out of flight before the answer goes out: the client may send its next
@@ -85,6 +98,7 @@ class FaultProxy:
     def reset(self) -> None:
         with self._lock:
             self.max_inflight = self.requests = self.faults = 0
+            self.compute_s = 0.0
 
     def __enter__(self):
         self._thread.start()
@@ -160,8 +174,8 @@ def rehearse(
         "exchanges_min": 1,
         "exchanges_max": 1,
         "turn_chars_min": 1,
-        "turn_chars_max": 40,
-        "summary_chars_max": 40,
+        "turn_chars_max": 24,
+        "summary_chars_max": 24,
         "max_attempts": 3,
         "sampling": {"temperature": 0.8, "max_tokens": 320},
     }
@@ -173,7 +187,7 @@ def rehearse(
     # latency), not the tiny model's compute on a few CPU cores.
     tpl = work / "session.j2"
     tpl.write_text(
-        "Write session {{ session_index }} of {{ n_sessions }} of CBT for this patient: {{ patient[:300] }}\n"
+        "Write session {{ session_index }} of {{ n_sessions }} of CBT for this patient: {{ patient[:120] }}\n"
         '{% if risk or phase or summaries %}{% endif %}Answer in JSON: "exchanges" ({{ exchanges_min }} to {{ exchanges_max }} '
         'items, each a therapist turn and the patient\'s reply), "closing", "summary" and "homework", each one short sentence.\n',
         encoding="utf-8",
@@ -224,6 +238,7 @@ def rehearse(
                     "requests_seen": proxy.requests,
                     "faults_injected": proxy.faults,
                     "max_in_flight": proxy.max_inflight,
+                    "server_compute_seconds": round(proxy.compute_s, 2),
                     "prompt_tokens_per_call": round(b.stats.prompt_tokens / max(1, b.stats.calls), 1),
                     "completion_tokens_per_call": round(b.stats.completion_tokens / max(1, b.stats.calls), 1),
                 }
@@ -232,6 +247,17 @@ def rehearse(
             outputs[c] = out
             results["levels"][c] = row
     base = levels[0]
+    # what no concurrency can beat here: the servers' compute spread over the machine's cores
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    results["settings"]["cpu_cores"] = cores
+    results["ceiling"] = {
+        stage: round(
+            results["levels"][base][stage]["wall_seconds"]
+            / max(1e-9, results["levels"][base][stage]["server_compute_seconds"] / min(cores, servers)),
+            2,
+        )
+        for stage in ("generation", "judging")
+    }
     results["identical_outputs"] = all(json.dumps(outputs[c], sort_keys=True) == json.dumps(outputs[base], sort_keys=True) for c in levels)
     results["speedup"] = {
         stage: {c: round(results["levels"][base][stage]["wall_seconds"] / results["levels"][c][stage]["wall_seconds"], 2) for c in levels}

@@ -116,18 +116,23 @@ def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -
     _save(fig, outdir / "items_heatmap")
     figs["items"] = "items_heatmap.png"
 
-    # 4. judge reliability
-    rel = stats["reliability"]
+    # 4. agreement: within each judge across its samples, and between the judges of a panel
+    rel, ij = stats["reliability"], stats.get("inter_judge") or {}
     keys = [*items, "total"]
-    vals = [rel[k]["icc2_1"] if rel[k]["icc2_1"] is not None else np.nan for k in keys]
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(keys) + 1.5), 3.2))
-    ax.bar(range(len(keys)), np.nan_to_num(vals), color=["tab:purple" if np.isfinite(v) else "lightgray" for v in vals])
-    ax.axhspan(0.3, 0.6, color="tab:orange", alpha=0.15, label="human raters, items (about .3-.6)")
+    series = [(f"within {j}", r) for j, r in rel.items()] + ([("between judges", ij)] if ij else [])
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(keys) + 1.5), 3.4))
+    lows = [0.0]
+    for n, (label, r) in enumerate(series):
+        vals = np.array([r[k]["icc2_1"] if r.get(k, {}).get("icc2_1") is not None else np.nan for k in keys], float)
+        lows.append(np.nanmin(vals) if np.isfinite(vals).any() else 0.0)
+        ax.bar(np.arange(len(keys)) + n * width - 0.4 + width / 2, np.nan_to_num(vals), width, label=label)
     ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("ICC(2,1) across judge samples")
-    ax.set_ylim(min(-0.2, np.nanmin(vals) if np.isfinite(vals).any() else 0), 1)
+    ax.set_ylabel("ICC(2,1)")
+    ax.set_ylim(min(-0.2, *lows), 1)
+    ax.axhline(0, color="black", lw=0.5)
     ax.legend(fontsize=7)
-    ax.set_title("Within-judge consistency across samples (grey: undefined)")
+    ax.set_title("Agreement: each judge with itself across samples, and between judges")
     _save(fig, outdir / "reliability")
     figs["reliability"] = "reliability.png"
     return figs
@@ -257,7 +262,6 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             row[0] = f"{name} (primary)" if name == prim["contrast"] else f"{name} (secondary)"
     ours = {d["model"]: d for d in st["descriptives"] if d["arm"] == "cbt"}
     bm = st["between_models"]
-    rel = st["reliability"]
     ha = st.get("human_agreement")
     js = ctx["judge_stats"]
     parity = [
@@ -441,6 +445,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         ],
         "reliability": [
             [
+                judge,
                 k,
                 rel[k]["n"],
                 rel[k]["k"],
@@ -452,11 +457,18 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 _ci(rel[k].get("kripp_ci")),
                 _notes(rel[k]),
             ]
+            for judge, rel in st["reliability"].items()
             for k in [*items, "total"]
+        ],
+        "inter_judge": [
+            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v.get("kripp_alpha")), _ci(v.get("kripp_ci")), _notes(v)]
+            for k in [*items, "total"]
+            if (v := (st.get("inter_judge") or {}).get(k))
         ],
         "human": [
             [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v.get("kripp_alpha")), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)]
-            for k, v in ha["items"].items()
+            for k in [*items, "total"]
+            if (v := ha["items"].get(k))
         ]
         if ha
         else [],
@@ -660,6 +672,10 @@ def plan_view(ctx: dict[str, Any]) -> list[list[Any]]:
         "generation": llm_sum([ctx.get("gen_stats")]),
         "eval_history": llm_sum([ctx.get("eval_history")]),
         "judge": llm_sum(ctx.get("judge_stats", [])),
+        **{
+            f"judge ({name})": llm_sum([s["judges"][name] for s in ctx.get("judge_stats", []) if name in (s.get("judges") or {})])
+            for name in {n for s in ctx.get("judge_stats", []) for n in (s.get("judges") or {})}
+        },
         "safety": llm_sum(ctx.get("safety_stats", [])),
         "rollout": {
             "calls": sum(s.get("turns", 0) for s in rs) / 2,

@@ -43,6 +43,7 @@ RESERVED_COLUMNS = frozenset(
         "samples",
         "valid_samples",
         "total",
+        "judge",
         "judge_sample",
         "valid",
         "item",

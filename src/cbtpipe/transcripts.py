@@ -194,25 +194,14 @@ def run_generation(
     return sessions, stats
 
 
-def sum_llm_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Backend stats of several jobs as one (counts and seconds added, the rate recomputed)."""
-    acc: dict[str, Any] = {}
-    for st in parts:
-        for k, v in (st or {}).items():
-            if k != "tokens_per_second" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                acc[k] = acc.get(k, 0) + v
-    if "seconds" in acc:
-        acc["seconds"] = round(acc["seconds"], 3)
-        acc["tokens_per_second"] = round(acc.get("completion_tokens", 0) / acc["seconds"], 2) if acc["seconds"] > 0 else None
-    return acc
-
-
 def gather_generation(
     parts: list[tuple[list[dict[str, Any]], dict[str, Any]]], profiles: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The shards of a generation (sessions, stats) as one: sessions in the order of ``profiles``
     (each patient's sessions in course order), so the output is the same for any number of shards
     and the same as a run in one job."""
+    from .backends import sum_llm_stats
+
     order = {p["id"]: i for i, p in enumerate(profiles)}
     by_patient: dict[str, list[dict[str, Any]]] = {}
     owner: dict[str, int] = {}
