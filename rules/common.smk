@@ -86,6 +86,12 @@ def generation_settings():
     return settings("data", "prompts", "system_prompt", "import_path", "shards")
 
 
+def comparison_settings():
+    """The report keys a comparison's tests read (the others, such as the ratings to import or
+    the primary endpoint, do not change it)."""
+    return {k: config["report"][k] for k in ("alpha", "bootstrap")}
+
+
 def course_settings():
     """The course an evaluation session's position belongs to (its length and phases)."""
     d = config["data"]

@@ -74,7 +74,7 @@ rule ablation_statistics:
         "../envs/stats.yaml"
     params:
         ablations=config["rollout"]["ablations"],
-        report=settings("report", "human_ratings"),
+        report=comparison_settings(),
         seed=config["seed"],
     script:
         "../scripts/ablation_statistics.py"

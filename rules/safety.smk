@@ -86,7 +86,7 @@ rule safety_statistics:
         "../envs/stats.yaml"
     params:
         refusal_patterns=config["safety"]["refusal_patterns"],
-        report=settings("report", "human_ratings"),
+        report=comparison_settings(),
         seed=config["seed"],
     script:
         "../scripts/safety_statistics.py"

@@ -84,6 +84,9 @@ def test_schema_refuses_bad_keys(mutate, message):
         (lambda c: c["rollout"].update(quantization="Q8_0"), "rollout.quantization"),
         (lambda c: c["report"]["primary"].update(outcome="agendaa"), "report.primary.outcome: 'agendaa' is not total or an item"),
         (lambda c: c["report"]["primary"].update(contrast="gpt"), "report.primary.contrast: 'gpt' is neither pooled nor a model"),
+        (lambda c: c["judge"].update(panel=[{"name": "a"}, {"name": "a"}]), r"judge.panel\[1\].name: 'a' names two judges"),
+        (lambda c: c["judge"].update(panel=[{"name": "a", "backend": "nope"}]), "config key judge.panel.a.backend: unknown backend 'nope'"),
+        (lambda c: c["judge"].update(panel=[{"name": "a", "prompt": "nope.j2"}]), r"judge.panel\[0\].prompt: file nope.j2 does not exist"),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, message):

@@ -384,9 +384,11 @@ def mixed_arm_by_model(
     if len(models) < 2 or len(arms) < 2 or ref_arm not in set(df["arm"]):
         res["notes"].append(f"needs at least two models and the {ref_arm} arm beside another")
         return res
-    if res["n_patients"] < 3:
-        res["notes"].append("needs at least 3 patients")
+    if res["n_patients"] < 2:
+        res["notes"].append("needs at least 2 patients")
         return res
+    if res["n_patients"] < 5:
+        res["notes"].append(f"{res['n_patients']} patients: the patient variance, and with it every standard error, is poorly estimated")
     df["model"] = pd.Categorical(df["model"], categories=models)
     df["arm"] = pd.Categorical(df["arm"], categories=arms)
     with warnings.catch_warnings(record=True) as caught:

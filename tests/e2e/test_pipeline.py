@@ -54,7 +54,7 @@ def test_report_content(ci_run):
         by_patient.setdefault(r["patient_id"], set()).add(r["arm"])
     assert by_patient and all(v == {"instruct", "cbt"} for v in by_patient.values())
     m = re.search(r"Judge samples: (\d+), valid answers: (\d+)", md)
-    assert m and int(m.group(1)) == 2 * 2 * 2 * 2  # patients x positions x arms x samples
+    assert m and int(m.group(1)) == 2 * 2 * 2 * (2 + 1)  # patients x positions x arms x samples of the two judges
     assert int(m.group(2)) >= 1
     for section in (
         "CBT-tuned versus instruct",
@@ -67,8 +67,21 @@ def test_report_content(ci_run):
         "Published figures",
         "By course position",
         "Session length and how sessions ended",
+        "Does the gain from tuning depend on the model? (mixed model, secondary)",
     ):
         assert f"## {section}" in md
+    # the declared primary endpoint, the others secondary; the panel's agreement between judges
+    assert "Primary endpoint (config key report.primary, declared before the run): the CTRS total" in md
+    assert "| pooled (primary) |" in md and "| smollm2-135m (secondary) |" in md
+    assert "Inter-judge agreement: the 2 judges of the panel (sampled, greedy)" in md
+    stats0 = json.loads((ci_run / "results/report/statistics.json").read_text())
+    assert set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 8
+    assert [g["sessions"] for g in stats0["missing"]["by_group"]] == [4, 4]
+    judged = _jsonl(ci_run / "results/judge/smollm2-135m/cbt/shard00.jsonl")
+    for j in judged:
+        assert set(j["judges"]) == {"sampled", "greedy"} and len(j["samples"]) == 3
+        t = [j["judges"][n]["total"] for n in ("sampled", "greedy")]
+        assert j["total"] == (None if None in t else pytest.approx(sum(t) / 2))
     assert not re.search(r"\bnan\b", md, re.I), "the report prints NaN"
     assert html.count("data:image/png;base64,") >= 4
     stats = json.loads((ci_run / "results/report/statistics.json").read_text())
@@ -86,7 +99,8 @@ def test_safety_comes_first_and_compares_the_arms(ci_run):
     sections = re.findall(r"^## (.+)$", md, re.M)
     assert sections[0] == "Safety around suicide risk" and "Summary" in sections[1:]
     assert "## Deviations from the study\n\n- Every role" in md
-    assert "## Plan and actual use" in md and "| judge | tiny | 16 | " in md  # planned: 8 sessions x 2 samples
+    # planned: 8 sessions x 2 samples for one judge of the panel, x 1 for the other
+    assert "## Plan and actual use" in md and "| judge (sampled) | tiny | 16 | " in md and "| judge (greedy) | tiny | 8 | " in md
     assert "not a clinical instrument" in md and "they are noise" in md
     profiles = _jsonl(ci_run / "results/profiles/eval.jsonl")
     assert sorted(p["risk"]["level"] for p in profiles) == ["low", "none"]
@@ -202,3 +216,68 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
     tw = json.loads((wd / "results/report/turn_windows.json").read_text())
     assert tw["excerpts"] == 2 * len(sessions) and len(tw["groups"]) == 3
     assert "Per-turn scores against context" in md
+
+
+def test_the_rating_packet_is_blind_and_comes_back_into_the_report(ci_run, tmp_path):
+    """The default rule set writes a blinded packet from the run's sessions; a filled copy of its
+    CSV template, given as report.packet_ratings, comes back as judge-human agreement."""
+    import yaml
+
+    from tests.helpers.workdir import clone_workdir, dry_run_jobs
+
+    html = (ci_run / "results/rating_packet/packet.html").read_text()
+    template = (ci_run / "results/rating_packet/ratings_template.csv").read_text()
+    key = list(csv.DictReader((ci_run / "results/rating_key/key.csv").read_text().splitlines()))
+    assert len(key) == 8 and {(k["model"], k["arm"]) for k in key} == {("smollm2-135m", "instruct"), ("smollm2-135m", "cbt")}
+    sessions = [s for arm in ("instruct", "cbt") for s in _jsonl(ci_run / f"results/rollouts/smollm2-135m/{arm}/shard00.jsonl")]
+    for text in (html, template):
+        low = text.lower()
+        assert "smollm" not in low and "instruct" not in low and "q4_k_m" not in low
+        assert not any(s["session_id"] in text or s["patient_id"] in text for s in sessions)
+    wd = clone_workdir(ci_run, tmp_path / "wd")
+    rows = list(csv.DictReader(template.splitlines()))
+    for k, r in enumerate(rows):
+        r["score"], r["rater"] = str(k % 5), "rater A"
+    with (wd / "filled.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
+    cfg["report"]["packet_ratings"] = "filled.csv"
+    (wd / "rated.yaml").write_text(yaml.safe_dump(cfg))
+    assert dry_run_jobs(wd, "rated.yaml") == {"statistics": 1, "report": 1, "all": 1}
+    r = run_snakemake(wd, "--cores", "2", "--configfile", "rated.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    stats = json.loads((wd / "results/report/statistics.json").read_text())
+    ha = stats["human_agreement"]
+    assert ha["items"]["agenda"]["n"] == 8 and ha["items"]["total"]["n"] == 8 and not ha["unknown_sessions"]
+    md = (wd / "results/report/report.md").read_text()
+    assert "Judge-human agreement per item:" in md and re.search(r"^\| total \| 8 \|", md, re.M)
+
+
+def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_path):
+    """A second model entry (the same base under another LoRA setting) beside the CI run's: only
+    its own jobs run, and the between-model tests and the arm x model mixed model come out."""
+    import yaml
+
+    from tests.helpers.workdir import clone_workdir
+
+    wd = clone_workdir(ci_run, tmp_path / "wd")
+    cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
+    second = dict(cfg["models"]["smollm2-135m"], training={"rank": 4, "alpha": 8})
+    cfg["models"]["smollm2-135m-r4"] = second
+    (wd / "two.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_snakemake(wd, "--cores", "2", "--configfile", "two.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = r.stdout + r.stderr
+    assert "rule train:" in out and "wildcards: model=smollm2-135m-r4" in out
+    assert not re.search(r"rule (rollout|judge|train):\n(?:.*\n){0,6}?\s+wildcards: model=smollm2-135m,", out)  # the first model is kept
+    stats = json.loads((wd / "results/report/statistics.json").read_text())
+    assert stats["models"] == ["smollm2-135m", "smollm2-135m-r4"]
+    bm = stats["between_models"]
+    assert "note" not in bm and len(bm["patients"]) == 2 and len(bm["pairwise"]) == 1
+    mm = stats["mixed_model"]
+    assert mm["n_patients"] == 2 and mm["interaction"]["df"] == 1 and len(mm["emm"]) == 4
+    assert {e["model"] for e in mm["arm_effects"]} == {"smollm2-135m", "smollm2-135m-r4", "average over models"}
+    md = (wd / "results/report/report.md").read_text()
+    assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md

@@ -129,6 +129,8 @@ STEPS = [
         None,
     ),
     ("judge section", _cfg("judge.samples", 3), JUDGE_BOTH, False, None),
+    # one judge of the panel: the judge jobs run again, and only that judge's units are new (test_panel)
+    ("one judge of the panel", _cfg("judge.panel", [{"name": "sampled"}, {"name": "greedy", "samples": 2}]), JUDGE_BOTH, False, None),
     ("rubric", _edit("resources/rubrics/ctrs_modified.yaml", "0: No agenda is set.", "0: No agenda at all."), JUDGE_BOTH, False, None),
     ("rollout section", _cfg("rollout.max_turns", 5), ROLLOUT_BOTH, False, None),
     ("backends section", _cfg("backends.tiny.n_ctx", 3072), {**FROM_TRANSCRIPTS, "eval_history": 1, **ROLLOUT_BOTH}, False, None),
