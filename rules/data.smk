@@ -120,8 +120,6 @@ rule dataset:
         system_prompt=config["data"]["system_prompt"],
         context=PROMPTS["context"],
         val="results/profiles/val.jsonl",
-        tokenizers=expand("results/models/{model}/instruct/hf", model=MODELS),
-        layouts=expand("results/models/{model}/chat_layout.json", model=MODELS),
     output:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
@@ -141,7 +139,27 @@ rule dataset:
         opening=config["rollout"]["opening_message"],
         n_val=config["profiles"]["n_val"],
         seed=config["seed"],
-        max_length={m: model_training_cfg(config, m)["max_length"] for m in MODELS},
-        models=MODELS,
     script:
         "../scripts/dataset.py"
+
+
+# Token counts of the chat dataset under each model's tokenizer and chat layout: per model, so
+# that adding a model leaves the others' datasets, training and exports as they are.
+
+
+rule token_stats:
+    input:
+        train="results/data/train.jsonl",
+        val="results/data/val.jsonl",
+        tokenizer="results/models/{model}/instruct/hf",
+        layout="results/models/{model}/chat_layout.json",
+    output:
+        stats="results/data/{model}/token_stats.json",
+    log:
+        "logs/data/token_stats-{model}.log",
+    conda:
+        "../envs/training.yaml"
+    params:
+        max_length=lambda wc: model_training_cfg(config, wc.model)["max_length"],
+    script:
+        "../scripts/token_stats.py"

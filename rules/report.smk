@@ -127,6 +127,7 @@ rule report:
         ),
         training=expand("results/training/{model}/metrics.json", model=MODELS),
         data_stats="results/data/dataset_stats.json",
+        token_stats=expand("results/data/{model}/token_stats.json", model=MODELS),
         gen_stats="results/data/generation_stats.json",
         rollout_stats=expand(
             "results/rollouts/{model}/{arm}/shard{shard}.stats.json",
@@ -170,6 +171,7 @@ rule report:
         "../envs/stats.yaml"
     params:
         config=config,
+        models=MODELS,
         benchmarks="benchmarks",
     script:
         "../scripts/report.py"

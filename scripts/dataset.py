@@ -1,15 +1,14 @@
-"""Snakemake entry: chat-format train / validation JSONL split by patient, with token statistics."""
+"""Snakemake entry: chat-format train / validation JSONL split by patient (the same for every
+model; token_stats counts tokens per model)."""
 
 from pathlib import Path
 
 from cbtpipe.course import training_context
-from cbtpipe.dataset import split_by_patient, to_chat, token_stats
-from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
+from cbtpipe.dataset import split_by_patient, to_chat
+from cbtpipe.io import read_jsonl, write_json, write_jsonl
 from cbtpipe.rule import entry
 
 with entry(snakemake, "dataset") as log:
-    from transformers import AutoTokenizer
-
     p = snakemake.params
     sessions = read_jsonl(snakemake.input.transcripts)
     system = Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip()
@@ -32,15 +31,8 @@ with entry(snakemake, "dataset") as log:
     stats = {
         "train_patients": sorted({r["patient_id"] for r in train_rows}),
         "val_patients": sorted({r["patient_id"] for r in val_rows}),
-        "per_model": {},
+        "train_sessions": len(train_rows),
+        "val_sessions": len(val_rows),
     }
-    for model, tok_dir, layout_path in zip(p.models, snakemake.input.tokenizers, snakemake.input.layouts, strict=True):
-        tok = AutoTokenizer.from_pretrained(tok_dir)
-        layout = read_json(layout_path)
-        stats["per_model"][model] = {
-            "chat_layout": layout["system"],
-            "train": token_stats(train_rows, tok, p.max_length[model], layout),
-            "val": token_stats(val_rows, tok, p.max_length[model], layout),
-        }
     write_json(snakemake.output.stats, stats)
     log.info("dataset: %d train / %d val sessions", len(train_rows), len(val_rows))

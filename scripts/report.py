@@ -28,7 +28,9 @@ with entry(snakemake, "report") as log:
         "parity": load_many(inp.parity),
         "provenance_models": prov_models,
         "gen_stats": read_json(inp.gen_stats),
-        "data_stats": read_json(inp.data_stats),
+        # the dataset's split, with each model's token counts (token_stats, per model)
+        "data_stats": read_json(inp.data_stats)
+        | {"per_model": {m: read_json(f) for m, f in zip(snakemake.params.models, inp.token_stats, strict=True)}},
         "eval_history": read_json(inp.eval_history),
         "safety": read_json(inp.safety),
         "safety_stats": load_many(inp.safety_stats),

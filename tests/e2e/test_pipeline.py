@@ -269,9 +269,19 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     (wd / "two.yaml").write_text(yaml.safe_dump(cfg))
     r = run_snakemake(wd, "--cores", "2", "--configfile", "two.yaml")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    out = r.stdout + r.stderr
-    assert "rule train:" in out and "wildcards: model=smollm2-135m-r4" in out
-    assert not re.search(r"rule (rollout|judge|train):\n(?:.*\n){0,6}?\s+wildcards: model=smollm2-135m,", out)  # the first model is kept
+    # the first model's jobs did not run again: the dataset is the same for every model, and only
+    # the new model's token counts, training, exports, sessions and judgements were made
+    for rel in [
+        "results/data/train.jsonl",
+        "results/training/smollm2-135m/metrics.json",
+        "results/gguf/smollm2-135m/cbt/smollm2-135m-cbt-Q4_K_M.gguf",
+        *(f"results/{f}/smollm2-135m/{arm}/shard00.jsonl" for f in ("rollouts", "judge", "safety") for arm in ("instruct", "cbt")),
+    ]:
+        assert (wd / rel).stat().st_mtime_ns == (ci_run / rel).stat().st_mtime_ns or (wd / rel).read_bytes() == (
+            ci_run / rel
+        ).read_bytes(), rel
+    jobs = re.findall(r"rule (\w+):\n(?:.*\n){0,8}?\s+wildcards: model=([\w.-]+)", r.stdout + r.stderr)
+    assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4"}, sorted(set(jobs))
     stats = json.loads((wd / "results/report/statistics.json").read_text())
     assert stats["models"] == ["smollm2-135m", "smollm2-135m-r4"]
     bm = stats["between_models"]

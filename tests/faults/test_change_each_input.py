@@ -45,14 +45,14 @@ CBT_ARM = {
     **AFTER_JUDGE,
 }
 FROM_TRAIN = {"train": 1, **CBT_ARM}
-FROM_DATASET = {"dataset": 1, **FROM_TRAIN}
+FROM_DATASET = {"dataset": 1, "token_stats": 1, **FROM_TRAIN}
 # config/ci.yaml generates in two shards (data.shards), which one local job gathers
 FROM_TRANSCRIPTS = {"transcripts": 2, "gather_transcripts": 1, **FROM_DATASET}
 FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2, "safety": 2}
 FROM_IMPORT = {
     "import_model": 1,
     "chat_layout": 1,
-    "dataset": 1,
+    "token_stats": 1,  # the dataset is the same for every model: only its token counts change
     "train": 1,
     "merge": 1,
     "convert_gguf": 2,
