@@ -30,7 +30,8 @@ CFG = "changes.yaml"
 AFTER_JUDGE = {"scores": 1, "statistics": 1, "report": 1, "all": 1}
 # the safety statistics read the CTRS judgements too (for the judge's refusals)
 JUDGE_BOTH = {"judge": 2, "safety_statistics": 1, **AFTER_JUDGE}
-ROLLOUT_BOTH = {"rollout": 2, "safety": 2, **JUDGE_BOTH}
+# the blinded rating packet is drawn from the sessions: new sessions, a new packet
+ROLLOUT_BOTH = {"rollout": 2, "safety": 2, "rating_packet": 1, **JUDGE_BOTH}
 SAFETY = {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}
 FROM_EVAL_PROFILES = {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH}
 CBT_ARM = {
@@ -42,6 +43,7 @@ CBT_ARM = {
     "judge": 1,
     "safety": 1,
     "safety_statistics": 1,
+    "rating_packet": 1,
     **AFTER_JUDGE,
 }
 FROM_TRAIN = {"train": 1, **CBT_ARM}
@@ -131,7 +133,14 @@ STEPS = [
     ("judge section", _cfg("judge.samples", 3), JUDGE_BOTH, False, None),
     # one judge of the panel: the judge jobs run again, and only that judge's units are new (test_panel)
     ("one judge of the panel", _cfg("judge.panel", [{"name": "sampled"}, {"name": "greedy", "samples": 2}]), JUDGE_BOTH, False, None),
-    ("rubric", _edit("resources/rubrics/ctrs_modified.yaml", "0: No agenda is set.", "0: No agenda at all."), JUDGE_BOTH, False, None),
+    # the rating packet shows the rubric's items and anchors
+    (
+        "rubric",
+        _edit("resources/rubrics/ctrs_modified.yaml", "0: No agenda is set.", "0: No agenda at all."),
+        {"rating_packet": 1, **JUDGE_BOTH},
+        False,
+        None,
+    ),
     ("rollout section", _cfg("rollout.max_turns", 5), ROLLOUT_BOTH, False, None),
     ("backends section", _cfg("backends.tiny.n_ctx", 3072), {**FROM_TRANSCRIPTS, "eval_history": 1, **ROLLOUT_BOTH}, False, None),
     ("seed", _cfg("seed", 99), FROM_DATASET, False, None),
