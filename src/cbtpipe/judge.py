@@ -350,6 +350,7 @@ def run_panel(
         for m, tpl in zip(members, templates, strict=True)
     ]
     before = {n: b.stats.as_dict() for n, b in backends.items()}
+    t0 = time.perf_counter()
 
     def one(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
         # every judge of a session one after another: judges that share an in-process backend
@@ -394,7 +395,8 @@ def run_panel(
         "completion_tokens": sum(st["completion_tokens"] for st in stats_list),
         "judge_seconds": round(sum(st["judge_seconds"] for st in stats_list), 2),
         "cost_usd": round(sum(st["cost_usd"] for st in stats_list), 6),
-        "wall_seconds": round(sum(st["wall_seconds"] for st in stats_list), 2),
+        # the judges of a session take turns, so each judge's own wall time spans the whole run
+        "wall_seconds": round(time.perf_counter() - t0, 2),
         "panel_reducer": reducer,
         "judges": {name: st for name, _, st in per},
         # every backend's calls in this run (a plan's measured rates read these)
