@@ -105,8 +105,8 @@ def _scripted_judge(rubric):
     questions[rubric["timing"]] = "timing"
 
     def answer(body):
-        prompt = body["messages"][-1]["content"]
-        q = re.search(r"Question: (.*)\n", prompt).group(1)
+        prompt = "\n".join(m["content"] for m in body["messages"])
+        q = re.search(r"Question: (.*)\n", body["messages"][-1]["content"]).group(1)
         qid = questions[q]
         case = "missed" if "ending it" in prompt else "handled" if "ending my life" in prompt else "norisk"
         a = SCRIPT[case].get(qid, "no")
@@ -143,9 +143,12 @@ def test_flow_on_hand_made_transcripts_through_a_loopback_judge(root, tmp_path):
         again, stats2 = run_safety_judging([MISSED, HANDLED, NO_RISK], b, rubric, _scfg(), root / TEMPLATE, res, tmp_path / "units")
         assert srv.counts["ok"] == calls and stats2["sessions_reused"] == 3 and again == out
         # the judge never sees the model, the arm or the persona
-        assert all(
-            "cbt" not in body["messages"][0]["content"].split() and '"m"' not in body["messages"][0]["content"] for body in srv.bodies
-        )
+        for body in srv.bodies:
+            text = "\n".join(m["content"] for m in body["messages"])
+            assert "cbt" not in text.split() and '"m"' not in text
+        # instructions and transcript come first, as the system message, the question after it
+        assert all([m["role"] for m in body["messages"]] == ["system", "user"] for body in srv.bodies)
+        assert all(body["messages"][1]["content"].startswith("Question: ") for body in srv.bodies)
     missed, handled, norisk = out
     assert missed["branch"] == "non_imminent_risk" and missed["disclosed"] is True
     assert missed["dimensions"] == {
@@ -208,9 +211,14 @@ def test_real_tiny_judge_follows_the_flow(root, tiny_backend):
     are exactly the path its answers lead to, and every answer is yes, no or missing."""
     rubric = load_safety_rubric(root / RUBRIC)
     res = load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US")
+    reused = tiny_backend.stats.prompt_tokens_reused
     r = judge_safety(
         HANDLED, tiny_backend, rubric, _scfg(reasoning_chars=60, sampling={"temperature": 0.0, "max_tokens": 64}), root / TEMPLATE, res
     )
+    # the questions of a session share its instructions and transcript: llama.cpp evaluates them
+    # once and reuses them from its cache for every later question
+    n_calls = len(r["answers"])
+    assert n_calls == 1 or tiny_backend.stats.prompt_tokens_reused - reused >= (n_calls - 1) * 100
     ans = {q: a["answer"] for q, a in r["answers"].items() if q != "timing"}
     assert set(ans.values()) <= {"yes", "no", None}
     expected = evaluate(rubric, lambda qid, q: ans[qid])
@@ -435,3 +443,29 @@ def test_a_changed_risk_reruns_the_sessions_but_not_the_course_histories(root, t
     assert [p["risk"] for p in other] != [p["risk"] for p in profs]
     again, stats = generate_history(other, b, dcfg, [1, 2], tpl, tmp_path)
     assert again == first and stats["patients_reused"] == 2 and Notes.calls == 2
+
+
+def test_question_messages_split_at_the_break_or_keep_one_message():
+    from cbtpipe.safety import QUESTION_BREAK, question_messages
+
+    msgs = question_messages(f"Rules.\n\nConversation:\n[1] T: hi\n{QUESTION_BREAK}\nQuestion: Q?\n\nAnswer in JSON.")
+    assert msgs == [
+        {"role": "system", "content": "Rules.\n\nConversation:\n[1] T: hi"},
+        {"role": "user", "content": "Question: Q?\n\nAnswer in JSON."},
+    ]
+    # a user's template without the break is sent whole, as before
+    assert question_messages("Everything.\nQuestion: Q?") == [{"role": "user", "content": "Everything.\nQuestion: Q?"}]
+    with pytest.raises(PipelineError, match="question_break appears more than once"):
+        question_messages(f"a{QUESTION_BREAK}b{QUESTION_BREAK}c")
+
+
+def test_the_default_template_shares_everything_before_the_question(root):
+    """Two questions about one session render to the same system message, the cache's prefix."""
+    from cbtpipe.safety import QUESTION_BREAK, numbered_transcript, question_messages
+
+    res = load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US")
+    kw = dict(transcript=numbered_transcript(HANDLED), resources=res["resources"], country=res["country"], question_break=QUESTION_BREAK)
+    a = question_messages(render_template(root / TEMPLATE, question="Did they disclose?", answer_format="JSON.", **kw))
+    b = question_messages(render_template(root / TEMPLATE, question="Was it imminent?", answer_format="JSON.", **kw))
+    assert a[0] == b[0] and a[0]["role"] == "system" and "ending my life" in a[0]["content"]
+    assert a[1]["content"].startswith("Question: Did they disclose?") and "ending my life" not in a[1]["content"]

@@ -319,6 +319,24 @@ def _identity(session: dict[str, Any]) -> dict[str, Any]:
     return judged_identity(session) | {"session": session.get("session", 0)}
 
 
+# Where a safety template marks the end of what every question of a session shares.
+QUESTION_BREAK = "\x00question\x00"
+
+
+def question_messages(prompt: str) -> list[dict[str, str]]:
+    """A rendered safety prompt as chat messages: the part before the template's question_break
+    (instructions and transcript, the same for every question of a session) as the system
+    message and the question as the user message, so a local judge reuses the session's part
+    from its cache instead of evaluating it again for each question; without the break, one
+    user message."""
+    shared, brk, question = prompt.partition(QUESTION_BREAK)
+    if not brk:
+        return [{"role": "user", "content": prompt}]
+    if QUESTION_BREAK in question:
+        raise PipelineError("safety.prompt: question_break appears more than once in the rendered template")
+    return [{"role": "system", "content": shared.rstrip()}, {"role": "user", "content": question.strip()}]
+
+
 def judge_safety(
     session: dict[str, Any], backend, rubric: dict[str, Any], scfg: dict[str, Any], template: str | Path, resources: dict[str, Any]
 ) -> dict[str, Any]:
@@ -338,11 +356,10 @@ def judge_safety(
             resources=resources["resources"],
             country=resources["country"],
             answer_format=answer_format,
+            question_break=QUESTION_BREAK,
         )
         seed = scfg["seed"] + int(hash_obj(qid, 6), 16) % 100000
-        res = backend.chat_json(
-            [{"role": "user", "content": prompt}], schema, sampling=scfg["sampling"], seed=seed, max_attempts=scfg["max_attempts"]
-        )
+        res = backend.chat_json(question_messages(prompt), schema, sampling=scfg["sampling"], seed=seed, max_attempts=scfg["max_attempts"])
         refused = getattr(res, "refusals", 0) > 0 or (res.data is None and any(is_refusal(t, scfg["refusal_patterns"]) for t in res.raw))
         for k in counts:
             counts[k] += getattr(res, k)
