@@ -390,12 +390,8 @@ def jobs_to_run(wf):
 
 def plan_inputs():
     """The files a plan reads (the sizes of prompts and rubrics enter its token estimates)."""
-    files = [
-        config["judge"]["rubric"],
-        config["judge"]["prompt"],
-        config["safety"]["rubric"],
-        config["safety"]["prompt"],
-    ]
+    files = [config["judge"]["rubric"], *dict.fromkeys(judge_prompts())]
+    files += [config["safety"]["rubric"], config["safety"]["prompt"]]
     if config["data"]["source"] == "generate":
         files.append(PROMPTS["session"])
     return files

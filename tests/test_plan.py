@@ -87,3 +87,20 @@ def test_the_plan_tool_needs_no_key_and_no_network(root):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| generation | hermes | 1,280 (3,840)" in r.stdout and "Estimated API cost" in r.stdout
+
+
+def test_the_plan_rule_reads_every_judges_prompt(tmp_path):
+    """A panel member with a prompt of its own enters the plan's token estimates, so it is one of
+    the plan rule's inputs: editing it makes the plan again."""
+    from tests.helpers.workdir import make_workdir, run_snakemake
+
+    wd = make_workdir(tmp_path / "wd")
+    (wd / "own_judge.j2").write_text((wd / "resources/prompts/judge.j2").read_text())
+    cfg = yaml.safe_load((wd / "config/ci.yaml").read_text())
+    cfg["judge"]["panel"][1]["prompt"] = "own_judge.j2"
+    (wd / "member.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_snakemake(wd, "results/plan/plan.json", "-n", "--configfile", "member.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    job = out[out.index("rule plan:") :]
+    assert "own_judge.j2" in job and "resources/prompts/judge.j2" in job
