@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +45,19 @@ def snakemake_cmd(*args: str) -> list[str]:
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Snakemake in a process group of its own: a timeout (or an interrupted test) ends it with
+    every job it started, so no job lives on to slow the tests that follow."""
     e = dict(os.environ, **(env or {}))
-    return subprocess.run(snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=e)
+    cmd = snakemake_cmd(*args)
+    p = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def dry_run_jobs(workdir: Path, configfile: str, *args: str) -> dict[str, int]:
