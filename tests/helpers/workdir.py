@@ -52,10 +52,12 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | 
     p = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
+        out, err = p.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):  # what it printed, for the failure message
+            e.output, e.stderr = out, err
         raise
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.workdir import clone_workdir, snakemake_cmd
+from tests.helpers.workdir import clone_workdir, run_snakemake
 
 pytestmark = pytest.mark.slurm
 HERE = Path(__file__).resolve().parent
@@ -40,18 +39,6 @@ def cluster(tmp_path_factory):
     assert d.returncode == 0, d.stderr
 
 
-def _run_hard_timeout(cmd, cwd, timeout):
-    """Run with a hard timeout that ends in SIGKILL (the plugin can hang on status checks)."""
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"snakemake through SLURM did not finish in {timeout} s:\n{out[-4000:]}")
-    return p.returncode, out
-
-
 def test_sbatch_gpu_request_is_accepted(cluster):
     r = subprocess.run(["srun", "--gpus=1", "-n1", "bash", "-c", "echo $CUDA_VISIBLE_DEVICES"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -62,7 +49,7 @@ def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
     # Re-run training and everything after it up to the CBT arm's rollout, through SLURM.
     wd = clone_workdir(ci_run, tmp_path / "wd")
     shutil.rmtree(wd / "results/units/train", ignore_errors=True)
-    cmd = snakemake_cmd(
+    args = (
         TARGET,
         "--configfile",
         "config/ci.yaml",
@@ -81,9 +68,13 @@ def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
         "2",
     )
     t0 = time.time()
-    rc, out = _run_hard_timeout(cmd, wd, 1200)
+    try:  # a hard timeout that ends the process group (the plugin can hang on status checks)
+        r = run_snakemake(wd, *args, timeout=1200)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"snakemake through SLURM did not finish in 1200 s:\n{((e.output or '') + (e.stderr or ''))[-4000:]}")
     slurm_s = time.time() - t0
-    assert rc == 0, out[-5000:]
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
     for rule in ("train", "merge", "convert_gguf", "quantize_gguf", "rollout"):
         assert f"rule {rule}" in out or f"localrule {rule}" in out, f"{rule} did not run:\n{out[-3000:]}"
     assert "sbatch" in out or "Job " in out
