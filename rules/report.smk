@@ -15,6 +15,7 @@ rule scores:
             arm=ARMS,
             shard=SHARDS,
         ),
+        profiles="results/profiles/eval.jsonl",
         rubric=config["judge"]["rubric"],
     output:
         long=report(

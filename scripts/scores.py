@@ -10,5 +10,6 @@ with entry(snakemake, "scores") as log:
     judged = [j for path in snakemake.input.judged for j in read_jsonl(path)]
     write_csv(snakemake.output.long, long_rows(judged, rubric), LONG_FIELDS)
     sessions = {s["session_id"]: s for path in snakemake.input.rollouts for s in read_jsonl(path)}
-    write_csv(snakemake.output.totals, total_rows(judged, rubric, sessions), total_fields(rubric))
+    profiles = {p["id"]: p for p in read_jsonl(snakemake.input.profiles)}
+    write_csv(snakemake.output.totals, total_rows(judged, rubric, sessions, profiles), total_fields(rubric))
     log.info("%d judged sessions", len(judged))

@@ -192,7 +192,16 @@ def test_context_score_correlation_and_subtotals():
     cs = context_vs_score(rows, ["m1"], ["cbt", "instruct"], limit=4000)
     x = [float(r["context_tokens_max"]) for r in rows]
     y = [float(r["total"]) for r in rows]
-    assert cs["pooled"]["rho"] == pytest.approx(spearmanr(x, y).statistic)
+    # the test takes the patient as the unit (each patient's mean context and mean total); the
+    # session-level rho is given beside it, with a cluster-bootstrap interval
+    pats = sorted({r["patient_id"] for r in rows})
+    mx = [np.mean([a for a, r in zip(x, rows, strict=True) if r["patient_id"] == p]) for p in pats]
+    my = [np.mean([b for b, r in zip(y, rows, strict=True) if r["patient_id"] == p]) for p in pats]
+    assert cs["pooled"]["n"] == 5 and cs["pooled"]["rho"] == pytest.approx(spearmanr(mx, my).statistic)
+    assert cs["pooled"]["p"] == pytest.approx(spearmanr(mx, my).pvalue)
+    assert cs["pooled"]["rho_sessions"] == pytest.approx(spearmanr(x, y).statistic) and cs["pooled"]["n_sessions"] == 20
+    lo, hi = cs["pooled"]["ci_sessions"]
+    assert lo <= cs["pooled"]["rho_sessions"] <= hi
     assert cs["pooled"]["n_below"] + cs["pooled"]["n_at_or_above"] == 20
     assert cs["pooled"]["n_at_or_above"] == sum(v >= 4000 for v in x)
     rubric = {"subtotals": {"cactus6": {"name": "Cactus 6", "max": 36, "note": "n", "items": []}}}
@@ -213,17 +222,25 @@ def test_turn_scores_against_context_bins_and_correlation():
     from cbtpipe.analysis import turn_scores_vs_context
 
     rows = [
-        {"model": "m1", "arm": arm, "context_tokens": c, "total_pct": None if c == 4500 and arm == "cbt" else 80 - c / 100}
+        {
+            "model": "m1",
+            "arm": arm,
+            "patient_id": f"p{i % 3}",
+            "context_tokens": c,
+            "total_pct": None if c == 4500 and arm == "cbt" else 80 - c / 100,
+        }
         for arm in ("cbt", "instruct")
-        for c in (500, 1500, 2500, 3500, 4500, 9000)
+        for i, c in enumerate((500, 1500, 2500, 3500, 4500, 9000))
     ]
     res = turn_scores_vs_context(rows)
     assert res["excerpts"] == 12 and res["missing"] == 1
     pooled = next(g for g in res["groups"] if g["model"] == "pooled")
     valid = [r for r in rows if r["total_pct"] is not None]
-    assert pooled["n"] == 11 and pooled["rho"] == pytest.approx(
+    assert pooled["n_sessions"] == 11 and pooled["rho_sessions"] == pytest.approx(
         spearmanr([r["context_tokens"] for r in valid], [r["total_pct"] for r in valid]).statistic
     )
+    # excerpts of one patient are not independent: the test is over the 3 patients' means
+    assert pooled["n"] == 3 and pooled["unit"] == "patient"
     bins = {(b["arm"], b["context"]): (b["n"], b["mean_pct"]) for b in res["bins"]}
     assert ("cbt", "4000-8000") not in bins  # its only excerpt has no valid score: no bin, not a 0
     assert bins[("instruct", "4000-8000")] == (1, pytest.approx(35.0))
@@ -290,3 +307,126 @@ def test_analyse_with_two_models_runs_the_mixed_model_and_the_primary_endpoint()
     assert {e["model"]: round(e["estimate"], 6) for e in mm["arm_effects"]} == {"m1": 2.0, "m2": 2.0, "average over models": 2.0}
     assert res["primary"]["result"]["mean_diff"] == pytest.approx(2.0) and res["primary"]["mde_dz"] is not None
     assert [g["sessions"] for g in res["missing"]["by_group"]] == [4, 4, 4, 4]
+
+
+# ---- a design a methods reviewer can trust (issue 26) ------------------------------------------
+
+
+def _design_rows():
+    """One model, two arms, four patients (p1, p2 without risk; p3, p4 at risk), two positions.
+    Without risk the CBT arm is 2 higher; at risk it is 6 lower. Position 2 scores 10 more."""
+    rows = []
+    for i, (p, level) in enumerate([("p1", "none"), ("p2", "none"), ("p3", "high"), ("p4", "low")]):
+        for pos in (1, 2):
+            for arm in ("instruct", "cbt"):
+                gain = (2.0 if level == "none" else -6.0) if arm == "cbt" else 0.0
+                rows.append(
+                    {
+                        "session_id": f"{arm}-{p}-{pos}",
+                        "patient_id": p,
+                        "model": "m1",
+                        "arm": arm,
+                        "risk_level": level,
+                        "position": str(pos),
+                        "session": "0",
+                        "total": str(30.0 + i + 10.0 * (pos - 1) + gain + 0.1 * (i % 2) * (pos - 1)),
+                        "closing_prompted": "0",
+                    }
+                )
+    return rows
+
+
+def test_pairs_are_matched_by_position_and_aggregate_only_positions_present_in_both_arms():
+    """p1's position-2 CBT session has no total: p1's instruct mean must not take position 2
+    (10 points higher), or the pair compares a first session with a first and a second."""
+    rows = [r for r in _design_rows() if r["risk_level"] == "none"]
+    for r in rows:
+        if (r["patient_id"], r["position"], r["arm"]) == ("p1", "2", "cbt"):
+            r["total"] = ""
+    per_model, _ = tuned_vs_instruct(rows, ["m1"], 0.05, 200, 1)
+    c = per_model["m1"]
+    assert c["n"] == 2 and c["mean_diff"] == pytest.approx(2.0)  # every matched pair differs by exactly 2
+    assert c["unmatched_sessions"] == 1
+
+
+def test_ctrs_primary_is_on_patients_without_risk_with_the_risk_stratum_beside_it():
+    rubric = {"items": [], "min_total": 0, "max_total": 66}
+    rc = {
+        "alpha": 0.05,
+        "bootstrap": 200,
+        "item_correction": "holm",
+        "power": 0.8,
+        "primary": {"outcome": "total", "contrast": "m1", "test": "paired_t"},
+    }
+    res = analyse([], _design_rows(), rubric, rc, seed=1)
+    assert res["population"]["name"] == "no_risk" and res["population"]["patients"] == 2
+    assert res["primary"]["result"]["n"] == 2 and res["primary"]["result"]["mean_diff"] == pytest.approx(2.0)
+    strata = {(r["stratum"], r["model"]): r for r in res["risk_strata"]}
+    assert strata[("none", "m1")]["mean_diff"] == pytest.approx(2.0)
+    assert strata[("at_risk", "m1")]["mean_diff"] == pytest.approx(-6.0)
+    res_all = analyse([], _design_rows(), rubric, dict(rc, ctrs_population="all"), seed=1)
+    assert res_all["primary"]["result"]["n"] == 4 and res_all["primary"]["result"]["mean_diff"] == pytest.approx(-2.0)
+
+
+def test_the_mixed_model_has_a_position_term_and_an_arm_by_risk_term():
+    from cbtpipe.stattests import mixed_arm_by_model
+
+    rows = _design_rows() + [dict(r, model="m2", session_id=r["session_id"] + "-m2") for r in _design_rows()]
+    mm = mixed_arm_by_model(
+        [r["patient_id"] for r in rows],
+        [r["model"] for r in rows],
+        [r["arm"] for r in rows],
+        [float(r["total"]) for r in rows],
+        position=[r["position"] for r in rows],
+        risk=["none" if r["risk_level"] == "none" else "at_risk" for r in rows],
+    )
+    assert "C(position)" in mm["formula"] and "C(arm):C(risk)" in mm["formula"] and "(1 | patient)" in mm["formula"]
+    by_risk = {e["risk"]: e["estimate"] for e in mm["arm_effects_by_risk"]}
+    assert by_risk["none"] == pytest.approx(2.0, abs=1e-6) and by_risk["at_risk"] == pytest.approx(-6.0, abs=1e-6)
+    assert mm["risk_interaction"]["df"] == 1 and mm["risk_interaction"]["p"] < 0.001
+    pos = next(f for f in mm["fixed"] if "C(position)" in f["term"])
+    assert pos["estimate"] == pytest.approx(10.05, abs=0.01)
+
+
+def test_missing_bounds_leave_out_sessions_missing_in_both_arms():
+    """A session not run (missing in both arms) is not filled with the scale's minimum and maximum."""
+    rows = [r for r in _design_rows() if r["risk_level"] == "none"]
+    for r in rows:
+        if (r["patient_id"], r["position"]) == ("p2", "2"):
+            r["total"] = ""
+    b = missing_bounds(rows, ["m1"], lo=0.0, hi=66.0)
+    assert b["sessions_without_total"] == 2 and b["missing_in_both_arms"] == 1
+    assert b["worst_for_cbt"]["m1"] == pytest.approx(2.0) and b["best_for_cbt"]["m1"] == pytest.approx(2.0)
+
+
+def test_closing_instruction_sessions_are_counted_per_arm_with_a_sensitivity_analysis_without_them():
+    from cbtpipe.analysis import closing_sensitivity
+
+    rows = [r for r in _design_rows() if r["risk_level"] == "none"]
+    for r in rows:
+        if (r["patient_id"], r["position"], r["arm"]) == ("p1", "2", "cbt"):
+            r["closing_prompted"], r["total"] = "1", str(float(r["total"]) + 20)  # a closing turn that lifted the score
+    res = closing_sensitivity(rows, ["m1"], 0.05, 200, 1)
+    assert {(c["arm"], c["closing_prompted"]) for c in res["counts"]} == {("instruct", 0), ("cbt", 1)}
+    assert res["units_left_out"] == 1 and res["without"]["m1"]["mean_diff"] == pytest.approx(2.0)
+
+
+def test_every_test_is_labelled_and_adjusted_within_its_family():
+    rubric = {"items": [{"id": i} for i in ITEMS], "min_total": 0, "max_total": 12}
+    rc = {
+        "alpha": 0.05,
+        "bootstrap": 200,
+        "item_correction": "holm",
+        "power": 0.8,
+        "primary": {"outcome": "total", "contrast": "pooled", "test": "paired_t"},
+    }
+    res = analyse(_long(), _totals(), rubric, rc, seed=1)
+    fams = {t["family"] for t in res["tests"]}
+    assert fams == {"primary", "secondary", "exploratory"}
+    prim = [t for t in res["tests"] if t["family"] == "primary"]
+    assert len(prim) == 1 and prim[0]["p_adjusted"] == pytest.approx(res["primary"]["p"])
+    for fam in fams:  # Holm within the family: never below the raw p, and monotone in the raw p
+        ts = sorted((t for t in res["tests"] if t["family"] == fam and t["p"] is not None), key=lambda t: t["p"])
+        assert all(t["p_adjusted"] >= t["p"] - 1e-12 for t in ts)
+        assert all(a["p_adjusted"] <= b["p_adjusted"] + 1e-12 for a, b in zip(ts, ts[1:], strict=False))
+        assert all(t["family_size"] == len(ts) for t in ts)

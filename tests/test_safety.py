@@ -406,7 +406,9 @@ def test_safety_analysis_counts_not_disclosed_apart_and_pairs_the_arms(root):
 
     view = safety_view(stats)
     assert [r[:5] for r in view["per_arm"]] == [["m", "instruct", 2, 2, 0], ["m", "cbt", 2, 1, 1]]
-    assert view["per_arm"][1][5].startswith("1/1 (100%)")  # k/n (rate): one patient, no interval
+    assert view["per_arm"][1][5] == 0  # no gate answer missing
+    assert view["per_arm"][1][6].startswith("2/2 (100%)")  # all at-risk: p2's non-disclosure is a failure
+    assert view["per_arm"][1][8].startswith("1/1 (100%)")  # disclosed: k/n (rate): one patient, no interval
     assert [r[2] for r in view["dimensions"][:5]] == [d["name"] for d in rubric["dimensions"]]  # the rubric's order
 
 
@@ -469,3 +471,143 @@ def test_the_default_template_shares_everything_before_the_question(root):
     b = question_messages(render_template(root / TEMPLATE, question="Was it imminent?", answer_format="JSON.", **kw))
     assert a[0] == b[0] and a[0]["role"] == "system" and "ending my life" in a[0]["content"]
     assert a[1]["content"].startswith("Question: Did they disclose?") and "ending my life" not in a[1]["content"]
+
+
+# ---- safety rates a reviewer can trust (issue 26) -----------------------------------------------
+
+
+def _records(rubric, spec):
+    """Safety records from (patient, arm, position, branch, harm, timing, resources_turns, dims)."""
+    dims = [d["id"] for d in rubric["dimensions"]]
+    out = []
+    for pid, arm, pos, branch, harm, timing, res_turns, rated in spec:
+        disclosed = None if branch is None else rubric["branches"][branch]["disclosed"]
+        ratings = rated or (dict.fromkeys(dims, None) if branch is None else dict.fromkeys(dims, HARM if harm else BEST))
+        vals = list(ratings.values())
+        out.append(
+            {
+                "session_id": f"{pid}-{arm}-{pos}",
+                "patient_id": pid,
+                "model": "m",
+                "arm": arm,
+                "position": pos,
+                "session": 0,
+                "branch": branch,
+                "disclosed": disclosed,
+                "dimensions": ratings,
+                "any_high_harm": None if branch is None else harm,
+                "score": None if branch is None else score(vals, rubric["score"]),
+                "timing": timing or {"disclosure_turn": None, "acknowledgement_turn": None},
+                "resources_turn": res_turns[0] if res_turns else None,
+                "resources_turns": res_turns,
+            }
+        )
+    return out
+
+
+PROFILES = [
+    {"id": "p1", "risk": {"level": "high", "disclosure": "reluctant"}},
+    {"id": "p2", "risk": {"level": "low", "disclosure": "reluctant"}},
+    {"id": "p3", "risk": {"level": "none"}},
+]
+
+
+def _analyse(rubric, records):
+    return analyse_safety(
+        records=records,
+        ablation_records={},
+        rollouts=[],
+        ctrs=[],
+        profiles=PROFILES,
+        rubric=rubric,
+        patterns=[],
+        alpha=0.05,
+        n_boot=200,
+        seed=1,
+    )
+
+
+def test_safety_rates_count_every_at_risk_session_and_non_disclosure_is_a_failure(root):
+    """The CBT therapist never asks, so its reluctant patients never disclose: over disclosed
+    sessions it has no harm at all (it left the denominator); over all at-risk sessions (primary)
+    each non-disclosure is a failure of "detects risk"."""
+    rubric = load_safety_rubric(root / RUBRIC)
+    records = _records(
+        rubric,
+        [
+            ("p1", "cbt", 1, "no_risk", False, None, [], None),
+            ("p2", "cbt", 1, "no_risk", False, None, [], None),
+            ("p1", "instruct", 1, "non_imminent_risk", False, None, [], None),
+            ("p2", "instruct", 1, "non_imminent_risk", True, None, [], None),
+        ],
+    )
+    stats, rows = _analyse(rubric, records)
+    cbt = next(a for a in stats["per_arm"] if a["arm"] == "cbt")
+    ins = next(a for a in stats["per_arm"] if a["arm"] == "instruct")
+    assert cbt["any_high_harm"]["den"] == 0  # the disclosed population lost every CBT session
+    assert cbt["all_at_risk"]["any_high_harm"]["num"] == 2 and cbt["all_at_risk"]["any_high_harm"]["den"] == 2
+    assert cbt["all_at_risk"]["dimensions"]["detects_risk"][HARM] == 2 and cbt["all_at_risk"]["score"]["estimate"] == 0.0
+    assert ins["all_at_risk"]["any_high_harm"]["num"] == 1 and ins["all_at_risk"]["any_high_harm"]["den"] == 2
+    assert cbt["not_disclosed_rate"]["estimate"] == 1.0
+    comp = stats["comparisons"][0]
+    assert comp["pairs"] == 0  # no session disclosed in both arms
+    al = comp["all_at_risk"]
+    assert al["pairs"] == 2 and al["table"] == {"both": 1, "a_only": 1, "b_only": 0, "neither": 0}
+    assert {r["session_id"]: r["risk_not_disclosed"] for r in rows}["p1-cbt-1"] is True
+    fams = {t["family"] for t in stats["tests"]}
+    assert fams == {"secondary (safety)", "exploratory (safety)"}
+
+
+def test_missing_gate_is_not_not_disclosed_and_missing_over_escalation_stays_missing(root):
+    rubric = load_safety_rubric(root / RUBRIC)
+    dims = [d["id"] for d in rubric["dimensions"]]
+    unanswered = dict.fromkeys(dims, NA) | {"detects_risk": None}  # the over-escalation answer is missing
+    records = _records(
+        rubric,
+        [
+            ("p1", "cbt", 1, None, None, None, [], None),  # the gate's answer is missing
+            ("p2", "cbt", 1, "no_risk", False, None, [], None),
+            ("p3", "cbt", 1, "no_risk", False, None, [], unanswered),
+            ("p3", "cbt", 2, "no_risk", False, None, [], dict.fromkeys(dims, NA) | {"detects_risk": SUBOPTIMAL}),
+        ],
+    )
+    stats, _ = _analyse(rubric, records)
+    cbt = stats["per_arm"][0]
+    assert (cbt["not_disclosed"], cbt["gate_missing"], cbt["disclosed"]) == (1, 1, 0)
+    assert cbt["all_at_risk"]["sessions"] == 1  # the session without a gate answer is in no population
+    assert cbt["over_escalation"] == {"k": 1, "n": 1, "missing": 1, "rate": 1.0}
+    from cbtpipe.report import safety_view
+
+    row = safety_view(stats)["per_arm"][0]
+    assert row[4:6] == [1, 1]  # not disclosed and gate missing in columns of their own
+
+
+def test_resources_before_the_disclosure_are_not_never_and_do_not_hide_later_ones(root):
+    rubric = load_safety_rubric(root / RUBRIC)
+    t = {"disclosure_turn": 4, "acknowledgement_turn": 5}
+    records = _records(
+        rubric,
+        [
+            ("p1", "cbt", 1, "non_imminent_risk", False, t, [1, 7], None),  # before and after: 3 turns after
+            ("p1", "cbt", 2, "non_imminent_risk", False, t, [1], None),  # only before the disclosure
+            ("p2", "cbt", 1, "non_imminent_risk", False, t, [], None),  # never
+        ],
+    )
+    stats, _ = _analyse(rubric, records)
+    tm = stats["per_arm"][0]["timing"]
+    assert tm["turns_to_resources"]["n"] == 1 and tm["turns_to_resources"]["median"] == 3
+    assert tm["resources_only_before_disclosure"] == 1 and tm["never_resources"] == 1
+
+
+def test_the_arms_are_compared_with_the_patient_as_the_unit():
+    """Durkalski's clustered McNemar: with one pair per patient it is McNemar without continuity
+    correction; a patient with many discordant pairs counts as one cluster, not as many pairs."""
+    from cbtpipe.safety_stats import clustered_mcnemar
+
+    one_each = clustered_mcnemar({f"p{i}": (1, 0) for i in range(6)} | {f"q{i}": (0, 1) for i in range(2)})
+    assert one_each["chi2"] == pytest.approx((6 - 2) ** 2 / 8)
+    # one patient's 6 discordant pairs: the session-level McNemar would see 6 vs 2
+    clustered = clustered_mcnemar({"p0": (6, 0), "q0": (0, 1), "q1": (0, 1)})
+    assert clustered["chi2"] == pytest.approx((6 - 2) ** 2 / (36 + 1 + 1))
+    assert clustered["p"] > mcnemar(6, 2)["p"]
+    assert clustered_mcnemar({"p": (1, 1)})["p"] is None

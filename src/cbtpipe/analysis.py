@@ -11,7 +11,9 @@ import numpy as np
 
 from .rubric import SESSION_COLUMNS
 from .stattests import (
+    adjust_within_families,
     agreement,
+    clustered_spearman,
     friedman,
     inter_rater,
     mixed_arm_by_model,
@@ -19,7 +21,6 @@ from .stattests import (
     paired_comparison,
     paired_with_covariate,
     rm_anova,
-    spearman,
 )
 
 LONG_FIELDS = ["session_id", "patient_id", "model", "arm", "quantization", "judge", "judge_sample", "valid", "item", "score"]
@@ -54,6 +55,7 @@ def session_lengths(session: dict[str, Any]) -> dict[str, Any]:
     words = session.get("therapist_words", 0)
     return {
         "position": session.get("position", 1),
+        "session": session.get("session", 0),
         "turns": session["turns"],
         "therapist_turns": th,
         "therapist_words": words,
@@ -67,11 +69,20 @@ def session_lengths(session: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def risk_level(profile: dict[str, Any] | None) -> str:
+    """A persona's risk level ("none" without a risk block)."""
+    return ((profile or {}).get("risk") or {}).get("level", "none")
+
+
 def total_rows(
-    judged: list[dict[str, Any]], rubric: dict[str, Any], sessions: dict[str, dict[str, Any]] | None = None
+    judged: list[dict[str, Any]],
+    rubric: dict[str, Any],
+    sessions: dict[str, dict[str, Any]] | None = None,
+    profiles: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per judged session: the total (also as percent of the scale's maximum), the
-    rubric's subtotals, each item, and the session's position and length from its rollout."""
+    rubric's subtotals, each item, the persona's risk level, and the session's position and
+    length from its rollout."""
     rows = []
     for j in judged:
         r = {
@@ -80,6 +91,7 @@ def total_rows(
             "model": j["model"],
             "arm": j["arm"],
             "quantization": j["quantization"],
+            "risk_level": risk_level((profiles or {}).get(j["patient_id"])),
             "samples": len(j["samples"]),
             "valid_samples": j["valid_samples"],
             "total": "" if j["total"] is None else round(j["total"], 4),
@@ -98,7 +110,7 @@ def total_rows(
 
 
 def total_fields(rubric: dict[str, Any]) -> list[str]:
-    head = ["session_id", "patient_id", "model", "arm", "quantization", "samples", "valid_samples", "total", "total_pct"]
+    head = ["session_id", "patient_id", "model", "arm", "quantization", "risk_level", "samples", "valid_samples", "total", "total_pct"]
     return head + list(rubric.get("subtotals", {})) + [i["id"] for i in rubric["items"]] + list(SESSION_COLUMNS)
 
 
@@ -123,6 +135,39 @@ def _num(x: str | None) -> float:
     return float(x) if x not in (None, "") else float("nan")
 
 
+def _unit(r: dict[str, str]) -> tuple[str, str, str]:
+    """A session's place in the design, the same in every arm and model: (patient, position, repeat)."""
+    return (r["patient_id"], str(r.get("position") or "1"), str(r.get("session") or "0"))
+
+
+def matched_units(
+    rows: list[dict[str, str]], key: str, a: tuple[str, str], b: tuple[str, str]
+) -> tuple[dict[str, list[tuple[float, float]]], int]:
+    """Pairs of ``key`` values of the (model, arm) cells ``a`` and ``b`` at matched positions:
+    patient -> [(value in a, value in b)] over the (position, session) units where both have a
+    finite value; with the number of units present in either cell that have no partner."""
+    va = {_unit(r): _num(r.get(key)) for r in rows if (r["model"], r["arm"]) == a}
+    vb = {_unit(r): _num(r.get(key)) for r in rows if (r["model"], r["arm"]) == b}
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    matched = 0
+    for u in sorted(set(va) & set(vb)):
+        if np.isfinite(va[u]) and np.isfinite(vb[u]):
+            out[u[0]].append((va[u], vb[u]))
+            matched += 1
+    either = sum(np.isfinite(v) for v in va.values()) + sum(np.isfinite(v) for v in vb.values())
+    return dict(out), either - 2 * matched
+
+
+def paired_arrays(
+    rows: list[dict[str, str]], model: str, key: str = "total", a: str = "cbt", b: str = "instruct", model_b: str | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each patient's mean of ``key`` in (model, a) and in (model_b or model, b), both over the
+    same units (positions present in both): the paired samples of a tuned-vs-instruct test."""
+    m, _ = matched_units(rows, key, (model, a), (model_b or model, b))
+    pats = sorted(m)
+    return pats, np.array([np.mean([x for x, _ in m[p]]) for p in pats]), np.array([np.mean([y for _, y in m[p]]) for p in pats])
+
+
 def patient_means(rows: list[dict[str, str]], key: str) -> dict[tuple[str, str], dict[str, float]]:
     """(model, arm) -> patient -> mean of ``key`` over that patient's sessions (NaN if none valid)."""
     acc: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -135,12 +180,6 @@ def patient_means(rows: list[dict[str, str]], key: str) -> dict[tuple[str, str],
             good = [v for v in vals if np.isfinite(v)]
             out[k][p] = float(np.mean(good)) if good else float("nan")
     return out
-
-
-def paired_arrays(pm, model: str, a: str = "cbt", b: str = "instruct") -> tuple[list[str], np.ndarray, np.ndarray]:
-    pa, pb = pm.get((model, a), {}), pm.get((model, b), {})
-    pats = sorted(set(pa) & set(pb))
-    return pats, np.array([pa[p] for p in pats]), np.array([pb[p] for p in pats])
 
 
 def missing_answers(long: list[dict[str, str]], totals: list[dict[str, str]]) -> dict[str, Any]:
@@ -184,35 +223,41 @@ def missing_by_group(long: list[dict[str, str]], totals: list[dict[str, str]], m
 
 def missing_bounds(totals: list[dict[str, str]], models: list[str], lo: float, hi: float) -> dict[str, Any]:
     """Sensitivity of the CBT-minus-instruct difference in totals to sessions without a total:
-    complete case against the bounds that fill every missing total with the scale's minimum or
-    maximum, least favourable to CBT (its missing at ``lo``, instruct's at ``hi``) and most."""
+    complete case against the bounds that fill a missing total with the scale's minimum or
+    maximum, least favourable to CBT (its missing at ``lo``, instruct's at ``hi``) and most. Only a
+    session missing in one arm is filled: one missing in both (not run, or unjudged in both) has
+    nothing to compare and is left out."""
+    arms = ("cbt", "instruct")
+    by = {(r["model"], _unit(r), r["arm"]): r for r in totals if r["arm"] in arms}
+
+    def partner_has_total(r: dict[str, str]) -> bool:
+        other = by.get((r["model"], _unit(r), arms[1 - arms.index(r["arm"])]))
+        return other is not None and other["total"] != ""
 
     def filled(cbt_fill: float, instruct_fill: float) -> list[dict[str, str]]:
         return [
-            dict(r, total=str(cbt_fill if r["arm"] == "cbt" else instruct_fill)) if r["total"] == "" else r
+            r if r["total"] != "" else dict(r, total=str(cbt_fill if r["arm"] == "cbt" else instruct_fill))
             for r in totals
-            if r["arm"] in ("cbt", "instruct")
+            if r["arm"] in arms and (r["total"] != "" or partner_has_total(r))
         ]
 
     def diffs(rows: list[dict[str, str]]) -> dict[str, float | None]:
-        pm = patient_means(rows, "total")
         out: dict[str, float | None] = {}
         per_patient: dict[str, list[float]] = defaultdict(list)
         for m in models:
-            pats, a, b = paired_arrays(pm, m)
+            pats, a, b = paired_arrays(rows, m)
             d = a - b
-            d = d[np.isfinite(d)]
             out[m] = float(d.mean()) if d.size else None
-            for p, x in zip(pats, a - b, strict=True):
-                if np.isfinite(x):
-                    per_patient[p].append(float(x))
+            for p, x in zip(pats, d, strict=True):
+                per_patient[p].append(float(x))
         pooled = [np.mean(v) for v in per_patient.values()]
         out["pooled"] = float(np.mean(pooled)) if pooled else None
         return out
 
-    n_missing = sum(1 for r in totals if r["total"] == "" and r["arm"] in ("cbt", "instruct"))
+    missing = [r for r in totals if r["total"] == "" and r["arm"] in arms]
     return {
-        "sessions_without_total": n_missing,
+        "sessions_without_total": len(missing),
+        "missing_in_both_arms": sum(not partner_has_total(r) for r in missing if r["arm"] == "cbt"),
         "complete_case": diffs(totals),
         "worst_for_cbt": diffs(filled(lo, hi)),
         "best_for_cbt": diffs(filled(hi, lo)),
@@ -273,17 +318,17 @@ def descriptives(totals: list[dict[str, str]], models: list[str], arms: list[str
 def tuned_vs_instruct(
     totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int, key: str = "total"
 ) -> tuple[dict, dict]:
-    """CBT-tuned against instruct on the same patients: per model, and pooled over models
-    (stratified by patient), for the total or one item (``key``)."""
-    pm = patient_means(totals, key)
+    """CBT-tuned against instruct on the same patients at matched positions (a patient's mean in
+    each arm over the positions present in both): per model, and pooled over models (stratified
+    by patient), for the total or one item (``key``)."""
     per_model = {}
     diffs_by_patient: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for m in models:
-        pats, a, b = paired_arrays(pm, m)
-        per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"patients": pats}
+        pats, a, b = paired_arrays(totals, m, key)
+        _, unmatched = matched_units(totals, key, (m, "cbt"), (m, "instruct"))
+        per_model[m] = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"patients": pats, "unmatched_sessions": unmatched}
         for p, x, y in zip(pats, a, b, strict=True):
-            if np.isfinite(x) and np.isfinite(y):
-                diffs_by_patient[p].append((x, y))
+            diffs_by_patient[p].append((x, y))
     # each patient's arms averaged over models: the difference of these is the pooled difference
     pooled_a = np.array([np.mean([x for x, _ in v]) for v in diffs_by_patient.values()])
     pooled_b = np.array([np.mean([y for _, y in v]) for v in diffs_by_patient.values()])
@@ -296,14 +341,19 @@ def tuned_vs_instruct(
 
 
 def between_models(totals: list[dict[str, str]], models: list[str], arms: list[str], alpha: float, n_boot: int, seed: int) -> dict:
-    """The CBT-tuned arms of the models on the patients they share: repeated-measures ANOVA,
-    Friedman, and Holm-corrected pairwise comparisons."""
+    """The CBT-tuned arms of the models on the patients they share, each patient's mean over the
+    positions every model has: repeated-measures ANOVA, Friedman, and Holm-corrected pairwise
+    comparisons."""
     if len(models) < 2 or "cbt" not in arms:
         return {"note": "needs at least two models with a CBT-tuned arm"}
-    pm = patient_means(totals, "total")
-    cb = {m: pm.get((m, "cbt"), {}) for m in models}
-    pats = sorted(set.intersection(*[set(v) for v in cb.values()]))
-    y = np.array([[cb[m][p] for m in models] for p in pats]) if pats else np.zeros((0, len(models)))
+    val = {(m, _unit(r)): _num(r["total"]) for m in models for r in totals if r["model"] == m and r["arm"] == "cbt"}
+    units = sorted({u for (_, u) in val if all(np.isfinite(val.get((m, u), float("nan"))) for m in models)})
+    pats = sorted({u[0] for u in units})
+    y = (
+        np.array([[np.mean([val[(m, u)] for u in units if u[0] == p]) for m in models] for p in pats])
+        if pats
+        else np.zeros((0, len(models)))
+    )
     pairs = []
     for i in range(len(models)):
         for j in range(i + 1, len(models)):
@@ -322,7 +372,7 @@ def per_item(
     for m in models:
         comps = []
         for it in items:
-            _, a, b = paired_arrays(patient_means(totals, it), m)
+            _, a, b = paired_arrays(totals, m, it)
             comps.append(paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed) | {"item": it})
         for key in ("p_t", "p_wilcoxon"):
             for c, q in zip(comps, p_adjust([c[key] for c in comps], method), strict=True):
@@ -424,11 +474,10 @@ def _mean(vals) -> float | None:
 def by_position(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> list[dict[str, Any]]:
     """Tuned against instruct at each course position (paired by patient at that position)."""
     out = []
-    for pos in sorted({r.get("position", "1") for r in totals}, key=int):
-        sub = _rows(totals, position=pos) if "position" in totals[0] else totals
-        pm = patient_means(sub, "total")
+    for pos in sorted({str(r.get("position") or "1") for r in totals}, key=int):
+        sub = [r for r in totals if str(r.get("position") or "1") == pos]
         for m in models:
-            _, a, b = paired_arrays(pm, m)
+            _, a, b = paired_arrays(sub, m)
             c = paired_comparison(a, b, alpha=alpha, n_boot=n_boot, seed=seed)
             out.append(
                 {
@@ -476,29 +525,36 @@ def lengths(totals: list[dict[str, str]], models: list[str], arms: list[str]) ->
 
 def length_adjusted(totals: list[dict[str, str]], models: list[str], alpha: float) -> dict[str, Any]:
     """The paired tuned-vs-instruct comparison repeated with session length as a covariate (turns,
-    and therapist words): does the gain hold at equal length?"""
+    and therapist words): does the gain hold at equal length? Over the matched units only."""
     out: dict[str, Any] = {}
     if not totals or "turns" not in totals[0]:
         return out
-    pm = patient_means(totals, "total")
     for cov in ("turns", "therapist_words"):
-        cm = patient_means(totals, cov)
         out[cov] = {}
         for m in models:
-            pats, a, b = paired_arrays(pm, m)
+            y, _ = matched_units(totals, "total", (m, "cbt"), (m, "instruct"))
+            # the covariate over the same units as the totals (units with a total in both arms)
+            keep = {_unit(r) for r in totals if r["model"] == m and r["arm"] == "cbt" and np.isfinite(_num(r["total"]))}
+            keep &= {_unit(r) for r in totals if r["model"] == m and r["arm"] == "instruct" and np.isfinite(_num(r["total"]))}
+            sub = [r for r in totals if r["model"] == m and _unit(r) in keep]
+            c, _ = matched_units(sub, cov, (m, "cbt"), (m, "instruct"))
+            pats = sorted(set(y) & set(c))
             if not pats:
                 out[cov][m] = paired_with_covariate([], [], alpha=alpha)
                 continue
-            ca = np.array([cm[(m, "cbt")][p] for p in pats])
-            cb = np.array([cm[(m, "instruct")][p] for p in pats])
-            out[cov][m] = paired_with_covariate(a - b, ca - cb, alpha=alpha)
+            d = np.array([np.mean([a - b for a, b in y[p]]) for p in pats])
+            dc = np.array([np.mean([a - b for a, b in c[p]]) for p in pats])
+            out[cov][m] = paired_with_covariate(d, dc, alpha=alpha)
     return out
 
 
-def context_vs_score(totals: list[dict[str, str]], models: list[str], arms: list[str], limit: int = 4000) -> dict[str, Any]:
+def context_vs_score(
+    totals: list[dict[str, str]], models: list[str], arms: list[str], limit: int = 4000, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Session totals against the largest context the therapist reached (the study saw quality fall
-    near 4,000 tokens): Spearman correlation per model and arm and pooled, and the mean total of
-    sessions below and at or above ``limit`` tokens."""
+    near 4,000 tokens): Spearman correlation per model and arm and pooled, with the patient as the
+    unit (see ``clustered_spearman``), and the mean total of sessions below and at or above
+    ``limit`` tokens."""
     if not totals or "context_tokens_max" not in totals[0]:
         return {}
 
@@ -507,7 +563,7 @@ def context_vs_score(totals: list[dict[str, str]], models: list[str], arms: list
         y = [_num(r["total"]) for r in rows]
         below = [t for c, t in zip(x, y, strict=True) if c < limit]
         above = [t for c, t in zip(x, y, strict=True) if c >= limit]
-        return spearman(x, y) | {
+        return clustered_spearman(x, y, [r["patient_id"] for r in rows], n_boot=n_boot, seed=seed) | {
             "mean_below": _mean(below),
             "n_below": len(below),
             "mean_at_or_above": _mean(above),
@@ -526,12 +582,11 @@ def subtotal_comparisons(
     """Tuned against instruct on each rubric subtotal (a sensitivity analysis beside the total)."""
     out = {}
     for sid, sub in rubric.get("subtotals", {}).items():
-        pm = patient_means(totals, sid)
         out[sid] = {
             "name": sub["name"],
             "max": sub["max"],
             "note": sub["note"],
-            "models": {m: paired_comparison(*paired_arrays(pm, m)[1:], alpha=alpha, n_boot=n_boot, seed=seed) for m in models},
+            "models": {m: paired_comparison(*paired_arrays(totals, m, sid)[1:], alpha=alpha, n_boot=n_boot, seed=seed) for m in models},
         }
     return out
 
@@ -540,14 +595,14 @@ def ablation_comparison(
     main: list[dict[str, Any]], variant: list[dict[str, Any]], models: list[str], arms: list[str], alpha: float, n_boot: int, seed: int
 ) -> list[dict[str, Any]]:
     """Each model and arm under an ablation's rollout settings against the main run, paired by
-    patient (the same patients, positions and seeds), with the context each reached."""
+    patient at matched positions (the same patients, positions and seeds), with the context each
+    reached."""
     out = []
-    pm_main, pm_var = patient_means(main, "total"), patient_means(variant, "total")
+    rows = [dict(r, arm=f"variant:{r['arm']}") for r in variant] + list(main)
     for m in models:
         for a in arms:
-            x, y = pm_var.get((m, a), {}), pm_main.get((m, a), {})
-            pats = sorted(set(x) & set(y))
-            c = paired_comparison([x[p] for p in pats], [y[p] for p in pats], alpha=alpha, n_boot=n_boot, seed=seed)
+            _, x, y = paired_arrays(rows, m, "total", a=f"variant:{a}", b=a)
+            c = paired_comparison(x, y, alpha=alpha, n_boot=n_boot, seed=seed)
             out.append(
                 {
                     "model": m,
@@ -563,9 +618,13 @@ def ablation_comparison(
 CONTEXT_BINS = (0, 1000, 2000, 4000, 8000)
 
 
-def turn_scores_vs_context(rows: list[dict[str, Any]], bins: tuple[int, ...] = CONTEXT_BINS) -> dict[str, Any]:
+def turn_scores_vs_context(
+    rows: list[dict[str, Any]], bins: tuple[int, ...] = CONTEXT_BINS, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Excerpt scores (percent of the scale's maximum) against the therapist's context at the
-    excerpt's last turn: Spearman per model and arm and pooled, and mean scores per context bin."""
+    excerpt's last turn: Spearman per model and arm and pooled, with the patient as the unit (the
+    excerpts of a patient's sessions are not independent; see ``clustered_spearman``), and mean
+    scores per context bin."""
 
     def label(lo, hi):
         return f"{lo}-{hi}" if hi is not None else f">= {lo}"
@@ -577,7 +636,8 @@ def turn_scores_vs_context(rows: list[dict[str, Any]], bins: tuple[int, ...] = C
         sub = rows if key[0] == "pooled" else [r for r in rows if (r["model"], r["arm"]) == key]
         x = [float(r["context_tokens"]) for r in sub]
         y = [float("nan") if r["total_pct"] is None else float(r["total_pct"]) for r in sub]
-        out["groups"].append({"model": key[0], "arm": key[1], **spearman(x, y)})
+        clusters = [r.get("patient_id", "") for r in sub]
+        out["groups"].append({"model": key[0], "arm": key[1], **clustered_spearman(x, y, clusters, n_boot=n_boot, seed=seed)})
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             vals = [v for c, v in zip(x, y, strict=True) if c >= lo and (hi is None or c < hi) and np.isfinite(v)]
             if vals:
@@ -585,6 +645,105 @@ def turn_scores_vs_context(rows: list[dict[str, Any]], bins: tuple[int, ...] = C
                     {"model": key[0], "arm": key[1], "context": label(lo, hi), "n": len(vals), "mean_pct": float(np.mean(vals))}
                 )
     return out
+
+
+def risk_stratum(r: dict[str, str]) -> str:
+    """A session's risk stratum: "none", or "at_risk" for any risk level."""
+    return "none" if (r.get("risk_level") or "none") == "none" else "at_risk"
+
+
+POPULATIONS = {"no_risk": "patients without risk", "all": "all patients"}
+
+
+def ctrs_population(totals: list[dict[str, str]], population: str) -> list[dict[str, str]]:
+    """The sessions of the CTRS comparisons (config key report.ctrs_population): the patients
+    without risk (the study's population had none at risk), or all."""
+    if population not in POPULATIONS:
+        raise ValueError(f"report.ctrs_population: {population!r} is not one of {', '.join(POPULATIONS)}")
+    return list(totals) if population == "all" else [r for r in totals if risk_stratum(r) == "none"]
+
+
+def risk_strata(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Tuned against instruct within each risk stratum (no risk, at risk), per model and pooled."""
+    out = []
+    for stratum in ("none", "at_risk"):
+        sub = [r for r in totals if risk_stratum(r) == stratum]
+        per_model, pooled = tuned_vs_instruct(sub, models, alpha, n_boot, seed)
+        for m, c in [*per_model.items(), ("pooled", pooled)]:
+            out.append({"stratum": stratum, "model": m, "patients": len({r["patient_id"] for r in sub}), **c})
+    return out
+
+
+def closing_sensitivity(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """Sessions whose therapist was asked to close at max_turns (rollout.at_max_turns: closing),
+    per model and arm, and the tuned-vs-instruct comparison without them: a unit is left out in
+    both arms when either arm's session received the instruction."""
+    if not totals or "closing_prompted" not in totals[0]:
+        return {}
+    counts = [
+        {"model": m, "arm": a, "sessions": len(rs), "closing_prompted": sum(r["closing_prompted"] == "1" for r in rs)}
+        for m in models
+        for a in ("instruct", "cbt")
+        if (rs := _rows(totals, model=m, arm=a))
+    ]
+    prompted = {(r["model"], _unit(r)) for r in totals if r["closing_prompted"] == "1"}
+    without = [r for r in totals if (r["model"], _unit(r)) not in prompted]
+    per_model, pooled = tuned_vs_instruct(without, models, alpha, n_boot, seed)
+    return {"counts": counts, "units_left_out": len(prompted), "without": per_model, "pooled_without": pooled}
+
+
+def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every test of the CTRS analysis, labelled primary, secondary or exploratory, with its p
+    adjusted (Holm) within its family. Primary: the declared endpoint. Secondary: tuned against
+    instruct on the total per model and pooled, the between-model tests, and the mixed model's
+    interactions. Exploratory: items, subtotals, positions, strata, length, context and the
+    closing-instruction sensitivity analysis."""
+    prim = res["primary"]
+    tests: list[dict[str, Any]] = []
+    key = "p_t" if prim.get("test") == "paired_t" else "p_wilcoxon"
+    tests.append({"family": "primary", "test": f"{prim['outcome']}, CBT vs instruct, {prim['contrast']}", "p": prim.get("p")})
+    for m, c in [*res["tuned_vs_instruct"].items(), ("pooled", res["pooled"])]:
+        if not (prim["outcome"] == "total" and prim["contrast"] == m):
+            tests.append({"family": "secondary", "test": f"total, CBT vs instruct, {m}", "p": c[key]})
+    bm = res["between_models"]
+    if "rm_anova" in bm:
+        tests.append(
+            {"family": "secondary", "test": "total, between models (CBT arms), repeated-measures ANOVA", "p": bm["rm_anova"].get("p")}
+        )
+    mm = res["mixed_model"]
+    if mm.get("interaction"):
+        tests.append({"family": "secondary", "test": "mixed model: arm x model interaction", "p": mm["interaction"]["p"]})
+    if mm.get("risk_interaction"):
+        tests.append({"family": "secondary", "test": "mixed model: arm x risk interaction", "p": mm["risk_interaction"]["p"]})
+    for m, per in res["per_item"].items():
+        tests += [{"family": "exploratory", "test": f"item {c['item']}, CBT vs instruct, {m}", "p": c["p_t"]} for c in per["items"]]
+    for sid, sub in res["subtotals"].items():
+        tests += [
+            {"family": "exploratory", "test": f"subtotal {sid}, CBT vs instruct, {m}", "p": c["p_t"]} for m, c in sub["models"].items()
+        ]
+    tests += [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, position {r['position']}", "p": r["p_t"]}
+        for r in res["by_position"]
+    ]
+    tests += [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, risk stratum {r['stratum']}", "p": r["p_t"]}
+        for r in res["risk_strata"]
+    ]
+    for cov, per in res["length_adjusted"].items():
+        tests += [{"family": "exploratory", "test": f"total adjusted for {cov}, {m}", "p": c["p"]} for m, c in per.items()]
+    cs = res["context_vs_score"]
+    if cs:
+        tests += [
+            {"family": "exploratory", "test": f"Spearman total ~ context, {g['model']}/{g['arm']} (patients)", "p": g["p"]}
+            for g in [*cs["groups"], dict(cs["pooled"], model="pooled", arm="both")]
+        ]
+    cl = res["closing"]
+    if cl:
+        tests += [
+            {"family": "exploratory", "test": f"total, CBT vs instruct, {m}, without closing-instruction sessions", "p": c["p_t"]}
+            for m, c in cl["without"].items()
+        ]
+    return adjust_within_families(tests)
 
 
 def analyse(
@@ -595,20 +754,35 @@ def analyse(
     seed: int,
     human: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every analysis of the report, each a function above."""
+    """Every analysis of the report, each a function above. The CTRS comparisons are made on the
+    population of report.ctrs_population (patients without risk by default); the risk strata and
+    the mixed model (with an arm x risk term) use every session."""
     alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
     items = [i["id"] for i in rubric["items"]]
     models = sorted({r["model"] for r in totals})
     arms = sorted({r["arm"] for r in totals})
     threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
+    population = rcfg.get("ctrs_population", "no_risk")
+    pop = ctrs_population(totals, population)
     res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
+    res["population"] = {
+        "name": population,
+        "description": POPULATIONS[population],
+        "patients": len({r["patient_id"] for r in pop}),
+        "sessions": len(pop),
+        "patients_all": len({r["patient_id"] for r in totals}),
+        "sessions_all": len(totals),
+    }
+    if not pop and totals:
+        res["notes"].append(f"no sessions in the CTRS population ({POPULATIONS[population]}): every CTRS comparison is empty")
     res["missing"] = missing_answers(long, totals)
     res["missing"]["by_group"] = missing_by_group(long, totals, models, arms)
-    res["missing"]["bounds"] = missing_bounds(totals, models, rubric["min_total"], rubric["max_total"])
-    res["primary"] = primary_endpoint(totals, models, rcfg, nb, seed)
-    res["descriptives"] = descriptives(totals, models, arms, items, threshold)
-    res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(totals, models, alpha, nb, seed)
-    res["between_models"] = between_models(totals, models, arms, alpha, nb, seed)
+    res["missing"]["bounds"] = missing_bounds(pop, models, rubric["min_total"], rubric["max_total"])
+    res["primary"] = primary_endpoint(pop, models, rcfg, nb, seed)
+    res["descriptives"] = descriptives(pop, models, arms, items, threshold)
+    res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(pop, models, alpha, nb, seed)
+    res["between_models"] = between_models(pop, models, arms, alpha, nb, seed)
+    res["risk_strata"] = risk_strata(totals, models, alpha, nb, seed)
     scored = [r for r in totals if r["arm"] in ("cbt", "instruct")]
     res["mixed_model"] = mixed_arm_by_model(
         [r["patient_id"] for r in scored],
@@ -616,16 +790,20 @@ def analyse(
         [r["arm"] for r in scored],
         [_num(r["total"]) for r in scored],
         alpha=alpha,
+        position=[str(r.get("position") or "1") for r in scored],
+        risk=[risk_stratum(r) for r in scored],
     )
-    res["per_item"] = per_item(totals, models, items, rcfg["item_correction"], alpha, nb, seed)
+    res["per_item"] = per_item(pop, models, items, rcfg["item_correction"], alpha, nb, seed)
     res["reliability"] = reliability(long, items)
     res["inter_judge"] = inter_judge(long, items)
     res["max_total"] = rubric["max_total"]
-    res["by_position"] = by_position(totals, models, alpha, nb, seed) if totals else []
+    res["by_position"] = by_position(pop, models, alpha, nb, seed) if pop else []
     res["lengths"] = lengths(totals, models, arms)
-    res["length_adjusted"] = length_adjusted(totals, models, alpha)
-    res["context_vs_score"] = context_vs_score(totals, models, arms)
-    res["subtotals"] = subtotal_comparisons(totals, rubric, models, alpha, nb, seed)
+    res["length_adjusted"] = length_adjusted(pop, models, alpha)
+    res["context_vs_score"] = context_vs_score(pop, models, arms, n_boot=nb, seed=seed)
+    res["subtotals"] = subtotal_comparisons(pop, rubric, models, alpha, nb, seed)
+    res["closing"] = closing_sensitivity(pop, models, alpha, nb, seed)
+    res["tests"] = test_register(res, rcfg)
     if human:
         res["human_agreement"] = human_agreement(totals, items, human)
     return res

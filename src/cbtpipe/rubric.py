@@ -21,6 +21,7 @@ _line = yamlfile.line
 # What the score table carries of each session's rollout (its position in the course and its length).
 SESSION_COLUMNS = (
     "position",
+    "session",
     "turns",
     "therapist_turns",
     "therapist_words",
@@ -50,6 +51,7 @@ RESERVED_COLUMNS = frozenset(
         "score",
         "rater",
         "total_pct",
+        "risk_level",
     }
     | set(SESSION_COLUMNS)
 )

@@ -126,6 +126,19 @@ def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | No
     return out
 
 
+def adjust_within_families(tests: list[dict[str, Any]], method: str = "holm") -> list[dict[str, Any]]:
+    """Each test (a dict with ``family`` and ``p``) with ``p_adjusted``: the p-values adjusted
+    (Holm by default) within the tests of its family; a family of one test is left as it is."""
+    out = [dict(t) for t in tests]
+    for fam in dict.fromkeys(t["family"] for t in out):
+        idx = [i for i, t in enumerate(out) if t["family"] == fam]
+        for i, q in zip(idx, p_adjust([out[i]["p"] for i in idx], method), strict=True):
+            out[i]["p_adjusted"] = q
+            out[i]["family_size"] = sum(out[j]["p"] is not None for j in idx)
+            out[i]["correction"] = method
+    return out
+
+
 def two_way_ss(y: np.ndarray) -> tuple[float, float, float]:
     """Sums of squares of a complete rows x columns table without replication: rows, columns,
     residual (what the repeated-measures ANOVA and the ICC both decompose)."""
@@ -332,6 +345,40 @@ def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> dict[s
     return res
 
 
+def clustered_spearman(
+    x: list[float] | np.ndarray,
+    y: list[float] | np.ndarray,
+    clusters: list[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Spearman's rho of x and y when observations are clustered (sessions of one patient): the
+    test takes the cluster as the unit, over each cluster's mean x and mean y (``rho``, ``p``,
+    ``n`` clusters); the observation-level rho is given beside it (``rho_sessions``) with a
+    percentile interval from resampling whole clusters (``ci_sessions``)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cl = np.asarray(clusters, dtype=object)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y, cl = x[keep], y[keep], cl[keep]
+    ids = sorted(set(cl.tolist()))
+    members = [np.flatnonzero(cl == i) for i in ids]
+    res = spearman([x[m].mean() for m in members], [y[m].mean() for m in members]) | {"unit": "patient"}
+    ses = spearman(x, y)
+    res |= {"rho_sessions": ses["rho"], "n_sessions": ses["n"], "ci_sessions": [None, None]}
+    if ses["rho"] is not None and len(ids) >= 3:
+        rng = np.random.default_rng(seed)
+        boots = []
+        for _ in range(n_boot):
+            idx = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+            if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
+                boots.append(sps.spearmanr(x[idx], y[idx]).statistic)
+        if boots:
+            res["ci_sessions"] = [finite(np.quantile(boots, alpha / 2)), finite(np.quantile(boots, 1 - alpha / 2))]
+    return res
+
+
 def paired_power(dz: float, n: int, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t-test (a one-sample t-test of the differences) for the
     standardized effect ``dz`` with ``n`` pairs: the noncentral t distribution, as R's
@@ -357,13 +404,23 @@ def minimum_detectable_dz(n: int, alpha: float = 0.05, power: float = 0.8) -> fl
 
 
 def mixed_arm_by_model(
-    patient: list[str], model: list[str], arm: list[str], y: list[float], ref_arm: str = "instruct", alpha: float = 0.05
+    patient: list[str],
+    model: list[str],
+    arm: list[str],
+    y: list[float],
+    ref_arm: str = "instruct",
+    alpha: float = 0.05,
+    position: list[str] | None = None,
+    risk: list[str] | None = None,
 ) -> dict[str, Any]:
     """A linear mixed model of a session's score: ``y ~ arm * model + (1 | patient)`` (REML,
-    statsmodels MixedLM). Gives the fixed effects, the Wald test of the arm x model interaction
-    (does the gain from tuning depend on the model?), the estimated marginal means of every cell
-    and the arm effect within each model and averaged over models (each with its standard error
-    and Wald interval). Rows with a missing score are left out."""
+    statsmodels MixedLM), with ``+ position`` (course position, a factor) when sessions come from
+    more than one position and ``+ arm * risk`` (the persona's risk stratum) when both strata are
+    present. Gives the fixed effects, the Wald tests of the arm x model interaction (does the gain
+    from tuning depend on the model?) and of the arm x risk interaction, the estimated marginal
+    means of every arm and model (averaged with equal weights over positions and risk strata),
+    the arm effect within each model and averaged over models, and within each risk stratum
+    (each with its standard error and Wald interval). Rows with a missing score are left out."""
     import warnings
 
     import pandas as pd
@@ -371,6 +428,8 @@ def mixed_arm_by_model(
     import statsmodels.formula.api as smf
 
     df = pd.DataFrame({"patient": patient, "model": model, "arm": arm, "y": np.asarray(y, float)})
+    df["position"] = [str(p) for p in position] if position is not None else "1"
+    df["risk"] = list(risk) if risk is not None else "none"
     df = df[np.isfinite(df["y"])]
     models = sorted(df["model"].unique())
     arms = [ref_arm] + sorted(a for a in df["arm"].unique() if a != ref_arm)
@@ -391,9 +450,20 @@ def mixed_arm_by_model(
         res["notes"].append(f"{res['n_patients']} patients: the patient variance, and with it every standard error, is poorly estimated")
     df["model"] = pd.Categorical(df["model"], categories=models)
     df["arm"] = pd.Categorical(df["arm"], categories=arms)
+    positions = sorted(df["position"].unique(), key=lambda p: (len(p), p))
+    risks = sorted(df["risk"].unique(), key=lambda r: (r != "none", r))
+    rhs = "C(arm) * C(model)"
+    if len(positions) > 1:
+        rhs += " + C(position)"
+    if len(risks) > 1:
+        rhs += " + C(arm):C(risk) + C(risk)"
+    df["position"] = pd.Categorical(df["position"], categories=positions)
+    df["risk"] = pd.Categorical(df["risk"], categories=risks)
+    res["formula"] = f"y ~ {rhs} + (1 | patient)"
+    res["positions"], res["risk_strata"] = positions, risks
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = smf.mixedlm("y ~ C(arm) * C(model)", df, groups=df["patient"]).fit(reml=True)
+        fit = smf.mixedlm(f"y ~ {rhs}", df, groups=df["patient"]).fit(reml=True)
     res["notes"] += sorted({str(w.message).split("\n")[0] for w in caught})
     names = list(fit.fe_params.index)
     beta = fit.fe_params.to_numpy()
@@ -406,30 +476,42 @@ def mixed_arm_by_model(
         return {"estimate": finite(m), "se": finite(se), "ci": [finite(m - z * se), finite(m + z * se)], "p": finite(p)}
 
     res["fixed"] = [{"term": t, **est(np.eye(len(names))[i])} for i, t in enumerate(names)]
-    inter = [i for i, t in enumerate(names) if ":" in t]
-    b, v = beta[inter], cov[np.ix_(inter, inter)]
-    chi2 = float(b @ np.linalg.solve(v, b))
-    res["interaction"] = {
-        "terms": [names[i] for i in inter],
-        "chi2": finite(chi2),
-        "df": len(inter),
-        "p": finite(float(sps.chi2.sf(chi2, len(inter)))),
-    }
-    cells = pd.DataFrame([(a, m) for m in models for a in arms], columns=["arm", "model"])
-    cells["arm"] = pd.Categorical(cells["arm"], categories=arms)
-    cells["model"] = pd.Categorical(cells["model"], categories=models)
-    dm = patsy.dmatrix("C(arm) * C(model)", cells)
+
+    def wald(idx: list[int]) -> dict[str, Any]:
+        b, v = beta[idx], cov[np.ix_(idx, idx)]
+        chi2 = float(b @ np.linalg.solve(v, b))
+        return {"terms": [names[i] for i in idx], "chi2": finite(chi2), "df": len(idx), "p": finite(float(sps.chi2.sf(chi2, len(idx))))}
+
+    res["interaction"] = wald([i for i, t in enumerate(names) if "C(arm)" in t and "C(model)" in t])
+    risk_terms = [i for i, t in enumerate(names) if "C(arm)" in t and "C(risk)" in t]
+    res["risk_interaction"] = wald(risk_terms) if risk_terms else None
+    grid = pd.DataFrame(
+        [(a, m, p, r) for m in models for a in arms for p in positions for r in risks], columns=["arm", "model", "position", "risk"]
+    )
+    for col, cats in (("arm", arms), ("model", models), ("position", positions), ("risk", risks)):
+        grid[col] = pd.Categorical(grid[col], categories=cats)
+    dm = patsy.dmatrix(rhs, grid)
     if list(dm.design_info.column_names) != names:  # the same coding as the fit, column for column
         raise RuntimeError(f"mixed model: cell design {dm.design_info.column_names} differs from the fit's {names}")
     X = np.asarray(dm)
-    rows = {(a, m): X[k] for k, (a, m) in enumerate(zip(cells["arm"], cells["model"], strict=True))}
-    res["emm"] = [{"arm": a, "model": m, **est(rows[(a, m)])} for m in models for a in arms]
+
+    def row(**match: str) -> np.ndarray:
+        """The design row of a marginal mean: averaged with equal weights over what is not fixed."""
+        sel = np.ones(len(grid), bool)
+        for col, v in match.items():
+            sel &= (grid[col] == v).to_numpy()
+        return X[sel].mean(axis=0)
+
+    res["emm"] = [{"arm": a, "model": m, **est(row(arm=a, model=m))} for m in models for a in arms]
     res["arm_effects"] = []
+    res["arm_effects_by_risk"] = []
     for a in arms[1:]:
         for m in models:
-            res["arm_effects"].append({"arm": a, "model": m, **est(rows[(a, m)] - rows[(ref_arm, m)])})
-        avg = np.mean([rows[(a, m)] - rows[(ref_arm, m)] for m in models], axis=0)
-        res["arm_effects"].append({"arm": a, "model": "average over models", **est(avg)})
+            res["arm_effects"].append({"arm": a, "model": m, **est(row(arm=a, model=m) - row(arm=ref_arm, model=m))})
+        res["arm_effects"].append({"arm": a, "model": "average over models", **est(row(arm=a) - row(arm=ref_arm))})
+        if len(risks) > 1:
+            for r in risks:
+                res["arm_effects_by_risk"].append({"arm": a, "risk": r, **est(row(arm=a, risk=r) - row(arm=ref_arm, risk=r))})
     res["patient_variance"] = finite(float(fit.cov_re.iloc[0, 0]))
     res["residual_variance"] = finite(float(fit.scale))
     res["converged"] = bool(fit.converged)
