@@ -425,7 +425,9 @@ def test_the_probe_leaves_transient_failures_to_the_retries_and_skips_cached_ans
         assert srv.counts["500"] == 2
         again = make_backend("api", backends, cache_dir=tmp_path, probe=True)
         assert again.chat_json(MSG, SCHEMA, seed=1).data == {"agenda": 3}
-        assert srv.counts["500"] == 2  # from the cache: no probe, no call
+        # from the cache: the probe alone (a cached answer must be of the model served now), no call
+        assert srv.counts["500"] == 3
+        assert again.stats.cache_hits == 1
 
 
 def test_integer_enums_can_be_left_out_of_the_request_and_answers_are_still_checked():
@@ -443,3 +445,23 @@ def test_integer_enums_can_be_left_out_of_the_request_and_answers_are_still_chec
         assert res.data is None and "is not one of" in res.errors[0]  # 3 is outside the enum: refused here
         assert b.identity()["integer_enums"] is False
         assert "integer_enums" not in OpenAIBackend("d", {**spec, "integer_enums": True}, cache_dir=None).identity()
+
+
+def test_every_call_records_what_was_served_and_a_new_served_model_is_not_answered_from_the_cache(tmp_path):
+    """An API alias (deepseek-chat) can serve another model tomorrow: each answer records the
+    served model, its fingerprint and the time, and the cache key holds the served model, so an
+    answer of the old model is never replayed for the new one (the probe learns it first)."""
+    with FaultServer(fails=0) as srv:
+        srv.served = "chat-v3-2026-11"
+        backends = {"api": {"type": "openai", "base_url": srv.url("ok"), "model": "chat", "max_retries": 0}}
+        t0 = time.time()
+        b = make_backend("api", backends, cache_dir=tmp_path, probe=True)
+        r = b.chat_json(MSG, SCHEMA, seed=1)
+        assert r.served["served_model"] == "chat-v3-2026-11" and r.served["system_fingerprint"] == "fp_chat-v3-2026-11"
+        assert t0 <= r.served["created"] <= time.time()
+        again = make_backend("api", backends, cache_dir=tmp_path, probe=True)
+        assert again.chat_json(MSG, SCHEMA, seed=1).served == r.served and again.stats.cache_hits == 1  # the same model: replayed
+        srv.served = "chat-v4-2026-12"  # the provider moves the alias
+        moved = make_backend("api", backends, cache_dir=tmp_path, probe=True)
+        r2 = moved.chat_json(MSG, SCHEMA, seed=1)
+        assert moved.stats.cache_hits == 0 and r2.served["served_model"] == "chat-v4-2026-12"

@@ -48,6 +48,14 @@ class Completion:
     finish_reason: str = "stop"
     cached: bool = False
     prompt_tokens_reused: int = 0
+    # what answered: the model the endpoint says it served, its system fingerprint (or the
+    # provider's equivalent) and when (Unix time); a cached answer keeps those of the call that made it
+    served_model: str = ""
+    system_fingerprint: str = ""
+    created: float = 0.0
+
+    def provenance(self) -> dict[str, Any]:
+        return {"served_model": self.served_model, "system_fingerprint": self.system_fingerprint, "created": round(self.created, 3)}
 
 
 @dataclass
@@ -62,6 +70,7 @@ class JsonResult:
     completion_tokens: int = 0
     seconds: float = 0.0
     refusals: int = 0  # attempts the provider refused or filtered (finish reason refusal or content_filter)
+    served: dict[str, Any] = field(default_factory=dict)  # Completion.provenance() of the last attempt
 
 
 @dataclass
@@ -163,6 +172,15 @@ class Backend:
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def served_model(self) -> str | None:
+        """The model the endpoint says it serves now, where that can change under one name (an API
+        alias): part of the response cache's key, so that an answer of another served model is
+        never replayed. None where the identity already names the model (a local GGUF)."""
+        return None
+
+    def learn_served(self, c: Completion) -> None:
+        """Note what a fresh answer says was served (an API backend keeps it)."""
+
     def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
         raise NotImplementedError
 
@@ -186,19 +204,14 @@ class Backend:
         stop: list[str] | None = None,
     ) -> Completion:
         sampling = dict(sampling or {})
+        request = {"backend": self.identity(), "messages": messages, "sampling": sampling, "seed": seed, "schema": schema, "stop": stop}
+
+        def cache_key(served: str | None) -> str:
+            return hash_obj(request | ({"served_model": served} if served else {}), length=64)
+
         key = None
         if self.cache_dir is not None:
-            key = hash_obj(
-                {
-                    "backend": self.identity(),
-                    "messages": messages,
-                    "sampling": sampling,
-                    "seed": seed,
-                    "schema": schema,
-                    "stop": stop,
-                },
-                length=64,
-            )
+            key = cache_key(self.served_model())
             cpath = self.cache_dir / key[:2] / f"{key}.json"
             if cpath.exists():
                 try:
@@ -212,9 +225,12 @@ class Backend:
         c = self._complete(messages, sampling=sampling, seed=seed, schema=schema, stop=stop)
         with self._lock:
             self.stats.add(c)
+        self.learn_served(c)
         if key is not None and keepable(c, sampling):
             d = asdict(c)
             d["cached"] = False
+            # kept under the model that answered (the probe may not have learned it)
+            key = cache_key(self.served_model())
             write_json(self.cache_dir / key[:2] / f"{key}.json", d)
         return c
 
@@ -237,6 +253,7 @@ class Backend:
             res.completion_tokens += c.completion_tokens
             res.seconds += c.seconds
             res.refusals += int(c.finish_reason in ("refusal", "content_filter"))
+            res.served = c.provenance()
             data, err = validate_json_text(c.text, schema)
             if err is None:
                 res.data = data
@@ -282,6 +299,10 @@ class LlamaCppBackend(Backend):
         super().__init__(name, spec, **kw)
         self.model_path = resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
         check_gguf_file(self.model_path, f"backends.{name}")
+        import llama_cpp
+
+        self._sha = sha256_file(self.model_path)
+        self._fingerprint = f"llama-cpp-python {llama_cpp.__version__}, gguf sha256 {self._sha[:16]}"
         require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec["n_gpu_layers"]))
         from llama_cpp import Llama
 
@@ -316,7 +337,7 @@ class LlamaCppBackend(Backend):
         self.llm.create_completion = self._prepared_completion
 
     def identity(self) -> dict[str, Any]:
-        return {"type": self.kind, "model_sha256": sha256_file(self.model_path)}
+        return {"type": self.kind, "model_sha256": self._sha}
 
     def count_tokens(self, text: str) -> int:
         with self._call_lock:
@@ -388,6 +409,9 @@ class LlamaCppBackend(Backend):
             seconds=dt,
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens_reused=reused,
+            served_model=self.model_path.name,
+            system_fingerprint=self._fingerprint,
+            created=time.time(),
         )
 
     def close(self) -> None:
@@ -446,6 +470,7 @@ class OpenAIBackend(Backend):
         self.concurrency = conc
         self.probe_first = False  # make_backend(..., probe=True): probe before the first real call
         self._probed = False
+        self._served: str | None = None  # what the endpoint said it serves (the probe's or a fresh answer's)
         self._probe_lock = threading.Lock()
         self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
         import httpx
@@ -464,6 +489,19 @@ class OpenAIBackend(Backend):
     @property
     def parallelism(self) -> int:
         return self.concurrency
+
+    def served_model(self) -> str | None:
+        """Learned by the probe (pipeline jobs) before the first cache lookup, or from the first
+        fresh answer where the probe could not tell; None without a probe (a direct client)."""
+        if not self.probe_first:
+            return None
+        if self.cache_dir is not None:
+            self.probe()  # before the first cache lookup: a cached answer must be of the model served now
+        return self._served
+
+    def learn_served(self, c: Completion) -> None:
+        if self.probe_first and c.served_model and self._served is None:
+            self._served = c.served_model
 
     # A structured answer with an integer enum: the shape of the judge's schema, which some
     # endpoints refuse (HTTP 400) in some json_mode dialects.
@@ -528,6 +566,11 @@ class OpenAIBackend(Backend):
                 with self._lock:
                     self.stats.errors += 1
                 raise BackendError(f"{where}: HTTP {code} from {redact(url)}: {text}: {hint}")
+            if code < 400:
+                try:
+                    self._served = str(json.loads(raw).get("model") or "") or None
+                except (ValueError, AttributeError):
+                    pass
             self._probed = True
 
     def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:
@@ -613,6 +656,9 @@ class OpenAIBackend(Backend):
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 seconds=dt,
                 finish_reason="refusal" if refused else (choice.get("finish_reason") or "stop"),
+                served_model=str(out.get("model") or ""),
+                system_fingerprint=str(out.get("system_fingerprint") or ""),
+                created=time.time(),
             )
         with self._lock:
             self.stats.errors += 1

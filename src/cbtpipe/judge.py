@@ -114,6 +114,7 @@ def judge_session(
             )
             sample["attempts"] += res.attempts
             sample["refusals"] += res.refusals
+            sample["served"] = res.served  # what answered (served model, fingerprint, time)
             sample["errors"] += res.errors
             for t in toks:
                 toks[t] += getattr(res, t)

@@ -184,6 +184,9 @@ class LlamaServerBackend(OpenAIBackend):
     def identity(self) -> dict[str, Any]:
         return self._identity
 
+    def served_model(self) -> str | None:
+        return None  # the identity names the model file
+
     def count_tokens(self, text: str) -> int:
         """Exact count from the server's own tokenizer (memoized per text)."""
         n = self._token_counts.get(text)

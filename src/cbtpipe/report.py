@@ -308,7 +308,33 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         if k in bounds.get("complete_case", {})
     ]
     mm = st.get("mixed_model") or {}
+    cl = st.get("closing") or {}
     return {
+        "tests": [
+            [t["family"], t["test"], fmt_p(t["p"]), fmt_p(t.get("p_adjusted")), t.get("family_size", "—")] for t in st.get("tests", [])
+        ],
+        "risk_strata": [
+            [
+                "no risk" if r["stratum"] == "none" else "at risk",
+                r["model"],
+                r["n"],
+                fmt(r["mean_b"]),
+                fmt(r["mean_a"]),
+                fmt(r["mean_diff"]),
+                ci(r["ci_t"]),
+                fmt_p(r["p_t"]),
+                _notes(r),
+            ]
+            for r in st.get("risk_strata", [])
+        ],
+        "mixed_risk": [
+            ["no risk" if e["risk"] == "none" else "at risk", fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])]
+            for e in mm.get("arm_effects_by_risk", [])
+        ],
+        "closing": [
+            [m, c["n"], fmt(c["mean_b"]), fmt(c["mean_a"]), fmt(c["mean_diff"]), ci(c["ci_t"]), fmt_p(c["p_t"]), _notes(c)]
+            for m, c in [*cl.get("without", {}).items(), *([("pooled", cl["pooled_without"])] if cl else [])]
+        ],
         "mixed_emm": [[e["model"], e["arm"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"])] for e in mm.get("emm", [])],
         "mixed_effects": [[e["model"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])] for e in mm.get("arm_effects", [])],
         "primary": _primary_text(prim) if prim else None,
@@ -360,6 +386,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 g["n"],
                 fmt(g["rho"]),
                 fmt_p(g["p"]),
+                f"{fmt(g.get('rho_sessions'))} {_ci(g.get('ci_sessions') or [None, None])} (n={g.get('n_sessions', '—')})",
                 f"{fmt(g['mean_below'])} (n={g['n_below']})",
                 f"{fmt(g['mean_at_or_above'])} (n={g['n_at_or_above']})",
                 _notes(g),

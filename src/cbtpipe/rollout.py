@@ -146,6 +146,7 @@ def run_session(
                 "finish_reason": c.finish_reason,
                 "cached": c.cached,
                 "truncated_context": dropped,
+                **c.provenance(),
             }
         )
         if not text:

@@ -391,6 +391,7 @@ def judge_safety(
             "attempts": res.attempts,
             "refused": refused,
             "raw_invalid": [] if res.data is not None else res.raw,
+            "served": res.served,
         }
         return ans
 

@@ -18,6 +18,8 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /refusal/v1/...                  a refusal: no content, a ``refusal`` field (always)
   /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header (always)
 ``answer`` is the content of a good answer, or a function of the request body that returns it.
+``served`` (settable at any time) is the model a good answer says it served, with a system
+fingerprint of its own; None answers with the requested name and no fingerprint.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FaultServer:
         self.fails = fails
         self.slow_s = slow_s
         self.answer = answer
+        self.served: str | None = None
         self.counts: dict[str, int] = {}
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
@@ -103,7 +106,8 @@ class FaultServer:
                 out = {
                     "id": "x",
                     "object": "chat.completion",
-                    "model": body.get("model"),
+                    "model": outer.served or body.get("model"),
+                    **({"system_fingerprint": f"fp_{outer.served}"} if outer.served else {}),
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }
