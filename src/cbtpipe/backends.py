@@ -14,6 +14,7 @@ is validated here as well, whatever the endpoint promises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -567,10 +568,8 @@ class OpenAIBackend(Backend):
                     self.stats.errors += 1
                 raise BackendError(f"{where}: HTTP {code} from {redact(url)}: {text}: {hint}")
             if code < 400:
-                try:
+                with contextlib.suppress(ValueError, AttributeError):  # a body that is not JSON names nothing
                     self._served = str(json.loads(raw).get("model") or "") or None
-                except (ValueError, AttributeError):
-                    pass
             self._probed = True
 
     def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:
