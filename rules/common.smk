@@ -278,8 +278,9 @@ def training_params(wildcards):
 
 
 def rollout_inputs(wildcards):
+    """A rollout job plays every arm: one GGUF per arm, in the order of ARMS."""
     return {
-        "gguf": gguf_path(wildcards.model, wildcards.arm, RQ),
+        "gguf": [gguf_path(wildcards.model, arm, RQ) for arm in ARMS],
         "profiles": "results/profiles/eval.jsonl",
         "system_prompt": config["data"]["system_prompt"],
         "patient_prompt": config["rollout"]["patient_prompt"],

@@ -6,6 +6,9 @@ rule judge:
         sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["judge"]["rubric"],
         prompts=judge_prompts(),
+        # the primary endpoint is on record before any judgement (ancient: a later change of it
+        # writes a new record, dated after the judgements, and judges nothing again)
+        primary=ancient("results/plan/primary.json"),
     output:
         judged="results/judge/{model}/{arm}/shard{shard}.jsonl",
         stats="results/judge/{model}/{arm}/shard{shard}.stats.json",

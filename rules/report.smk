@@ -96,6 +96,25 @@ rule turn_statistics:
         "../scripts/turn_statistics.py"
 
 
+# The primary endpoint on record before the first judgement: the report says "declared before
+# the run" only when this record predates every judge call.
+
+
+rule declare_primary:
+    output:
+        "results/plan/primary.json",
+    log:
+        "logs/report/declare_primary.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    params:
+        primary=config["report"]["primary"],
+        population=config["report"]["ctrs_population"],
+    script:
+        "../scripts/declare_primary.py"
+
+
 # Not part of a run: `snakemake results/plan/plan.md` prints the plan before any call is made
 # (the report makes the same plan and puts it beside what the run used).
 rule plan:
@@ -158,6 +177,7 @@ rule report:
             shard=SHARDS,
         ),
         plan_files=plan_inputs(),
+        primary="results/plan/primary.json",
     output:
         md="results/report/report.md",
         html=report(

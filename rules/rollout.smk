@@ -1,16 +1,18 @@
-# Simulated sessions: the GGUF therapist (instruct or CBT-tuned) against the simulated patient.
+# Simulated sessions: the GGUF therapists (instruct and CBT-tuned) against the simulated patient.
+# One job plays every arm of a (model, shard), interleaved session by session, after training: one
+# patient's instruct and CBT sessions meet the patient model at nearly the same time.
 
 
 rule rollout:
     input:
         unpack(rollout_inputs),
     output:
-        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/rollouts/{model}/{arm}/shard{shard}.stats.json",
+        sessions=expand("results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS),
+        stats=expand("results/rollouts/{{model}}/{arm}/shard{{shard}}.stats.json", arm=ARMS),
     log:
-        "logs/rollout/{model}-{arm}-{shard}.log",
+        "logs/rollout/{model}-{shard}.log",
     benchmark:
-        "benchmarks/rollout/{model}-{arm}-{shard}.tsv"
+        "benchmarks/rollout/{model}-{shard}.tsv"
     conda:
         rollout_env
     threads: CPU
@@ -25,7 +27,8 @@ rule rollout:
         shards=len(SHARDS),
         course=course_settings(),
         risk_protocol=protocol_params,
-        units="results/units/rollouts/{model}/{arm}",
+        units="results/units/rollouts/{model}",
+        arms=ARMS,
     script:
         "../scripts/rollout.py"
 
@@ -38,12 +41,18 @@ rule rollout_ablation:
     input:
         unpack(rollout_inputs),
     output:
-        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.stats.json",
+        sessions=expand(
+            "results/ablations/{{variant}}/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl",
+            arm=ARMS,
+        ),
+        stats=expand(
+            "results/ablations/{{variant}}/rollouts/{{model}}/{arm}/shard{{shard}}.stats.json",
+            arm=ARMS,
+        ),
     log:
-        "logs/ablations/{variant}/rollout/{model}-{arm}-{shard}.log",
+        "logs/ablations/{variant}/rollout/{model}-{shard}.log",
     benchmark:
-        "benchmarks/ablations/{variant}/rollout/{model}-{arm}-{shard}.tsv"
+        "benchmarks/ablations/{variant}/rollout/{model}-{shard}.tsv"
     conda:
         rollout_env
     threads: CPU
@@ -58,6 +67,7 @@ rule rollout_ablation:
         shards=len(SHARDS),
         course=course_settings(),
         risk_protocol=protocol_params,
-        units="results/units/rollouts/{model}/{arm}",
+        units="results/units/rollouts/{model}",
+        arms=ARMS,
     script:
         "../scripts/rollout.py"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cbtpipe.analysis import read_csv
+from cbtpipe.analysis import declared_before, read_csv
 from cbtpipe.io import read_json, sha256_file
 from cbtpipe.plan import build_plan
 from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report
@@ -39,6 +39,12 @@ with entry(snakemake, "report") as log:
         "turn_windows": read_json(inp.turn_windows[0]) if inp.turn_windows else {},
         "benchmarks": benchmark_table(snakemake.params.benchmarks),
         "provenance": provenance(cfg, prov_models, files),
+        "declaration": declared_before(
+            read_json(inp.primary),
+            cfg["report"]["primary"],
+            cfg["report"]["ctrs_population"],
+            (stats.get("judge_provenance") or {}).get("first_call"),
+        ),
     }
     write_report(snakemake.output.md, snakemake.output.html, build_markdown(ctx))
     log.info("report written to %s", snakemake.output.html)

@@ -1,4 +1,4 @@
-"""Snakemake entry: simulated sessions of one (model, arm, shard); resumable per session."""
+"""Snakemake entry: simulated sessions of one (model, shard) in every arm, interleaved; resumable per session."""
 
 import contextlib
 from pathlib import Path
@@ -7,13 +7,15 @@ from cbtpipe.backends import LlamaCppBackend, make_backend
 from cbtpipe.course import eval_context
 from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
-from cbtpipe.rollout import run_rollouts, shard_profiles
+from cbtpipe.rollout import run_arms, shard_profiles
 from cbtpipe.rule import entry
 from cbtpipe.safety import therapist_prompt
 
 with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout
     wc = snakemake.wildcards
+    arms = list(snakemake.params.arms)
+    ggufs = list(snakemake.input.gguf)  # one per arm, in the order of the arms
     profiles = shard_profiles(read_jsonl(snakemake.input.profiles), int(wc.shard), snakemake.params.shards)
     histories = {h["patient_id"]: h for h in read_jsonl(snakemake.input.history)}
     course = snakemake.params.course
@@ -27,33 +29,35 @@ with entry(snakemake, "rollout") as log:
         "n_threads": rcfg["therapist_n_threads"] or snakemake.threads,
         "n_gpu_layers": rcfg["therapist_n_gpu_layers"],
     }
-    with contextlib.ExitStack() as stack:  # closes the backends, then stops the server
-        if rcfg["therapist_server"]:
-            server = stack.enter_context(
-                LlamaServer(
-                    snakemake.input.gguf,
-                    parallel=rcfg["parallel_sessions"],
-                    n_ctx=rcfg["therapist_n_ctx"],
-                    n_gpu_layers=rcfg["therapist_n_gpu_layers"],
-                    threads=therapist_spec["n_threads"],
-                    log_path=Path(snakemake.log[0]).with_suffix(".server.log"),
+    with contextlib.ExitStack() as stack:  # closes the backends, then stops the servers
+        therapists = []
+        for arm, gguf in zip(arms, ggufs, strict=True):
+            if rcfg["therapist_server"]:
+                server = stack.enter_context(
+                    LlamaServer(
+                        gguf,
+                        parallel=rcfg["parallel_sessions"],
+                        n_ctx=rcfg["therapist_n_ctx"],
+                        n_gpu_layers=rcfg["therapist_n_gpu_layers"],
+                        threads=therapist_spec["n_threads"],
+                        log_path=Path(snakemake.log[0]).with_suffix(f".{arm}.server.log"),
+                    )
                 )
-            )
-            therapist = LlamaServerBackend("therapist", server)
-        else:
-            therapist = LlamaCppBackend(
-                "therapist", therapist_spec, model_path=snakemake.input.gguf, gpu_key="rollout.therapist_n_gpu_layers"
-            )
-        stack.callback(therapist.close)
+                therapist = LlamaServerBackend(f"therapist-{arm}", server)
+            else:
+                therapist = LlamaCppBackend(f"therapist-{arm}", therapist_spec, model_path=gguf, gpu_key="rollout.therapist_n_gpu_layers")
+            stack.callback(therapist.close)
+            therapists.append(therapist)
         patient = make_backend(rcfg["patient_backend"], snakemake.params.backends, where="rollout.patient_backend", probe=True)
         stack.callback(patient.close)
-        sessions, stats = run_rollouts(
+        results = run_arms(
             model=wc.model,
-            arm=wc.arm,
             quantization=rcfg["quantization"],
-            gguf=snakemake.input.gguf,
+            arms=[
+                {"arm": arm, "gguf": gguf, "therapist": t, "unit_dir": Path(snakemake.params.units) / arm}
+                for arm, gguf, t in zip(arms, ggufs, therapists, strict=True)
+            ],
             profiles=profiles,
-            therapist=therapist,
             patient=patient,
             rcfg=rcfg,
             system_prompt=therapist_prompt(
@@ -63,10 +67,10 @@ with entry(snakemake, "rollout") as log:
                 snakemake.params.risk_protocol.get("country"),
             ),
             patient_template=snakemake.input.patient_prompt,
-            unit_dir=snakemake.params.units,
             layout=read_json(snakemake.input.layout),
             contexts=contexts,
         )
-    write_jsonl(snakemake.output.sessions, sessions)
-    write_json(snakemake.output.stats, stats)
-    log.info("rollout stats: %s", stats)
+    for (sessions, stats), out_sessions, out_stats in zip(results, snakemake.output.sessions, snakemake.output.stats, strict=True):
+        write_jsonl(out_sessions, sessions)
+        write_json(out_stats, stats)
+        log.info("rollout stats (%s): %s", stats["arm"], stats)

@@ -1,7 +1,7 @@
 """Snakemake entry: paired, between-model and per-item statistics, judge reliability."""
 
-from cbtpipe.analysis import analyse, read_csv
-from cbtpipe.io import write_json
+from cbtpipe.analysis import analyse, judge_provenance, read_csv
+from cbtpipe.io import read_jsonl, write_json
 from cbtpipe.packet import load_packet_ratings
 from cbtpipe.rubric import load_human_ratings, load_rubric
 from cbtpipe.rule import entry
@@ -16,5 +16,6 @@ with entry(snakemake, "statistics") as log:
     if packet:  # a filled blinded packet, mapped back to its sessions through the key
         human = (human or []) + load_packet_ratings(packet, snakemake.input.packet_key, rubric)
     res = analyse(read_csv(snakemake.input.long), read_csv(snakemake.input.totals), rubric, rcfg, snakemake.params.seed, human)
+    res["judge_provenance"] = judge_provenance([j for p in snakemake.input.judged for j in read_jsonl(p)])
     write_json(snakemake.output.stats, res)
     log.info("statistics written: %s", list(res))

@@ -1,8 +1,13 @@
 """Loss masks and system-prompt layout on the real chat templates of the three study models.
 
 The templates come from the pinned llama-cpp-python sdist (vendor/llama.cpp/models/templates), as
-the llama_cpp_tools rule extracts them. The tokenizer is the tiny model's with each template's
-special tokens added as special tokens, as the study models' own tokenizers have them."""
+the llama_cpp_tools rule extracts them; Mistral 7B Instruct v0.3's own template, which that folder
+lacks, is test data (tests/data/templates). The tokenizer is the tiny model's with each template's
+special tokens added as special tokens, as the study models' own tokenizers have them; the masks
+are also proven with the real tokenizers that packages ship (Mistral's v3 tokenizer in
+mistral-common, Llama 3's in llama-models)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +15,10 @@ from cbtpipe.chat import apply_layout, chat_layout, check_layout, drop_oldest_ex
 from cbtpipe.course import context_block, eval_context, phase_plan, therapist_system, training_context
 from cbtpipe.io import PipelineError
 
+DATA = Path(__file__).parent / "data" / "templates"
+V03 = "mistralai-Mistral-7B-Instruct-v0.3.jinja"
 # template file, its special tokens, bos, eos (end of an assistant turn), the layout auto must pick
+# (and the separator between the generation prompt and a turn's content, where there is one)
 TEMPLATES = {
     "llama31": (
         "meta-llama-Llama-3.1-8B-Instruct.jinja",
@@ -22,7 +30,16 @@ TEMPLATES = {
     ),
     "qwen25": ("Qwen-Qwen2.5-7B-Instruct.jinja", ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|im_end|>", "native"),
     "mistral": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>", "</s>", "first_user"),
+    # the study's Mistral: "[/INST]" + " " + content|trim + eos
+    "mistral_v03": (V03, ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>", "</s>", "first_user"),
 }
+SEPARATOR = {"mistral_v03": " "}
+
+
+def _template(llama_cpp_tools, name: str) -> str:
+    path = DATA / name if (DATA / name).exists() else llama_cpp_tools / "models" / "templates" / name
+    return path.read_text(encoding="utf-8")
+
 
 SYSTEM = "You are a CBT therapist. Course context: this is session 2 of 20."
 CONV = [
@@ -44,7 +61,7 @@ def study_tok(request, tiny_hf, llama_cpp_tools):
     if bos:
         tok.bos_token = bos
     tok.eos_token = eos
-    tok.chat_template = (llama_cpp_tools / "models" / "templates" / name).read_text(encoding="utf-8")
+    tok.chat_template = _template(llama_cpp_tools, name)
     return request.param, tok, eot, layout
 
 
@@ -65,10 +82,11 @@ def _masked_turns(tok, ex):
 def test_masked_tokens_decode_to_exactly_the_therapist_turns(study_tok):
     name, tok, eot, want_layout = study_tok
     layout = chat_layout(tok, name)
-    assert layout["system"] == want_layout and layout["end_of_turn"] == eot
+    sep = SEPARATOR.get(name, "")
+    assert layout["system"] == want_layout and layout["end_of_turn"] == eot and layout["separator"] == sep
     ex = mask_example(tok, CONV, layout)
     therapist = [m["content"] for m in CONV if m["role"] == "assistant"]
-    assert _masked_turns(tok, ex) == [t + eot for t in therapist]
+    assert _masked_turns(tok, ex) == [sep + t + eot for t in therapist]
     # The system prompt that inference always has is in the training text.
     text = tok.decode(ex["input_ids"])
     assert SYSTEM in text
@@ -83,7 +101,7 @@ def test_the_former_mistral_mask_fails_the_check(study_tok):
     """The native layout (the system message left where the template puts it) is refused for
     Mistral's template, which renders the system prompt only inside the last user message."""
     name, tok, _, want_layout = study_tok
-    why, _ = check_layout(tok, "native")
+    why, _, _ = check_layout(tok, "native")
     if want_layout == "native":
         assert why is None
         return
@@ -148,3 +166,65 @@ def test_course_context_is_one_definition_for_training_and_evaluation(root):
     )
     assert eval_context({"patient_id": "q", "history": None}, 2, 4, phases, tpl) is None  # no history: not played
     assert therapist_system("Base prompt.", a) == f"Base prompt.\n\n{a}"
+
+
+def _package_file(package: str, rel: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    assert spec and spec.submodule_search_locations, f"{package} is not installed (requirements-nodeps.txt)"
+    return Path(next(iter(spec.submodule_search_locations))) / rel
+
+
+@pytest.fixture(scope="module")
+def mistral_v3_tok(tmp_path_factory):
+    """Mistral's own v3 SentencePiece tokenizer (Mistral 7B Instruct v0.3's), as mistral-common
+    ships it, with the v0.3 chat template."""
+    from transformers import LlamaTokenizer
+
+    d = tmp_path_factory.mktemp("mistral_v3")
+    (d / "tokenizer.model").write_bytes(_package_file("mistral_common", "data/mistral_instruct_tokenizer_240323.model.v3").read_bytes())
+    tok = LlamaTokenizer.from_pretrained(d, legacy=False)
+    tok.chat_template = (DATA / V03).read_text(encoding="utf-8")
+    return tok
+
+
+def test_mistral_v03_masks_with_its_own_tokenizer(mistral_v3_tok):
+    """The real v3 tokenizer folds the separator's space into the turn's first token ("▁Hello"):
+    the mask covers that token, so the model learns to start its turn as it does at inference,
+    where the prompt ends with "[/INST]"."""
+    tok = mistral_v3_tok
+    layout = chat_layout(tok, "mistral-7b-v0.3")
+    assert (layout["system"], layout["separator"], layout["end_of_turn"]) == ("first_user", " ", "</s>")
+    ex = mask_example(tok, CONV, layout)
+    therapist = [m["content"] for m in CONV if m["role"] == "assistant"]
+    runs = [[t for t, m in zip(ex["input_ids"], ex["assistant_masks"], strict=True) if m]]
+    assert ex["turns"] == 2 and sum(ex["assistant_masks"]) == sum(
+        len(tok(" " + t, add_special_tokens=False)["input_ids"]) + 1 for t in therapist
+    )
+    pieces = tok.convert_ids_to_tokens(runs[0])
+    assert pieces[0] == "▁Hello" and pieces.count("</s>") == 2
+    assert [t.strip() for t in _masked_turns(tok, ex)] == [t + "</s>" for t in therapist]
+    # inference renders the same prompt format for both arms: the system prompt in the first user turn
+    prompt = render(tok, apply_layout(CONV[:2], layout), generation_prompt=True)
+    assert prompt.endswith("[/INST]") and SYSTEM in prompt and render(tok, apply_layout(CONV, layout)).startswith(prompt + " Hello.")
+
+
+def test_llama3_masks_with_its_own_tokenizer(llama_cpp_tools, tmp_path):
+    """Llama 3's own tiktoken BPE (llama-models ships it), with its special tokens, and the Llama 3.1
+    template: native layout, and the mask is exactly each turn and its <|eot_id|>."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
+    pattern = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    conv = TikTokenConverter(str(_package_file("llama_models", "llama3/tokenizer.model")), pattern=pattern, extra_special_tokens=special)
+    tok = PreTrainedTokenizerFast(tokenizer_object=conv.converted(), bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    tok.add_special_tokens({"additional_special_tokens": special})
+    tok.chat_template = _template(llama_cpp_tools, "meta-llama-Llama-3.1-8B-Instruct.jinja")
+    assert len(tok) > 128000
+    layout = chat_layout(tok, "llama3.1-8b")
+    assert (layout["system"], layout["separator"], layout["end_of_turn"]) == ("native", "", "<|eot_id|>")
+    ex = mask_example(tok, CONV, layout)
+    assert _masked_turns(tok, ex) == [m["content"] + "<|eot_id|>" for m in CONV if m["role"] == "assistant"]

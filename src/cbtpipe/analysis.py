@@ -692,6 +692,65 @@ def closing_sensitivity(totals: list[dict[str, str]], models: list[str], alpha: 
     return {"counts": counts, "units_left_out": len(prompted), "without": per_model, "pooled_without": pooled}
 
 
+def declaration(primary: dict[str, Any], population: str) -> dict[str, Any]:
+    """The record of the primary endpoint (rule declare_primary): what it is, its hash, and when
+    it was recorded (UTC)."""
+    import datetime
+    import time
+
+    from .io import hash_obj
+
+    what = {"primary": primary, "ctrs_population": population}
+    now = time.time()
+    return what | {
+        "sha256": hash_obj(what, 64),
+        "recorded_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
+        "recorded_at_unix": round(now, 3),
+    }
+
+
+def judge_provenance(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the CTRS judge was called (first and last call) and which models it said it served,
+    per model and arm (from each sample's record of its last call)."""
+    times = []
+    served: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for j in judged:
+        for smp in j.get("samples", []):
+            sv = smp.get("served") or {}
+            if sv.get("created"):
+                times.append(float(sv["created"]))
+            if sv.get("served_model"):
+                served[j["model"]][j["arm"]].add(f"{smp.get('judge', 'judge')}: {sv['served_model']}")
+    return {
+        "first_call": min(times, default=None),
+        "last_call": max(times, default=None),
+        "served_by_arm": {m: {a: sorted(v) for a, v in arms.items()} for m, arms in served.items()},
+    }
+
+
+def declared_before(
+    record: dict[str, Any] | None, primary: dict[str, Any], population: str, first_judgement: float | None
+) -> dict[str, Any]:
+    """Whether the primary endpoint of this report was on record before the first judge call: the
+    record must be of this endpoint (its hash) and older than every judgement."""
+    from .io import hash_obj
+
+    out: dict[str, Any] = {"declared_before_run": False, "recorded_at": None, "first_judgement": first_judgement, "reason": ""}
+    if not record:
+        out["reason"] = "no record of its declaration"
+        return out
+    out["recorded_at"] = record.get("recorded_at")
+    if record.get("sha256") != hash_obj({"primary": primary, "ctrs_population": population}, 64):
+        out["reason"] = "the record is of another endpoint"
+    elif first_judgement is None:
+        out["reason"] = "no judge call carries its time (judgements made before calls were timed)"
+    elif record["recorded_at_unix"] >= first_judgement:
+        out["reason"] = "recorded after the first judge call"
+    else:
+        out["declared_before_run"] = True
+    return out
+
+
 def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Every test of the CTRS analysis, labelled primary, secondary or exploratory, with its p
     adjusted (Holm) within its family. Primary: the declared endpoint. Secondary: tuned against

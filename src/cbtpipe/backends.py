@@ -496,8 +496,7 @@ class OpenAIBackend(Backend):
         fresh answer where the probe could not tell; None without a probe (a direct client)."""
         if not self.probe_first:
             return None
-        if self.cache_dir is not None:
-            self.probe()  # before the first cache lookup: a cached answer must be of the model served now
+        self.probe()  # before the first cache lookup or unit: an answer must be of the model served now
         return self._served
 
     def learn_served(self, c: Completion) -> None:

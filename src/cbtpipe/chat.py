@@ -1,7 +1,10 @@
 """How a conversation meets a model's chat template, defined once for training and inference.
 
 * **Layout.** Where the therapist's system prompt goes: ``native`` (the template's own system
-  message) or ``first_user`` (the system text folded into the first user turn). ``native`` is used
+  message) or ``first_user`` (the system text folded into the first user turn), and the
+  ``separator``: fixed text some templates put between the generation prompt and the content of
+  an assistant turn (Mistral v0.3: a space after ``[/INST]``), which the model generates and the
+  loss therefore covers. ``native`` is used
   only where the template renders the system prompt in every prefix of a conversation the same
   way; Mistral's templates put it inside the *last* user message, so a training example (which
   ends with an assistant turn) would carry no system prompt and the render that ends with the
@@ -68,16 +71,20 @@ def end_of_turn(tokenizer, after: str) -> str | None:
     return next((s for s in _special_strings(tokenizer) if after.startswith(s)), None)
 
 
-def check_layout(tokenizer, mode: str) -> tuple[str | None, str | None]:
-    """(reason the layout fails on the probe conversation or None, the end-of-turn token)."""
+def check_layout(tokenizer, mode: str) -> tuple[str | None, str | None, str]:
+    """(reason the layout fails on the probe conversation or None, the end-of-turn token, the
+    separator). The separator is fixed text a template puts between the generation prompt and an
+    assistant turn's content (Mistral v0.3 renders ``"[/INST]" + " " + content``): the model
+    generates it as the start of its turn, so it belongs to the turn, in training and inference
+    alike; it must be the same for every turn."""
     msgs = apply_layout(_PROBE, mode)
     try:
         full = render(tokenizer, msgs)
     except Exception as e:  # noqa: BLE001 - a template's raise_exception, any jinja error
-        return f"the template refuses the conversation ({e})", None
+        return f"the template refuses the conversation ({e})", None, ""
     if _PROBE[0]["content"] not in full:
-        return "the rendered conversation does not contain the system prompt", None
-    eot = None
+        return "the rendered conversation does not contain the system prompt", None, ""
+    eot, sep = None, None
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
@@ -85,30 +92,40 @@ def check_layout(tokenizer, mode: str) -> tuple[str | None, str | None]:
             head = render(tokenizer, msgs[:i], generation_prompt=True)
             upto = render(tokenizer, msgs[: i + 1])
         except Exception as e:  # noqa: BLE001
-            return f"the template refuses a prefix of the conversation ({e})", None
+            return f"the template refuses a prefix of the conversation ({e})", None, ""
         k = sum(x["role"] == "assistant" for x in msgs[: i + 1])
         if not full.startswith(head):
             return (
-                f"the render that ends with the generation prompt before assistant turn {k} is not a prefix of "
-                "the whole conversation (the system prompt moves), so that turn's loss would start at the wrong token"
-            ), None
-        if not upto.startswith(head + m["content"]) or not full.startswith(upto):
-            return f"assistant turn {k} is not rendered right after the generation prompt", None
-        eot = end_of_turn(tokenizer, full[len(head) + len(m["content"]) :])
+                (
+                    f"the render that ends with the generation prompt before assistant turn {k} is not a prefix of "
+                    "the whole conversation (the system prompt moves), so that turn's loss would start at the wrong token"
+                ),
+                None,
+                "",
+            )
+        at = full.find(m["content"], len(head))
+        this_sep = full[len(head) : at] if at >= 0 else None
+        if this_sep is None or len(this_sep) > 16 or (sep is not None and this_sep != sep):
+            return f"assistant turn {k} is not rendered right after the generation prompt (or after one fixed separator)", None, ""
+        sep = this_sep
+        if not upto.startswith(head + sep + m["content"]) or not full.startswith(upto):
+            return f"assistant turn {k} is not rendered right after the generation prompt", None, ""
+        eot = end_of_turn(tokenizer, full[at + len(m["content"]) :])
         if eot is None:
-            after = full[len(head) + len(m["content"]) :][:20]
-            return f"assistant turn {k} is followed by {after!r}, which does not start with a special token", None
-    return None, eot
+            after = full[at + len(m["content"]) :][:20]
+            return f"assistant turn {k} is followed by {after!r}, which does not start with a special token", None, ""
+    return None, eot, sep or ""
 
 
 def chat_layout(tokenizer, model: str, prefer: str = "auto") -> dict[str, Any]:
-    """The layout of ``model``'s chat template: ``native`` where it holds, else ``first_user``."""
+    """The layout of ``model``'s chat template: ``native`` where it holds, else ``first_user``;
+    with the fixed text between the generation prompt and a turn's content (``separator``)."""
     modes = LAYOUTS if prefer == "auto" else (prefer,)
     reasons: dict[str, str] = {}
     for mode in modes:
-        why, eot = check_layout(tokenizer, mode)
+        why, eot, sep = check_layout(tokenizer, mode)
         if why is None:
-            return {"model": model, "system": mode, "end_of_turn": eot, "not_native_because": reasons.get("native")}
+            return {"model": model, "system": mode, "end_of_turn": eot, "separator": sep, "not_native_because": reasons.get("native")}
         reasons[mode] = why
     detail = "; ".join(f"{m}: {w}" for m, w in reasons.items())
     raise PipelineError(
@@ -135,6 +152,7 @@ def mask_example(tokenizer, messages: list[dict[str, str]], layout: dict[str, An
     if system is not None and system not in full:
         raise PipelineError(f"chat layout {layout['system']}: the rendered training example lacks the system prompt")
     ids, offsets = _tokens(tokenizer, full)
+    sep = layout.get("separator", "") or ""
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
@@ -142,18 +160,22 @@ def mask_example(tokenizer, messages: list[dict[str, str]], layout: dict[str, An
         head = render(tokenizer, msgs[:i], generation_prompt=True)
         start = len(head)
         turn = len(spans) + 1
-        if not full.startswith(head) or full[start : start + len(m["content"])] != m["content"]:
+        body = sep + m["content"]  # the separator is the start of what the model generates
+        if not full.startswith(head) or full[start : start + len(body)] != body:
             raise PipelineError(f"therapist turn {turn}: the chat template does not render it right after the generation prompt")
-        eot = end_of_turn(tokenizer, full[start + len(m["content"]) :])
+        eot = end_of_turn(tokenizer, full[start + len(body) :])
         if eot is None:
             raise PipelineError(f"therapist turn {turn}: no end-of-turn special token follows it")
-        spans.append((start, start + len(m["content"]) + len(eot), m["content"] + eot))
+        spans.append((start, start + len(body) + len(eot), body + eot))
     mask = [0] * len(ids)
     for turn, (s, e, want) in enumerate(spans, 1):
         idx = [j for j, (a, b) in enumerate(offsets) if b > a and s <= a and b <= e]
         straddle = [j for j, (a, b) in enumerate(offsets) if (a < s < b) or (a < e < b)]
         got = "".join(full[offsets[j][0] : offsets[j][1]] for j in idx)
-        if straddle or got != want:
+        # a tokenizer may leave a separator's whitespace out of the offsets of the token that
+        # carries it (a SentencePiece "▁word"): what the turn's first token covers starts later
+        lead = want[: len(want) - len(got)] if want.endswith(got) else None
+        if straddle or not (got == want or (lead and not lead.strip() and len(lead) <= len(sep))):
             raise PipelineError(
                 f"therapist turn {turn}: the masked tokens cover {got!r}, not the turn and its end-of-turn token "
                 "(a token crosses the turn's boundary in this tokenizer)"

@@ -209,13 +209,26 @@ def _shortening(t: dict[str, Any]) -> str:
     return f"{sh['sessions_windowed']} of {sh['sessions']} sessions in windows ({sh['examples']} examples), {sh['windows_cut']} cut"
 
 
-def _primary_text(prim: dict[str, Any]) -> str:
-    """The primary endpoint in one paragraph: what was declared, its result, what the design can
-    detect."""
+def _utc(t: float | None) -> str:
+    import datetime
+
+    return "—" if t is None else datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _primary_text(prim: dict[str, Any], decl: dict[str, Any] | None = None) -> str:
+    """The primary endpoint in one paragraph: what was declared and when, its result, what the
+    design can detect."""
     what = "the CTRS total" if prim["outcome"] == "total" else f"CTRS item {prim['outcome']}"
     where = "pooled over models (stratified by patient)" if prim["contrast"] == "pooled" else f"for {prim['contrast']}"
     test = "paired t-test" if prim["test"] == "paired_t" else "Wilcoxon signed-rank test"
-    head = f"Primary endpoint (config key report.primary, declared before the run): {what}, CBT-tuned minus instruct, {where}, {test}"
+    decl = decl or {"declared_before_run": False, "reason": "no record of its declaration", "recorded_at": None}
+    when = (
+        f"declared before the run: recorded {decl['recorded_at']}, before the first judge call at {_utc(decl.get('first_judgement'))}"
+        if decl["declared_before_run"]
+        else f"not shown to be declared before the run: {decl['reason']}"
+        + (f" (recorded {decl['recorded_at']}, first judge call {_utc(decl.get('first_judgement'))})" if decl.get("recorded_at") else "")
+    )
+    head = f"Primary endpoint (config key report.primary, {when}): {what}, CBT-tuned minus instruct, {where}, {test}"
     c = prim.get("result")
     if not c or not c.get("n"):
         return head + ": no patient pairs to test. " + "; ".join(prim["notes"])
@@ -337,7 +350,8 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         ],
         "mixed_emm": [[e["model"], e["arm"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"])] for e in mm.get("emm", [])],
         "mixed_effects": [[e["model"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])] for e in mm.get("arm_effects", [])],
-        "primary": _primary_text(prim) if prim else None,
+        "primary": _primary_text(prim, ctx.get("declaration")) if prim else None,
+        "arm_timing": arm_timing(ctx),
         "missing_by_group": missing_rows,
         "missing_bounds": bound_rows,
         "paired": paired,
@@ -551,6 +565,40 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
         "files": [[k, v] for k, v in pv["files"].items()],
         "config_yaml": yaml.safe_dump(ctx["config"], sort_keys=True),
     }
+
+
+def arm_timing(ctx: dict[str, Any]) -> dict[str, Any]:
+    """When each arm's sessions were played and which patient and judge models answered, per model
+    and arm; a served model that differs between the arms of a model is a deviation of the run."""
+    rows, deviations = [], []
+    judge_served = ((ctx["stats"].get("judge_provenance") or {}).get("served_by_arm")) or {}
+    by_model: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(lambda: {"first": [], "last": [], "patient": set()}))
+    for st in ctx.get("rollout_stats", []):
+        cell = by_model[st["model"]][st["arm"]]
+        cell["first"] += [st["first_call"]] if st.get("first_call") else []
+        cell["last"] += [st["last_call"]] if st.get("last_call") else []
+        cell["patient"] |= set(st.get("served_models", []))
+    for m, arms in sorted(by_model.items()):
+        for a, c in arms.items():
+            judges = judge_served.get(m, {}).get(a, [])
+            rows.append(
+                [
+                    m,
+                    a,
+                    _utc(min(c["first"], default=None)),
+                    _utc(max(c["last"], default=None)),
+                    ", ".join(sorted(c["patient"])) or "—",
+                    ", ".join(judges) or "—",
+                ]
+            )
+        for role, sets in (
+            ("patient", {a: c["patient"] for a, c in arms.items()}),
+            ("judge", {a: set(judge_served.get(m, {}).get(a, [])) for a in arms}),
+        ):
+            if len({frozenset(v) for v in sets.values()}) > 1:
+                detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(sets.items()))
+                deviations.append(f"{m}: the {role} model served to the arms differed ({detail}); the arms met different models")
+    return {"rows": rows, "deviations": deviations}
 
 
 def _rate(c: dict[str, Any]) -> str:

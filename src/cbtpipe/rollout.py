@@ -215,79 +215,110 @@ def run_rollouts(
     arm: str,
     quantization: str,
     gguf: str | Path,
-    profiles: list[dict[str, Any]],
     therapist: Backend,
+    unit_dir: str | Path,
+    **common,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sessions of one arm (see :func:`run_arms`)."""
+    return run_arms(
+        model=model, quantization=quantization, arms=[{"arm": arm, "gguf": gguf, "therapist": therapist, "unit_dir": unit_dir}], **common
+    )[0]
+
+
+def run_arms(
+    *,
+    model: str,
+    quantization: str,
+    arms: list[dict[str, Any]],
+    profiles: list[dict[str, Any]],
     patient: Backend,
     rcfg: dict[str, Any],
     system_prompt: str,
     patient_template: str | Path,
-    unit_dir: str | Path,
     layout: dict[str, Any] | None = None,
     contexts: dict[tuple[str, int], str | None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    gguf_sha = sha256_file(gguf)
+) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """The sessions of every arm (``arms``: arm, gguf, therapist backend, unit folder), played
+    interleaved: each planned session in every arm before the next one, so that one patient's
+    instruct and CBT sessions meet the patient model at nearly the same time (an API patient can
+    change under its name between two jobs hours apart). Each arm keeps units of its own, keyed
+    by its GGUF and the model the patient backend serves, so a retrained CBT model replays the
+    instruct arm from its units only while the patient model is the same."""
     layout = layout or {"system": "native"}
-    key = hash_obj(
-        {
-            # which positions are planned does not change a session (its position and course
-            # context are part of its own unit id)
-            "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
-            "gguf": gguf_sha,
-            "patient": patient.identity(),
-            "system": system_prompt,
-            "layout": layout["system"],
-            "ptpl": Path(patient_template).read_text(encoding="utf-8"),
-        }
-    )
-    store = UnitStore(Path(unit_dir) / key)
     plan = session_plan(profiles, rcfg, contexts)
+    served = patient.served_model()  # an API patient: the probe learns it before any unit is read
+    for a in arms:
+        a["gguf_sha"] = sha256_file(a["gguf"])
+        key = hash_obj(
+            {
+                # which positions are planned does not change a session (its position and course
+                # context are part of its own unit id)
+                "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
+                "gguf": a["gguf_sha"],
+                "patient": patient.identity() | ({"served_model": served} if served else {}),
+                "system": system_prompt,
+                "layout": layout["system"],
+                "ptpl": Path(patient_template).read_text(encoding="utf-8"),
+            }
+        )
+        a["store"] = UnitStore(Path(a["unit_dir"]) / key)
     done = 0
     lock = threading.Lock()
     t0 = time.perf_counter()
+    n_work = len(plan) * len(arms)
 
-    def one(item: dict[str, Any]) -> dict[str, Any]:
+    def one(work: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
         nonlocal done
+        item, a = work
         # A session is a unit of the profile it plays (by content, not only by id): a patient whose
         # description changed under the same id is played again.
         pos = "" if item["position"] == 1 else f"-p{item['position']}"
         uid = f"{item['profile']['id']}{pos}-s{item['session']}-{hash_obj([item['profile'], item['context']], 12)}"
+        meta = dict(
+            session_id=hash_obj([model, a["arm"], quantization, uid], 12),
+            model=model,
+            arm=a["arm"],
+            quantization=quantization,
+            gguf=str(a["gguf"]),
+            gguf_sha256=a["gguf_sha"],
+            therapist_sampling=rcfg["therapist"],
+            patient_sampling=rcfg["patient"],
+            patient_backend=patient.name,
+            therapist_backend=a["therapist"].kind,
+        )
 
         def make():
             if item["context"] is None:  # no course history for this patient and position
                 return not_run(item, layout, "no_course_history") | meta
-            return run_session(item, therapist, patient, rcfg, system_prompt, patient_template, layout) | meta
+            return run_session(item, a["therapist"], patient, rcfg, system_prompt, patient_template, layout) | meta
 
-        meta = dict(
-            session_id=hash_obj([model, arm, quantization, uid], 12),
-            model=model,
-            arm=arm,
-            quantization=quantization,
-            gguf=str(gguf),
-            gguf_sha256=gguf_sha,
-            therapist_sampling=rcfg["therapist"],
-            patient_sampling=rcfg["patient"],
-            patient_backend=patient.name,
-            therapist_backend=therapist.kind,
-        )
-
-        s, was_reused = store.get_or_make(uid, make)
+        s, was_reused = a["store"].get_or_make(uid, make)
         with lock:
             done += 1
             n = done
-        if was_reused:
-            return s
-        log.info("%s/%s %s: %d turns, stop %s (%d/%d sessions)", model, arm, uid, s["turns"], s["stop_reason"], n, len(plan))
+        if not was_reused:
+            log.info("%s/%s %s: %d turns, stop %s (%d/%d sessions)", model, a["arm"], uid, s["turns"], s["stop_reason"], n, n_work)
         return s
 
-    # Sessions are independent: with parallel_sessions > 1 they run at once (a llama-server with as
-    # many slots decodes them in one batch). The output keeps the plan's order either way.
-    workers = max(1, min(int(rcfg.get("parallel_sessions", 1)), len(plan) or 1))
+    # Sessions are independent: with parallel_sessions > 1 they run at once, that many per arm (a
+    # llama-server with as many slots decodes them in one batch). The output keeps the plan's
+    # order either way.
+    work = [(item, a) for item in plan for a in arms]
+    workers = max(1, min(int(rcfg.get("parallel_sessions", 1)) * len(arms), len(work) or 1))
     if workers == 1:
-        sessions = [one(item) for item in plan]
+        played = [one(w) for w in work]
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="session") as pool:
-            sessions = list(pool.map(one, plan))
+            played = list(pool.map(one, work))
+    wall = round(time.perf_counter() - t0, 2)
+    out = []
+    for k, a in enumerate(arms):
+        sessions = played[k :: len(arms)]
+        out.append((sessions, _arm_stats(model, a, quantization, sessions, patient, rcfg, system_prompt, wall, workers, len(arms))))
+    return out
 
+
+def _arm_stats(model, a, quantization, sessions, patient, rcfg, system_prompt, wall, workers, n_arms) -> dict[str, Any]:
     def speed(role, backend):
         toks = sum(m["completion_tokens"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
         secs = sum(m["seconds"] for s in sessions for m in s["messages"] if m["role"] == role and not m["cached"])
@@ -303,21 +334,28 @@ def run_rollouts(
     stops: dict[str, int] = {}
     for s in sessions:
         stops[s["stop_reason"]] = stops.get(s["stop_reason"], 0) + 1
-    stats = {
+    times = [m["created"] for s in sessions for m in s["messages"] if m.get("created")]
+    return {
         "model": model,
-        "arm": arm,
+        "arm": a["arm"],
         "quantization": quantization,
         "sessions": len(sessions),
-        "sessions_reused": store.reused,
+        "sessions_reused": a["store"].reused,
         "turns": sum(s["turns"] for s in sessions),
         "stop_reasons": stops,
-        "therapist": speed("therapist", therapist),
+        "therapist": speed("therapist", a["therapist"]),
+        # the patient backend serves every arm of the job: its counters are the job's
         "patient": speed("patient", patient),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "wall_seconds": wall,
         "parallel_sessions": workers,
+        "arms_in_job": n_arms,
+        "first_call": min(times, default=None),
+        "last_call": max(times, default=None),
+        "served_models": sorted(
+            {m["served_model"] for s in sessions for m in s["messages"] if m["role"] == "patient" and m.get("served_model")}
+        ),
         "risk_protocol": bool(rcfg.get("risk_protocol")),
         "system_prompt_sha256": hash_obj(system_prompt, 16),
-        "therapist_backend": therapist.kind,
-        "unit_dir": str(store.root),
+        "therapist_backend": a["therapist"].kind,
+        "unit_dir": str(a["store"].root),
     }
-    return sessions, stats

@@ -1,0 +1,10 @@
+"""Snakemake entry: the primary endpoint on record, with its hash and the time it was recorded."""
+
+from cbtpipe.analysis import declaration
+from cbtpipe.io import write_json
+from cbtpipe.rule import entry
+
+with entry(snakemake, "declare_primary") as log:
+    rec = declaration(snakemake.params.primary, snakemake.params.population)
+    write_json(snakemake.output[0], rec)
+    log.info("primary endpoint declared: %s", rec)
