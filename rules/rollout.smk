@@ -7,8 +7,12 @@ rule rollout:
     input:
         unpack(rollout_inputs),
     output:
-        sessions=expand("results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS),
-        stats=expand("results/rollouts/{{model}}/{arm}/shard{{shard}}.stats.json", arm=ARMS),
+        sessions=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
+        stats=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.stats.json", arm=ARMS
+        ),
     log:
         "logs/rollout/{model}-{shard}.log",
     benchmark:

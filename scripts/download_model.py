@@ -1,4 +1,5 @@
-"""Snakemake entry: download a hub model (needs internet; a local rule for login nodes)."""
+"""Snakemake entry: download a hub model at its commit, and record the commit (needs internet; a local
+rule for login nodes)."""
 
 from cbtpipe.models import download_hub
 from cbtpipe.rule import entry

@@ -138,7 +138,8 @@ def test_dry_run_study_builds_full_dag():
     # the safety jobs: every (model, arm, shard), again for each of the 2 ablations, then the statistics
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
     assert jobs["safety"] == 3 * 2 * 6 and jobs["safety_ablation"] == 2 * 3 * 2 * 6 and jobs["safety_statistics"] == 1
-    assert jobs["safety"] == jobs["judge"] == jobs["rollout"]
+    assert jobs["safety"] == jobs["judge"] == 2 * jobs["rollout"]  # one rollout job plays both arms
+    assert jobs["train"] == 3 and jobs["declare_primary"] == 1  # Mistral v0.3's template reaches training too
     # generation in data.shards jobs, gathered by one local job
     assert jobs["transcripts"] == 4 and jobs["gather_transcripts"] == 1
     # every job that calls an API backend holds api_<backend> = its concurrency (bounded by --resources)
@@ -207,3 +208,51 @@ def test_a_dry_run_makes_no_network_call(tmp_path):
         r = _smk("-n", "--configfile", str(f))
         assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
         assert srv.counts == {}
+
+
+def test_the_study_profile_pins_its_models_and_declares_its_primary_and_its_deviations():
+    cfg = yaml.safe_load((ROOT / "config/study.yaml").read_text())
+    for name, m in cfg["models"].items():
+        assert m["source"]["type"] == "hub" and re.fullmatch(r"[0-9a-f]{40}", m["source"]["revision"]), name
+    assert cfg["report"]["primary"] == {"outcome": "total", "contrast": "pooled", "test": "paired_t"}
+    assert cfg["report"]["ctrs_population"] == "no_risk"
+    text = " ".join(cfg["deviations"])
+    for what in ("At-risk patients", "Closing instruction", "Course context", "Judge sampling", "Arms run together"):
+        assert what in text, what
+
+
+def test_a_hub_import_records_the_downloaded_commit_and_refuses_another(tiny_hf, tmp_path):
+    import json
+    import shutil
+
+    from cbtpipe.models import import_model
+
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_hf, hub)
+    spec = {"source": {"type": "hub", "repo_id": "org/tiny", "revision": "a" * 40}, "dtype": "float32"}
+    with pytest.raises(PipelineError, match="no download.json"):
+        import_model("tiny", spec, tmp_path / "out0", hub_dir=hub)
+    rec = {"repo_id": "org/tiny", "revision": "a" * 40, "commit": "a" * 40, "downloaded_at": "2026-12-04T10:00:00+00:00"}
+    (hub / "download.json").write_text(json.dumps(rec))
+    prov = import_model("tiny", spec, tmp_path / "out1", hub_dir=hub)
+    assert prov["hub"]["commit"] == "a" * 40 and prov["hub"]["downloaded_at"] == rec["downloaded_at"]
+    spec["source"]["revision"] = "b" * 40
+    with pytest.raises(PipelineError, match=r"models\.tiny\.source\.revision pins b{40}, but .* holds commit a{40}"):
+        import_model("tiny", spec, tmp_path / "out2", hub_dir=hub)
+
+
+def test_the_primary_endpoint_counts_as_declared_only_when_its_record_predates_the_judgements():
+    from cbtpipe.analysis import declaration, declared_before
+    from cbtpipe.report import _primary_text
+
+    prim = {"outcome": "total", "contrast": "pooled", "test": "paired_t"}
+    rec = declaration(prim, "no_risk")
+    t = rec["recorded_at_unix"]
+    assert declared_before(rec, prim, "no_risk", t + 60)["declared_before_run"] is True
+    late = declared_before(rec, prim, "no_risk", t - 60)
+    assert late["declared_before_run"] is False and late["reason"] == "recorded after the first judge call"
+    other = declared_before(rec, dict(prim, contrast="m1"), "no_risk", t + 60)
+    assert other["declared_before_run"] is False and "another endpoint" in other["reason"]
+    assert declared_before(rec, prim, "all", t + 60)["declared_before_run"] is False
+    assert declared_before(None, prim, "no_risk", t + 60)["reason"] == "no record of its declaration"
+    assert "not shown to be declared before the run: recorded after" in _primary_text({**prim, "result": None, "notes": []}, late)

@@ -3,7 +3,7 @@
 import json
 
 from cbtpipe.profiles import eval_profiles, load_attributes
-from cbtpipe.rollout import run_rollouts, session_plan, shard_profiles
+from cbtpipe.rollout import run_arms, run_rollouts, session_plan, shard_profiles
 from cbtpipe.units import UnitStore
 
 RCFG = {
@@ -81,7 +81,7 @@ def _strip_timing(sessions):
     out = []
     for s in sessions:
         s = {k: v for k, v in s.items() if k not in ("therapist_backend",)}
-        s["messages"] = [{k: v for k, v in m.items() if k not in ("seconds", "cached")} for m in s["messages"]]
+        s["messages"] = [{k: v for k, v in m.items() if k not in ("seconds", "cached", "created")} for m in s["messages"]]
         out.append(s)
     return json.dumps(out, sort_keys=True)
 
@@ -229,3 +229,67 @@ def test_positions_extend_the_plan_and_keep_first_session_seeds(root):
     later = [x for x in two if x["position"] == 3]
     assert all(x["context"] == f"ctx-{x['profile']['id']}" for x in later)
     assert not {(x["patient_seed"], x["therapist_seed"]) for x in later} & set(seeds)
+
+
+def test_one_job_plays_the_arms_interleaved_with_the_sessions_each_arm_plays_alone(root, tiny_gguf, tmp_path):
+    """Both arms in one job: a patient's instruct and CBT sessions are played back to back (each
+    call records its time), and each arm's sessions are those it plays alone."""
+    from cbtpipe.backends import LlamaCppBackend
+
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 2, 3, [])
+    b = LlamaCppBackend("tiny", {"n_ctx": 2048, "n_threads": 2}, model_path=tiny_gguf, cache_dir=None)
+    try:
+        common = dict(
+            model="tiny",
+            quantization="Q4_1",
+            profiles=ev,
+            patient=b,
+            rcfg=RCFG,
+            system_prompt="You are a CBT therapist.",
+            patient_template=root / "resources/prompts/patient_system.j2",
+        )
+        arms = [{"arm": a, "gguf": tiny_gguf, "therapist": b, "unit_dir": tmp_path / "both" / a} for a in ("instruct", "cbt")]
+        (ins, st_i), (cbt, st_c) = run_arms(arms=arms, **common)
+        alone = run_rollouts(arm="cbt", gguf=tiny_gguf, therapist=b, unit_dir=tmp_path / "alone", **common)[0]
+    finally:
+        b.close()
+    assert st_i["arms_in_job"] == st_c["arms_in_job"] == 2
+    played = sorted((s["messages"][0]["created"], s["patient_id"], s["arm"]) for s in ins + cbt)
+    pats = sorted(p["id"] for p in ev)
+    assert [(p, a) for _, p, a in played] == [(pats[0], "instruct"), (pats[0], "cbt"), (pats[1], "instruct"), (pats[1], "cbt")]
+    assert _strip_timing(cbt) == _strip_timing(alone)
+    assert all(m["served_model"] == tiny_gguf.name and m["system_fingerprint"].startswith("llama-cpp-python") for m in cbt[0]["messages"])
+    assert st_c["first_call"] <= st_c["last_call"]
+
+
+def test_a_patient_model_that_moved_replays_both_arms(root, tiny_backend, tiny_gguf, tmp_path):
+    """The rollout units are keyed by the model the patient's endpoint serves: when an API alias
+    moves, no arm is answered from units of the old model (which would leave the retrained arm
+    and the reused arm facing different patients)."""
+    from cbtpipe.backends import make_backend
+    from tests.helpers.fault_server import FaultServer
+
+    attrs = load_attributes(root / "resources/patient_attributes.yaml")
+    ev = eval_profiles(attrs, 1, 3, [])
+    with FaultServer(fails=0, answer="I have been feeling low and tired all week.") as srv:
+        backends = {"api": {"type": "openai", "base_url": srv.url("ok"), "model": "chat", "max_retries": 0}}
+        runs = []
+        for served in ("chat-2026-11", "chat-2026-11", "chat-2026-12"):
+            srv.served = served
+            patient = make_backend("api", backends, cache_dir=tmp_path / "cache", probe=True)
+            arms = [{"arm": a, "gguf": tiny_gguf, "therapist": tiny_backend, "unit_dir": tmp_path / a} for a in ("instruct", "cbt")]
+            out = run_arms(
+                model="tiny",
+                quantization="Q4_1",
+                arms=arms,
+                profiles=ev,
+                patient=patient,
+                rcfg=RCFG,
+                system_prompt="You are a CBT therapist.",
+                patient_template=root / "resources/prompts/patient_system.j2",
+            )
+            runs.append([(st["sessions_reused"], st["served_models"]) for _, st in out])
+    assert runs[0] == [(0, ["chat-2026-11"])] * 2
+    assert runs[1] == [(1, ["chat-2026-11"])] * 2  # the same served model: both arms from their units
+    assert runs[2] == [(0, ["chat-2026-12"])] * 2  # it moved: both arms played again

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
 from .gguf import gguf_chat_template, resolve_gguf
-from .io import PipelineError, sha256_file, staged_dir
+from .io import PipelineError, read_json, sha256_file, staged_dir, write_json
 
 
 def source_path(name: str, spec: dict[str, Any], hub_dir: str | Path | None = None) -> Path:
@@ -104,6 +105,8 @@ def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: 
             prov["source_file"] = str(src)
             prov["source_sha256"] = sha256_file(src)
         else:
+            if spec["source"]["type"] == "hub":
+                prov["hub"] = hub_record(src, name, spec["source"])
             tok = AutoTokenizer.from_pretrained(src)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
             prov["source_dir"] = str(src)
@@ -120,14 +123,48 @@ def import_model(name: str, spec: dict[str, Any], out_dir: str | Path, hub_dir: 
     return prov
 
 
-def download_hub(repo_id: str, revision: str, out_dir: str | Path) -> dict[str, Any]:
-    """Download a hub snapshot (safetensors, tokenizer, config). Needs internet: a login node."""
-    from huggingface_hub import snapshot_download
+COMMIT = re.compile(r"[0-9a-f]{40}")
+DOWNLOAD_RECORD = "download.json"
 
+
+def download_hub(repo_id: str, revision: str, out_dir: str | Path, api=None) -> dict[str, Any]:
+    """Download a hub snapshot (safetensors, tokenizer, config) at the commit ``revision`` names,
+    and record that commit in ``out_dir/download.json`` (a branch such as main moves: the record
+    says what was downloaded). Needs internet: a login node."""
+    import datetime
+
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = (api or HfApi()).model_info(repo_id, revision=revision).sha
+    if COMMIT.fullmatch(revision) and commit != revision:
+        raise PipelineError(f"{repo_id}: the hub resolved revision {revision} to {commit}")
     path = snapshot_download(
         repo_id=repo_id,
-        revision=revision,
+        revision=commit,
         local_dir=str(out_dir),
         allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
     )
-    return {"repo_id": repo_id, "revision": revision, "path": path}
+    rec = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "commit": commit,
+        "pinned": bool(COMMIT.fullmatch(revision)),
+        "downloaded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(Path(out_dir) / DOWNLOAD_RECORD, rec)
+    return rec | {"path": path}
+
+
+def hub_record(hub_dir: str | Path, name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The download record of a hub model (which commit was downloaded), checked against the
+    config: a pinned revision must be the downloaded commit."""
+    p = Path(hub_dir) / DOWNLOAD_RECORD
+    if not p.is_file():
+        raise PipelineError(f"{hub_dir}: no {DOWNLOAD_RECORD} (which commit was downloaded?): run the download_model rule again")
+    rec = read_json(p)
+    rev = str(source.get("revision", "main"))
+    if COMMIT.fullmatch(rev) and rec.get("commit") != rev:
+        raise PipelineError(
+            f"config key models.{name}.source.revision pins {rev}, but {hub_dir} holds commit {rec.get('commit')}: download it again"
+        )
+    return {k: rec.get(k) for k in ("repo_id", "revision", "commit", "downloaded_at")}

@@ -261,7 +261,7 @@ def build_plan(
         patient_calls,
         400 + transcript_tok / 2,
         FILL * r["patient"]["max_tokens"],
-        len(models) * len(arms) * shards * variants,
+        len(models) * shards * variants,  # one job plays every arm of a model and shard
         f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
     )
     from .config import judge_members

@@ -187,7 +187,12 @@ def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_
             "judge": config["judge"]["seed"],
         },
         "models": [
-            {"model": p["model"], "source": p.get("source_file") or p.get("source_dir"), "sha256": p.get("source_sha256")}
+            {
+                "model": p["model"],
+                "source": p.get("source_file") or p.get("source_dir"),
+                "sha256": p.get("source_sha256"),
+                "hub": p.get("hub"),
+            }
             for p in model_provs
         ],
         "files": extra_files,
@@ -558,6 +563,9 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             [
                 m["model"],
                 m["source"],
+                f"{m['hub']['repo_id']} @ {m['hub']['commit']} (revision {m['hub']['revision']}, downloaded {m['hub']['downloaded_at']})"
+                if m.get("hub")
+                else "—",
                 m["sha256"] if isinstance(m["sha256"], str) else "; ".join(f"{k}: {v}" for k, v in (m["sha256"] or {}).items()),
             ]
             for m in pv["models"]
@@ -598,6 +606,14 @@ def arm_timing(ctx: dict[str, Any]) -> dict[str, Any]:
             if len({frozenset(v) for v in sets.values()}) > 1:
                 detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(sets.items()))
                 deviations.append(f"{m}: the {role} model served to the arms differed ({detail}); the arms met different models")
+    for name, m in sorted(ctx["config"]["models"].items()):
+        src = m.get("source") or {}
+        rev = str(src.get("revision", "main"))
+        if src.get("type") == "hub" and not re.fullmatch(r"[0-9a-f]{40}", rev):
+            deviations.append(
+                f"models.{name}.source.revision is {rev!r}, a name that can move, not a commit: the downloaded commit is recorded "
+                "(model provenance), but another download may get other weights"
+            )
     return {"rows": rows, "deviations": deviations}
 
 
