@@ -421,6 +421,9 @@ def test_every_test_is_labelled_and_adjusted_within_its_family():
         "primary": {"outcome": "total", "contrast": "pooled", "test": "paired_t"},
     }
     res = analyse(_long(), _totals(), rubric, rc, seed=1)
+    import json
+
+    json.dumps(res)  # statistics.json: plain JSON types only (no numpy scalars)
     fams = {t["family"] for t in res["tests"]}
     assert fams == {"primary", "secondary", "exploratory"}
     prim = [t for t in res["tests"] if t["family"] == "primary"]

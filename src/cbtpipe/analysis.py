@@ -154,7 +154,7 @@ def matched_units(
         if np.isfinite(va[u]) and np.isfinite(vb[u]):
             out[u[0]].append((va[u], vb[u]))
             matched += 1
-    either = sum(np.isfinite(v) for v in va.values()) + sum(np.isfinite(v) for v in vb.values())
+    either = sum(bool(np.isfinite(v)) for v in va.values()) + sum(bool(np.isfinite(v)) for v in vb.values())
     return dict(out), either - 2 * matched
 
 

@@ -247,7 +247,12 @@ def _primary_text(prim: dict[str, Any], decl: dict[str, Any] | None = None) -> s
         if prim["mde_dz"] is not None
         else " " + "; ".join(prim["notes"]) + "."
     )
-    return head + body + mde + " Every other test in this report is secondary."
+    return (
+        head
+        + body
+        + mde
+        + ' Every other test is labelled secondary or exploratory, with its p adjusted within its family (see "Every test, by family").'
+    )
 
 
 def report_view(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,10 @@ def test_report_content(ci_run):
     ):
         assert f"## {section}" in md
     # the declared primary endpoint, the others secondary; the panel's agreement between judges
-    assert "Primary endpoint (config key report.primary, declared before the run): the CTRS total" in md
+    assert re.search(
+        r"Primary endpoint \(config key report\.primary, declared before the run: recorded \S+, before the first judge call at \S+\): the CTRS total",
+        md,
+    )
     assert "| pooled (primary) |" in md and "| smollm2-135m (secondary) |" in md
     assert "Inter-judge agreement: the 2 judges of the panel (sampled, greedy)" in md
     stats0 = json.loads((ci_run / "results/report/statistics.json").read_text())
@@ -85,8 +88,31 @@ def test_report_content(ci_run):
     assert not re.search(r"\bnan\b", md, re.I), "the report prints NaN"
     assert html.count("data:image/png;base64,") >= 4
     stats = json.loads((ci_run / "results/report/statistics.json").read_text())
-    assert stats["tuned_vs_instruct"]["smollm2-135m"]["n"] == 2
-    assert [(r["position"], r["n"]) for r in stats["by_position"]] == [(1, 2), (2, 2)]
+    # the CTRS comparisons are on the patients without risk (one of the CI config's two), the
+    # at-risk stratum beside them
+    assert stats["population"] == {
+        "name": "no_risk",
+        "description": "patients without risk",
+        "patients": 1,
+        "sessions": 4,
+        "patients_all": 2,
+        "sessions_all": 8,
+    }
+    assert stats["tuned_vs_instruct"]["smollm2-135m"]["n"] == 1
+    assert [(r["position"], r["n"]) for r in stats["by_position"]] == [(1, 1), (2, 1)]
+    assert {(r["stratum"], r["model"], r["n"]) for r in stats["risk_strata"]} >= {
+        ("none", "smollm2-135m", 1),
+        ("at_risk", "smollm2-135m", 1),
+    }
+    assert "### By risk stratum" in md and "## Every test, by family" in md and "| primary | total, CBT vs instruct, pooled |" in md
+    assert {t["family"] for t in stats["tests"]} == {"primary", "secondary", "exploratory"}
+    # every call recorded what answered and when, and the arms ran in one job
+    assert stats["judge_provenance"]["first_call"] and "## When the arms ran, and against which models" in md
+    rollouts = {a: _jsonl(ci_run / f"results/rollouts/smollm2-135m/{a}/shard00.jsonl") for a in ("instruct", "cbt")}
+    for a, sessions in rollouts.items():
+        assert all(m["served_model"] and m["created"] for s in sessions for m in s["messages"]), a
+    primary = json.loads((ci_run / "results/plan/primary.json").read_text())
+    assert primary["recorded_at_unix"] < stats["judge_provenance"]["first_call"]
     assert {(r["arm"], r["sessions"]) for r in stats["lengths"]} == {("cbt", 4), ("instruct", 4)}
     assert {"turns", "position", "therapist_words", "context_tokens_max", "stop_reason", "total_pct", "cactus6"} <= set(totals[0])
     assert "scale maximum unknown" in md and "(exploratory)" in md
@@ -169,7 +195,7 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
     (wd / "variants.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(wd, "variants.yaml")
     assert jobs == {
-        "rollout_ablation": 2,
+        "rollout_ablation": 1,  # one job plays both arms
         "judge_ablation": 2,
         "ablation_statistics": 1,
         "safety_ablation": 2,

@@ -31,17 +31,20 @@ AFTER_JUDGE = {"scores": 1, "statistics": 1, "report": 1, "all": 1}
 # the safety statistics read the CTRS judgements too (for the judge's refusals)
 JUDGE_BOTH = {"judge": 2, "safety_statistics": 1, **AFTER_JUDGE}
 # the blinded rating packet is drawn from the sessions: new sessions, a new packet
-ROLLOUT_BOTH = {"rollout": 2, "safety": 2, "rating_packet": 1, **JUDGE_BOTH}
+# one rollout job plays both arms of a model (interleaved, so the arms meet the patient together)
+ROLLOUT_BOTH = {"rollout": 1, "safety": 2, "rating_packet": 1, **JUDGE_BOTH}
 SAFETY = {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}
 FROM_EVAL_PROFILES = {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH}
+# the CBT model alone changes: its export, and the rollout job of both arms, whose instruct sessions
+# come from their units (so both arms' judge and safety jobs run, reusing the instruct arm's units)
 CBT_ARM = {
     "merge": 1,
     "convert_gguf": 1,
     "quantize_gguf": 1,
     "parity": 1,
     "rollout": 1,
-    "judge": 1,
-    "safety": 1,
+    "judge": 2,
+    "safety": 2,
     "safety_statistics": 1,
     "rating_packet": 1,
     **AFTER_JUDGE,
@@ -50,7 +53,7 @@ FROM_TRAIN = {"train": 1, **CBT_ARM}
 FROM_DATASET = {"dataset": 1, "token_stats": 1, **FROM_TRAIN}
 # config/ci.yaml generates in two shards (data.shards), which one local job gathers
 FROM_TRANSCRIPTS = {"transcripts": 2, "gather_transcripts": 1, **FROM_DATASET}
-FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 2, "judge": 2, "safety": 2}
+FROM_PROFILES = {"profiles_train": 1, "profiles_eval": 1, "eval_history": 1, **FROM_TRANSCRIPTS, "rollout": 1, "judge": 2, "safety": 2}
 FROM_IMPORT = {
     "import_model": 1,
     "chat_layout": 1,

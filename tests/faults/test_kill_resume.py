@@ -56,6 +56,9 @@ VOLATILE = {
     "resumed_from",
     "train_runtime_s",
     "tokens_per_second_mean",
+    "created",  # when a call was made
+    "first_call",
+    "last_call",
 }
 
 

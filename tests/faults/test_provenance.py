@@ -47,7 +47,7 @@ def _jobs(wd, cfg):
             5,
             # the rating packet shows the sessions, so new sessions make a new packet
             {
-                "rollout": 2,
+                "rollout": 1,  # one job plays both arms
                 "judge": 2,
                 "safety": 2,
                 "safety_statistics": 1,

@@ -46,7 +46,7 @@ def test_sbatch_gpu_request_is_accepted(cluster):
 
 
 def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
-    # Re-run training and everything after it up to the CBT arm's rollout, through SLURM.
+    # Re-run training and everything after it up to the rollout job (both arms), through SLURM.
     wd = clone_workdir(ci_run, tmp_path / "wd")
     shutil.rmtree(wd / "results/units/train", ignore_errors=True)
     args = (
@@ -85,7 +85,7 @@ def test_pipeline_through_slurm(cluster, ci_run, tmp_path):
         "merge/smollm2-135m",
         "export/smollm2-135m-cbt-f16",
         "export/smollm2-135m-cbt-Q4_K_M",
-        "rollout/smollm2-135m-cbt-00",
+        "rollout/smollm2-135m-00",  # one job plays both arms
     ):
         local_s += float((ci_run / "benchmarks" / f"{b}.tsv").read_text().splitlines()[-1].split("\t")[0])
     lines = (wd / TARGET).read_text().splitlines()
