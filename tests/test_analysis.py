@@ -312,6 +312,15 @@ def test_analyse_with_two_models_runs_the_mixed_model_and_the_primary_endpoint()
 # ---- a design a methods reviewer can trust (issue 26) ------------------------------------------
 
 
+RC = {
+    "alpha": 0.05,
+    "bootstrap": 200,
+    "item_correction": "holm",
+    "power": 0.8,
+    "primary": {"outcome": "total", "contrast": "pooled", "test": "paired_t"},
+}
+
+
 def _design_rows():
     """One model, two arms, four patients (p1, p2 without risk; p3, p4 at risk), two positions.
     Without risk the CBT arm is 2 higher; at risk it is 6 lower. Position 2 scores 10 more."""
@@ -351,13 +360,7 @@ def test_pairs_are_matched_by_position_and_aggregate_only_positions_present_in_b
 
 def test_ctrs_primary_is_on_patients_without_risk_with_the_risk_stratum_beside_it():
     rubric = {"items": [], "min_total": 0, "max_total": 66}
-    rc = {
-        "alpha": 0.05,
-        "bootstrap": 200,
-        "item_correction": "holm",
-        "power": 0.8,
-        "primary": {"outcome": "total", "contrast": "m1", "test": "paired_t"},
-    }
+    rc = dict(RC, primary={"outcome": "total", "contrast": "m1", "test": "paired_t"})
     res = analyse([], _design_rows(), rubric, rc, seed=1)
     assert res["population"]["name"] == "no_risk" and res["population"]["patients"] == 2
     assert res["primary"]["result"]["n"] == 2 and res["primary"]["result"]["mean_diff"] == pytest.approx(2.0)
@@ -413,14 +416,7 @@ def test_closing_instruction_sessions_are_counted_per_arm_with_a_sensitivity_ana
 
 def test_every_test_is_labelled_and_adjusted_within_its_family():
     rubric = {"items": [{"id": i} for i in ITEMS], "min_total": 0, "max_total": 12}
-    rc = {
-        "alpha": 0.05,
-        "bootstrap": 200,
-        "item_correction": "holm",
-        "power": 0.8,
-        "primary": {"outcome": "total", "contrast": "pooled", "test": "paired_t"},
-    }
-    res = analyse(_long(), _totals(), rubric, rc, seed=1)
+    res = analyse(_long(), _totals(), rubric, RC, seed=1)
     import json
 
     json.dumps(res)  # statistics.json: plain JSON types only (no numpy scalars)

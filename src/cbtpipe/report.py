@@ -207,6 +207,12 @@ def _notes(x: dict[str, Any]) -> str:
     return "; ".join(x["notes"]) or ""
 
 
+def _paired_cells(c: dict[str, Any]) -> list[Any]:
+    """A paired comparison's cells: pairs, the two means (b, then a), the difference, its t
+    interval and p."""
+    return [c["n"], fmt(c["mean_b"]), fmt(c["mean_a"]), fmt(c["mean_diff"]), f"[{fmt(c['ci_t'][0])}, {fmt(c['ci_t'][1])}]", fmt_p(c["p_t"])]
+
+
 def _shortening(t: dict[str, Any]) -> str:
     sh = t.get("shortening")
     if not sh:
@@ -337,17 +343,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             [t["family"], t["test"], fmt_p(t["p"]), fmt_p(t.get("p_adjusted")), t.get("family_size", "—")] for t in st.get("tests", [])
         ],
         "risk_strata": [
-            [
-                "no risk" if r["stratum"] == "none" else "at risk",
-                r["model"],
-                r["n"],
-                fmt(r["mean_b"]),
-                fmt(r["mean_a"]),
-                fmt(r["mean_diff"]),
-                ci(r["ci_t"]),
-                fmt_p(r["p_t"]),
-                _notes(r),
-            ]
+            ["no risk" if r["stratum"] == "none" else "at risk", r["model"], *_paired_cells(r), _notes(r)]
             for r in st.get("risk_strata", [])
         ],
         "mixed_risk": [
@@ -355,7 +351,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
             for e in mm.get("arm_effects_by_risk", [])
         ],
         "closing": [
-            [m, c["n"], fmt(c["mean_b"]), fmt(c["mean_a"]), fmt(c["mean_diff"]), ci(c["ci_t"]), fmt_p(c["p_t"]), _notes(c)]
+            [m, *_paired_cells(c), _notes(c)]
             for m, c in [*cl.get("without", {}).items(), *([("pooled", cl["pooled_without"])] if cl else [])]
         ],
         "mixed_emm": [[e["model"], e["arm"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"])] for e in mm.get("emm", [])],
@@ -442,12 +438,7 @@ def report_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 ", ".join(f"{k}: {v}" for k, v in ab["settings"].items()),
                 r["model"],
                 r["arm"],
-                r["n"],
-                fmt(r["mean_b"]),
-                fmt(r["mean_a"]),
-                fmt(r["mean_diff"]),
-                ci(r["ci_t"]),
-                fmt_p(r["p_t"]),
+                *_paired_cells(r),
                 f"{fmt(r['context_tokens_mean_main'], 0)} → {fmt(r['context_tokens_mean_variant'], 0)}",
             ]
             for name, ab in ctx.get("ablations", {}).items()
