@@ -311,9 +311,13 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     stats = json.loads((wd / "results/report/statistics.json").read_text())
     assert stats["models"] == ["smollm2-135m", "smollm2-135m-r4"]
     bm = stats["between_models"]
-    assert "note" not in bm and len(bm["patients"]) == 2 and len(bm["pairwise"]) == 1
+    # between models on the CTRS population (the patient without risk); the mixed model over
+    # every session, with the position and arm x risk terms
+    assert "note" not in bm and len(bm["patients"]) == 1 and len(bm["pairwise"]) == 1
     mm = stats["mixed_model"]
     assert mm["n_patients"] == 2 and mm["interaction"]["df"] == 1 and len(mm["emm"]) == 4
+    assert "C(position)" in mm["formula"] and mm["risk_interaction"]["df"] == 1 and len(mm["arm_effects_by_risk"]) == 2
     assert {e["model"] for e in mm["arm_effects"]} == {"smollm2-135m", "smollm2-135m-r4", "average over models"}
     md = (wd / "results/report/report.md").read_text()
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
+    assert "Arm x risk interaction (Wald): χ²(1) = " in md
