@@ -24,7 +24,9 @@ LATENCY_S = 0.25
 def _strip(x):
     """Drop wall-clock fields (they differ between any two runs)."""
     if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in ("seconds", "judge_seconds", "wall_seconds")}
+        return {
+            k: _strip(v) for k, v in x.items() if k not in ("seconds", "judge_seconds", "wall_seconds", "created")
+        }  # times, not outputs
     if isinstance(x, list):
         return [_strip(v) for v in x]
     return x

@@ -138,7 +138,9 @@ def _sessions(n: int) -> list[dict[str, Any]]:
 def _strip(x):
     if isinstance(x, dict):
         return {
-            k: _strip(v) for k, v in x.items() if k not in ("seconds", "wall_seconds", "judge_seconds", "unit_dir", "llm", "concurrency")
+            k: _strip(v)
+            for k, v in x.items()
+            if k not in ("seconds", "wall_seconds", "judge_seconds", "unit_dir", "llm", "concurrency", "created", "first_call", "last_call")
         }
     if isinstance(x, list):
         return [_strip(v) for v in x]
