@@ -245,6 +245,7 @@ def run_arms(
     by its GGUF and the model the patient backend serves, so a retrained CBT model replays the
     instruct arm from its units only while the patient model is the same."""
     layout = layout or {"system": "native"}
+    arms = [dict(a) for a in arms]  # the caller's dicts stay as given (each gets its sha and store here)
     plan = session_plan(profiles, rcfg, contexts)
     served = patient.served_model()  # an API patient: the probe learns it before any unit is read
     for a in arms:
