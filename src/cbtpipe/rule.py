@@ -108,6 +108,10 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield logger
+        # Still inside the handler's reach: a SIGTERM while the provenance is written stops the
+        # job as cleanly as one during the work.
+        logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
+        write_provenance(smk, name, time.perf_counter() - t0)
     except Terminated:
         msg = f"{name}: stopped by SIGTERM after {time.perf_counter() - t0:.1f} s; finished units are kept and the next run continues from them"
         logger.warning("%s", msg)
@@ -131,6 +135,6 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
             print(text, file=real_stderr)
         restore()
         sys.exit(1)
-    logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)
-    write_provenance(smk, name, time.perf_counter() - t0)
+    # Done: a SIGTERM from here on has nothing left to stop (the outputs are complete).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     restore()
