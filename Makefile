@@ -1,41 +1,60 @@
 # One-command set-up and runs. `make demo` runs the embedded default end to end; `make test` runs
 # the quality gates and the test suite. Both install everything they need into .venv first and
-# are fast the second time (the install is skipped while requirements.lock is unchanged).
+# are fast the second time (an install is skipped while its lock is unchanged).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 # llama.cpp build profile (tools/llama_cpp_build.py): portable (default, x86-64-v3: no native
-# tuning, no AVX-512, no AMX), native (tuned for the building CPU) or cuda. `make setup GPU=1`
-# selects cuda and installs the GPU training stack (requirements-gpu.lock) as well.
+# tuning, no AVX-512, no AMX), native (tuned for the building CPU) or cuda. The CPU set-up installs
+# requirements.lock (torch's CPU build from PyTorch's CPU index, no nvidia-* wheel); `make setup
+# GPU=1` installs requirements-gpu.lock instead (torch's CUDA build and the GPU training stack)
+# and builds llama.cpp's cuda profile. Every lock holds each distribution's sha256: pip refuses a
+# file that differs (--require-hashes).
 GPU ?=
 ifeq ($(GPU),1)
 LLAMA_CPP_BUILD ?= cuda
+LOCK := requirements-gpu.lock
 STAMP := $(VENV)/.installed-gpu
+CHECK := , bitsandbytes, liger_kernel
 else
 LLAMA_CPP_BUILD ?= portable
+LOCK := requirements.lock
 STAMP := $(VENV)/.installed
+CHECK :=
+# torch's CPU build first, from PyTorch's CPU index (the only package pip looks up there)
+TORCH_FIRST := $(PIP) --require-hashes --no-deps -r requirements-torch-cpu.lock
 endif
 export LLAMA_CPP_BUILD
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup llama-cpp demo test lint format dag clean-results clean
+.PHONY: setup dev llama-cpp demo test lint format dag lock clean-results clean
 
 setup: $(STAMP) llama-cpp
 
-$(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
+$(STAMP): $(LOCK) requirements-torch-cpu.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	@rm -f $(VENV)/.installed $(VENV)/.installed-gpu $(DEV_STAMP)
+	$(TORCH_FIRST)
+	$(PIP) --require-hashes -r $(LOCK)
+	$(PIP) --require-hashes --no-deps -r requirements-nodeps.lock
 	# the pipeline's library (src/cbtpipe), editable: entry scripts and tests import it as installed
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels, gguf"
+	$(PIP) --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels, gguf$(CHECK)"
 	touch $@
 
-$(VENV)/.installed-gpu: $(VENV)/.installed requirements-gpu.lock
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-gpu.lock
-	$(BIN)/python -c "import bitsandbytes, liger_kernel"
+# Development tools (pytest, ruff, snakefmt and test-only packages), for lint and test only.
+dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(PIP) --require-hashes -r requirements-dev.lock
 	touch $@
+
+# Regenerates every lock with hashes from the .in files (needs uv: pip install uv).
+lock:
+	tools/lock.sh
 
 # Builds llama-cpp-python from its pinned sdist with the profile's flags, or reuses a wheel built
 # with exactly those flags; checks the instructions and runs a batched smoke test. A no-op (well
@@ -47,13 +66,13 @@ llama-cpp: $(STAMP)
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 
-lint: setup
+lint: setup dev
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/ruff check scripts src tests tools
 	$(BIN)/ruff format --check scripts src tests tools
 
-format: setup
+format: setup dev
 	$(BIN)/snakefmt Snakefile rules/
 	$(BIN)/ruff format scripts src tests tools
 	$(BIN)/ruff check --fix scripts src tests tools

@@ -173,7 +173,7 @@ def _package_file(package: str, rel: str) -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec(package)
-    assert spec and spec.submodule_search_locations, f"{package} is not installed (requirements-nodeps.txt)"
+    assert spec and spec.submodule_search_locations, f"{package} is not installed (requirements-nodeps.lock)"
     return Path(next(iter(spec.submodule_search_locations))) / rel
 
 

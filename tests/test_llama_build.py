@@ -169,6 +169,8 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
     with pytest.raises(lb.BuildError):
         lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path)
     assert "--no-cache-dir" in seen["cmd"] and "--no-binary" in seen["cmd"]
+    # the sdist from the index is checked against the lock's sha256
+    assert seen["cmd"][-3:] == ["--require-hashes", "-r", str(lb.SDIST_LOCK)]
     assert seen["env"]["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and seen["env"]["FORCE_CMAKE"] == "1"
 
 

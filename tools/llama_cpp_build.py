@@ -54,6 +54,8 @@ import zipfile
 from pathlib import Path
 
 VERSION = "0.3.36"
+# The sdist's sha256, from the project's lock (tools/lock.sh writes it)
+SDIST_LOCK = Path(__file__).resolve().parents[1] / "requirements-llama-cpp.lock"
 PACKAGE = "llama-cpp-python"
 
 # The x86-64-v3 baseline, spelled out: with GGML_NATIVE=OFF llama.cpp enables exactly these, but
@@ -363,7 +365,12 @@ def build_wheel(args: list[str], dest: Path) -> Path:
         # The build backend is already here (pinned in the lock): no isolated build environment,
         # so an offline machine can build too.
         cmd.append("--no-build-isolation")
-    cmd.append(sdist_source())
+    src = sdist_source()
+    if src == f"{PACKAGE}=={VERSION}" and SDIST_LOCK.is_file():
+        # the release from the index, checked against the sha256 that tools/lock.sh recorded
+        cmd += ["--require-hashes", "-r", str(SDIST_LOCK)]
+    else:
+        cmd.append(src)
     print(f"building {PACKAGE} {VERSION} with CMAKE_ARGS={env['CMAKE_ARGS']!r} (several minutes)", flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:

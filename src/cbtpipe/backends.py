@@ -92,6 +92,15 @@ class BackendStats:
         self.prompt_tokens_reused += c.prompt_tokens_reused
         self.completion_tokens += c.completion_tokens
         self.seconds += c.seconds
+        if not c.cached:
+            self._generated += c.completion_tokens
+
+    def generated_tokens(self) -> int:
+        """Completion tokens made by the model in this run (not replayed from the cache)."""
+        return self._generated
+
+    def __post_init__(self) -> None:
+        self._generated = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -321,6 +330,11 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as e:
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
+        # A grammar checks the drawn token first and the whole vocabulary only when it rejects it
+        # (as llama.cpp's own samplers do): half the time per token of a JSON answer on a CPU.
+        from .grammar_sampler import install
+
+        install(self.llm)
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
         self.reuse_prefix = bool(spec["reuse_prefix"])
@@ -338,17 +352,30 @@ class LlamaCppBackend(Backend):
         self.llm.create_completion = self._prepared_completion
 
     def identity(self) -> dict[str, Any]:
-        return {"type": self.kind, "model_sha256": self._sha}
+        from .grammar_sampler import SAMPLER_ID
+
+        # how a prompt is evaluated (its pieces) and how tokens are drawn change the answers
+        return {"type": self.kind, "model_sha256": self._sha, "sampler": SAMPLER_ID, "prefix_block": self.PREFIX_BLOCK}
 
     def count_tokens(self, text: str) -> int:
         with self._call_lock:
             return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    # Prompts are also cut every PREFIX_BLOCK tokens from the start: a long prefix that prompts
+    # share inside one message (a judge's rubric before each transcript, a generator's
+    # instructions before each patient) is then reused up to the last block it fills.
+    PREFIX_BLOCK = 128
+
     def prompt_cuts(self, tokens: list[int]) -> list[int]:
-        """Boundaries of the canonical pieces of a prompt: after each end-of-turn token, and n-1."""
+        """Boundaries of the canonical pieces of a prompt: after each end-of-turn token, at every
+        multiple of PREFIX_BLOCK, and n-1. Each depends only on the tokens before it, so two
+        prompts that share a prefix cut it alike and a reused piece holds what evaluating it
+        afresh would."""
         n = len(tokens)
-        cuts = [i + 1 for i in range(n - 2) if tokens[i] in self._eog]
-        return cuts + [n - 1] if n > 1 else []
+        if n < 2:
+            return []
+        cuts = {i + 1 for i in range(n - 2) if tokens[i] in self._eog} | set(range(self.PREFIX_BLOCK, n - 1, self.PREFIX_BLOCK))
+        return sorted(cuts) + [n - 1]
 
     def _forget(self) -> None:
         self._cuts = []

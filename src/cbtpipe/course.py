@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .io import PipelineError, hash_obj
 from .profiles import describe
+from .progress import Progress
 from .prompts import render_template
 from .units import UnitStore, map_units
 
@@ -149,6 +150,8 @@ def generate_history(
         )
     )
 
+    progress = Progress("course histories", len(profiles), "patients", tokens=backend.stats.generated_tokens)
+
     def one(prof: dict[str, Any]) -> dict[str, Any]:
         def make():
             prompt = render_template(template, patient=describe(prof), sessions=sessions, n_sessions=n_sessions)
@@ -181,7 +184,8 @@ def generate_history(
             return {"patient_id": prof["id"], "history": None, "errors": errors}
 
         # keyed by what the history prompt reads of the profile: not its suicide risk
-        row, _ = store.get_or_make(f"{prof['id']}-{hash_obj({k: v for k, v in prof.items() if k != 'risk'}, 8)}", make)
+        row, reused = store.get_or_make(f"{prof['id']}-{hash_obj({k: v for k, v in prof.items() if k != 'risk'}, 8)}", make)
+        progress.step(f"patient {prof['id']}" + ("" if row["history"] is not None else ": no history"), reused=reused)
         return row
 
     out = map_units(one, profiles, backend.parallelism)  # patients are independent

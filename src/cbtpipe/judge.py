@@ -16,6 +16,7 @@ from typing import Any
 
 from .backends import Backend, cost_usd
 from .io import hash_obj
+from .progress import Progress
 from .prompts import render_template
 from .units import UnitStore, map_units
 
@@ -26,8 +27,9 @@ def score_schema(
     rubric: dict[str, Any], justification_chars: int, reasoning_first: bool = True, items: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The answer's JSON schema: for each item (all of the rubric's, or ``items``) an object with
-    its score and, when ``justification_chars`` > 0, a justification, first when
-    ``reasoning_first`` (the properties' order is the order the judge writes them in)."""
+    its score and a justification, first when ``reasoning_first`` (the properties' order is the
+    order the judge writes them in); with ``justification_chars`` <= 0 the item's score alone
+    (``{"agenda": 3, ...}``: half the tokens of ``{"agenda": {"score": 3}, ...}``)."""
     props = {}
     for it in items or rubric["items"]:
         # The enum lets llama.cpp's grammar enforce the range (its converter ignores minimum/maximum).
@@ -35,13 +37,20 @@ def score_schema(
         score = {"type": "integer", "minimum": it["min"], "maximum": it["max"], "enum": rng}
         why = {"type": "string", "maxLength": justification_chars}
         if justification_chars <= 0:
-            sub: dict[str, Any] = {"score": score}
-        elif reasoning_first:
-            sub = {"justification": why, "score": score}
-        else:
-            sub = {"score": score, "justification": why}
+            props[it["id"]] = score
+            continue
+        sub: dict[str, Any] = {"justification": why, "score": score} if reasoning_first else {"score": score, "justification": why}
         props[it["id"]] = {"type": "object", "properties": sub, "required": list(sub), "additionalProperties": False}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def item_score(answer: Any) -> int:
+    """An item's score in a schema-valid answer: the item's value, or its ``score``."""
+    return int(answer["score"] if isinstance(answer, dict) else answer)
+
+
+def item_justification(answer: Any) -> str:
+    return str(answer.get("justification", "")) if isinstance(answer, dict) else ""
 
 
 def _groups(rubric: dict[str, Any], jcfg: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -98,6 +107,7 @@ def judge_session(
             context=session.get("course_context") or "",
             excerpt=session.get("excerpt"),
             reasoning_first=reasoning_first,
+            justification_chars=jcfg["justification_chars"],
         )
         calls.append((g, [{"role": "user", "content": prompt}], score_schema(rubric, jcfg["justification_chars"], reasoning_first, g)))
     per_item = len(calls) > 1
@@ -123,8 +133,8 @@ def judge_session(
                 sample["raw_invalid"] += res.raw
                 scores |= {i["id"]: None for i in g}
             else:
-                scores |= {i["id"]: int(res.data[i["id"]]["score"]) for i in g}
-                just |= {i["id"]: res.data[i["id"]].get("justification", "") for i in g}
+                scores |= {i["id"]: item_score(res.data[i["id"]]) for i in g}
+                just |= {i["id"]: item_justification(res.data[i["id"]]) for i in g}
         samples.append(
             sample
             | {
@@ -166,7 +176,15 @@ class _Judge:
     """One judge's resumable judging: ``one(session)`` gives the session's judged record, from
     its unit when there is one; ``stats(out)`` sums what the records of a run hold."""
 
-    def __init__(self, backend: Backend, rubric: dict[str, Any], jcfg: dict[str, Any], template: str | Path, unit_dir: str | Path):
+    def __init__(
+        self,
+        backend: Backend,
+        rubric: dict[str, Any],
+        jcfg: dict[str, Any],
+        template: str | Path,
+        unit_dir: str | Path,
+        name: str = "judge",
+    ):
         key = hash_obj(
             {
                 "jcfg": jcfg,
@@ -178,12 +196,12 @@ class _Judge:
                 "tpl": Path(template).read_text(encoding="utf-8"),
             }
         )
-        self.backend, self.rubric, self.jcfg, self.template = backend, rubric, jcfg, template
+        self.backend, self.rubric, self.jcfg, self.template, self.name = backend, rubric, jcfg, template, name
         self.store = UnitStore(Path(unit_dir) / key)
         self.fresh: set[str] = set()  # units judged in this run (the others were read back)
         self.t0 = time.perf_counter()
         self._lock = threading.Lock()
-        self._done = 0
+        self.progress: Progress | None = None
 
     def one(self, s: dict[str, Any], n_sessions: int = 0) -> dict[str, Any]:
         transcript_sha = judged_text_sha(s)
@@ -197,12 +215,11 @@ class _Judge:
             uid, lambda: judge_session(s, self.backend, self.rubric, self.jcfg, self.template) | {"transcript_sha256": transcript_sha}
         )
         with self._lock:
-            self._done += 1
-            n = self._done
             if not was_reused:
                 self.fresh.add(uid)
-        if not was_reused:
-            log.info("judged %s: %d/%d valid samples (%d/%d sessions)", uid, j["valid_samples"], self.jcfg["samples"], n, n_sessions)
+            if self.progress is None:
+                self.progress = Progress(self.name, n_sessions, "sessions", tokens=self.backend.stats.generated_tokens)
+        self.progress.step(f"{uid}: {j['valid_samples']}/{self.jcfg['samples']} valid samples", reused=was_reused)
         return j
 
     def stats(self, out: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -295,12 +312,14 @@ def run_turn_judging(
     store = UnitStore(Path(unit_dir) / key)
     t0 = time.perf_counter()
     windows = [(s, w) for s in sessions if s["messages"] for w in turn_windows(s, tw["window_turns"], tw["every"])]
+    progress = Progress("per-turn judge", len(windows), "excerpts", tokens=backend.stats.generated_tokens)
 
     def one(sw) -> dict[str, Any]:
         s, w = sw
         excerpt = dict(s, messages=w["messages"], excerpt=w["excerpt"])
         uid = f"{s['session_id']}-t{w['turn']}-{judged_text_sha(excerpt)[:16]}"
-        j, _ = store.get_or_make(uid, lambda: judge_session(excerpt, backend, rubric, wcfg, template))
+        j, reused = store.get_or_make(uid, lambda: judge_session(excerpt, backend, rubric, wcfg, template))
+        progress.step(uid, reused=reused)
         return {
             **_identity(s),
             "turn": w["turn"],
@@ -347,7 +366,7 @@ def run_panel(
     from .backends import sum_llm_stats
 
     judges = [
-        (m["name"], _Judge(backends[m["backend"]], rubric, member_settings(m), tpl, unit_dir))
+        (m["name"], _Judge(backends[m["backend"]], rubric, member_settings(m), tpl, unit_dir, name=f"judge {m['name']}"))
         for m, tpl in zip(members, templates, strict=True)
     ]
     before = {n: b.stats.as_dict() for n, b in backends.items()}

@@ -7,7 +7,6 @@ the therapist's system prompt is the same for both arms.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from .chat import apply_layout, drop_oldest_exchange
 from .course import therapist_system
 from .io import hash_obj, sha256_file
 from .profiles import describe
+from .progress import Progress
 from .prompts import render_template
 from .risk import risk_prompt
 from .units import UnitStore, shard_of
@@ -263,13 +263,16 @@ def run_arms(
             }
         )
         a["store"] = UnitStore(Path(a["unit_dir"]) / key)
-    done = 0
-    lock = threading.Lock()
     t0 = time.perf_counter()
     n_work = len(plan) * len(arms)
+    progress = Progress(
+        f"rollout {model}",
+        n_work,
+        "sessions",
+        tokens=lambda: patient.stats.generated_tokens() + sum(a["therapist"].stats.generated_tokens() for a in arms),
+    )
 
     def one(work: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
-        nonlocal done
         item, a = work
         # A session is a unit of the profile it plays (by content, not only by id): a patient whose
         # description changed under the same id is played again.
@@ -294,11 +297,7 @@ def run_arms(
             return run_session(item, a["therapist"], patient, rcfg, system_prompt, patient_template, layout) | meta
 
         s, was_reused = a["store"].get_or_make(uid, make)
-        with lock:
-            done += 1
-            n = done
-        if not was_reused:
-            log.info("%s/%s %s: %d turns, stop %s (%d/%d sessions)", model, a["arm"], uid, s["turns"], s["stop_reason"], n, n_work)
+        progress.step(f"{a['arm']} {uid}: {s['turns']} turns, stop {s['stop_reason']}", reused=was_reused)
         return s
 
     # Sessions are independent: with parallel_sessions > 1 they run at once, that many per arm (a

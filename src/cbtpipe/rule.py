@@ -91,6 +91,10 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     if fh is not None:
         sys.stderr = fh  # tqdm progress bars land in the rule's log
         sys.stdout = fh
+    from . import progress
+
+    # started from a terminal (a local snakemake run): progress lines with rate and ETA go there too
+    progress.TERMINAL = real_stderr if fh is not None and real_stderr.isatty() else None
 
     def restore() -> None:
         sys.stderr, sys.stdout = real_stderr, real_stdout

@@ -463,6 +463,7 @@ def run_safety_judging(
     """Every session of a shard through the flow, resumable per session (a unit is keyed by the
     transcript's text and by everything the answers depend on)."""
     from .judge import render_transcript
+    from .progress import Progress
     from .units import UnitStore, map_units
 
     key = hash_obj(
@@ -476,6 +477,7 @@ def run_safety_judging(
     )
     store = UnitStore(Path(unit_dir) / key)
     t0 = time.perf_counter()
+    progress = Progress("safety", len(sessions), "sessions", tokens=backend.stats.generated_tokens)
 
     def one(s: dict[str, Any]) -> dict[str, Any]:
         sha = hash_obj(render_transcript(s), 64)
@@ -485,10 +487,9 @@ def run_safety_judging(
         rec, reused = store.get_or_make(
             uid, lambda: judge_safety(s, backend, rubric, scfg, template, resources) | {"transcript_sha256": sha}
         )
-        if not reused:
-            log.info(
-                "safety %s: branch %s, any high harm %s, %d judge call(s)", uid, rec["branch"], rec["any_high_harm"], len(rec["answers"])
-            )
+        progress.step(
+            f"{uid}: branch {rec['branch']}, any high harm {rec['any_high_harm']}, {len(rec['answers'])} judge call(s)", reused=reused
+        )
         # every therapist turn with a crisis resource (a function of the transcript: not kept in the unit)
         return rec | {"resources_turns": resource_turns(s, resources["patterns"])}
 

@@ -25,6 +25,7 @@ from typing import Any
 from .chat import mask_example, windows
 from .hardware import cuda_or_cpu
 from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
+from .progress import Progress
 
 log = logging.getLogger("cbtpipe")
 
@@ -79,6 +80,13 @@ class CsvLogger:
             def on_train_begin(self, args, state, control, **kw):
                 self.t_last = time.perf_counter()
                 self.tokens_last = state.num_input_tokens_seen
+                # steps left (a resumed run starts past 0), with rate, tokens/s and ETA
+                self.progress = Progress(
+                    "train", max(0, state.max_steps - state.global_step), "steps", tokens=lambda: state.num_input_tokens_seen, every_s=30
+                )
+
+            def on_step_end(self, args, state, control, **kw):
+                self.progress.step(f"step {state.global_step}/{state.max_steps}")
 
             def on_save(self, args, state, control, **kw):
                 # Called once the Trainer has written the whole checkpoint: mark it complete (with

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .course import phase_plan
 from .io import PipelineError, hash_obj
 from .profiles import describe
+from .progress import Progress
 from .prompts import render_template
 from .risk import risk_prompt
 from .units import UnitStore, map_units
@@ -154,25 +154,12 @@ def run_generation(
         Path(unit_dir) / hash_obj({"cfg": dcfg, "backend": backend.identity(), "tpl": Path(template).read_text(), "format": 2})
     )
     t0 = time.perf_counter()
-    lock = threading.Lock()
-    done = [0]
+    progress = Progress("transcripts", len(profiles), "patients", tokens=backend.stats.generated_tokens)
 
     def one(prof: dict[str, Any]) -> dict[str, Any]:
         uid = f"{prof['id']}-{hash_obj(prof, 8)}"
         course, was_reused = store.get_or_make(uid, lambda: generate_course(prof, backend, dcfg, template))
-        with lock:
-            done[0] += 1
-            n = done[0]
-        if not was_reused:
-            log.info(
-                "patient %s: %d sessions kept, %d failed (%d/%d patients, %.1f tok/s)",
-                prof["id"],
-                len(course["sessions"]),
-                len(course["failed"]),
-                n,
-                len(profiles),
-                backend.stats.as_dict()["tokens_per_second"] or 0,
-            )
+        progress.step(f"patient {prof['id']}: {len(course['sessions'])} sessions kept, {len(course['failed'])} failed", reused=was_reused)
         return course
 
     # patients are independent (a course's sessions follow one another): as many at a time as
