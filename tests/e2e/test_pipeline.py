@@ -171,6 +171,28 @@ def test_benchmarks_and_noop_rerun(ci_run):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
+PROGRESS = re.compile(r"INFO (.+?): (\d+)/(\d+) (\w+)(?: \(\d+ from finished units\))?, [\d.]+ \w+/(?:s|min)(?:, [\d.]+ tok/s)?, (ETA|took) [\d:]+")
+
+
+def test_every_long_job_logs_its_progress_with_rate_and_eta(ci_run):
+    """Transcripts, course histories, rollouts, judging, safety and training each log lines of
+    units done of the total, the rate and the time left (the last one the time taken)."""
+    logs = {
+        "transcripts": "logs/data/transcripts-00.log",
+        "course histories": "logs/profiles/eval_history.log",
+        "rollout smollm2-135m": "logs/rollout/smollm2-135m-00.log",
+        "judge sampled": "logs/judge/smollm2-135m-cbt-00.log",
+        "safety": "logs/safety/smollm2-135m-cbt-00.log",
+        "train": "logs/train/smollm2-135m.log",
+    }
+    for what, rel in logs.items():
+        found = [m for m in PROGRESS.finditer((ci_run / rel).read_text()) if m.group(1) == what]
+        assert found, f"{rel}: no progress line of {what}"
+        done, total = int(found[-1].group(2)), int(found[-1].group(3))
+        assert done == total and found[-1].group(5) == "took", found[-1].group(0)
+        assert all(m.group(5) == "ETA" for m in found[:-1])
+
+
 def test_snakemake_report_builds(ci_run, tmp_path):
     out = tmp_path / "smk_report.html"
     r = run_snakemake(ci_run, "--configfile", "config/ci.yaml", "--report", str(out))
