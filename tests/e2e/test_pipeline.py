@@ -171,7 +171,9 @@ def test_benchmarks_and_noop_rerun(ci_run):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
-PROGRESS = re.compile(r"INFO (.+?): (\d+)/(\d+) (\w+)(?: \(\d+ from finished units\))?, [\d.]+ \w+/(?:s|min)(?:, [\d.]+ tok/s)?, (ETA|took) [\d:]+")
+PROGRESS = re.compile(
+    r"INFO (.+?): (\d+)/(\d+) (\w+)(?: \(\d+ from finished units\))?, [\d.]+ \w+/(?:s|min)(?:, [\d.]+ tok/s)?, (ETA|took) [\d:]+"
+)
 
 
 def test_every_long_job_logs_its_progress_with_rate_and_eta(ci_run):
