@@ -331,7 +331,8 @@ class LlamaCppBackend(Backend):
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
         # A grammar checks the drawn token first and the whole vocabulary only when it rejects it
-        # (as llama.cpp's own samplers do): half the time per token of a JSON answer on a CPU.
+        # (as llama.cpp's own samplers do); with the tiny model most draws in a JSON answer are
+        # rejected, so it saves about a fifth of the time per token.
         from .grammar_sampler import install
 
         install(self.llm)
