@@ -184,6 +184,7 @@ class _Judge:
         template: str | Path,
         unit_dir: str | Path,
         name: str = "judge",
+        n_sessions: int = 0,
     ):
         key = hash_obj(
             {
@@ -201,9 +202,10 @@ class _Judge:
         self.fresh: set[str] = set()  # units judged in this run (the others were read back)
         self.t0 = time.perf_counter()
         self._lock = threading.Lock()
-        self.progress: Progress | None = None
+        # started with the job, so the first session's rate counts its own time
+        self.progress = Progress(name, n_sessions, "sessions", tokens=backend.stats.generated_tokens)
 
-    def one(self, s: dict[str, Any], n_sessions: int = 0) -> dict[str, Any]:
+    def one(self, s: dict[str, Any]) -> dict[str, Any]:
         transcript_sha = judged_text_sha(s)
         if not s["messages"]:
             # Nothing to judge: missing, never a score, and no judge call.
@@ -217,8 +219,6 @@ class _Judge:
         with self._lock:
             if not was_reused:
                 self.fresh.add(uid)
-            if self.progress is None:
-                self.progress = Progress(self.name, n_sessions, "sessions", tokens=self.backend.stats.generated_tokens)
         self.progress.step(f"{uid}: {j['valid_samples']}/{self.jcfg['samples']} valid samples", reused=was_reused)
         return j
 
@@ -264,9 +264,9 @@ def run_judging(
     unit_dir: str | Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every session judged by one judge, resumable per session."""
-    judge = _Judge(backend, rubric, jcfg, template, unit_dir)
+    judge = _Judge(backend, rubric, jcfg, template, unit_dir, n_sessions=len(sessions))
     # sessions are independent: as many at a time as the judge's backend serves
-    out = map_units(lambda s: judge.one(s, len(sessions)), sessions, backend.parallelism)
+    out = map_units(judge.one, sessions, backend.parallelism)
     stats = judge.stats(out, sessions)
     stats["llm"] = backend.stats.as_dict()  # with the prompt tokens reused from the KV cache
     return out, stats
@@ -366,7 +366,10 @@ def run_panel(
     from .backends import sum_llm_stats
 
     judges = [
-        (m["name"], _Judge(backends[m["backend"]], rubric, member_settings(m), tpl, unit_dir, name=f"judge {m['name']}"))
+        (
+            m["name"],
+            _Judge(backends[m["backend"]], rubric, member_settings(m), tpl, unit_dir, name=f"judge {m['name']}", n_sessions=len(sessions)),
+        )
         for m, tpl in zip(members, templates, strict=True)
     ]
     before = {n: b.stats.as_dict() for n, b in backends.items()}
@@ -375,7 +378,7 @@ def run_panel(
     def one(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
         # every judge of a session one after another: judges that share an in-process backend
         # and a prompt then reuse the transcript's key/value cache instead of reading it again
-        return {name: j.one(s, len(sessions)) for name, j in judges}
+        return {name: j.one(s) for name, j in judges}
 
     workers = min(b.parallelism for b in backends.values()) if backends else 1
     by_session = map_units(one, sessions, workers)

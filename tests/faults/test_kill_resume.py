@@ -28,10 +28,12 @@ from tests.helpers.workdir import clone_workdir, snakemake_cmd
 pytestmark = pytest.mark.faults
 
 M = "smollm2-135m"
-# name -> (snakemake rule, target, unit folder or None, script name). Every unit rule has at
-# least two units at CI size; the others are one step that writes a partial output first.
+# name -> (snakemake rule, target, unit folder or None, script name). Every unit rule's target is
+# one job with at least two units at CI size, so a kill at its first finished unit lands before its
+# end (the test checks this); the others are one step that writes a partial output first. The CI
+# config's three generation patients fall into two shards, 00 holding two of them and 01 one.
 RULES = {
-    "transcripts": ("transcripts", "results/data/transcripts.jsonl", "results/units/transcripts", "transcripts.py"),
+    "transcripts": ("transcripts", "results/data/transcripts/shard00.jsonl", "results/units/transcripts", "transcripts.py"),
     "eval_history": ("eval_history", "results/profiles/eval_history.jsonl", "results/units/eval_history", "eval_history.py"),
     "train": ("train", f"results/training/{M}/metrics.json", "results/units/train", "train.py"),
     "rollout": ("rollout", f"results/rollouts/{M}/cbt/shard00.jsonl", f"results/units/rollouts/{M}/cbt", "rollout.py"),
@@ -244,4 +246,7 @@ def test_kill_and_resume(ci_run, tmp_path, harness, name, trigger, whole, sig, c
         harness.recomputed += sum(v - 1 for v in twice.values())
         assert not twice, f"{name}: units computed more than once: {twice}"
         assert counts, f"{name}: no unit was recorded"
+        if trigger == "first unit":
+            # The premise of the trigger: the killed job had units left to do after its first one.
+            assert len(counts) >= 2, f"{name}: the job has only {len(counts)} unit(s), so its first finished unit is its last"
     check_outputs(name, wd, base)
