@@ -339,6 +339,11 @@ class LlamaCppBackend(Backend):
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
         self.reuse_prefix = bool(spec["reuse_prefix"])
+        # Structured answers of a schema the filler can write are written by it (json_fill.py):
+        # the fixed text in one batch, the model choosing the values.
+        self.json_fill = bool(spec["json_fill"])
+        self._filler: Any = None
+        self._fill: tuple[list, dict[str, Any], int, int] | None = None  # the call being filled
         # Piece boundaries of the prompt whose tokens (llm.input_ids) the KV cache holds,
         # evaluated canonically up to the last one.
         self._cuts: list[int] = []
@@ -354,9 +359,16 @@ class LlamaCppBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         from .grammar_sampler import SAMPLER_ID
+        from .json_fill import FILL_ID
 
         # how a prompt is evaluated (its pieces) and how tokens are drawn change the answers
-        return {"type": self.kind, "model_sha256": self._sha, "sampler": SAMPLER_ID, "prefix_block": self.PREFIX_BLOCK}
+        return {
+            "type": self.kind,
+            "model_sha256": self._sha,
+            "sampler": SAMPLER_ID,
+            "prefix_block": self.PREFIX_BLOCK,
+            "json": FILL_ID if self.json_fill else "grammar",
+        }
 
     def count_tokens(self, text: str) -> int:
         with self._call_lock:
@@ -411,7 +423,41 @@ class LlamaCppBackend(Backend):
             self._prepare(prompt)
         else:
             self._forget()
+        if self._fill is not None and isinstance(prompt, list):
+            return self._filled_completion(prompt)
         return self._create_completion(prompt, *args, **kwargs)
+
+    def _filled_completion(self, prompt: list[int]) -> dict[str, Any]:
+        """A completion written by the filler, shaped as llama-cpp-python's (the chat handler
+        formatted and tokenized the messages as for any call)."""
+        parts, sampling, seed, max_tokens = self._fill
+        if len(prompt) < 2 or len(prompt) >= self.n_ctx or not self.reuse_prefix:
+            # _prepare left nothing evaluated: the filler needs prompt[:-1] in the KV cache
+            self._forget()
+            if len(prompt) >= self.n_ctx:
+                raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx}")
+            self.llm.eval(prompt[:-1])
+        text, made, finish = self._filler.write(parts, prompt, sampling, seed, max_tokens, self.n_ctx)
+        return {
+            "id": "cmpl-fill",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": str(self.model_path),
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": made, "total_tokens": len(prompt) + made},
+        }
+
+    def _fill_parts(self, schema: dict[str, Any] | None) -> list | None:
+        if schema is None or not self.json_fill:
+            return None
+        from .json_fill import Filler, compile_schema
+
+        parts = compile_schema(schema)
+        if parts is None:
+            return None
+        if self._filler is None:
+            self._filler = Filler(self.llm, self._eog)
+        return parts if self._filler.usable(parts) else None
 
     def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
         kwargs: dict[str, Any] = dict(
@@ -422,11 +468,17 @@ class LlamaCppBackend(Backend):
             seed=int(seed),
             stop=stop or None,
         )
-        if schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
         with self._call_lock:
+            parts = self._fill_parts(schema)
+            if parts is not None:
+                self._fill = (parts, kwargs | {"top_k": 40, "min_p": 0.05}, int(seed), kwargs["max_tokens"])
+            elif schema is not None:
+                kwargs["response_format"] = {"type": "json_object", "schema": schema}
             t0 = time.perf_counter()
-            out = self.llm.create_chat_completion(messages=messages, **kwargs)
+            try:
+                out = self.llm.create_chat_completion(messages=messages, **kwargs)
+            finally:
+                self._fill = None
             dt = time.perf_counter() - t0
             reused = self._reused
         choice = out["choices"][0]
