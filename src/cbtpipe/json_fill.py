@@ -9,9 +9,11 @@ enums, integers or booleans, bounded strings or such objects) is compiled into p
 
 - fixed text, appended to the context as a batch (one forward pass for all of it);
 - an enum: the model picks among the tokens that continue one of the options (a trie over the
-  vocabulary), ending when an option is complete and the text after it is chosen;
+  vocabulary), ending when an option is complete and a token that begins the text after it is
+  chosen;
 - a string of at most ``maxLength`` characters: tokens with no quote, backslash or control
-  character, that keep it within the length, or the closing quote.
+  character, that keep it within the length, or a token that begins the text after it (``"``,
+  ``",``, ``"}`` ...), which closes it.
 
 Each choice masks the logits to the allowed tokens first, then applies the call's sampling as
 llama.cpp's chain does (repetition penalty over the last 64 tokens, top-k, top-p and min-p on the
@@ -153,11 +155,19 @@ class Filler:
             plain[t], chars[t] = True, len(s)
         self.plain_ids = np.flatnonzero(plain)
         self.plain_chars = chars[self.plain_ids]
-        quote = self.by_bytes.get(b'"')
-        self.quote = quote[0] if quote else None
 
     def usable(self, parts: list | None) -> bool:
-        return parts is not None and (self.quote is not None or not any(isinstance(p, Str) for p in parts))
+        if parts is None:
+            return False
+        return all(self._starts_of(parts[i + 1].text) for i, p in enumerate(parts) if not isinstance(p, Lit))
+
+    def _starts_of(self, text: str) -> set[int]:
+        """Tokens that spell a beginning of ``text``."""
+        b = text.encode("utf-8")
+        out: set[int] = set()
+        for j in range(1, len(b) + 1):
+            out.update(self.by_bytes.get(b[:j], ()))
+        return out
 
     # -- sampling ------------------------------------------------------------------------------
     def _logits(self) -> np.ndarray:
@@ -215,7 +225,7 @@ class Filler:
         text: list[str] = []
         made = 0
         budget = min(int(max_tokens), n_ctx - len(prompt))
-        skip_first = False  # the next fixed text's first token is in already (it ended an option)
+        consumed = 0  # bytes of the next fixed text already in (the token that ended a value)
 
         def push(t: int) -> bool:
             nonlocal made
@@ -234,45 +244,49 @@ class Filler:
 
         for i, part in enumerate(parts):
             if isinstance(part, Lit):
-                ids = self._tokens(part.text)[1 if skip_first else 0 :]
-                skip_first = False
+                rest = part.text.encode("utf-8")[consumed:]
+                consumed = 0
+                ids = self.llm.tokenize(rest, add_bos=False, special=False) if rest else []
                 for t in ids:
                     if not push(t):
                         return "".join(text), made, "length"
                 text.append(part.text)
-            elif isinstance(part, Enum):
-                after = self._tokens(parts[i + 1].text)[0]
+                continue
+            # A value ends when the model picks a token that begins the fixed text after it
+            # (a quote, '",', ',' or '}'): its mass is spread over every such spelling.
+            ends = self._starts_of(parts[i + 1].text)
+            if isinstance(part, Enum):
                 done = ""
                 while True:
                     conts: set[int] = set()
                     for o in part.options:
                         if o.startswith(done) and len(o) > len(done):
-                            rest = o[len(done) :]
-                            for j in range(1, len(rest) + 1):
-                                conts.update(self.by_bytes.get(rest[:j].encode("utf-8"), ()))
+                            rest_o = o[len(done) :]
+                            for j in range(1, len(rest_o) + 1):
+                                conts.update(self.by_bytes.get(rest_o[:j].encode("utf-8"), ()))
                     if not conts:
                         break  # a whole option, and no longer one begins with it
-                    can_end = done in part.options and after not in conts
-                    t = pick(np.array(sorted(conts | ({after} if can_end else set())), dtype=np.int64))
+                    end_ids = (ends - conts) if done in part.options else set()
+                    t = pick(np.array(sorted(conts | end_ids), dtype=np.int64))
                     if not push(t):
                         return "".join(text) + done, made, "length"
-                    if can_end and t == after:
-                        skip_first = True
+                    if t in end_ids:
+                        consumed = len(self.tok_bytes[t])
                         break
                     done += self.tok_bytes[t].decode("utf-8")
                 text.append(done)
-            else:  # Str: plain tokens within the length, or the closing quote (the next fixed text)
+            else:  # Str: plain tokens within the length, or one that begins the text after it
                 s = ""
+                end_arr = np.array(sorted(ends), dtype=np.int64)
                 while True:
                     room = part.max_chars - len(s)
                     ok = self.plain_ids[self.plain_chars <= room] if room > 0 else self.plain_ids[:0]
-                    if not ok.size:
-                        break
-                    t = pick(np.append(ok, self.quote))
-                    if t == self.quote:
-                        break
+                    t = pick(np.concatenate([ok, end_arr]))
                     if not push(t):
                         return "".join(text) + s, made, "length"
+                    if t in ends:
+                        consumed = len(self.tok_bytes[t])
+                        break
                     s += self.tok_bytes[t].decode("utf-8")
                 text.append(s)
         return "".join(text), made, "stop"
