@@ -6,5 +6,5 @@ from cbtpipe.rule import entry
 
 with entry(snakemake, "download_model") as log:
     src = snakemake.params.source
-    info = download_hub(src["repo_id"], src.get("revision", "main"), snakemake.output[0])
+    info = download_hub(src["repo_id"], src.get("revision", "main"), snakemake.output[0], name=snakemake.wildcards.model)
     log.info("downloaded %s", info)

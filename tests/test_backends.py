@@ -1,5 +1,6 @@
 """LLM backends: llama.cpp in process, and the HTTP backend against real servers on loopback."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -465,3 +466,60 @@ def test_every_call_records_what_was_served_and_a_new_served_model_is_not_answer
         moved = make_backend("api", backends, cache_dir=tmp_path, probe=True)
         r2 = moved.chat_json(MSG, SCHEMA, seed=1)
         assert moved.stats.cache_hits == 0 and r2.served["served_model"] == "chat-v4-2026-12"
+
+
+def test_extra_body_headers_omitted_parameters_and_the_length_field_reach_the_endpoint(monkeypatch):
+    """What a provider takes beyond the OpenAI API: provider pinning, reasoning effort or vLLM's
+    chat_template_kwargs in the body, headers (a secret one from the environment, never in the
+    identity or an error), parameters the model refuses left out, max_completion_tokens."""
+    monkeypatch.setenv("CBT_TEST_ORG", "org-secret-123")
+    extra = {"provider": {"order": ["deepinfra"], "allow_fallbacks": False}, "chat_template_kwargs": {"enable_thinking": False}}
+    with FaultServer(fails=0) as srv:
+        spec = {
+            "type": "openai",
+            "base_url": srv.url("ok"),
+            "model": "m",
+            "max_retries": 0,
+            "extra_body": extra,
+            "extra_headers": {"X-Title": "cbt-pipeline", "OpenAI-Organization": {"env": "CBT_TEST_ORG"}},
+            "omit": ["temperature", "top_p"],
+            "max_tokens_field": "max_completion_tokens",
+        }
+        b = OpenAIBackend("api", spec, cache_dir=None)
+        assert b.chat_json(MSG, SCHEMA, sampling={"temperature": 0.3, "max_tokens": 50}, seed=1).data == {"agenda": 3}
+        body = srv.bodies[-1]
+        assert body["provider"] == extra["provider"] and body["chat_template_kwargs"] == {"enable_thinking": False}
+        assert "temperature" not in body and "top_p" not in body and body["seed"] == 1
+        assert body["max_completion_tokens"] == 50 and "max_tokens" not in body
+        assert srv.headers[-1]["X-Title"] == "cbt-pipeline" and srv.headers[-1]["OpenAI-Organization"] == "org-secret-123"
+        ident = b.identity()
+        assert ident["extra_body"] == extra and ident["omit"] == ["temperature", "top_p"]
+        assert "org-secret-123" not in json.dumps(ident) and ident["extra_headers"]["OpenAI-Organization"] == {"env": "CBT_TEST_ORG"}
+        plain = OpenAIBackend("api", {"type": "openai", "base_url": srv.url("ok"), "model": "m"}, cache_dir=None).identity()
+        assert plain != ident and not {"extra_body", "extra_headers", "omit", "max_tokens_field"} & set(plain)
+    with FaultServer(fails=0) as srv:  # an error that quotes the request headers shows no secret
+        b = OpenAIBackend("api", {**spec, "base_url": srv.url("echo401")}, cache_dir=None)
+        with pytest.raises(BackendError) as e:
+            b.chat_json(MSG, SCHEMA, seed=1)
+        assert "org-secret-123" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"extra_body": {"model": "other"}}, r"backends\.api\.extra_body"),
+        ({"extra_body": {"temperature": 0}}, r"backends\.api\.extra_body"),
+        ({"extra_headers": {"Authorization": "Bearer x"}}, r"backends\.api\.extra_headers\.Authorization: the pipeline sets"),
+        (
+            {"extra_headers": {"X-Org": {"env": "CBT_TEST_UNSET_VAR"}}},
+            r"CBT_TEST_UNSET_VAR is not set \(named by config key backends\.api\.extra_headers\.X-Org\)",
+        ),
+        ({"extra_headers": {"X-Org": 5}}, r"backends\.api\.extra_headers\.X-Org"),
+        ({"omit": ["messages"]}, r"backends\.api\.omit"),
+        ({"max_tokens_field": "max_new_tokens"}, r"backends\.api\.max_tokens_field"),
+    ],
+)
+def test_bad_extra_request_settings_name_their_key(change, match, monkeypatch):
+    monkeypatch.delenv("CBT_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(PipelineError, match=match):
+        OpenAIBackend("api", {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", **change}, cache_dir=None)

@@ -557,14 +557,38 @@ class OpenAIBackend(Backend):
         import httpx
 
         headers = {"Content-Type": "application/json"}
+        for h, v in spec["extra_headers"].items():
+            key = f"backends.{name}.extra_headers.{h}"
+            if h.lower() in ("authorization", "content-type", "content-length", "host"):
+                raise PipelineError(f"config key {key}: the pipeline sets this header itself (an API key comes from api_key_env)")
+            if isinstance(v, dict):
+                v = env_secret(v["env"])  # remembered, so that no error or log shows it
+                if not v:
+                    raise PipelineError(
+                        f"backend '{name}': environment variable {spec['extra_headers'][h]['env']} is not set (named by config key {key})"
+                    )
+            headers[h] = str(v)
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        self.extra_body = dict(spec["extra_body"])
+        self.omit = frozenset(spec["omit"])
+        self.max_tokens_field = spec["max_tokens_field"]
         self._client = httpx.Client(timeout=self.timeout, headers=headers)
 
     def identity(self) -> dict[str, Any]:
         ident = {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
         if not self.spec.get("integer_enums", True):
             ident["integer_enums"] = False  # another request (answers cached under the default stay valid)
+        # What else the request carries: a header read from the environment by its variable's name
+        # only (a secret never reaches the identity, which names cache entries and results).
+        if self.spec.get("extra_body"):
+            ident["extra_body"] = self.spec["extra_body"]
+        if self.spec.get("extra_headers"):
+            ident["extra_headers"] = self.spec["extra_headers"]
+        if self.spec.get("omit"):
+            ident["omit"] = sorted(self.spec["omit"])
+        if self.spec.get("max_tokens_field", "max_tokens") != "max_tokens":
+            ident["max_tokens_field"] = self.spec["max_tokens_field"]
         return ident
 
     @property
@@ -662,6 +686,11 @@ class OpenAIBackend(Backend):
         }
         if stop:
             body["stop"] = stop
+        for k in self.omit:  # parameters the model refuses
+            body.pop(k, None)
+        if "max_tokens" in body and self.max_tokens_field != "max_tokens":
+            body[self.max_tokens_field] = body.pop("max_tokens")
+        body |= self.extra_body
         if schema is not None and not self.spec.get("integer_enums", True):
             schema = without_integer_enums(schema)
         if schema is not None and self.json_mode != "none":

@@ -127,23 +127,48 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 DOWNLOAD_RECORD = "download.json"
 
 
-def download_hub(repo_id: str, revision: str, out_dir: str | Path, api=None) -> dict[str, Any]:
+def hub_access_error(e: Exception, repo_id: str, name: str | None = None) -> PipelineError:
+    """What to do when the hub refuses a model: a gated model (Llama 3.1, Mistral) needs its terms
+    accepted and a token in HF_TOKEN; a private or gated one answers "not found" without a token."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import GatedRepoError
+
+    key = f"config key models.{name}.source.repo_id" if name else "hub repo"
+    has_token = bool(get_token())
+    if isinstance(e, GatedRepoError):
+        todo = (
+            "check that the token in HF_TOKEN belongs to an account that accepted them"
+            if has_token
+            else "set the environment variable HF_TOKEN to a read token of that account"
+        )
+        return PipelineError(f"{key}: {repo_id} is a gated model: accept its terms on its hub page, then {todo}")
+    hint = "" if has_token else " (HF_TOKEN is not set: without a token a gated or private model answers as not found)"
+    return PipelineError(f"{key}: the hub has no model {repo_id} that this account can see{hint}")
+
+
+def download_hub(repo_id: str, revision: str, out_dir: str | Path, api=None, name: str | None = None) -> dict[str, Any]:
     """Download a hub snapshot (safetensors, tokenizer, config) at the commit ``revision`` names,
     and record that commit in ``out_dir/download.json`` (a branch such as main moves: the record
-    says what was downloaded). Needs internet: a login node."""
+    says what was downloaded). Needs internet: a login node; a gated model needs HF_TOKEN."""
     import datetime
 
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
-    commit = (api or HfApi()).model_info(repo_id, revision=revision).sha
-    if COMMIT.fullmatch(revision) and commit != revision:
-        raise PipelineError(f"{repo_id}: the hub resolved revision {revision} to {commit}")
-    path = snapshot_download(
-        repo_id=repo_id,
-        revision=commit,
-        local_dir=str(out_dir),
-        allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
-    )
+    api = api or HfApi()
+    try:
+        commit = api.model_info(repo_id, revision=revision).sha
+        if COMMIT.fullmatch(revision) and commit != revision:
+            raise PipelineError(f"{repo_id}: the hub resolved revision {revision} to {commit}")
+        path = snapshot_download(
+            repo_id=repo_id,
+            revision=commit,
+            local_dir=str(out_dir),
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"],
+            endpoint=api.endpoint,
+        )
+    except RepositoryNotFoundError as e:  # GatedRepoError is one
+        raise hub_access_error(e, repo_id, name) from None
     rec = {
         "repo_id": repo_id,
         "revision": revision,

@@ -16,7 +16,7 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /redirect/v1/...                 HTTP 308 to /ok/v1/... (always)
   /parts/v1/...                    content as a list of parts (always)
   /refusal/v1/...                  a refusal: no content, a ``refusal`` field (always)
-  /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header (always)
+  /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header and every other (always)
 ``answer`` is the content of a good answer, or a function of the request body that returns it.
 ``served`` (settable at any time) is the model a good answer says it served, with a system
 fingerprint of its own; None answers with the requested name and no fingerprint.
@@ -38,6 +38,7 @@ class FaultServer:
         self.served: str | None = None
         self.counts: dict[str, int] = {}
         self.auth_headers: list[str] = []
+        self.headers: list[dict[str, str]] = []  # every request's headers
         self.bodies: list[dict] = []
         self.inflight = 0
         self.max_inflight = 0  # the most requests it was answering at one time
@@ -62,6 +63,7 @@ class FaultServer:
                     outer.counts[mode] = outer.counts.get(mode, 0) + 1
                     k = outer.counts[mode]
                     outer.auth_headers.append(self.headers.get("Authorization", ""))
+                    outer.headers.append(dict(self.headers.items()))
                     outer.bodies.append(body)
                 bad = k <= outer.fails
                 if mode in ("429", "500", "499", "529") and bad:
@@ -73,7 +75,10 @@ class FaultServer:
                 if mode == "404":
                     return self._send(404, b'{"error": "model not found"}')
                 if mode == "echo401":
-                    msg = {"error": f"Incorrect API key provided: {self.headers.get('Authorization', '')}"}
+                    msg = {
+                        "error": f"Incorrect API key provided: {self.headers.get('Authorization', '')}",
+                        "headers": dict(self.headers.items()),
+                    }
                     return self._send(401, json.dumps(msg).encode())
                 if mode == "redirect":
                     return self._send(308, b"", {"Location": self.path.replace("/redirect/", "/ok/", 1)})
