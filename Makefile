@@ -48,8 +48,10 @@ $(STAMP): $(LOCK) requirements-torch-cpu.lock requirements-nodeps.lock pyproject
 # Development tools (pytest, ruff, snakefmt and test-only packages), for lint and test only.
 dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.lock
+$(DEV_STAMP): $(STAMP) requirements-dev.lock tools/install_chromium.sh
 	$(PIP) --require-hashes -r requirements-dev.lock
+	# Chromium for the results browser's test (Debian's package when none is installed)
+	tools/install_chromium.sh
 	touch $@
 
 # Regenerates every lock with hashes from the .in files (needs uv: pip install uv).

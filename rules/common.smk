@@ -399,7 +399,11 @@ def plan_inputs():
 
 
 def final_outputs():
-    out = ["results/report/report.html", "results/report/report.md"]
+    out = [
+        "results/report/report.html",
+        "results/report/report.md",
+        "results/report/browser.html",
+    ]
     out += ["results/rating_packet/packet.html", "results/rating_key/key.csv"]
     out += expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS)
     return out

@@ -198,6 +198,32 @@ rule report:
         "../scripts/report.py"
 
 
+# The results browser: every session pair side by side with its scores and safety answers (one
+# self-contained page; the report's rows link to it).
+
+
+rule browser:
+    input:
+        rollouts=rules.scores.input.rollouts,
+        judged=rules.scores.input.judged,
+        safety=safety_judged(),
+        profiles="results/profiles/eval.jsonl",
+        rubric=config["judge"]["rubric"],
+        safety_rubric=config["safety"]["rubric"],
+    output:
+        html=report(
+            "results/report/browser.html",
+            caption="../report/browser.rst",
+            category="Sessions",
+        ),
+    log:
+        "logs/report/browser.log",
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/browser.py"
+
+
 # A blinded rating packet for human raters; its key stays outside the packet's folder.
 
 

@@ -843,7 +843,51 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     text = env.get_template("report.md.j2").render(
         **ctx, view=report_view(ctx), sview=safety_view(ctx["safety"]), plan_rows=plan_view(ctx), published=PUBLISHED
     )
-    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    return link_rows(text, list(ctx.get("config", {}).get("models", {})))
+
+
+# Table columns whose value names a model (or "pooled"), and columns that narrow the selection.
+MODEL_COLUMNS = ("model", "contrast", "our model")
+FILTER_COLUMNS = {"position": "position", "risk level": "risk", "patient": "patient"}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def link_rows(markdown: str, models: list[str]) -> str:
+    """Every table row that names a model (or the pooled models) links its model cell to the
+    row's sessions in the results browser, narrowed by the row's position, risk level or
+    patient where the table has such a column."""
+    from .browser import browser_link
+
+    lines = markdown.split("\n")
+    header: list[str] | None = None
+    for i, line in enumerate(lines):
+        if not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = [h.lower() for h in _cells(line)]
+            continue
+        if set(line) <= set("|-: "):
+            continue  # the separator
+        cells = _cells(line)
+        col = next((header.index(c) for c in MODEL_COLUMNS if c in header), None)
+        if col is None or col >= len(cells) or len(cells) != len(header):
+            continue
+        value = cells[col]
+        base = value.split(" (")[0].strip()
+        if base not in models and base != "pooled":
+            continue
+        filters = {}
+        for name, key in FILTER_COLUMNS.items():
+            if name in header and cells[header.index(name)] not in ("", "—", "all"):
+                filters[key] = cells[header.index(name)]
+        cells[col] = f"[{value}]({browser_link(base if base in models else None, **filters)})"
+        lines[i] = "| " + " | ".join(cells) + " |"
+    return "\n".join(lines)
 
 
 CSS = (

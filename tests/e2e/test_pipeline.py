@@ -75,7 +75,7 @@ def test_report_content(ci_run):
         r"Primary endpoint \(config key report\.primary, declared before the run: recorded \S+, before the first judge call at \S+\): the CTRS total",
         md,
     )
-    assert "| pooled (primary) |" in md and "| smollm2-135m (secondary) |" in md
+    assert "| [pooled (primary)](browser.html) |" in md and "| [smollm2-135m (secondary)](browser.html#model=smollm2-135m) |" in md
     assert "Inter-judge agreement: the 2 judges of the panel (sampled, greedy)" in md
     stats0 = json.loads((ci_run / "results/report/statistics.json").read_text())
     assert set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 8

@@ -27,13 +27,14 @@ pytestmark = pytest.mark.faults
 
 M = "smollm2-135m"
 CFG = "changes.yaml"
-AFTER_JUDGE = {"scores": 1, "statistics": 1, "report": 1, "all": 1}
+# the results browser shows the sessions, their scores and their safety answers
+AFTER_JUDGE = {"scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
 # the safety statistics read the CTRS judgements too (for the judge's refusals)
 JUDGE_BOTH = {"judge": 2, "safety_statistics": 1, **AFTER_JUDGE}
 # the blinded rating packet is drawn from the sessions: new sessions, a new packet
 # one rollout job plays both arms of a model (interleaved, so the arms meet the patient together)
 ROLLOUT_BOTH = {"rollout": 1, "safety": 2, "rating_packet": 1, **JUDGE_BOTH}
-SAFETY = {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}
+SAFETY = {"safety": 2, "safety_statistics": 1, "report": 1, "browser": 1, "all": 1}
 FROM_EVAL_PROFILES = {"profiles_eval": 1, "eval_history": 1, **ROLLOUT_BOTH}
 # the CBT model alone changes: its export, and the rollout job of both arms, whose instruct sessions
 # come from their units (so both arms' judge and safety jobs run, reusing the instruct arm's units)

@@ -40,7 +40,8 @@ def _jobs(wd, cfg):
     "section,key,value,expected",
     [
         # the safety statistics read the CTRS judgements too (the judge's refusals)
-        ("judge", "samples", 3, {"judge": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "all": 1}),
+        # the results browser shows sessions, scores and safety answers
+        ("judge", "samples", 3, {"judge": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}),
         (
             "rollout",
             "max_turns",
@@ -55,11 +56,12 @@ def _jobs(wd, cfg):
                 "statistics": 1,
                 "report": 1,
                 "rating_packet": 1,
+                "browser": 1,
                 "all": 1,
             },
         ),
         ("report", "bootstrap", 999, {"statistics": 1, "safety_statistics": 1, "report": 1, "all": 1}),
-        ("safety", "reasoning_chars", 30, {"safety": 2, "safety_statistics": 1, "report": 1, "all": 1}),
+        ("safety", "reasoning_chars", 30, {"safety": 2, "safety_statistics": 1, "report": 1, "browser": 1, "all": 1}),
     ],
 )
 def test_config_change_reruns_only_what_it_affects(ci_run, section, key, value, expected):
@@ -79,7 +81,7 @@ def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
     cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
     cfg["judge"]["backend"] = "judge_only"
     # the safety judge follows the CTRS judge's backend unless safety.backend names another
-    both = {"judge": 2, "safety": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "all": 1}
+    both = {"judge": 2, "safety": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
     assert _jobs(ci_run, cfg) == both
     cfg["safety"] = dict(cfg.get("safety") or {}, backend=shared)
     assert _jobs(ci_run, cfg) == {k: v for k, v in both.items() if k != "safety"}
