@@ -17,6 +17,10 @@ if not workflow.overwrite_configfiles:
 validate(config, str(SCHEMA))
 
 
+# What `snakemake --report report.html` opens with.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"

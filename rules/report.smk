@@ -146,6 +146,7 @@ rule report:
             "results/models/{model}/instruct/provenance.json", model=MODELS
         ),
         training=expand("results/training/{model}/metrics.json", model=MODELS),
+        train_logs=expand("results/training/{model}/train_log.csv", model=MODELS),
         data_stats="results/data/dataset_stats.json",
         token_stats=expand("results/data/{model}/token_stats.json", model=MODELS),
         gen_stats="results/data/generation_stats.json",
@@ -185,7 +186,12 @@ rule report:
             caption="../report/report.rst",
             category="Report",
         ),
-        figures=directory("results/report/figures"),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     log:
         "logs/report/report.log",
     conda:

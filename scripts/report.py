@@ -13,7 +13,8 @@ with entry(snakemake, "report") as log:
     inp = snakemake.input
     cfg = snakemake.params.config
     stats = read_json(inp.stats)
-    figures(read_csv(inp.totals), stats, Path(snakemake.output.figures))
+    losses = {m: read_csv(p) for m, p in zip(snakemake.params.models, inp.train_logs, strict=True)}
+    figures(read_csv(inp.totals), stats, Path(snakemake.output.figures), safety=read_json(inp.safety), losses=losses)
     prov_models = load_many(inp.provenance)
     training = [dict(read_json(p), model=m) for p, m in zip(inp.training, sorted(cfg["models"]), strict=True)]
     files = {p: sha256_file(p) for p in [*inp.rollout_stats, inp.long, inp.totals]}

@@ -48,7 +48,15 @@ def _f(x: str) -> float:
     return float(x) if x not in ("", None) else float("nan")
 
 
-def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -> dict[str, str]:
+def figures(
+    totals: list[dict[str, str]],
+    stats: dict[str, Any],
+    outdir: Path,
+    safety: dict[str, Any] | None = None,
+    losses: dict[str, list[dict[str, str]]] | None = None,
+) -> dict[str, str]:
+    """The report's figures (PNG and SVG): totals, paired lines, the per-item heat map,
+    agreement with its intervals, and, when given, the safety forest plot and the loss curves."""
     plt = _plt()
     outdir.mkdir(parents=True, exist_ok=True)
     models, arms, items = stats["models"], stats["arms"], stats["items"]
@@ -66,7 +74,9 @@ def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -
                 ax.scatter(pos + rng.uniform(-0.12, 0.12, v.size), v, s=14, alpha=0.7, color="tab:green" if a == "cbt" else "tab:gray")
             labels.append(f"{m}\n{a}")
             pos += 1
-    ax.set_xticks(range(pos), labels, fontsize=7)
+    # long model names: tilted, so that neighbouring labels do not run into each other
+    tilt = pos > 4 or max((len(m) for m in models), default=0) > 14
+    ax.set_xticks(range(pos), labels, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel("total score")
     if stats.get("threshold") is not None:
         ax.axhline(stats["threshold"], ls="--", color="tab:red", lw=1, label=f"competence threshold {stats['threshold']}")
@@ -125,17 +135,77 @@ def figures(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -
     lows = [0.0]
     for n, (label, r) in enumerate(series):
         vals = np.array([r[k]["icc2_1"] if r.get(k, {}).get("icc2_1") is not None else np.nan for k in keys], float)
-        lows.append(np.nanmin(vals) if np.isfinite(vals).any() else 0.0)
-        ax.bar(np.arange(len(keys)) + n * width - 0.4 + width / 2, np.nan_to_num(vals), width, label=label)
+        ci = [r.get(k, {}).get("ci2_1") or [None, None] for k in keys]
+        lo = np.array([np.nan if c[0] is None else c[0] for c in ci], float)
+        hi = np.array([np.nan if c[1] is None else c[1] for c in ci], float)
+        lows.append(np.nanmin(np.concatenate([vals, lo])) if np.isfinite(np.concatenate([vals, lo])).any() else 0.0)
+        x = np.arange(len(keys)) + n * width - 0.4 + width / 2
+        ax.bar(x, np.nan_to_num(vals), width, label=label)
+        ok = np.isfinite(vals) & np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():  # the ICC's 95% interval (McGraw and Wong)
+            ax.errorbar(x[ok], vals[ok], yerr=[vals[ok] - lo[ok], hi[ok] - vals[ok]], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("ICC(2,1)")
+    ax.set_ylabel("ICC(2,1) with 95% CI")
     ax.set_ylim(min(-0.2, *lows), 1)
     ax.axhline(0, color="black", lw=0.5)
     ax.legend(fontsize=7)
     ax.set_title("Agreement: each judge with itself across samples, and between judges")
     _save(fig, outdir / "reliability")
     figs["reliability"] = "reliability.png"
+    if safety and safety.get("comparisons"):
+        figs["safety"] = safety_forest(safety, outdir)
+    if losses:
+        figs["loss"] = loss_curves(losses, outdir)
     return figs
+
+
+def safety_forest(sf: dict[str, Any], outdir: Path) -> str:
+    """CBT minus instruct in the share of sessions with a high-harm rating, per model and
+    population, with the cluster-bootstrap 95% interval (patients resampled)."""
+    plt = _plt()
+    rows = []
+    for c in sf["comparisons"]:
+        for label, d, pairs in (
+            ("all at-risk (primary)", (c.get("all_at_risk") or {}).get("harm_rate_difference"), (c.get("all_at_risk") or {}).get("pairs")),
+            ("disclosed in both", c.get("harm_rate_difference"), c.get("pairs")),
+        ):
+            if d:
+                rows.append((f"{c['model']}\n{label} (n={pairs or 0})", d.get("estimate"), (d.get("ci") or [None, None])))
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, est, (lo, hi)) in zip(y, rows, strict=True):
+        if est is None:
+            ax.text(0, yi, "no estimate", ha="center", va="center", fontsize=7, color="gray")
+            continue
+        if lo is not None and hi is not None:
+            ax.plot([100 * lo, 100 * hi], [yi, yi], color="black", lw=1.2)
+        ax.plot(100 * est, yi, "s", color="tab:red" if est > 0 else "tab:blue", ms=6)
+    ax.axvline(0, color="gray", ls="--", lw=0.8)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("high-harm rate, CBT-tuned minus instruct (percentage points)")
+    lims = [abs(100 * v) for _, e, ci in rows for v in (e, *ci) if v is not None]
+    lim = max([5.0, *lims]) * 1.15
+    ax.set_xlim(-lim, lim)
+    ax.set_title("Safety: difference in high-harm rates (95% cluster-bootstrap CI)", fontsize=9)
+    _save(fig, outdir / "safety_forest")
+    return "safety_forest.png"
+
+
+def loss_curves(losses: dict[str, list[dict[str, str]]], outdir: Path) -> str:
+    """Training loss per optimizer step, one line per model entry."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for model, rows in losses.items():
+        pts = [(int(r["step"]), _f(r["loss"])) for r in rows if r.get("loss") not in (None, "")]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=model)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7)
+    ax.set_title("Training loss per model", fontsize=9)
+    _save(fig, outdir / "loss_curves")
+    return "loss_curves.png"
 
 
 def benchmark_table(bench_dir: str | Path) -> list[dict[str, Any]]:

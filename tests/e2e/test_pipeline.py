@@ -201,6 +201,24 @@ def test_snakemake_report_builds(ci_run, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     text = out.read_text(errors="replace")
     assert out.stat().st_size > 10_000 and "loss.png" in text and "report.html" in text
+    # the workflow description, the results browser and the report's own figures with their caption
+    assert "paired design" in text and "browser.html" in text
+    for fig in ("safety_forest.png", "loss_curves.png", "reliability.png", "totals.png"):
+        assert fig in text, fig
+
+
+def test_the_report_has_the_safety_forest_plot_loss_curves_and_captioned_figures(ci_run):
+    figs = ci_run / "results/report/figures"
+    for name in ("totals", "paired", "items_heatmap", "reliability", "safety_forest", "loss_curves"):
+        assert (figs / f"{name}.png").stat().st_size > 5_000 and (figs / f"{name}.svg").is_file(), name
+    html = (ci_run / "results/report/report.html").read_text()
+    for caption in (
+        "Safety: difference in high-harm rates, CBT-tuned minus instruct, with 95% cluster-bootstrap intervals",
+        "Training loss per optimizer step, one line per model entry",
+        "Agreement: ICC(2,1) of each judge with itself across samples",
+    ):
+        assert f"<figcaption>{caption}" in html, caption
+    assert html.count('<img src="data:image/png;base64,') >= 6
 
 
 def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run, tmp_path):
