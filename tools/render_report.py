@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
+from cbtpipe.headless import FLAGS, find_chromium
 
 CHECK = """
 <script>
@@ -41,10 +30,10 @@ window.addEventListener('load', () => {
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    sys.exit("Chromium not found: apt-get install chromium")
+    exe = find_chromium()
+    if exe is None:
+        sys.exit("Chromium not found: apt-get install chromium")
+    return exe
 
 
 def render(html: Path, png: Path | None) -> dict:

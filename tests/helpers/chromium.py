@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-]
+from cbtpipe.headless import FLAGS, find_chromium
+
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
+    exe = find_chromium()
+    if exe:
+        return exe
     raise AssertionError("no Chromium on this machine: `make dev` installs it (tools/install_chromium.sh)")
 
 
