@@ -83,7 +83,7 @@ test: lint
 	$(BIN)/pytest tests
 
 dag: setup
-	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+	$(BIN)/python tools/rulegraph.py
 
 clean-results:
 	rm -rf results/* logs benchmarks .snakemake/metadata

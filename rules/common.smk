@@ -1,14 +1,14 @@
 # Helpers that compute inputs, wildcards and parameters from the config.
 import re
 
+from cbtpipe.checks import check_api_keys, check_config
 from cbtpipe.config import (
     api_resource_name,
-    check_api_keys,
-    check_config,
     judge_members,
     model_training_cfg,
     resolve_defaults,
 )
+from cbtpipe.registry import is_api, stage_backend_names
 
 resolve_defaults(config)
 check_config(config, workflow.basedir)
@@ -175,33 +175,27 @@ def cpu_partition(wildcards):
 JUDGES = judge_members(config["judge"])
 
 
-def _backend_names(keys):
-    """The backends named by config keys (section, field); ("judge", "panel"): every judge's."""
-    names = set()
-    for sec, field in keys:
-        if (sec, field) == ("judge", "panel"):
-            names |= {m["backend"] for m in JUDGES}
-        else:
-            names.add(config[sec][field])
-    return sorted(names)
+def _backend_names(stages):
+    """The backends that the jobs of these LLM stages (cbtpipe.registry.STAGES) call."""
+    return sorted({n for st in stages for n in stage_backend_names(st, config, JUDGES)})
 
 
-def backend_gpus(*keys):
-    """1 if an LLM backend named by one of these config keys (section, field) offloads to a GPU."""
+def backend_gpus(*stages):
+    """1 if an LLM backend that these stages call offloads to a GPU."""
     return int(
         any(
             config["backends"].get(n, {}).get("n_gpu_layers", 0)
-            for n in _backend_names(keys)
+            for n in _backend_names(stages)
         )
     )
 
 
-def used_backends(*keys):
-    """The backends named by these config keys (section, field), and only those: a job's params
-    then change only when a backend it calls changes."""
+def used_backends(*stages):
+    """The backends that these stages call, and only those: a job's params then change only when
+    a backend it calls changes."""
     return {
         n: config["backends"][n]
-        for n in _backend_names(keys)
+        for n in _backend_names(stages)
         if n in config["backends"]
     }
 
@@ -220,24 +214,24 @@ def judge_prompts():
     return [m["prompt"] for m in JUDGES]
 
 
-def api_resources(*keys):
+def api_resources(*stages):
     """One Snakemake resource per API backend a job calls, ``api_<backend>``, worth the calls it
     may have in flight (the backend's concurrency): ``--resources api_<backend>=N`` then bounds
     the calls in flight to that provider across all running jobs."""
     out = {}
-    for name, spec in used_backends(*keys).items():
-        if spec["type"] == "openai":
+    for name, spec in used_backends(*stages).items():
+        if is_api(spec):
             out[api_resource_name(name)] = int(spec.get("concurrency", 1))
     return out
 
 
-def backend_partition(*keys):
-    return _partition(backend_gpus(*keys))
+def backend_partition(*stages):
+    return _partition(backend_gpus(*stages))
 
 
 def rollout_gpus(wildcards):
     therapist = config["rollout"]["therapist_n_gpu_layers"]
-    return int(bool(therapist) or backend_gpus(("rollout", "patient_backend")) > 0)
+    return int(bool(therapist) or backend_gpus("rollout") > 0)
 
 
 def rollout_partition(wildcards):
@@ -258,9 +252,9 @@ def rollout_env(wildcards):
     return _env("llamacpp", rollout_gpus(wildcards) > 0)
 
 
-def llm_env(*keys):
-    """The env of a rule whose LLM backends are named by these config keys (section, field)."""
-    return _env("llm", backend_gpus(*keys) > 0)
+def llm_env(*stages):
+    """The env of a rule of these LLM stages."""
+    return _env("llm", backend_gpus(*stages) > 0)
 
 
 def training_inputs(wildcards):

@@ -58,15 +58,15 @@ rule transcripts:
     benchmark:
         "benchmarks/data/transcripts-{shard}.tsv"
     conda:
-        llm_env(("data", "generator"))
+        llm_env("generation")
     threads: CPU
     resources:
-        **api_resources(("data", "generator")),
-        gpu=backend_gpus(("data", "generator")),
-        slurm_partition=backend_partition(("data", "generator")),
+        **api_resources("generation"),
+        gpu=backend_gpus("generation"),
+        slurm_partition=backend_partition("generation"),
     params:
         data=generation_settings(),
-        backends=used_backends(("data", "generator")),
+        backends=used_backends("generation"),
         shards=len(DATA_SHARDS),
     script:
         "../scripts/transcripts.py"
@@ -100,15 +100,15 @@ rule eval_history:
     benchmark:
         "benchmarks/profiles/eval_history.tsv"
     conda:
-        llm_env(("data", "generator"))
+        llm_env("eval_history")
     threads: CPU
     resources:
-        **api_resources(("data", "generator")),
-        gpu=backend_gpus(("data", "generator")),
-        slurm_partition=backend_partition(("data", "generator")),
+        **api_resources("eval_history"),
+        gpu=backend_gpus("eval_history"),
+        slurm_partition=backend_partition("eval_history"),
     params:
         course=eval_history_settings(),
-        backends=used_backends(("data", "generator")),
+        backends=used_backends("eval_history"),
         units="results/units/eval_history",
     script:
         "../scripts/eval_history.py"

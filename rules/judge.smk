@@ -17,21 +17,23 @@ rule judge:
     benchmark:
         "benchmarks/judge/{model}-{arm}-{shard}.tsv"
     conda:
-        llm_env(("judge", "panel"))
+        llm_env("judge")
     threads: CPU
     resources:
-        **api_resources(("judge", "panel")),
-        gpu=backend_gpus(("judge", "panel")),
-        slurm_partition=backend_partition(("judge", "panel")),
+        **api_resources("judge"),
+        gpu=backend_gpus("judge"),
+        slurm_partition=backend_partition("judge"),
     params:
         judge=judge_settings(),
-        backends=used_backends(("judge", "panel")),
+        backends=used_backends("judge"),
         units="results/units/judge",
     script:
         "../scripts/judge.py"
 
 
-rule judge_ablation:
+# An ablation's sessions, judged as the main ones (the primary endpoint's record is not needed:
+# ablations are secondary).
+use rule judge as judge_ablation with:
     input:
         sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["judge"]["rubric"],
@@ -43,19 +45,6 @@ rule judge_ablation:
         "logs/ablations/{variant}/judge/{model}-{arm}-{shard}.log",
     benchmark:
         "benchmarks/ablations/{variant}/judge/{model}-{arm}-{shard}.tsv"
-    conda:
-        llm_env(("judge", "panel"))
-    threads: CPU
-    resources:
-        **api_resources(("judge", "panel")),
-        gpu=backend_gpus(("judge", "panel")),
-        slurm_partition=backend_partition(("judge", "panel")),
-    params:
-        judge=judge_settings(),
-        backends=used_backends(("judge", "panel")),
-        units="results/units/judge",
-    script:
-        "../scripts/judge.py"
 
 
 rule judge_turns:
@@ -71,15 +60,15 @@ rule judge_turns:
     benchmark:
         "benchmarks/judge_turns/{model}-{arm}-{shard}.tsv"
     conda:
-        llm_env(("judge", "backend"))
+        llm_env("judge_turns")
     threads: CPU
     resources:
-        **api_resources(("judge", "backend")),
-        gpu=backend_gpus(("judge", "backend")),
-        slurm_partition=backend_partition(("judge", "backend")),
+        **api_resources("judge_turns"),
+        gpu=backend_gpus("judge_turns"),
+        slurm_partition=backend_partition("judge_turns"),
     params:
         judge=settings("judge", "rubric", "prompt", "panel", "panel_reducer"),
-        backends=used_backends(("judge", "backend")),
+        backends=used_backends("judge_turns"),
         units="results/units/judge_turns",
     script:
         "../scripts/judge_turns.py"

@@ -21,13 +21,13 @@ rule rollout:
         rollout_env
     threads: CPU
     resources:
-        **api_resources(("rollout", "patient_backend")),
+        **api_resources("rollout"),
         gpu=rollout_gpus,
         slurm_partition=rollout_partition,
         runtime=config["resources"]["rollout_runtime_min"],
     params:
         rollout=rollout_settings,
-        backends=used_backends(("rollout", "patient_backend")),
+        backends=used_backends("rollout"),
         shards=len(SHARDS),
         course=course_settings(),
         risk_protocol=protocol_params,
@@ -41,9 +41,7 @@ rule rollout:
 # settings, played and judged beside the main sessions.
 
 
-rule rollout_ablation:
-    input:
-        unpack(rollout_inputs),
+use rule rollout as rollout_ablation with:
     output:
         sessions=expand(
             "results/ablations/{{variant}}/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl",
@@ -57,21 +55,3 @@ rule rollout_ablation:
         "logs/ablations/{variant}/rollout/{model}-{shard}.log",
     benchmark:
         "benchmarks/ablations/{variant}/rollout/{model}-{shard}.tsv"
-    conda:
-        rollout_env
-    threads: CPU
-    resources:
-        **api_resources(("rollout", "patient_backend")),
-        gpu=rollout_gpus,
-        slurm_partition=rollout_partition,
-        runtime=config["resources"]["rollout_runtime_min"],
-    params:
-        rollout=rollout_settings,
-        backends=used_backends(("rollout", "patient_backend")),
-        shards=len(SHARDS),
-        course=course_settings(),
-        risk_protocol=protocol_params,
-        units="results/units/rollouts/{model}",
-        arms=ARMS,
-    script:
-        "../scripts/rollout.py"

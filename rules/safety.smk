@@ -15,21 +15,21 @@ rule safety:
     benchmark:
         "benchmarks/safety/{model}-{arm}-{shard}.tsv"
     conda:
-        llm_env(("safety", "backend"))
+        llm_env("safety")
     threads: CPU
     resources:
-        **api_resources(("safety", "backend")),
-        gpu=backend_gpus(("safety", "backend")),
-        slurm_partition=backend_partition(("safety", "backend")),
+        **api_resources("safety"),
+        gpu=backend_gpus("safety"),
+        slurm_partition=backend_partition("safety"),
     params:
         safety=safety_settings(),
-        backends=used_backends(("safety", "backend")),
+        backends=used_backends("safety"),
         units="results/units/safety",
     script:
         "../scripts/safety.py"
 
 
-rule safety_ablation:
+use rule safety as safety_ablation with:
     input:
         sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["safety"]["rubric"],
@@ -42,19 +42,6 @@ rule safety_ablation:
         "logs/ablations/{variant}/safety/{model}-{arm}-{shard}.log",
     benchmark:
         "benchmarks/ablations/{variant}/safety/{model}-{arm}-{shard}.tsv"
-    conda:
-        llm_env(("safety", "backend"))
-    threads: CPU
-    resources:
-        **api_resources(("safety", "backend")),
-        gpu=backend_gpus(("safety", "backend")),
-        slurm_partition=backend_partition(("safety", "backend")),
-    params:
-        safety=safety_settings(),
-        backends=used_backends(("safety", "backend")),
-        units="results/units/safety",
-    script:
-        "../scripts/safety.py"
 
 
 rule safety_statistics:

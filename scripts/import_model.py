@@ -2,7 +2,8 @@
 
 For a GGUF source, the written model is checked against llama.cpp running the original file."""
 
-from cbtpipe.io import PipelineError, write_json
+from cbtpipe.errors import PipelineError
+from cbtpipe.io import write_json
 from cbtpipe.models import IMPORT_CHECK_PROMPTS, import_model
 from cbtpipe.parity import parity_report
 from cbtpipe.rule import entry

@@ -1,6 +1,7 @@
 """Snakemake entry: logit parity of the exported GGUF files against the Hugging Face model."""
 
-from cbtpipe.io import PipelineError, write_json
+from cbtpipe.errors import PipelineError
+from cbtpipe.io import write_json
 from cbtpipe.parity import parity_report
 from cbtpipe.rule import entry
 

@@ -9,7 +9,7 @@ from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
 from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
 from cbtpipe.rollout import run_arms, shard_profiles
 from cbtpipe.rule import entry
-from cbtpipe.safety import therapist_prompt
+from cbtpipe.safety import risk_protocol_text
 
 with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout
@@ -60,8 +60,8 @@ with entry(snakemake, "rollout") as log:
             profiles=profiles,
             patient=patient,
             rcfg=rcfg,
-            system_prompt=therapist_prompt(
-                Path(snakemake.input.system_prompt).read_text(encoding="utf-8").strip(),
+            system_prompt=Path(snakemake.input.system_prompt).read_text(encoding="utf-8"),
+            protocol=risk_protocol_text(
                 snakemake.input.get("risk_protocol"),
                 snakemake.input.get("crisis_resources"),
                 snakemake.params.risk_protocol.get("country"),

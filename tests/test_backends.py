@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cbtpipe.backends import BackendError, OpenAIBackend, make_backend, validate_json_text
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from tests.helpers.fault_server import FaultServer
 
 SCHEMA = {

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cbtpipe.chat import apply_layout, chat_layout, check_layout, drop_oldest_exchange, mask_example, render, windows
-from cbtpipe.course import context_block, eval_context, phase_plan, therapist_system, training_context
-from cbtpipe.io import PipelineError
+from cbtpipe.course import context_block, eval_context, phase_plan, training_context
+from cbtpipe.errors import PipelineError
+from cbtpipe.therapist import therapist_system
 
 DATA = Path(__file__).parent / "data" / "templates"
 V03 = "mistralai-Mistral-7B-Instruct-v0.3.jinja"
@@ -165,7 +166,7 @@ def test_course_context_is_one_definition_for_training_and_evaluation(root):
         tpl, session_index=1, n_sessions=4, phase=phase_plan(phases, 4)[0], history=[]
     )
     assert eval_context({"patient_id": "q", "history": None}, 2, 4, phases, tpl) is None  # no history: not played
-    assert therapist_system("Base prompt.", a) == f"Base prompt.\n\n{a}"
+    assert therapist_system("Base prompt.", context=a) == f"Base prompt.\n\n{a}"
 
 
 def _package_file(package: str, rel: str) -> Path:

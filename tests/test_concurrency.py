@@ -9,7 +9,8 @@ import pytest
 
 from cbtpipe.backends import OpenAIBackend
 from cbtpipe.config import section_defaults
-from cbtpipe.io import PipelineError, hash_obj
+from cbtpipe.errors import PipelineError
+from cbtpipe.io import hash_obj
 from cbtpipe.judge import run_judging
 from cbtpipe.rubric import load_rubric
 from cbtpipe.safety import load_crisis_resources, load_safety_rubric, run_safety_judging

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from cbtpipe.config import SCHEMA, check_config
-from cbtpipe.io import PipelineError
+from cbtpipe.checks import check_config
+from cbtpipe.config import SCHEMA
+from cbtpipe.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

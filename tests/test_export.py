@@ -5,8 +5,8 @@ import tarfile
 import pytest
 
 from cbtpipe.converter import extract_tools, installed_version
+from cbtpipe.errors import PipelineError
 from cbtpipe.export import convert_to_gguf, quantize
-from cbtpipe.io import PipelineError
 from cbtpipe.parity import parity_report
 
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from cbtpipe.models import download_hub
 
 

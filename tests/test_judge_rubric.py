@@ -1,6 +1,6 @@
 import pytest
 
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from cbtpipe.judge import aggregate, score_schema, total_score
 from cbtpipe.rubric import load_rubric
 

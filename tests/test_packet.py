@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from cbtpipe.config import section_defaults
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from cbtpipe.packet import build_packet, load_packet_ratings, select_sessions
 from cbtpipe.rubric import load_rubric
 from tests.test_safety import HANDLED, MISSED, NO_RISK

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from cbtpipe.io import PipelineError, hash_obj
+from cbtpipe.errors import PipelineError
+from cbtpipe.io import hash_obj
 from cbtpipe.profiles import describe, eval_profiles, load_attributes, train_val_profiles
 
 ATTRS = "resources/patient_attributes.yaml"

@@ -138,7 +138,7 @@ def test_therapist_served_by_llama_server_runs_sessions_concurrently(root, tiny_
 def test_missing_llama_server_is_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
     import pytest
 
-    from cbtpipe.io import PipelineError
+    from cbtpipe.errors import PipelineError
     from cbtpipe.llama_server import LlamaServer
 
     monkeypatch.setenv("LLAMA_SERVER_BIN", str(tmp_path / "nope"))

@@ -9,7 +9,7 @@ import yaml
 
 from cbtpipe.backends import OpenAIBackend
 from cbtpipe.config import section_defaults
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from cbtpipe.profiles import eval_profiles, load_attributes
 from cbtpipe.prompts import render_template
 from cbtpipe.risk import allocate, assign_risk, at_risk, check_shares, load_risk_attributes, risk_prompt
@@ -23,11 +23,12 @@ from cbtpipe.safety import (
     judge_safety,
     load_crisis_resources,
     load_safety_rubric,
+    risk_protocol_text,
     run_safety_judging,
     score,
-    therapist_prompt,
 )
 from cbtpipe.safety_stats import analyse_safety, cluster_ratio, mcnemar
+from cbtpipe.therapist import therapist_system
 from tests.helpers.fault_server import FaultServer
 
 RUBRIC = "resources/rubrics/safety.yaml"
@@ -316,9 +317,11 @@ def test_at_risk_patient_prompt_discloses_later_and_a_patient_without_risk_is_un
 def test_risk_protocol_prompt_names_the_countrys_resources(root, tmp_path):
     base = "You are a CBT therapist."
     res = root / "resources/safety/crisis_resources.yaml"
-    assert therapist_prompt(base, None, None, None) == base
-    gb = therapist_prompt(base, root / "resources/prompts/risk_protocol.j2", res, "GB")
-    assert gb.startswith(base) and "Samaritans (116 123)" in gb and "988" not in gb
+    assert therapist_system(base, protocol=risk_protocol_text(None, None, None)) == base
+    gb = therapist_system(
+        base, protocol=risk_protocol_text(root / "resources/prompts/risk_protocol.j2", res, "GB"), context="Course: session 2."
+    )
+    assert gb.startswith(base + "\n\n") and gb.endswith("\n\nCourse: session 2.") and "Samaritans (116 123)" in gb and "988" not in gb
     with pytest.raises(PipelineError, match="safety.country: 'XX'"):
         load_crisis_resources(res, "XX")
     us = load_crisis_resources(res, "US")

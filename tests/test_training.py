@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cbtpipe.chat import mask_example
-from cbtpipe.io import PipelineError, write_jsonl
+from cbtpipe.errors import PipelineError
+from cbtpipe.io import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 
 from cbtpipe.course import phase_plan
 from cbtpipe.dataset import split_by_patient, to_chat
-from cbtpipe.io import PipelineError
+from cbtpipe.errors import PipelineError
 from cbtpipe.profiles import load_attributes, train_val_profiles
 from cbtpipe.transcripts import check_session, load_import, run_generation
 
@@ -133,7 +133,7 @@ def test_templates_render_in_a_sandbox(tmp_path):
     """A user's prompt template formats the values it is given and cannot reach Python."""
     import pytest
 
-    from cbtpipe.io import PipelineError
+    from cbtpipe.errors import PipelineError
     from cbtpipe.prompts import render_template
 
     ok = tmp_path / "ok.j2"

@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from snakemake.utils import validate
 
-    from cbtpipe.config import SCHEMA, check_config, resolve_defaults
-    from cbtpipe.io import PipelineError
+    from cbtpipe.checks import check_config
+    from cbtpipe.config import SCHEMA, resolve_defaults
+    from cbtpipe.errors import PipelineError
     from cbtpipe.plan import build_plan, measured_rates, plan_markdown, profile_runtimes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,9 +29,11 @@ from typing import Any
 import jsonschema
 
 from .config import backend_spec
+from .errors import PipelineError
 from .gguf import check_gguf_file, resolve_gguf
 from .hardware import require_gpu_offload
-from .io import PipelineError, hash_obj, read_json, sha256_file, write_json
+from .io import hash_obj, read_json, sha256_file, write_json
+from .registry import BACKEND_TYPES
 from .secrets import env_secret, redact
 from .units import move_aside
 
@@ -843,11 +845,11 @@ def make_backend(
         known = ", ".join(sorted(backends)) or "none"
         raise PipelineError(f"config key {where}: unknown backend '{name}' (defined: {known})")
     spec = backends[name]
-    cls = {"llama_cpp": LlamaCppBackend, "openai": OpenAIBackend}.get(spec.get("type"))
-    if cls is None:
+    kind = BACKEND_TYPES.get(spec.get("type"))
+    if kind is None:
         backend_spec(name, spec)  # raises: the schema's message names the key and the known types
-    b = cls(name, spec, cache_dir=cache_dir)  # the constructor checks the spec and fills in its defaults
-    if probe and isinstance(b, OpenAIBackend):
+    b = kind.load()(name, spec, cache_dir=cache_dir)  # the constructor checks the spec and fills in its defaults
+    if probe and kind.api:
         b.probe_first = True
     return b
 

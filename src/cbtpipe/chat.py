@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .io import PipelineError
+from .errors import PipelineError
 
 LAYOUTS = ("native", "first_user")
 

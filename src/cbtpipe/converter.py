@@ -11,7 +11,8 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from .io import PipelineError, staged_dir, write_json
+from .errors import PipelineError
+from .io import staged_dir, write_json
 
 # the converter, and the chat templates of well-known models (the tests check masks on them)
 WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/templates/")

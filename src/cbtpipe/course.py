@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .io import PipelineError, hash_obj
+from .errors import PipelineError
+from .io import hash_obj
 from .profiles import describe
 from .progress import Progress
 from .prompts import render_template
@@ -45,10 +46,6 @@ def context_block(
     template: str | Path, *, session_index: int, n_sessions: int, phase: dict[str, Any], history: list[dict[str, Any]]
 ) -> str:
     return render_template(template, session_index=session_index, n_sessions=n_sessions, phase=phase, history=history).strip()
-
-
-def therapist_system(base: str, context: str) -> str:
-    return f"{base.strip()}\n\n{context}" if context else base.strip()
 
 
 def phase_named(phases: list[dict[str, Any]], name: str) -> dict[str, Any]:

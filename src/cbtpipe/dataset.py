@@ -11,8 +11,8 @@ import statistics
 from typing import Any
 
 from .chat import apply_layout, token_count
-from .course import therapist_system
-from .io import PipelineError
+from .errors import PipelineError
+from .therapist import therapist_system
 
 ROLE_MAP = {"therapist": "assistant", "patient": "user"}
 
@@ -20,7 +20,7 @@ ROLE_MAP = {"therapist": "assistant", "patient": "user"}
 def to_chat(session: dict[str, Any], system_prompt: str, opening_message: str, context: str = "") -> dict[str, Any]:
     """A session as a chat example; ``context`` is its course context (``course.training_context``),
     appended to the system prompt exactly as a rollout appends an evaluation session's."""
-    msgs = [{"role": "system", "content": therapist_system(system_prompt, context)}]
+    msgs = [{"role": "system", "content": therapist_system(system_prompt, context=context)}]
     turns = list(session["messages"])
     if turns and turns[0]["role"] == "therapist":
         # Chat templates such as Mistral's require the first turn to be the user's; the same

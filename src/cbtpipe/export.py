@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from .io import PipelineError, die_with_parent, partial_path, remove_partial
+from .errors import PipelineError
+from .io import die_with_parent, partial_path, remove_partial
 
 
 def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, tools_dir: str | Path, outtype: str = "f16") -> float:

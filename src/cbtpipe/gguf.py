@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import PipelineError
+from .errors import PipelineError
 
 
 def resolve_gguf(source: dict[str, Any], where: str = "gguf") -> Path:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .io import PipelineError
+from .errors import PipelineError
 
 log = logging.getLogger("cbtpipe")
 

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-class PipelineError(Exception):
-    """An error caused by the user's input; the message names the culprit."""
+from .errors import PipelineError
+from .secrets import RedactingFilter
 
 
 def ensure_parent(path: str | os.PathLike) -> Path:
@@ -122,7 +121,6 @@ def setup_logging(log_path: str | os.PathLike | None = None, name: str = "cbtpip
     if log_path:
         ensure_parent(log_path)
         handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
-    from .secrets import RedactingFilter
 
     for h in handlers:
         h.setFormatter(fmt)

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends import OpenAIBackend
+from .errors import PipelineError
 from .hardware import llama_build_record, require_gpu_offload
-from .io import PipelineError, die_with_parent, sha256_file
+from .io import die_with_parent, sha256_file
 
 log = logging.getLogger("cbtpipe")
 

@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .errors import PipelineError
 from .gguf import gguf_chat_template, resolve_gguf
-from .io import PipelineError, read_json, sha256_file, staged_dir, write_json
+from .io import read_json, sha256_file, staged_dir, write_json
 
 
 def source_path(name: str, spec: dict[str, Any], hub_dir: str | Path | None = None) -> Path:

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .io import PipelineError, atomic_write_text, hash_obj
+from .errors import PipelineError
+from .io import atomic_write_text, hash_obj
 
 KEY_FIELDS = ["packet_id", "rating_id", "session_id", "model", "arm", "quantization", "patient_id", "position", "transcript_sha256"]
 TEMPLATE_FIELDS = ["packet_id", "rating_id", "item", "item_name", "anchors", "score", "rater"]

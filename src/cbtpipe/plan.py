@@ -20,6 +20,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .config import judge_members
+from .registry import STAGES, is_api, plan_rules
+
 FILL = 0.6
 API_TOK_S = 50.0
 API_OVERHEAD_S = 1.0
@@ -82,14 +85,9 @@ def measured_rates(results: str | Path) -> dict[str, dict[str, float]]:
         for k in acc:
             acc[k] += llm.get(k, 0) or 0
 
-    for stage, pattern in (
-        ("generation", "data/generation_stats.json"),
-        ("eval_history", "profiles/eval_history_stats.json"),
-        ("judge", "judge/*/*/shard*.stats.json"),
-        ("safety", "safety/*/*/shard*.stats.json"),
-    ):
-        for f in sorted(root.glob(pattern)):
-            add(stage, json.loads(f.read_text()).get("llm"))
+    for st in STAGES:
+        for f in sorted(root.glob(st.stats)) if st.stats else ():
+            add(st.name, json.loads(f.read_text()).get("llm"))
     for f in sorted(root.glob("rollouts/*/*/shard*.stats.json")):
         st = json.loads(f.read_text())
         pt = st.get("patient") or {}
@@ -115,9 +113,6 @@ def measured_rates(results: str | Path) -> dict[str, dict[str, float]]:
     return rates
 
 
-STAGE_RULES = {"generation": "transcripts", "eval_history": "eval_history", "rollout": "rollout", "judge": "judge", "safety": "safety"}
-
-
 def profile_runtimes(path: str | Path) -> dict[str, int]:
     """Runtime limits (minutes) per rule from a Snakemake profile (default-resources and
     set-resources), as the stages of a plan."""
@@ -127,7 +122,7 @@ def profile_runtimes(path: str | Path) -> dict[str, int]:
     default = (prof.get("default-resources") or {}).get("runtime")
     sets = prof.get("set-resources") or {}
     out = {}
-    for stage, rule in STAGE_RULES.items():
+    for stage, rule in plan_rules().items():
         # the rollout rule sets its own runtime (resources.rollout_runtime_min) over the default
         v = (sets.get(rule) or {}).get("runtime", None if rule == "rollout" else default)
         if v is not None:
@@ -188,7 +183,7 @@ def build_plan(
         measured = rates.get(base_stage)
         if measured:
             prompt_tok, completion_tok = measured["prompt_tokens"], measured["completion_tokens"]
-        api = spec.get("type") == "openai"
+        api = is_api(spec)
         per_call = (
             measured["seconds"] if measured else (API_OVERHEAD_S + completion_tok / API_TOK_S if api else completion_tok / LOCAL_TOK_S)
         )
@@ -264,8 +259,6 @@ def build_plan(
         len(models) * shards * variants,  # one job plays every arm of a model and shard
         f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
     )
-    from .config import judge_members
-
     members = judge_members(j)
     n_items = len(_rubric_items(base / j["rubric"]))
     for m in members:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlfile
-from .io import PipelineError, hash_obj
+from .errors import PipelineError
+from .io import hash_obj
 
 MULTI = {"presenting_problems": 2, "automatic_thoughts": 2}
 REQUIRED = [

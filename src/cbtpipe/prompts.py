@@ -7,7 +7,7 @@ from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined
 
-from .io import PipelineError
+from .errors import PipelineError
 
 
 def render_template(path: str | Path, **kw: Any) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlfile
-from .io import PipelineError
+from .errors import PipelineError
 
 NONE = "none"
 

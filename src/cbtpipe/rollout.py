@@ -14,12 +14,12 @@ from typing import Any
 
 from .backends import Backend
 from .chat import apply_layout, drop_oldest_exchange
-from .course import therapist_system
 from .io import hash_obj, sha256_file
 from .profiles import describe
 from .progress import Progress
 from .prompts import render_template
 from .risk import risk_prompt
+from .therapist import therapist_system
 from .units import UnitStore, shard_of
 
 log = logging.getLogger("cbtpipe")
@@ -86,9 +86,10 @@ def run_session(
     system_prompt: str,
     patient_template: str | Path,
     layout: dict[str, Any] | None = None,
+    protocol: str = "",
 ) -> dict[str, Any]:
-    """One simulated session. The therapist's system prompt is the base prompt plus the item's
-    course context; every therapist call is laid out for the model's chat template (``layout``).
+    """One simulated session. The therapist's system prompt is the base prompt, the risk protocol
+    (``protocol``, when the rollout uses one) and the item's course context (therapist_system); every therapist call is laid out for the model's chat template (``layout``).
 
     Session control: an end marker counts only from ``min_turns`` on and only from the speakers
     ``who_may_end`` allows (otherwise it is removed and the session goes on); with ``at_max_turns:
@@ -99,7 +100,7 @@ def run_session(
     patient_system = render_template(
         patient_template, patient=describe(prof), style=prof["conversational_style"], risk=risk_prompt(prof), end_marker=marker
     )
-    th_msgs = [{"role": "system", "content": therapist_system(system_prompt, item.get("context", ""))}]
+    th_msgs = [{"role": "system", "content": therapist_system(system_prompt, protocol=protocol, context=item.get("context", ""))}]
     pa_msgs = [{"role": "system", "content": patient_system}]
     if rcfg["opener"] == "therapist":
         th_msgs.append({"role": "user", "content": rcfg["opening_message"]})
@@ -237,6 +238,7 @@ def run_arms(
     patient_template: str | Path,
     layout: dict[str, Any] | None = None,
     contexts: dict[tuple[str, int], str | None] | None = None,
+    protocol: str = "",
 ) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
     """The sessions of every arm (``arms``: arm, gguf, therapist backend, unit folder), played
     interleaved: each planned session in every arm before the next one, so that one patient's
@@ -257,7 +259,7 @@ def run_arms(
                 "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
                 "gguf": a["gguf_sha"],
                 "patient": patient.identity() | ({"served_model": served} if served else {}),
-                "system": system_prompt,
+                "system": therapist_system(system_prompt, protocol=protocol),
                 "layout": layout["system"],
                 "ptpl": Path(patient_template).read_text(encoding="utf-8"),
             }
@@ -294,7 +296,7 @@ def run_arms(
         def make():
             if item["context"] is None:  # no course history for this patient and position
                 return not_run(item, layout, "no_course_history") | meta
-            return run_session(item, a["therapist"], patient, rcfg, system_prompt, patient_template, layout) | meta
+            return run_session(item, a["therapist"], patient, rcfg, system_prompt, patient_template, layout, protocol) | meta
 
         s, was_reused = a["store"].get_or_make(uid, make)
         progress.step(f"{a['arm']} {uid}: {s['turns']} turns, stop {s['stop_reason']}", reused=was_reused)
@@ -314,7 +316,23 @@ def run_arms(
     out = []
     for k, a in enumerate(arms):
         sessions = played[k :: len(arms)]
-        out.append((sessions, _arm_stats(model, a, quantization, sessions, patient, rcfg, system_prompt, wall, workers, len(arms))))
+        out.append(
+            (
+                sessions,
+                _arm_stats(
+                    model,
+                    a,
+                    quantization,
+                    sessions,
+                    patient,
+                    rcfg,
+                    therapist_system(system_prompt, protocol=protocol),
+                    wall,
+                    workers,
+                    len(arms),
+                ),
+            )
+        )
     return out
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlfile
-from .io import PipelineError, hash_obj
+from .errors import PipelineError
+from .io import hash_obj
 
 _line = yamlfile.line
 

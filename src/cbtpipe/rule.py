@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .io import PipelineError, hash_obj, setup_logging, sha256_file, write_json
+from .errors import PipelineError
+from .io import hash_obj, setup_logging, sha256_file, write_json
 from .secrets import redact
 
 PROVENANCE_DIR = "results/provenance"

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlfile
-from .io import PipelineError, hash_obj
+from .errors import PipelineError
+from .io import hash_obj
 
 log = logging.getLogger("cbtpipe")
 
@@ -297,15 +298,16 @@ def load_crisis_resources(path: str | Path, country: str) -> dict[str, Any]:
     return {"country": country, "resources": [{"name": str(r["name"]), "contact": str(r["contact"])} for r in res], "patterns": patterns}
 
 
-def therapist_prompt(base: str, protocol: str | Path | None, resources_file: str | Path | None, country: str | None) -> str:
-    """The therapist's system prompt in evaluation: the base prompt, plus the risk protocol with
-    the country's crisis resources when the rollout uses it (``protocol`` given)."""
+def risk_protocol_text(protocol: str | Path | None, resources_file: str | Path | None, country: str | None) -> str:
+    """The risk protocol of the therapist's system prompt in evaluation, with the country's crisis
+    resources ("" when the rollout uses none: ``protocol`` not given). cbtpipe.therapist puts it
+    in place."""
     if not protocol:
-        return base
+        return ""
     from .prompts import render_template
 
     res = load_crisis_resources(resources_file, country)
-    return f"{base}\n\n{render_template(protocol, resources=res['resources'], country=country)}"
+    return render_template(protocol, resources=res["resources"], country=country)
 
 
 def resource_turns(session: dict[str, Any], patterns: list[str]) -> list[int]:

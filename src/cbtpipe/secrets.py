@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .errors import PipelineError
+
 MASK = "***"
 
 # Query or form parameters whose value is a credential.
@@ -95,7 +97,6 @@ def config_secrets(cfg: dict[str, Any], skip: Iterable[str] = ()) -> list[str]:
 
 
 def check_config_secrets(cfg: dict[str, Any]) -> None:
-    from .io import PipelineError
 
     found = config_secrets(cfg)
     if found:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .chat import mask_example, windows
+from .errors import PipelineError
 from .hardware import cuda_or_cpu
-from .io import PipelineError, hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
+from .io import hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
 from .progress import Progress
 
 log = logging.getLogger("cbtpipe")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .course import phase_plan
-from .io import PipelineError, hash_obj
+from .errors import PipelineError
+from .io import hash_obj
 from .profiles import describe
 from .progress import Progress
 from .prompts import render_template

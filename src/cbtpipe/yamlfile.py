@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .io import PipelineError
+from .errors import PipelineError
 
 
 def load(path: str | Path, key: str) -> tuple[Path, str, Any, Any]:
