@@ -75,8 +75,9 @@ STAGES: tuple[Stage, ...] = (
 )
 STAGE = {s.name: s for s in STAGES}
 
-# The config keys that may name a backend, in the order errors report them.
-BACKEND_KEYS: tuple[str, ...] = ("data.generator", "rollout.patient_backend", "judge.backend", "safety.backend")
+# The config keys that may name a backend, in the stages' order (errors report them so): the
+# panel's stages name judge.backend, which every judge without its own inherits.
+BACKEND_KEYS: tuple[str, ...] = tuple(dict.fromkeys("judge.backend" if s.key == PANEL else s.key for s in STAGES))
 
 
 def stage(name: str) -> Stage:
