@@ -4,6 +4,7 @@ import re
 from cbtpipe.checks import check_api_keys, check_config
 from cbtpipe.config import (
     api_resource_name,
+    instruct_owners,
     judge_members,
     model_training_cfg,
     resolve_defaults,
@@ -29,6 +30,9 @@ config.clear()
 config.update(_cfg)
 
 MODELS = sorted(config["models"])
+# Entries with one base share its instruct arm, built for the first of them (cbtpipe.config)
+BASE_OF = instruct_owners(config)
+BASES = sorted(set(BASE_OF.values()))
 ARMS = config["rollout"]["arms"]
 QUANTS = config["export"]["quantizations"]
 OUTTYPE = config["export"]["outtype"]
@@ -56,6 +60,34 @@ def hf_dir(wildcards):
 
 def gguf_path(model, arm, qtype):
     return f"results/gguf/{model}/{arm}/{model}-{arm}-{qtype}.gguf"
+
+
+def arm_model(model, arm):
+    """The entry whose files hold this model's arm: its base's first entry for the instruct arm."""
+    return BASE_OF[model] if arm == "instruct" else model
+
+
+def arm_gguf(model, arm, qtype):
+    return gguf_path(arm_model(model, arm), arm, qtype)
+
+
+def base_hf(wildcards):
+    return f"results/models/{BASE_OF[wildcards.model]}/instruct/hf"
+
+
+def chat_layout_file(wildcards):
+    return f"results/models/{BASE_OF[wildcards.model]}/chat_layout.json"
+
+
+def parity_files():
+    """Every arm's parity record, once per file (entries with one base share the instruct arm's)."""
+    return list(
+        dict.fromkeys(
+            f"results/export/{arm_model(m, a)}/{a}/parity.json"
+            for m in MODELS
+            for a in ARMS
+        )
+    )
 
 
 def import_inputs(wildcards):
@@ -274,13 +306,13 @@ def training_params(wildcards):
 def rollout_inputs(wildcards):
     """A rollout job plays every arm: one GGUF per arm, in the order of ARMS."""
     return {
-        "gguf": [gguf_path(wildcards.model, arm, RQ) for arm in ARMS],
+        "gguf": [arm_gguf(wildcards.model, arm, RQ) for arm in ARMS],
         "profiles": "results/profiles/eval.jsonl",
         "system_prompt": config["data"]["system_prompt"],
         "patient_prompt": config["rollout"]["patient_prompt"],
         "context": PROMPTS["context"],
         "history": "results/profiles/eval_history.jsonl",
-        "layout": f"results/models/{wildcards.model}/chat_layout.json",
+        "layout": chat_layout_file(wildcards),
     } | protocol_inputs(wildcards)
 
 
@@ -399,5 +431,5 @@ def final_outputs():
         "results/report/browser.html",
     ]
     out += ["results/rating_packet/packet.html", "results/rating_key/key.csv"]
-    out += expand("results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS)
+    out += parity_files()
     return out

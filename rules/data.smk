@@ -151,8 +151,8 @@ rule token_stats:
     input:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
-        tokenizer="results/models/{model}/instruct/hf",
-        layout="results/models/{model}/chat_layout.json",
+        tokenizer=base_hf,
+        layout=chat_layout_file,
     output:
         stats="results/data/{model}/token_stats.json",
     log:

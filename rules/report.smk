@@ -139,11 +139,9 @@ rule report:
         long="results/report/scores_long.csv",
         totals="results/report/session_totals.csv",
         rubric=config["judge"]["rubric"],
-        parity=expand(
-            "results/export/{model}/{arm}/parity.json", model=MODELS, arm=ARMS
-        ),
+        parity=parity_files(),
         provenance=expand(
-            "results/models/{model}/instruct/provenance.json", model=MODELS
+            "results/models/{model}/instruct/provenance.json", model=BASES
         ),
         training=expand("results/training/{model}/metrics.json", model=MODELS),
         train_logs=expand("results/training/{model}/train_log.csv", model=MODELS),

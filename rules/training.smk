@@ -6,8 +6,8 @@ rule preference_pairs:
     input:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
-        gguf=gguf_path("{model}", "instruct", RQ),
-        layout="results/models/{model}/chat_layout.json",
+        gguf=lambda wc: arm_gguf(wc.model, "instruct", RQ),
+        layout=chat_layout_file,
     output:
         train="results/data/{model}/pairs_train.jsonl",
         val="results/data/{model}/pairs_val.jsonl",
@@ -33,8 +33,8 @@ rule preference_pairs:
 rule train:
     input:
         unpack(training_inputs),
-        base="results/models/{model}/instruct/hf",
-        layout="results/models/{model}/chat_layout.json",
+        base=base_hf,
+        layout=chat_layout_file,
     output:
         adapter=directory("results/training/{model}/adapter"),
         log_csv="results/training/{model}/train_log.csv",
@@ -66,7 +66,7 @@ rule train:
 
 rule merge:
     input:
-        base="results/models/{model}/instruct/hf",
+        base=base_hf,
         adapter="results/training/{model}/adapter",
     output:
         hf=directory("results/models/{model}/cbt/hf"),

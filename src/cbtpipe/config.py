@@ -133,3 +133,18 @@ def model_training_cfg(cfg: dict[str, Any], model: str) -> dict[str, Any]:
         raise PipelineError(f"config key models.{model}.training: unknown key(s) {', '.join(sorted(unknown))}")
     t.update(over)
     return t
+
+
+# What makes a model entry's instruct arm: its imported base, the GGUF files exported from it,
+# their parity and its chat layout. Entries equal in these (say, one base under two LoRA settings)
+# share one instruct arm, built once, for the first of them in name order.
+BASE_KEYS = ("source", "dtype", "chat_template", "chat_layout")
+
+
+def instruct_owners(cfg: dict[str, Any]) -> dict[str, str]:
+    """Model entry -> the entry whose instruct arm it uses (itself when it is the first of its base)."""
+    import json
+
+    ident = {m: json.dumps({k: spec.get(k) for k in BASE_KEYS}, sort_keys=True) for m, spec in cfg["models"].items()}
+    names = sorted(cfg["models"])
+    return {m: next(o for o in names if ident[o] == ident[m]) for m in names}

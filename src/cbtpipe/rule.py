@@ -81,6 +81,27 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
+def _profiler() -> Any:
+    """cProfile on, when the environment variable CBT_PROFILE names a folder for the profiles
+    (a developer's look at where a job's time goes: ``CBT_PROFILE=prof snakemake ...``)."""
+    if not os.environ.get("CBT_PROFILE"):
+        return None
+    import cProfile
+
+    p = cProfile.Profile()
+    p.enable()
+    return p
+
+
+def _dump_profile(profiler: Any, name: str, smk: Any, logger: logging.Logger) -> None:
+    profiler.disable()
+    wc = "-".join(str(v) for v in dict(getattr(smk, "wildcards", {})).values())
+    out = Path(os.environ["CBT_PROFILE"]) / f"{name}{'-' + wc if wc else ''}.prof"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(out)
+    logger.info("%s: profile written to %s (python -m pstats)", name, out)
+
+
 def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
     PipelineError ends the job with its message and a non-zero exit, and nothing else is hidden."""
@@ -111,8 +132,11 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    profiler = _profiler()
     try:
         yield logger
+        if profiler is not None:
+            _dump_profile(profiler, name, smk, logger)
         # Still inside the handler's reach: a SIGTERM while the provenance is written stops the
         # job as cleanly as one during the work.
         logger.info("%s: done in %.1f s", name, time.perf_counter() - t0)

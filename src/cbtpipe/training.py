@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -436,6 +437,17 @@ def orpo_path(tcfg: dict[str, Any], tok, train_path, val_path, settings: dict[st
     return ORPOConfig(beta=tcfg["orpo_beta"], remove_unused_columns=False, **settings), ORPOTrainer, ds_train, ds_val, info
 
 
+def sort_adapter_config(path: Path) -> None:
+    """peft keeps target_modules as a set and writes it in the order of the set, which changes with
+    Python's string hashing from one process to the next: written sorted, one training run writes
+    the same adapter_config.json every time."""
+    cfg = read_json(path)
+    for k in ("target_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = sorted(cfg[k])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def write_training_outputs(
     trainer, tok, csv_path: Path, out_adapter, out_csv, out_metrics, out_plot, title, metrics: dict[str, Any]
 ) -> dict:
@@ -443,6 +455,7 @@ def write_training_outputs(
     with staged_dir(out_adapter) as tmp:
         trainer.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        sort_adapter_config(Path(tmp) / "adapter_config.json")
     rows = read_log(csv_path)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])

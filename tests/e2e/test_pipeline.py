@@ -156,7 +156,12 @@ def test_export_parity_and_training_outputs(ci_run):
     assert len(prov["source_sha256"]) == 64
     metrics = json.loads((ci_run / "results/training/smollm2-135m/metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["train_loss_after"] < metrics["train_loss_before"]
-    assert (ci_run / "results/training/smollm2-135m/adapter/adapter_config.json").exists()
+    adapter_cfg = json.loads((ci_run / "results/training/smollm2-135m/adapter/adapter_config.json").read_text())
+    # written in one order whatever the process's string hashing (peft holds the modules as a set)
+    assert adapter_cfg["target_modules"] == sorted(adapter_cfg["target_modules"]) and len(adapter_cfg["target_modules"]) > 1
+    # the report shows the import's own check beside the exports' parity
+    md = (ci_run / "results/report/report.md").read_text()
+    assert "| smollm2-135m | import | source GGUF | " in md
     rows = list(csv.DictReader((ci_run / "results/training/smollm2-135m/train_log.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     for q in ("f16", "Q4_K_M"):
@@ -350,6 +355,11 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
         ).read_bytes(), rel
     jobs = re.findall(r"rule (\w+):\n(?:.*\n){0,8}?\s+wildcards: model=([\w.-]+)", r.stdout + r.stderr)
     assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4"}, sorted(set(jobs))
+    # one base, one instruct arm: the second entry's instruct sessions play the first's GGUF, which
+    # was imported, exported and checked once
+    assert not {rule for rule, _ in jobs} & {"import_model", "chat_layout"}, sorted(set(jobs))
+    assert not (wd / "results/gguf/smollm2-135m-r4/instruct").exists()
+    assert not (wd / "results/export/smollm2-135m-r4/instruct").exists()
     stats = json.loads((wd / "results/report/statistics.json").read_text())
     assert stats["models"] == ["smollm2-135m", "smollm2-135m-r4"]
     bm = stats["between_models"]
@@ -362,4 +372,5 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     assert {e["model"] for e in mm["arm_effects"]} == {"smollm2-135m", "smollm2-135m-r4", "average over models"}
     md = (wd / "results/report/report.md").read_text()
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
+    assert "| smollm2-135m, smollm2-135m-r4 | instruct |" in md
     assert "Arm x risk interaction (Wald): χ²(1) = " in md

@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from ..config import instruct_owners
 from .fmt import _ci, _mean_ci, _notes, _paired_cells, _rate, _shortening, _utc, fmt, fmt_p
 
 PUBLISHED = {
@@ -333,10 +334,30 @@ def agreement_view(ctx: dict[str, Any]) -> dict[str, Any]:
 def run_view(ctx: dict[str, Any]) -> dict[str, Any]:
     """What the run cost and was made of: judge tokens, training, parity, rollouts, benchmarks, packages, models, files and the config."""
     js = ctx["judge_stats"]
+    owners = instruct_owners(ctx["config"])
+
+    def users(p):  # every entry whose arm this record checks (entries with one base share the instruct arm)
+        if p["arm"] != "instruct":
+            return p["model"]
+        return ", ".join(m for m, o in owners.items() if o == p["model"]) or p["model"]
+
     parity = [
-        [p["model"], p["arm"], lab, f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
+        [users(p), p["arm"], lab, f"{100 * r['top1_agreement']:.1f}%", r["positions"], fmt(r["max_abs_logit_diff"], 3)]
         for p in ctx["parity"]
         for lab, r in p["results"].items()
+    ]
+    # the import's own check: the written Hugging Face model against llama.cpp on its source GGUF
+    parity += [
+        [
+            users({**p, "arm": "instruct"}),
+            "import",
+            "source GGUF",
+            f"{100 * r['top1_agreement']:.1f}%",
+            r["positions"],
+            fmt(r["max_abs_logit_diff"], 3),
+        ]
+        for p in ctx["provenance_models"]
+        if (r := p.get("parity_vs_source_gguf"))
     ]
     rs = ctx["rollout_stats"]
     served = sorted({f"{r['model']}/{r['arm']}" for r in rs if r.get("therapist_backend") == "llama_server"})
