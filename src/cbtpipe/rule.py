@@ -80,7 +80,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-@contextlib.contextmanager
 def _profiler() -> Any:
     """cProfile on, when the environment variable CBT_PROFILE names a folder for the profiles
     (a developer's look at where a job's time goes: ``CBT_PROFILE=prof snakemake ...``)."""
@@ -102,6 +101,7 @@ def _dump_profile(profiler: Any, name: str, smk: Any, logger: logging.Logger) ->
     logger.info("%s: profile written to %s (python -m pstats)", name, out)
 
 
+@contextlib.contextmanager
 def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run a rule's body: progress and logs go to the rule's log file (``tail -f`` it), a
     PipelineError ends the job with its message and a non-zero exit, and nothing else is hidden."""
