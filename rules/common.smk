@@ -42,6 +42,8 @@ SHARDS = [f"{i:02d}" for i in range(config["rollout"]["shards"])]
 DATA_SHARDS = [f"{i:02d}" for i in range(config["data"]["shards"])]
 JSHARDS = SHARDS
 CPU = config["resources"]["cpu_threads"]
+# the jobs that are mostly Python and file work (import, merge, GGUF conversion, parity)
+LIGHT_CPU = config["resources"]["light_cpu_threads"]
 PROMPTS = config["data"]["prompts"]
 
 

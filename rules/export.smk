@@ -15,7 +15,7 @@ rule convert_gguf:
         "benchmarks/export/{model}-{arm}-{outtype}.tsv"
     conda:
         "../envs/llamacpp.yaml"
-    threads: CPU
+    threads: LIGHT_CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     script:
@@ -50,7 +50,7 @@ rule parity:
         "benchmarks/parity/{model}-{arm}.tsv"
     conda:
         "../envs/training.yaml"
-    threads: CPU
+    threads: LIGHT_CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     params:

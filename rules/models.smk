@@ -60,7 +60,7 @@ rule import_model:
         "benchmarks/import/{model}.tsv"
     conda:
         "../envs/training.yaml"
-    threads: CPU
+    threads: LIGHT_CPU
     resources:
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],
     params:

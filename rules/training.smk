@@ -76,7 +76,7 @@ rule merge:
         "benchmarks/merge/{model}.tsv"
     conda:
         "../envs/training.yaml"
-    threads: CPU
+    threads: LIGHT_CPU
     resources:
         slurm_partition=cpu_partition,
         mem_mb=lambda wc: config["models"][wc.model]["mem_mb"],

@@ -35,8 +35,27 @@ def make_workdir(dest: Path) -> Path:
     return dest
 
 
+# Model weights under these folders are written only as new files that replace the old ones
+# (cbtpipe.io.staged_dir, partial_path and os.replace), never opened for writing in place, and
+# Snakemake unlinks an output before it runs a job again: a clone may share them with its source.
+SHARED_WEIGHTS = ("results/models/", "results/gguf/")
+WEIGHT_SUFFIXES = (".gguf", ".safetensors")
+
+
 def clone_workdir(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    """A copy of a finished work tree. Its model weights (about 1.8 GB at CI size) are hard links
+    to the source's when both lie on one file system, the rest is copied."""
+    src = Path(src)
+
+    def copy(s, d):
+        rel = Path(s).relative_to(src).as_posix()
+        if rel.startswith(SHARED_WEIGHTS) and rel.endswith(WEIGHT_SUFFIXES):
+            with contextlib.suppress(OSError):
+                os.link(s, d)
+                return d
+        return shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True, copy_function=copy)
     return dest
 
 
