@@ -158,20 +158,53 @@ def test_local_sdist_must_be_the_pinned_version(monkeypatch, tmp_path):
 
 
 def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
-    """pip's cache keys a locally built wheel by the sdist alone: the build must bypass it."""
-    seen = {}
+    """pip's cache keys a locally built wheel by the sdist alone: the build must bypass it, and
+    the sdist it unpacks must be the lock's (checked by its sha256)."""
+    import io
+    import tarfile
+
+    calls = []
 
     def fake_run(cmd, env=None, **kw):
-        seen["cmd"], seen["env"] = cmd, env
+        calls.append((cmd, env))
+        if "download" in cmd:  # pip download: the sdist lands in the folder after -d
+            d = Path(cmd[cmd.index("-d") + 1])
+            d.mkdir(parents=True)
+            with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
+                data = b"project(x)\n"
+                info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+            return subprocess.CompletedProcess(cmd, 0, "", "")
         return subprocess.CompletedProcess(cmd, 1, "", "stopped here by the test")
 
+    monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
     monkeypatch.setattr(lb.subprocess, "run", fake_run)
-    with pytest.raises(lb.BuildError):
+    with pytest.raises(lb.BuildError, match="stopped here by the test"):
         lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path)
-    assert "--no-cache-dir" in seen["cmd"] and "--no-binary" in seen["cmd"]
-    # the sdist from the index is checked against the lock's sha256
-    assert seen["cmd"][-3:] == ["--require-hashes", "-r", str(lb.SDIST_LOCK)]
-    assert seen["env"]["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and seen["env"]["FORCE_CMAKE"] == "1"
+    (download, _), (wheel, env) = calls
+    # the sdist from the index, checked against the lock's sha256, never from pip's cache
+    assert "--no-cache-dir" in download and download[-3:] == ["--require-hashes", "-r", str(lb.SDIST_LOCK)]
+    # the wheel from the unpacked sdist, whose build tree the tools' step reuses
+    assert "--no-cache-dir" in wheel and "--no-binary" in wheel
+    assert wheel[-1] == str(tmp_path / "src" / f"llama_cpp_python-{lb.VERSION}")
+    assert env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and env["FORCE_CMAKE"] == "1"
+    assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "build")
+
+
+def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp_path):
+    """llama.cpp's tools are built in the wheel's build tree, as two targets, not all twenty."""
+    calls = []
+    monkeypatch.setattr(lb.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "CMakeCache.txt").write_text("")
+    lb.build_tools_step(tmp_path / "src", tmp_path / "build", "2", {})
+    configure, build = calls
+    assert configure[1:5] == ["-S", str(tmp_path / "src"), "-B", str(tmp_path / "build")]
+    assert "-DLLAMA_BUILD_TOOLS=ON" in configure and "-DLLAMA_BUILD_SERVER=ON" in configure
+    assert build[-3:] == ["--target", "llama-server", "llama-bench"]
+    # the wheel itself is built without them
+    assert "-DLLAMA_BUILD_TOOLS=OFF" in lb.cmake_args("portable")
 
 
 def test_a_crashing_build_is_a_clear_install_error(tmp_path):
@@ -237,3 +270,29 @@ SCRIPT = textwrap.dedent(
 def test_key_is_stable_across_processes():
     keys = {subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert len(keys) == 1
+
+
+def test_collected_tools_keep_a_librarys_links(tmp_path):
+    """A library's versioned names stay links to one file: stored once, scanned once."""
+    b = tmp_path / "build" / "bin"
+    b.mkdir(parents=True)
+    for name in lb.TOOL_NAMES:
+        (b / name).write_bytes(b"\x7fELF tool")
+    (b / "libllama-common.so.0.5.0").write_bytes(b"\x7fELF lib")
+    (b / "libllama-common.so.0").symlink_to("libllama-common.so.0.5.0")
+    (b / "libllama-common.so").symlink_to("libllama-common.so.0")
+    lb.collect_tools(tmp_path / "build", tmp_path / "tools")
+    out = tmp_path / "tools"
+    assert (out / "libllama-common.so").is_symlink() and (out / "libllama-common.so").read_bytes() == b"\x7fELF lib"
+    assert not (out / "libllama-common.so.0.5.0").is_symlink()
+    scanned = []
+    orig = lb.scan_library
+    try:
+        lb.scan_library = lambda p: scanned.append(Path(p).name) or {}
+        lb.scan_tools(out)
+    finally:
+        lb.scan_library = orig
+    assert sorted(scanned) == sorted([*lb.TOOL_NAMES, "libllama-common.so.0.5.0"])
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(lb.BuildError, match="no llama-bench, llama-server"):
+        lb.collect_tools(tmp_path / "bare", tmp_path / "t2")

@@ -49,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -82,18 +83,23 @@ PORTABLE_X86 = [
 # Elsewhere (aarch64 ...) "portable" means llama.cpp's generic, non-native build.
 PORTABLE_OTHER = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"]
 CUDA = ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"]
-# llama.cpp's own tools from the same tree: llama-server (parallel slots for GPU rollouts and
-# concurrent sessions) and llama-bench. The Python package's separate mtmd target is switched off
-# because the tools build mtmd themselves (two targets of one name); the web UI is not embedded
-# (it would be downloaded at build time).
+# The Python package is built without llama.cpp's tools (about twenty programs); then its build
+# tree is configured again with them and only the two the pipeline runs are built, llama-server
+# (parallel slots for GPU rollouts and concurrent sessions) and llama-bench: their libraries are
+# already compiled, so the second step compiles the two programs and what they alone need (the
+# server's HTTP layer, libmtmd, llama.cpp's common library). The Python package's separate mtmd
+# target is off (the pipeline sends no images); the web UI is not embedded (it would be downloaded
+# at build time).
 TOOLS = [
     "-DLLAVA_BUILD=OFF",
-    "-DLLAMA_BUILD_TOOLS=ON",
-    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_TOOLS=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
 ]
+# the second step's flags (added to the first's, which the build tree keeps) and targets
+TOOLS_STEP = ["-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_TOOLS_INSTALL=OFF"]
 TOOL_NAMES = ("llama-server", "llama-bench")
 # CPU features the portable x86 build needs at run time (names as in /proc/cpuinfo).
 PORTABLE_X86_NEEDS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2")
@@ -143,6 +149,7 @@ def build_key(args: list[str]) -> str:
         "package": PACKAGE,
         "version": VERSION,
         "cmake_args": args,
+        "tools": {"cmake_args": TOOLS_STEP, "targets": TOOL_NAMES},
         "python": sys.implementation.cache_tag,
         "platform": sysconfig.get_platform(),
     }
@@ -334,20 +341,50 @@ def check_cpu(profile: str) -> None:
         )
 
 
-def build_wheel(args: list[str], dest: Path) -> Path:
-    """pip wheel from the sdist, never from pip's cache; returns the wheel file.
+def fetch_sdist(dest: Path) -> Path:
+    """The sdist unpacked under ``dest``: the pinned release from the index (checked against the
+    sha256 in the lock, never from pip's cache) or the local copy LLAMA_CPP_SDIST names."""
+    src = sdist_source()
+    if Path(src).is_file():
+        archive = Path(src)
+    else:
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        cmd = pip + ["download", "--no-deps", "--no-cache-dir", "--no-binary", PACKAGE, "-d", str(dest / "sdist")]
+        if importlib.util.find_spec("scikit_build_core"):
+            cmd.append("--no-build-isolation")  # pip reads the sdist's metadata with the pinned backend
+        cmd += ["--require-hashes", "-r", str(SDIST_LOCK)] if SDIST_LOCK.is_file() else [src]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"downloading the {PACKAGE} {VERSION} sdist failed:\n{(r.stdout + r.stderr)[-4000:]}")
+        found = sorted((dest / "sdist").glob(f"llama_cpp_python-{VERSION}.tar.gz"))
+        if len(found) != 1:
+            raise BuildError(f"expected the {PACKAGE} {VERSION} sdist in {dest / 'sdist'}, found {sorted(os.listdir(dest / 'sdist'))}")
+        archive = found[0]
+    with tarfile.open(archive) as t:
+        t.extractall(dest / "src", filter="data")
+    tree = dest / "src" / f"llama_cpp_python-{VERSION}"
+    if not (tree / "CMakeLists.txt").is_file():
+        raise BuildError(f"{archive} holds no llama_cpp_python-{VERSION}/CMakeLists.txt")
+    return tree
 
-    The tools (llama-server, llama-bench) and the shared libraries they load are copied from the
-    build tree to ``dest/tools``; the copies of them that llama.cpp's install rules put at the top
-    of the wheel (bin/, lib/, include/ in site-packages) are dropped from it."""
+
+def build_wheel(args: list[str], dest: Path) -> Path:
+    """pip wheel from the unpacked sdist, never from pip's cache, then llama-server and llama-bench
+    in the same build tree (TOOLS_STEP); returns the wheel file.
+
+    The tools and the shared libraries they load are copied from the build tree to ``dest/tools``;
+    the copies of them that llama.cpp's install rules put at the top of the wheel (bin/, lib/,
+    include/ in site-packages) are dropped from it."""
     build_dir = dest / "build"
+    jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
     env = {
         **os.environ,
         "SKBUILD_BUILD_DIR": str(build_dir),
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
-        "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1),
+        "CMAKE_BUILD_PARALLEL_LEVEL": jobs,
     }
+    tree = fetch_sdist(dest)
     cmd = [
         sys.executable,
         "-m",
@@ -365,12 +402,7 @@ def build_wheel(args: list[str], dest: Path) -> Path:
         # The build backend is already here (pinned in the lock): no isolated build environment,
         # so an offline machine can build too.
         cmd.append("--no-build-isolation")
-    src = sdist_source()
-    if src == f"{PACKAGE}=={VERSION}" and SDIST_LOCK.is_file():
-        # the release from the index, checked against the sha256 that tools/lock.sh recorded
-        cmd += ["--require-hashes", "-r", str(SDIST_LOCK)]
-    else:
-        cmd.append(src)
+    cmd.append(str(tree))
     print(f"building {PACKAGE} {VERSION} with CMAKE_ARGS={env['CMAKE_ARGS']!r} (several minutes)", flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -378,22 +410,44 @@ def build_wheel(args: list[str], dest: Path) -> Path:
     wheels = sorted(dest.glob("llama_cpp_python-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {dest}, found {[w.name for w in wheels]}")
-    collect_tools(build_dir, dest / "tools", need_server="-DLLAMA_BUILD_SERVER=ON" in args)
+    build_tools_step(tree, build_dir, jobs, env)
+    collect_tools(build_dir, dest / "tools")
     strip_wheel(wheels[0])
     shutil.rmtree(build_dir, ignore_errors=True)
+    shutil.rmtree(dest / "src", ignore_errors=True)
+    shutil.rmtree(dest / "sdist", ignore_errors=True)
     return wheels[0]
 
 
-def collect_tools(build_dir: Path, out: Path, need_server: bool = True) -> None:
+def build_tools_step(tree: Path, build_dir: Path, jobs: str, env: dict[str, str]) -> None:
+    """Configure the wheel's build tree again with llama.cpp's tools and build only TOOL_NAMES."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise BuildError("cmake is not on PATH: it is needed to build llama-server and llama-bench")
+    if not (build_dir / "CMakeCache.txt").is_file():
+        raise BuildError(f"the wheel's build left no CMake build tree in {build_dir}")
+    print(f"building {', '.join(TOOL_NAMES)} in the same build tree", flush=True)
+    for step in (
+        [cmake, "-S", str(tree), "-B", str(build_dir), *TOOLS_STEP],
+        [cmake, "--build", str(build_dir), "--parallel", jobs, "--target", *TOOL_NAMES],
+    ):
+        r = subprocess.run(step, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"{' '.join(step)} failed:\n{(r.stdout + r.stderr)[-4000:]}")
+
+
+def collect_tools(build_dir: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     found = [p for p in build_dir.rglob("*") if p.is_file() and p.name in TOOL_NAMES]
-    if need_server and not any(p.name == "llama-server" for p in found):
-        raise BuildError(f"the build made no llama-server (looked in {build_dir})")
+    missing = sorted(set(TOOL_NAMES) - {p.name for p in found})
+    if missing:
+        raise BuildError(f"the build made no {', '.join(missing)} (looked in {build_dir})")
     bins = {p.parent for p in found}
     for b in bins:
         for p in b.iterdir():
             if p.is_file() and (p.name in TOOL_NAMES or ".so" in p.name):
-                shutil.copy2(p, out / p.name)
+                # a library's versioned names stay links to its one file (copied once, scanned once)
+                shutil.copy2(p, out / p.name, follow_symlinks=False)
 
 
 def strip_wheel(wheel: Path) -> None:
@@ -437,7 +491,7 @@ def scan_tools(tools: Path, skip: set[str] = frozenset()) -> dict[str, dict]:
     if not tools.is_dir():
         return {}
     names = {Path(n).name for n in skip}
-    todo = [p for p in sorted(tools.iterdir()) if p.is_file() and p.name not in names and "ggml-cuda" not in p.name]
+    todo = [p for p in sorted(tools.iterdir()) if p.is_file() and not p.is_symlink() and p.name not in names and "ggml-cuda" not in p.name]
     return {f"tools/{p.name}": r for p in todo if (r := scan_library(p))}
 
 

@@ -23,9 +23,9 @@ SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 @functools.cache
 def schema() -> dict[str, Any]:
-    import yaml
+    from .yamlfile import safe_load
 
-    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    return safe_load(SCHEMA.read_text(encoding="utf-8"))
 
 
 @functools.cache
