@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from cbtpipe.rule import path_digest
 from cbtpipe.training import CHECKPOINT_MARK
-from tests.helpers.workdir import clone_workdir, snakemake_cmd
+from tests.helpers.workdir import SnakemakeRun, clone_workdir, run_snakemake
 
 pytestmark = pytest.mark.faults
 
@@ -77,7 +76,7 @@ def load_jsonl(p: Path):
     return [strip(json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
 
 
-def _job_procs(proc: subprocess.Popen, script: str):
+def _job_procs(proc: SnakemakeRun, script: str):
     try:
         kids = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -124,11 +123,11 @@ def run_with_kill(wd: Path, name: str, trigger: str, whole: bool, sig: signal.Si
     partial = out.with_name(f".{out.name}.partial")
     poll = 0.01 if trigger == "checkpoint save" else 0.05
 
-    def cmd(n):
+    def args(n):
         # The target goes first: --forcerun and --configfile take several values and would swallow it.
-        return snakemake_cmd(target, "--cores", str(n), "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
+        return (target, "--cores", str(n), "--configfile", "config/ci.yaml", "--rerun-incomplete", "--forcerun", rule)
 
-    p = subprocess.Popen(cmd(2), cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    p = SnakemakeRun(wd, *args(2))
     seen = TRIGGERS[trigger]
     killed = False
     deadline = time.time() + 900
@@ -143,7 +142,8 @@ def run_with_kill(wd: Path, name: str, trigger: str, whole: bool, sig: signal.Si
             killed = True
             break
         time.sleep(poll)
-    first_out = p.communicate(timeout=300)[0].decode(errors="replace")
+    first = p.wait(timeout=300)
+    first_out = first.stdout + first.stderr
     assert killed, f"{name}: the job ended before the kill ({trigger})\n{first_out[-2000:]}"
     if trigger == "checkpoint save":
         # The kill landed inside a save: a checkpoint folder is there without its completion mark.
@@ -157,9 +157,9 @@ def run_with_kill(wd: Path, name: str, trigger: str, whole: bool, sig: signal.Si
         assert not partials(wd), f"{name}: SIGTERM left {partials(wd)}"
     # A killed snakemake leaves its lock behind; Snakemake tells the user to --unlock first.
     if whole:
-        u = subprocess.run(snakemake_cmd("--unlock", "--configfile", "config/ci.yaml"), cwd=wd, capture_output=True, text=True, timeout=120)
+        u = run_snakemake(wd, "--unlock", "--configfile", "config/ci.yaml", timeout=120)
         assert u.returncode == 0, u.stderr[-2000:]
-    r = subprocess.run(cmd(cores), cwd=wd, capture_output=True, text=True, timeout=900)
+    r = run_snakemake(wd, *args(cores), timeout=900)
     assert r.returncode == 0, f"{name}: resumed run failed\n{(r.stdout + r.stderr)[-4000:]}"
     assert not partials(wd), f"{name}: partial outputs left after the resumed run: {partials(wd)}"
     return {"trigger": trigger, "units": wd / units if units else None}

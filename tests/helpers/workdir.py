@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,22 +64,79 @@ def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Snakemake in a process group of its own: a timeout (or an interrupted test) ends it with
-    every job it started, so no job lives on to slow the tests that follow."""
-    e = dict(os.environ, **(env or {}))
-    cmd = snakemake_cmd(*args)
-    p = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except BaseException as e:
+_FORK = None
+
+
+def _fork_context():
+    """A multiprocessing fork server that has imported Snakemake (tests.helpers.snakemake_child),
+    started on first use; each run is a child forked from it."""
+    global _FORK
+    if _FORK is None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["tests.helpers.snakemake_child"])
+        _FORK = ctx
+    return _FORK
+
+
+class SnakemakeRun:
+    """``python -m snakemake *args`` started in ``workdir``, in a session (process group) of its
+    own, as a child of a fork server that imported Snakemake once (tests/helpers/snakemake_child.py)
+    rather than a new interpreter: what it runs is Snakemake's own command line. ``pid`` is the
+    Snakemake process; the jobs it starts are its children, in its process group."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None):
+        from tests.helpers import snakemake_child
+
+        self.cmd = snakemake_cmd(*args)
+        self._tmp = tempfile.TemporaryDirectory(prefix="snakemake-run-")
+        self._out = os.path.join(self._tmp.name, "stdout")
+        self._err = os.path.join(self._tmp.name, "stderr")
+        e = dict(os.environ, **(env or {}))
+        self._proc = _fork_context().Process(target=snakemake_child.run, args=(list(args), str(workdir), e, self._out, self._err))
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def output(self) -> tuple[str, str]:
+        return tuple(Path(f).read_text(encoding="utf-8", errors="replace") if os.path.exists(f) else "" for f in (self._out, self._err))
+
+    def kill(self) -> None:
+        """SIGKILL to the run and every job it started."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        if isinstance(e, subprocess.TimeoutExpired):  # what it printed, for the failure message
-            e.output, e.stderr = out, err
-        raise
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+            os.kill(self.pid, signal.SIGKILL)  # in case it was killed before its setsid
+
+    def wait(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Wait for the end; on a timeout (or an interrupted test) end it with every job it
+        started, so no job lives on to slow the tests that follow."""
+        try:
+            self._proc.join(timeout)
+            if self._proc.exitcode is None:
+                raise subprocess.TimeoutExpired(self.cmd, timeout)
+        except BaseException as exc:
+            self.kill()
+            self._proc.join()
+            if isinstance(exc, subprocess.TimeoutExpired):  # what it printed, for the failure message
+                exc.output, exc.stderr = self.output()
+            self._tmp.cleanup()
+            raise
+        out, err = self.output()
+        self._tmp.cleanup()
+        return subprocess.CompletedProcess(self.cmd, self._proc.exitcode, out, err)
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m snakemake *args`` in ``workdir`` to its end (SnakemakeRun)."""
+    return SnakemakeRun(workdir, *args, env=env).wait(timeout)
 
 
 def dry_run_jobs(workdir: Path, configfile: str, *args: str) -> dict[str, int]:
