@@ -155,7 +155,7 @@ def test_export_parity_and_training_outputs(ci_run):
     assert prov["parity_vs_source_gguf"]["top1_agreement"] >= 0.9
     assert len(prov["source_sha256"]) == 64
     metrics = json.loads((ci_run / "results/training/smollm2-135m/metrics.json").read_text())
-    assert metrics["steps"] == 4 and metrics["train_loss_after"] < metrics["train_loss_before"]
+    assert metrics["steps"] == 2 and metrics["train_loss_after"] < metrics["train_loss_before"]
     adapter_cfg = json.loads((ci_run / "results/training/smollm2-135m/adapter/adapter_config.json").read_text())
     # written in one order whatever the process's string hashing (peft holds the modules as a set)
     assert adapter_cfg["target_modules"] == sorted(adapter_cfg["target_modules"]) and len(adapter_cfg["target_modules"]) > 1
@@ -163,7 +163,7 @@ def test_export_parity_and_training_outputs(ci_run):
     md = (ci_run / "results/report/report.md").read_text()
     assert "| smollm2-135m | import | source GGUF | " in md
     rows = list(csv.DictReader((ci_run / "results/training/smollm2-135m/train_log.csv").read_text().splitlines()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows] == [1, 2]
     for q in ("f16", "Q4_K_M"):
         for arm in ("instruct", "cbt"):
             assert (ci_run / f"results/gguf/smollm2-135m/{arm}/smollm2-135m-{arm}-{q}.gguf").read_bytes()[:4] == b"GGUF"

@@ -294,8 +294,8 @@ STEPS = [
     ),
     (
         "training section",
-        # fewer steps than the CI run's four (a changed setting either way; the shorter one is cheaper)
-        _cfg("training.max_steps", 2),
+        # fewer steps than the CI run's two (a changed setting either way; the shorter one is cheaper)
+        _cfg("training.max_steps", 1),
         FROM_TRAIN,
         True,
         {
