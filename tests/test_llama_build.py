@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -181,15 +184,15 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
     monkeypatch.setattr(lb.subprocess, "run", fake_run)
     with pytest.raises(lb.BuildError, match="stopped here by the test"):
-        lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path)
+        lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path, tmp_path / "tree")
     (download, _), (wheel, env) = calls
     # the sdist from the index, checked against the lock's sha256, never from pip's cache
     assert "--no-cache-dir" in download and download[-3:] == ["--require-hashes", "-r", str(lb.SDIST_LOCK)]
     # the wheel from the unpacked sdist, whose build tree the tools' step reuses
     assert "--no-cache-dir" in wheel and "--no-binary" in wheel
-    assert wheel[-1] == str(tmp_path / "src" / f"llama_cpp_python-{lb.VERSION}")
+    assert wheel[-1] == str(tmp_path / "tree" / "src" / f"llama_cpp_python-{lb.VERSION}")
     assert env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and env["FORCE_CMAKE"] == "1"
-    assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "build")
+    assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "tree" / "build")
 
 
 def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp_path):
@@ -205,6 +208,96 @@ def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp
     assert build[-3:] == ["--target", "llama-server", "llama-bench"]
     # the wheel itself is built without them
     assert "-DLLAMA_BUILD_TOOLS=OFF" in lb.cmake_args("portable")
+
+
+def test_the_tools_are_built_only_where_wanted(monkeypatch):
+    """The CPU set-up builds the package alone (the CPU pipeline runs llama.cpp in process); the
+    cuda profile, --tools and LLAMA_CPP_TOOLS=1 add llama-server and llama-bench."""
+    monkeypatch.delenv("LLAMA_CPP_TOOLS", raising=False)
+    assert not lb.wants_tools("portable") and not lb.wants_tools("native")
+    assert lb.wants_tools("cuda") and lb.wants_tools("portable", asked=True)
+    monkeypatch.setenv("LLAMA_CPP_TOOLS", "1")
+    assert lb.wants_tools("portable")
+    monkeypatch.setenv("LLAMA_CPP_TOOLS", "0")
+    assert not lb.wants_tools("portable")
+
+
+def _fake_build(monkeypatch, tmp_path, calls):
+    """The store in tmp_path; pip and CMake replaced by stand-ins that record their commands and
+    leave what the real ones leave (a wheel, a build tree, the two tools and a library)."""
+    import io
+    import tarfile
+
+    monkeypatch.setenv("LLAMA_CPP_WHEEL_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
+
+    def fake_run(cmd, env=None, **kw):
+        calls.append(cmd)
+        if "download" in cmd:
+            d = Path(cmd[cmd.index("-d") + 1])
+            d.mkdir(parents=True)
+            with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
+                info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
+                info.size = 11
+                t.addfile(info, io.BytesIO(b"project(x)\n"))
+        elif "wheel" in cmd:
+            build = Path(env["SKBUILD_BUILD_DIR"])
+            build.mkdir(parents=True)
+            (build / "CMakeCache.txt").write_text("")
+            with zipfile.ZipFile(Path(cmd[cmd.index("-w") + 1]) / f"llama_cpp_python-{lb.VERSION}-py3-none-linux_x86_64.whl", "w") as z:
+                z.writestr("llama_cpp/__init__.py", "")
+                z.writestr("llama_cpp/lib/libllama.so", "lib")
+        elif "--build" in cmd:
+            b = Path(cmd[cmd.index("--build") + 1]) / "bin"
+            b.mkdir(parents=True, exist_ok=True)
+            for name in lb.TOOL_NAMES:
+                (b / name).write_bytes(b"tool")
+            (b / "libllama-common.so").write_bytes(b"lib")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(lb.subprocess, "run", fake_run)
+    monkeypatch.setattr(lb, "scan_library", lambda p: {})
+
+
+def test_the_tools_step_reuses_the_kept_build_tree(monkeypatch, tmp_path):
+    """A wheel built without its tools keeps its build tree; asking for the tools later compiles
+    them there (no second package build) and removes the tree; asked again, nothing is built."""
+    calls = []
+    _fake_build(monkeypatch, tmp_path, calls)
+    args = lb.cmake_args("portable", extra="")
+    key = lb.build_key(args)
+    wheel, tools = lb._stored_or_built("portable", args, key, with_tools=False)
+    assert tools is None and wheel.parent == tmp_path / "store" / key
+    assert (lb.tree_root(key) / "build" / "CMakeCache.txt").is_file(), "the build tree is kept for the tools"
+    assert sum("wheel" in c for c in calls) == 1 and not any("--target" in c for c in calls)
+    calls.clear()
+    wheel2, tools = lb._stored_or_built("portable", args, key, with_tools=True)
+    assert wheel2 == wheel and tools == wheel.parent / "tools"
+    assert not any("wheel" in c for c in calls), "the package was built again"
+    assert [c[-3:] for c in calls if "--target" in c] == [["--target", *lb.TOOL_NAMES]]
+    assert sorted(p.name for p in tools.iterdir()) == sorted([*lb.TOOL_NAMES, "libllama-common.so", "tools.json"])
+    assert not lb.tree_root(key).exists(), "the build tree outlived the tools' step"
+    calls.clear()
+    assert lb._stored_or_built("portable", args, key, with_tools=True) == (wheel, tools)
+    assert calls == []
+    # tools stored by another way of building them are not taken for these
+    (tools / "tools.json").write_text('{"cmake_args": [], "targets": ["llama-server"]}')
+    assert lb.stored_tools(wheel.parent) is None
+
+
+def test_the_tools_step_rebuilds_a_lost_build_tree(monkeypatch, tmp_path):
+    calls = []
+    _fake_build(monkeypatch, tmp_path, calls)
+    args = lb.cmake_args("portable", extra="")
+    key = lb.build_key(args)
+    wheel, _ = lb._stored_or_built("portable", args, key, with_tools=False)
+    shutil.rmtree(lb.tree_root(key))
+    calls.clear()
+    _, tools = lb._stored_or_built("portable", args, key, with_tools=True)
+    assert sum("wheel" in c for c in calls) == 1 and any("--target" in c for c in calls)
+    assert lb.stored_tools(wheel.parent) == tools
+    # the stored wheel is the first build's, untouched
+    assert sorted(p.name for p in wheel.parent.iterdir()) == sorted([wheel.name, "build.json", "tools"])
 
 
 def test_a_crashing_build_is_a_clear_install_error(tmp_path):
@@ -253,6 +346,9 @@ def test_post_deploy_scripts_use_the_build_tool():
 def test_makefile_builds_through_the_tool():
     mk = (ROOT / "Makefile").read_text()
     assert "tools/llama_cpp_build.py install" in mk
+    # the tests run llama-server: the test set-up builds the tools, the user's set-up does not
+    assert "tools/llama_cpp_build.py install --tools" in mk
+    assert re.search(r"^dev: .*\bllama-tools\b", mk, re.M) and not re.search(r"^setup: .*\bllama-tools\b", mk, re.M)
     pins = [ln for ln in (ROOT / "requirements.lock").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert not [ln for ln in pins if ln.lower().startswith("llama")], "pip would build llama-cpp-python with native flags"
 

@@ -28,6 +28,7 @@ a local copy of the sdist to build from (an offline cluster); its sha256 joins t
 Commands::
 
     python tools/llama_cpp_build.py install     # build (or reuse a stored wheel), check, install
+    python tools/llama_cpp_build.py install --tools   # the same, plus llama-server and llama-bench
     python tools/llama_cpp_build.py check       # check the installed build: instructions + smoke test
     python tools/llama_cpp_build.py flags       # print the CMake flags of the chosen profile
     python tools/llama_cpp_build.py scan LIB... # list instructions outside the portable baseline
@@ -39,6 +40,7 @@ project's lock and in every environment that holds llama-cpp-python).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -83,13 +85,16 @@ PORTABLE_X86 = [
 # Elsewhere (aarch64 ...) "portable" means llama.cpp's generic, non-native build.
 PORTABLE_OTHER = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"]
 CUDA = ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"]
-# The Python package is built without llama.cpp's tools (about twenty programs); then its build
-# tree is configured again with them and only the two the pipeline runs are built, llama-server
-# (parallel slots for GPU rollouts and concurrent sessions) and llama-bench: their libraries are
-# already compiled, so the second step compiles the two programs and what they alone need (the
-# server's HTTP layer, libmtmd, llama.cpp's common library). The Python package's separate mtmd
-# target is off (the pipeline sends no images); the web UI is not embedded (it would be downloaded
-# at build time).
+# The Python package is built without llama.cpp's tools (about twenty programs). The two the
+# pipeline can run, llama-server (parallel slots for GPU rollouts and concurrent sessions) and
+# llama-bench (throughput on a GPU), are a second, optional step in the same build tree: its
+# libraries are already compiled, so the step compiles the two programs and what they alone need
+# (the server's HTTP layer, libmtmd, llama.cpp's common library: about four minutes on two cores,
+# more than the wheel itself). The cuda profile always takes it; the CPU profiles take it when
+# asked (``install --tools``, ``make llama-tools``, LLAMA_CPP_TOOLS=1), since the CPU pipeline runs
+# llama.cpp in process. The wheel's build tree is kept in the store until then. The Python
+# package's separate mtmd target is off (the pipeline sends no images); the web UI is not embedded
+# (it would be downloaded at build time).
 TOOLS = [
     "-DLLAVA_BUILD=OFF",
     "-DLLAMA_BUILD_TOOLS=OFF",
@@ -143,17 +148,27 @@ def sdist_source() -> str:
 
 
 def build_key(args: list[str]) -> str:
+    """The wheel's key: the sdist, the full CMake flags, the interpreter and the platform."""
     src = sdist_source()
     ident = {
         "source": src if not Path(src).is_file() else hashlib.sha256(Path(src).read_bytes()).hexdigest(),
         "package": PACKAGE,
         "version": VERSION,
         "cmake_args": args,
-        "tools": {"cmake_args": TOOLS_STEP, "targets": TOOL_NAMES},
         "python": sys.implementation.cache_tag,
         "platform": sysconfig.get_platform(),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def tools_ident() -> dict:
+    """What the tools stored beside a wheel were built with (the wheel's key covers the rest)."""
+    return {"cmake_args": TOOLS_STEP, "targets": list(TOOL_NAMES)}
+
+
+def wants_tools(profile: str, asked: bool = False) -> bool:
+    """The cuda profile always builds the tools; a CPU profile when asked (--tools, LLAMA_CPP_TOOLS=1)."""
+    return asked or profile == "cuda" or os.environ.get("LLAMA_CPP_TOOLS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def store_dir() -> Path:
@@ -368,14 +383,7 @@ def fetch_sdist(dest: Path) -> Path:
     return tree
 
 
-def build_wheel(args: list[str], dest: Path) -> Path:
-    """pip wheel from the unpacked sdist, never from pip's cache, then llama-server and llama-bench
-    in the same build tree (TOOLS_STEP); returns the wheel file.
-
-    The tools and the shared libraries they load are copied from the build tree to ``dest/tools``;
-    the copies of them that llama.cpp's install rules put at the top of the wheel (bin/, lib/,
-    include/ in site-packages) are dropped from it."""
-    build_dir = dest / "build"
+def build_env(args: list[str], build_dir: Path) -> tuple[str, dict[str, str]]:
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
     env = {
         **os.environ,
@@ -384,7 +392,20 @@ def build_wheel(args: list[str], dest: Path) -> Path:
         "FORCE_CMAKE": "1",
         "CMAKE_BUILD_PARALLEL_LEVEL": jobs,
     }
-    tree = fetch_sdist(dest)
+    return jobs, env
+
+
+def build_wheel(args: list[str], dest: Path, tree_root: Path) -> Path:
+    """pip wheel from the sdist unpacked under ``tree_root`` (src/), never from pip's cache, with
+    its CMake build tree in ``tree_root/build``; returns the wheel file (in ``dest``).
+
+    The tree is left in place for the tools' step (build_tools). The copies of llama.cpp's own
+    programs and headers that its install rules put at the top of the wheel (bin/, lib/, include/
+    in site-packages) are dropped from it."""
+    shutil.rmtree(tree_root, ignore_errors=True)  # a tree left by a stopped build is not reused
+    tree_root.mkdir(parents=True)
+    jobs, env = build_env(args, tree_root / "build")
+    tree = fetch_sdist(tree_root)
     cmd = [
         sys.executable,
         "-m",
@@ -410,13 +431,55 @@ def build_wheel(args: list[str], dest: Path) -> Path:
     wheels = sorted(dest.glob("llama_cpp_python-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {dest}, found {[w.name for w in wheels]}")
-    build_tools_step(tree, build_dir, jobs, env)
-    collect_tools(build_dir, dest / "tools")
+    shutil.rmtree(tree_root / "sdist", ignore_errors=True)
     strip_wheel(wheels[0])
-    shutil.rmtree(build_dir, ignore_errors=True)
-    shutil.rmtree(dest / "src", ignore_errors=True)
-    shutil.rmtree(dest / "sdist", ignore_errors=True)
     return wheels[0]
+
+
+def tree_root(key: str) -> Path:
+    """Where the wheel of ``key`` was built: its unpacked sdist and CMake build tree, kept for the
+    tools' step and removed by it."""
+    return store_dir() / ".trees" / key
+
+
+def build_tools(args: list[str], key: str, entry: Path) -> Path:
+    """llama-server and llama-bench for the wheel stored in ``entry`` (a store folder), built in
+    that wheel's kept build tree (or in a new one, the wheel built again, if the tree is gone);
+    stored in ``entry/tools`` with what they were built with; the tree is then removed."""
+    root = tree_root(key)
+    if not (root / "build" / "CMakeCache.txt").is_file():
+        print(f"the build tree of {entry.name} is gone: building the package again first", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=store_dir()) as scratch:
+            build_wheel(args, Path(scratch), root)
+    jobs, env = build_env(args, root / "build")
+    build_tools_step(root / "src" / f"llama_cpp_python-{VERSION}", root / "build", jobs, env)
+    tmp = entry / ".tools.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    collect_tools(root / "build", tmp)
+    found = scan_tools(tmp) if profile_of(entry) != "native" and is_x86() else {}
+    if found:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise baseline_error(found, args, f"the {profile_of(entry)} build of llama.cpp's tools")
+    (tmp / "tools.json").write_text(json.dumps(tools_ident(), indent=1))
+    final = entry / "tools"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    shutil.rmtree(root, ignore_errors=True)
+    return final
+
+
+def profile_of(entry: Path) -> str:
+    return json.loads((entry / "build.json").read_text()).get("profile", "portable")
+
+
+def stored_tools(entry: Path) -> Path | None:
+    """The tools stored beside a wheel, if they were built the way this file builds them now."""
+    t = entry / "tools"
+    try:
+        ok = json.loads((t / "tools.json").read_text()) == tools_ident()
+    except (OSError, ValueError):
+        ok = False
+    return t if ok else None
 
 
 def build_tools_step(tree: Path, build_dir: Path, jobs: str, env: dict[str, str]) -> None:
@@ -474,16 +537,13 @@ def stored_wheel(key: str) -> Path | None:
 
 
 def scan_wheel(wheel: Path) -> dict[str, dict]:
-    """Instructions outside the baseline in the wheel's libraries and in the tools beside it."""
+    """Instructions outside the baseline in the wheel's libraries."""
     with tempfile.TemporaryDirectory(prefix="llama-scan-") as d:
         with zipfile.ZipFile(wheel) as z:
-            names = z.namelist()
-            for name in names:
+            for name in z.namelist():
                 if ".so" in Path(name).name:
                     z.extract(name, d)
-        found = scan_package(Path(d))
-    found.update(scan_tools(wheel.parent / "tools", skip=set(names)))
-    return found
+        return scan_package(Path(d))
 
 
 def scan_tools(tools: Path, skip: set[str] = frozenset()) -> dict[str, dict]:
@@ -491,7 +551,11 @@ def scan_tools(tools: Path, skip: set[str] = frozenset()) -> dict[str, dict]:
     if not tools.is_dir():
         return {}
     names = {Path(n).name for n in skip}
-    todo = [p for p in sorted(tools.iterdir()) if p.is_file() and not p.is_symlink() and p.name not in names and "ggml-cuda" not in p.name]
+    todo = [
+        p
+        for p in sorted(tools.iterdir())
+        if p.is_file() and not p.is_symlink() and p.name not in names and "ggml-cuda" not in p.name and p.suffix != ".json"
+    ]
     return {f"tools/{p.name}": r for p in todo if (r := scan_library(p))}
 
 
@@ -519,24 +583,16 @@ def baseline_error(found: dict[str, dict], args: list[str], where: str) -> Build
     )
 
 
-def install(force: bool = False) -> dict:
-    profile = profile_name()
-    args = cmake_args(profile)
-    key = build_key(args)
-    check_cpu(profile)
-    rec_file = record_path()
-    if not force and rec_file.is_file() and installed_version() == VERSION:
-        rec = json.loads(rec_file.read_text())
-        if rec.get("key") == key:
-            print(f"{PACKAGE} {VERSION} ({profile}, key {key}) is installed; nothing to do")
-            return rec
+def _stored_or_built(profile: str, args: list[str], key: str, with_tools: bool) -> tuple[Path, Path | None]:
+    """The stored wheel of ``key`` (built first if absent) and its stored tools (built first if
+    asked for and absent)."""
+    store = store_dir()
+    store.mkdir(parents=True, exist_ok=True)
     wheel = stored_wheel(key)
     if wheel is None:
-        store = store_dir()
-        store.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=store))
         try:
-            built = build_wheel(args, tmp)
+            built = build_wheel(args, tmp, tree_root(key))
             found = scan_wheel(built) if profile != "native" and is_x86() else {}
             if found:
                 raise baseline_error(found, args, f"the {profile} build")
@@ -552,6 +608,33 @@ def install(force: bool = False) -> dict:
         assert wheel is not None
     else:
         print(f"reusing the wheel built with the same flags: {wheel}")
+    tools_src = stored_tools(wheel.parent)
+    if tools_src is None and with_tools:
+        tools_src = build_tools(args, key, wheel.parent)
+    return wheel, tools_src
+
+
+def install(force: bool = False, tools: bool = False) -> dict:
+    """Build (or take from the store) the profile's wheel, install it and smoke-test it; with the
+    tools (cuda profile, or asked for) also llama-server and llama-bench, built once per wheel."""
+    profile = profile_name()
+    args = cmake_args(profile)
+    key = build_key(args)
+    with_tools = wants_tools(profile, tools)
+    check_cpu(profile)
+    rec_file = record_path()
+    if not force and rec_file.is_file() and installed_version() == VERSION:
+        rec = json.loads(rec_file.read_text())
+        if rec.get("key") == key and (rec.get("tools_dir") or not with_tools):
+            print(
+                f"{PACKAGE} {VERSION} ({profile}, key {key}) is installed{' with its tools' if rec.get('tools_dir') else ''}; nothing to do"
+            )
+            return rec
+    store = store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a key at a time (its build tree is shared)
+        wheel, tools_src = _stored_or_built(profile, args, key, with_tools)
     r = subprocess.run(
         [
             sys.executable,
@@ -570,7 +653,8 @@ def install(force: bool = False) -> dict:
     )
     if r.returncode != 0:
         raise BuildError(f"pip could not install {wheel}:\n{r.stderr[-2000:]}")
-    tools_dir = install_tools(wheel.parent / "tools")
+    # stored tools are installed whenever they are there (a copy, no build)
+    tools_dir = install_tools(tools_src)
     rec = {
         "package": PACKAGE,
         "version": VERSION,
@@ -591,7 +675,8 @@ def install(force: bool = False) -> dict:
             f"re-run the set-up; to rebuild this profile from scratch, delete {wheel.parent}"
         ) from None
     rec_file.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"{PACKAGE} {VERSION} installed ({profile}); {rec['smoke']}")
+    tools_note = f" with {', '.join(TOOL_NAMES)}" if tools_dir else f" (without {', '.join(TOOL_NAMES)}: `make llama-tools` adds them)"
+    print(f"{PACKAGE} {VERSION} installed ({profile}){tools_note}; {rec['smoke']}")
     return rec
 
 
@@ -599,15 +684,16 @@ def tools_home(prefix: str = sys.prefix) -> Path:
     return Path(prefix) / "libexec" / "llama-cpp"
 
 
-def install_tools(src: Path) -> Path | None:
-    """Copy the stored tools and their libraries to <prefix>/libexec/llama-cpp (replaced whole)."""
+def install_tools(src: Path | None) -> Path | None:
+    """Copy the stored tools and their libraries to <prefix>/libexec/llama-cpp (replaced whole;
+    removed when there are none, so no tool of another build stays behind)."""
     dst = tools_home()
     if dst.exists():
         shutil.rmtree(dst)
-    if not src.is_dir() or not any(src.iterdir()):
+    if src is None or not src.is_dir() or not any(src.iterdir()):
         return None
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, dst, symlinks=True)
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("tools.json"))
     return dst
 
 
@@ -646,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("install")
     p.add_argument("--force", action="store_true", help="reinstall even if the recorded build matches")
+    p.add_argument(
+        "--tools",
+        action="store_true",
+        help=f"also build and install {', '.join(TOOL_NAMES)} (always with the cuda profile; LLAMA_CPP_TOOLS=1 asks too)",
+    )
     sub.add_parser("check")
     sub.add_parser("flags")
     s = sub.add_parser("scan")
@@ -653,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "install":
-            install(a.force)
+            install(a.force, a.tools)
         elif a.cmd == "check":
             print(json.dumps(check(), indent=1))
         elif a.cmd == "flags":

@@ -3,7 +3,8 @@
 Used for GPU rollouts: one server per (model, arm) job, and the job's sessions run concurrently
 against it, so the GPU decodes many sessions in one batch instead of one token stream at a time.
 The server comes from the same pinned llama.cpp build as llama-cpp-python
-(tools/llama_cpp_build.py builds it with the package, every profile); requests go through the OpenAI-compatible
+(tools/llama_cpp_build.py builds it beside the package: always for CUDA, on the CPU with `make llama-tools`);
+requests go through the OpenAI-compatible
 backend, so retries, the response cache and structured output work as for any endpoint.
 
 Batched decoding is not bit-identical to single-stream decoding (the order of floating-point
@@ -108,9 +109,10 @@ class LlamaServer:
         binary = find_llama_server()
         if binary is None:
             raise PipelineError(
-                "config key rollout.therapist_server is true, but no llama-server binary is installed: "
-                "tools/llama_cpp_build.py builds it with llama-cpp-python (re-run the set-up, `make setup`, or "
-                "`make setup GPU=1` for the CUDA build); or point LLAMA_SERVER_BIN at one built from the same llama.cpp version"
+                "config key rollout.therapist_server is true, but no llama-server binary is installed: the CPU set-up "
+                "builds llama.cpp's tools only when asked, `make llama-tools` (tools/llama_cpp_build.py install --tools; "
+                "LLAMA_CPP_TOOLS=1 when Snakemake creates the conda environments), and `make setup GPU=1` always does; "
+                "or point LLAMA_SERVER_BIN at one built from the same llama.cpp version"
             )
         self.port = _free_port()
         cmd = self.command(binary)
