@@ -21,6 +21,45 @@ def test_tools_come_from_the_installed_version(tools):
     assert (tools / "conversion").is_dir()
 
 
+def test_the_converters_sdist_is_the_locks(monkeypatch, tmp_path):
+    """The converter's sdist is checked against the lock's sha256 (the one the build used), or is
+    the local copy LLAMA_CPP_SDIST names, as for the build."""
+    import subprocess
+
+    from cbtpipe import converter
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        d = tmp_path / "dl"
+        (d / f"llama_cpp_python-{installed_version()}.tar.gz").write_bytes(b"sdist")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
+    monkeypatch.setattr(converter.subprocess, "run", fake_run)
+    (tmp_path / "dl").mkdir()
+    got = converter.fetch_sdist(installed_version(), tmp_path / "dl")
+    assert got.name == f"llama_cpp_python-{installed_version()}.tar.gz"
+    assert calls[0][-3:] == ["--require-hashes", "-r", str(converter.SDIST_LOCK)]
+    assert f"llama-cpp-python=={installed_version()}" in converter.SDIST_LOCK.read_text()
+    # a version the lock does not pin is fetched by name (no hash to check it against)
+    calls.clear()
+    with pytest.raises(PipelineError, match="no llama-cpp-python 0.0.1 sdist"):
+        converter.fetch_sdist("0.0.1", tmp_path / "dl")
+    assert calls[0][-1] == "llama-cpp-python==0.0.1"
+    # an offline copy: no download
+    calls.clear()
+    local = tmp_path / f"llama_cpp_python-{installed_version()}.tar.gz"
+    local.write_bytes(b"local")
+    monkeypatch.setenv("LLAMA_CPP_SDIST", str(local))
+    (tmp_path / "dl2").mkdir()
+    assert converter.fetch_sdist(installed_version(), tmp_path / "dl2").read_bytes() == b"local" and calls == []
+    monkeypatch.setenv("LLAMA_CPP_SDIST", str(tmp_path / "llama_cpp_python-0.0.1.tar.gz"))
+    with pytest.raises(PipelineError, match="LLAMA_CPP_SDIST=.*not a llama_cpp_python"):
+        converter.fetch_sdist(installed_version(), tmp_path / "dl2")
+
+
 def test_tools_refuse_a_mismatched_sdist(tmp_path):
     fake = tmp_path / "llama_cpp_python-0.0.1.tar.gz"
     with tarfile.open(fake, "w:gz"):

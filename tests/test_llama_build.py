@@ -193,6 +193,8 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
     assert wheel[-1] == str(tmp_path / "tree" / "src" / f"llama_cpp_python-{lb.VERSION}")
     assert env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and env["FORCE_CMAKE"] == "1"
     assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "tree" / "build")
+    # only the libraries the wheel ships, not llama.cpp's common library (the tools' step builds it)
+    assert env["SKBUILD_BUILD_TARGETS"] == "llama;ggml"
 
 
 def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp_path):

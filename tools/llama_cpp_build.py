@@ -103,6 +103,11 @@ TOOLS = [
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
 ]
+# The wheel step builds only the libraries the package installs (llama and ggml with its CPU and
+# GPU backends, which llama links). llama-cpp-python's CMakeLists forces llama.cpp's common library
+# on, and its default target would compile it (about 2.5 minutes on two cores) although the wheel
+# does not ship it: only the tools need it, and their step builds it.
+WHEEL_TARGETS = ("llama", "ggml")
 # the second step's flags (added to the first's, which the build tree keeps) and targets
 TOOLS_STEP = ["-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_TOOLS_INSTALL=OFF"]
 TOOL_NAMES = ("llama-server", "llama-bench")
@@ -148,13 +153,14 @@ def sdist_source() -> str:
 
 
 def build_key(args: list[str]) -> str:
-    """The wheel's key: the sdist, the full CMake flags, the interpreter and the platform."""
+    """The wheel's key: the sdist, the full CMake flags and targets, the interpreter and the platform."""
     src = sdist_source()
     ident = {
         "source": src if not Path(src).is_file() else hashlib.sha256(Path(src).read_bytes()).hexdigest(),
         "package": PACKAGE,
         "version": VERSION,
         "cmake_args": args,
+        "targets": list(WHEEL_TARGETS),
         "python": sys.implementation.cache_tag,
         "platform": sysconfig.get_platform(),
     }
@@ -388,6 +394,7 @@ def build_env(args: list[str], build_dir: Path) -> tuple[str, dict[str, str]]:
     env = {
         **os.environ,
         "SKBUILD_BUILD_DIR": str(build_dir),
+        "SKBUILD_BUILD_TARGETS": ";".join(WHEEL_TARGETS),  # scikit-build-core's build.targets
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
         "CMAKE_BUILD_PARALLEL_LEVEL": jobs,

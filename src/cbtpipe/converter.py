@@ -3,6 +3,8 @@ that GGUF conversion always matches the runtime that reads the files."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,28 +24,43 @@ def installed_version() -> str:
     return version("llama_cpp_python")
 
 
+# The sdist's sha256 (tools/lock.sh writes it; tools/llama_cpp_build.py builds from the same lock)
+SDIST_LOCK = Path(__file__).resolve().parents[2] / "requirements-llama-cpp.lock"
+
+
 def fetch_sdist(ver: str, dest: Path) -> Path:
+    """The llama-cpp-python ``ver`` sdist in ``dest``: the local copy LLAMA_CPP_SDIST names (an
+    offline cluster, as for the build), or pip's download, checked against the lock's sha256
+    when the lock pins that version."""
+    local = os.environ.get("LLAMA_CPP_SDIST")
+    if local:
+        p = Path(local)
+        if not p.is_file() or not p.name.startswith(f"llama_cpp_python-{ver}."):
+            raise PipelineError(f"LLAMA_CPP_SDIST={local}: not a llama_cpp_python-{ver} sdist file (the installed version)")
+        return Path(shutil.copy2(p, dest / p.name))
     cmd = [
         sys.executable,
         "-m",
         "pip",
         "download",
+        "--disable-pip-version-check",
         "--no-deps",
         "--no-binary",
         ":all:",
         # scikit-build-core is pinned in the project, so pip reads the sdist's metadata without
         # building an isolated environment (seconds instead of minutes).
         "--no-build-isolation",
-        f"llama-cpp-python=={ver}",
         "-d",
         str(dest),
     ]
+    pinned = SDIST_LOCK.is_file() and re.search(rf"^llama-cpp-python=={re.escape(ver)}\s", SDIST_LOCK.read_text(), re.M)
+    cmd += ["--require-hashes", "-r", str(SDIST_LOCK)] if pinned else [f"llama-cpp-python=={ver}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise PipelineError(f"pip could not download the llama-cpp-python {ver} sdist:\n{r.stderr[-2000:]}")
-    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+    found = sorted(dest.glob(f"llama_cpp_python-{ver}.tar.gz"))
     if not found:
-        raise PipelineError(f"no llama-cpp-python sdist in {dest} after pip download")
+        raise PipelineError(f"no llama-cpp-python {ver} sdist in {dest} after pip download")
     return found[0]
 
 
