@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
             d = Path(cmd[cmd.index("-d") + 1])
             d.mkdir(parents=True)
             with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
-                data = b"project(x)\n"
+                data = f"project(x)\n{lb.COMMON_FORCED}\n".encode()
                 info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
@@ -193,8 +194,8 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
     assert wheel[-1] == str(tmp_path / "tree" / "src" / f"llama_cpp_python-{lb.VERSION}")
     assert env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and env["FORCE_CMAKE"] == "1"
     assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "tree" / "build")
-    # only the libraries the wheel ships, not llama.cpp's common library (the tools' step builds it)
-    assert env["SKBUILD_BUILD_TARGETS"] == "llama;ggml"
+    # llama.cpp's common library is off for the wheel (it does not ship it), on for the tools
+    assert "-DLLAMA_BUILD_COMMON=OFF" in lb.cmake_args("portable") and "-DLLAMA_BUILD_COMMON=ON" in lb.TOOLS_STEP
 
 
 def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp_path):
@@ -210,6 +211,31 @@ def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp
     assert build[-3:] == ["--target", "llama-server", "llama-bench"]
     # the wheel itself is built without them
     assert "-DLLAMA_BUILD_TOOLS=OFF" in lb.cmake_args("portable")
+
+
+def test_the_common_library_is_left_to_the_flags(tmp_path):
+    """The one edit of the unpacked sdist: the FORCE'd common-library line loses its FORCE (so
+    -DLLAMA_BUILD_COMMON decides); a CMakeLists without that exact line is refused."""
+    f = tmp_path / "CMakeLists.txt"
+    f.write_text(f"project(x)\n    {lb.COMMON_FORCED}\nadd_subdirectory(vendor/llama.cpp)\n")
+    lb.unforce_common(f)
+    assert f.read_text() == f"project(x)\n    {lb.COMMON_DEFAULT}\nadd_subdirectory(vendor/llama.cpp)\n"
+    with pytest.raises(lb.BuildError, match="expected the line"):
+        lb.unforce_common(f)
+
+
+def test_the_pinned_sdist_has_the_line_the_build_edits():
+    """The real sdist (the one the converter extracts tools from, pip's cache allowed) holds the
+    line exactly once, so the edit cannot silently miss after a version bump."""
+    import tarfile
+
+    from cbtpipe.converter import fetch_sdist
+
+    with tempfile.TemporaryDirectory() as d:
+        sdist = fetch_sdist(lb.VERSION, Path(d))
+        with tarfile.open(sdist) as t:
+            text = t.extractfile(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt").read().decode()
+    assert text.count(lb.COMMON_FORCED) == 1
 
 
 def test_the_tools_are_built_only_where_wanted(monkeypatch):
@@ -239,9 +265,10 @@ def _fake_build(monkeypatch, tmp_path, calls):
             d = Path(cmd[cmd.index("-d") + 1])
             d.mkdir(parents=True)
             with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
+                data = f"project(x)\n{lb.COMMON_FORCED}\n".encode()
                 info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
-                info.size = 11
-                t.addfile(info, io.BytesIO(b"project(x)\n"))
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
         elif "wheel" in cmd:
             build = Path(env["SKBUILD_BUILD_DIR"])
             build.mkdir(parents=True)

@@ -96,6 +96,7 @@ CUDA = ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"]
 # package's separate mtmd target is off (the pipeline sends no images); the web UI is not embedded
 # (it would be downloaded at build time).
 TOOLS = [
+    "-DLLAMA_BUILD_COMMON=OFF",
     "-DLLAVA_BUILD=OFF",
     "-DLLAMA_BUILD_TOOLS=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
@@ -103,11 +104,13 @@ TOOLS = [
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
 ]
-# The wheel step builds only the libraries the package installs (llama and ggml with its CPU and
-# GPU backends, which llama links). llama-cpp-python's CMakeLists forces llama.cpp's common library
-# on, and its default target would compile it (about 2.5 minutes on two cores) although the wheel
-# does not ship it: only the tools need it, and their step builds it.
-WHEEL_TARGETS = ("llama", "ggml")
+# llama-cpp-python's CMakeLists forces llama.cpp's common library on (a FORCE'd cache entry), so
+# the wheel step would compile it (about 2.5 minutes on two cores) although the wheel does not
+# ship it and the package does not load it: only the tools need it. The unpacked sdist (after its
+# sha256 was checked) gets that one line without FORCE, so -DLLAMA_BUILD_COMMON=OFF holds for the
+# wheel and the tools' step turns it on; a source without that exact line is refused.
+COMMON_FORCED = 'set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)'
+COMMON_DEFAULT = 'set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library")'
 # the second step's flags (added to the first's, which the build tree keeps) and targets
 TOOLS_STEP = ["-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_TOOLS_INSTALL=OFF"]
 TOOL_NAMES = ("llama-server", "llama-bench")
@@ -153,14 +156,14 @@ def sdist_source() -> str:
 
 
 def build_key(args: list[str]) -> str:
-    """The wheel's key: the sdist, the full CMake flags and targets, the interpreter and the platform."""
+    """The wheel's key: the sdist and its one edit, the full CMake flags, the interpreter and the platform."""
     src = sdist_source()
     ident = {
         "source": src if not Path(src).is_file() else hashlib.sha256(Path(src).read_bytes()).hexdigest(),
         "package": PACKAGE,
         "version": VERSION,
         "cmake_args": args,
-        "targets": list(WHEEL_TARGETS),
+        "source_edit": [COMMON_FORCED, COMMON_DEFAULT],
         "python": sys.implementation.cache_tag,
         "platform": sysconfig.get_platform(),
     }
@@ -386,7 +389,16 @@ def fetch_sdist(dest: Path) -> Path:
     tree = dest / "src" / f"llama_cpp_python-{VERSION}"
     if not (tree / "CMakeLists.txt").is_file():
         raise BuildError(f"{archive} holds no llama_cpp_python-{VERSION}/CMakeLists.txt")
+    unforce_common(tree / "CMakeLists.txt")
     return tree
+
+
+def unforce_common(cmakelists: Path) -> None:
+    """Let -DLLAMA_BUILD_COMMON decide (COMMON_FORCED above)."""
+    text = cmakelists.read_text(encoding="utf-8")
+    if text.count(COMMON_FORCED) != 1:
+        raise BuildError(f"{cmakelists}: expected the line {COMMON_FORCED!r} once; the build tool does not know this sdist")
+    cmakelists.write_text(text.replace(COMMON_FORCED, COMMON_DEFAULT), encoding="utf-8")
 
 
 def build_env(args: list[str], build_dir: Path) -> tuple[str, dict[str, str]]:
@@ -394,7 +406,6 @@ def build_env(args: list[str], build_dir: Path) -> tuple[str, dict[str, str]]:
     env = {
         **os.environ,
         "SKBUILD_BUILD_DIR": str(build_dir),
-        "SKBUILD_BUILD_TARGETS": ";".join(WHEEL_TARGETS),  # scikit-build-core's build.targets
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
         "CMAKE_BUILD_PARALLEL_LEVEL": jobs,
