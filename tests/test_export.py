@@ -117,3 +117,46 @@ def test_imported_model_matches_source_gguf(tiny_hf, tiny_gguf):
     from transformers import AutoTokenizer
 
     assert "<|im_start|>" in AutoTokenizer.from_pretrained(tiny_hf).chat_template
+
+
+def _llama_calls(root):
+    import ast
+    from pathlib import Path
+
+    for f in sorted(Path(root).rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else None
+                if name == "Llama":
+                    yield f"{f}:{node.lineno}", {k.arg for k in node.keywords}
+
+
+def test_every_llama_context_is_held_to_the_jobs_threads():
+    """llama-cpp-python sizes a context's batch thread pool to every CPU of the machine unless told:
+    two jobs of one thread each (parity beside parity) then ran 16 times slower, their spinning
+    pools sharing two cores. Every context the pipeline opens names both thread counts."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = [c for d in ("src", "scripts") for c in _llama_calls(root / d)]
+    assert calls, "no llama.cpp context found: the scan is broken"
+    bad = [where for where, kw in calls if not {"n_threads", "n_threads_batch"} <= kw]
+    assert not bad, f"llama.cpp contexts without n_threads and n_threads_batch: {bad}"
+
+
+def test_parity_runs_llama_cpp_on_the_threads_it_is_given(tiny_gguf, monkeypatch):
+    import llama_cpp
+
+    from cbtpipe import parity
+
+    seen = []
+
+    class Recording(llama_cpp.Llama):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append((self.context_params.n_threads, self.context_params.n_threads_batch))
+
+    monkeypatch.setattr(llama_cpp, "Llama", Recording)
+    out = parity.gguf_logits(tiny_gguf, [[1, 2, 3, 4]], n_threads=1)
+    assert seen == [(1, 1)] and out[0].shape[0] == 4
