@@ -133,6 +133,40 @@ def test_llama_cpp_prefix_reuse_changes_no_answer(tiny_gguf):
     assert warm_texts == fresh_texts
 
 
+def test_llama_cpp_cpu_calls_from_many_threads_run_on_one(tiny_gguf):
+    """Calls to in-process CPU contexts made from several threads at once (a rollout's arms and its
+    patient) all compute on one thread, so that one OpenMP team, not one per calling thread, spins
+    on the job's cores; each caller still gets its own answer, the one it gets alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cbtpipe.backends import LlamaCppBackend
+
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024, "n_threads": 2}
+    s = {"temperature": 0.9, "max_tokens": 12}
+    backends = [LlamaCppBackend(f"b{i}", spec, cache_dir=None) for i in range(2)]
+    ran_on: list[str] = []
+    try:
+        for b in backends:
+            real = b.llm.create_chat_completion
+
+            def recording(*a, _real=real, **kw):
+                ran_on.append(threading.current_thread().name)
+                return _real(*a, **kw)
+
+            b.llm.create_chat_completion = recording
+        alone = [b.chat(MSG, sampling=s, seed=i).text for i, b in enumerate(backends)]
+        jobs = [(b, i) for i, b in enumerate(backends)] * 3
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="caller") as pool:
+            together = list(pool.map(lambda j: j[0].chat(MSG, sampling=s, seed=j[1]).text, jobs))
+    finally:
+        for b in backends:
+            b.close()
+    assert together == [alone[i] for _, i in jobs]
+    assert len(ran_on) == 2 + len(jobs)
+    assert len(set(ran_on)) == 1 and ran_on[0].startswith("llama-cpu"), ran_on
+
+
 def test_http_backend_against_llama_cpp_server(llama_server, tmp_path):
     spec = {
         "type": "openai",

@@ -278,6 +278,32 @@ class Backend:
         pass
 
 
+# Every in-process llama.cpp call that computes on the CPU runs on one thread of the process.
+# llama.cpp's CPU backend runs each batch on an OpenMP team of n_threads threads (the job's cores),
+# and a team spins for a while after its batch, waiting for the next one: that is what makes one
+# stream of small batches fast. But each calling thread gets its own team, so calls from two
+# threads (a rollout's sessions played side by side, its two arms and the patient) leave one
+# team spinning on the cores the other needs. Measured on two cores (the default run's rollout
+# job, 12 sessions): 55 s with sessions in two threads, 49 s from one thread, 91 s with the two
+# threads merely taking turns; with OpenMP told to sleep instead of spin, 56 s and 102 s. So the
+# calls queue for one thread, in the order they come; calls to a server, an API or a GPU context
+# still run side by side.
+_CPU_THREAD: Any = None
+_CPU_THREAD_LOCK = threading.Lock()
+
+
+def on_cpu_thread(fn, *args, **kwargs):
+    """Run ``fn`` on the process's llama.cpp CPU thread and return its result (or raise its
+    exception)."""
+    global _CPU_THREAD
+    with _CPU_THREAD_LOCK:
+        if _CPU_THREAD is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _CPU_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpu")
+    return _CPU_THREAD.submit(fn, *args, **kwargs).result()
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model in process.
 
@@ -340,6 +366,7 @@ class LlamaCppBackend(Backend):
         install(self.llm)
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
+        self._on_cpu = int(spec["n_gpu_layers"]) == 0  # its calls go to the CPU thread (on_cpu_thread)
         self.reuse_prefix = bool(spec["reuse_prefix"])
         # Structured answers of a schema the filler can write are written by it (json_fill.py):
         # the fixed text in one batch, the model choosing the values.
@@ -478,7 +505,10 @@ class LlamaCppBackend(Backend):
                 kwargs["response_format"] = {"type": "json_object", "schema": schema}
             t0 = time.perf_counter()
             try:
-                out = self.llm.create_chat_completion(messages=messages, **kwargs)
+                if self._on_cpu:
+                    out = on_cpu_thread(self.llm.create_chat_completion, messages=messages, **kwargs)
+                else:
+                    out = self.llm.create_chat_completion(messages=messages, **kwargs)
             finally:
                 self._fill = None
             dt = time.perf_counter() - t0
