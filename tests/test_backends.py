@@ -557,3 +557,52 @@ def test_bad_extra_request_settings_name_their_key(change, match, monkeypatch):
     monkeypatch.delenv("CBT_TEST_UNSET_VAR", raising=False)
     with pytest.raises(PipelineError, match=match):
         OpenAIBackend("api", {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", **change}, cache_dir=None)
+
+
+def test_llama_cpp_call_interrupted_in_its_caller_stops_before_the_context_is_closed(tiny_gguf, tmp_path):
+    """A SIGTERM raised in the caller while its call runs on the CPU thread (what a job's entry
+    turns SIGTERM into) stops the call at its next batch, and the caller goes on only then: closing
+    the context while the call still decoded was a segmentation fault. In a child process, so that
+    a crash is a failure here rather than the end of the test run."""
+    script = tmp_path / "interrupt.py"
+    script.write_text(
+        f"""
+import signal, sys
+from cbtpipe import backends
+from cbtpipe.cpu_thread import CallAbandoned
+
+stopped = []
+check = backends.check_abandoned
+
+def recording_check():
+    try:
+        check()
+    except CallAbandoned:
+        stopped.append(True)
+        raise
+
+backends.check_abandoned = recording_check
+
+class Stop(Exception):
+    pass
+
+def on_alarm(*_):
+    raise Stop()
+
+b = backends.LlamaCppBackend("t", {{"gguf": {{"path": {str(tiny_gguf)!r}}}, "n_ctx": 4096, "n_threads": 2}}, cache_dir=None)
+# a long prompt (evaluated in pieces of 128 tokens) and a long answer: the alarm lands inside the call
+text = " ".join(f"Line {{i}}: the patient describes another week of low mood and poor sleep." for i in range(120))
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+try:
+    b.chat([{{"role": "user", "content": text}}], sampling={{"temperature": 0.9, "max_tokens": 1000}}, seed=1)
+    print("the call ended before the interruption")
+    sys.exit(3)
+except Stop:
+    b.close()  # what the job's clean-up does next
+print("stopped" if stopped else "not stopped")
+"""
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+    assert r.stdout.split()[-1] == "stopped", r.stdout

@@ -29,6 +29,7 @@ from typing import Any
 import jsonschema
 
 from .config import backend_spec
+from .cpu_thread import check_abandoned, on_cpu_thread
 from .errors import PipelineError
 from .gguf import check_gguf_file, resolve_gguf
 from .hardware import require_gpu_offload
@@ -278,32 +279,6 @@ class Backend:
         pass
 
 
-# Every in-process llama.cpp call that computes on the CPU runs on one thread of the process.
-# llama.cpp's CPU backend runs each batch on an OpenMP team of n_threads threads (the job's cores),
-# and a team spins for a while after its batch, waiting for the next one: that is what makes one
-# stream of small batches fast. But each calling thread gets its own team, so calls from two
-# threads (a rollout's sessions played side by side, its two arms and the patient) leave one
-# team spinning on the cores the other needs. Measured on two cores (the default run's rollout
-# job, 12 sessions): 55 s with sessions in two threads, 49 s from one thread, 91 s with the two
-# threads merely taking turns; with OpenMP told to sleep instead of spin, 56 s and 102 s. So the
-# calls queue for one thread, in the order they come; calls to a server, an API or a GPU context
-# still run side by side.
-_CPU_THREAD: Any = None
-_CPU_THREAD_LOCK = threading.Lock()
-
-
-def on_cpu_thread(fn, *args, **kwargs):
-    """Run ``fn`` on the process's llama.cpp CPU thread and return its result (or raise its
-    exception)."""
-    global _CPU_THREAD
-    with _CPU_THREAD_LOCK:
-        if _CPU_THREAD is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _CPU_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpu")
-    return _CPU_THREAD.submit(fn, *args, **kwargs).result()
-
-
 class LlamaCppBackend(Backend):
     """A GGUF model in process.
 
@@ -366,7 +341,16 @@ class LlamaCppBackend(Backend):
         install(self.llm)
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
-        self._on_cpu = int(spec["n_gpu_layers"]) == 0  # its calls go to the CPU thread (on_cpu_thread)
+        # Its calls go to the process's llama.cpp CPU thread (cpu_thread.py), and every batch it
+        # evaluates first checks that the caller still waits for the call.
+        self._on_cpu = int(spec["n_gpu_layers"]) == 0
+        evaluate = self.llm.eval
+
+        def checked_eval(tokens):
+            check_abandoned()
+            return evaluate(tokens)
+
+        self.llm.eval = checked_eval
         self.reuse_prefix = bool(spec["reuse_prefix"])
         # Structured answers of a schema the filler can write are written by it (json_fill.py):
         # the fixed text in one batch, the model choosing the values.
