@@ -341,8 +341,8 @@ class LlamaCppBackend(Backend):
         install(self.llm)
         # One llama.cpp context serves one call at a time (sessions may run in threads).
         self._call_lock = threading.RLock()
-        # Its calls go to the process's llama.cpp CPU thread (cpu_thread.py), and every batch it
-        # evaluates first checks that the caller still waits for the call.
+        # A CPU context's calls go to the process's llama.cpp CPU thread (cpu_thread.py); every
+        # batch first checks that the caller still waits for the call (a no-op off that thread).
         self._on_cpu = int(spec["n_gpu_layers"]) == 0
         evaluate = self.llm.eval
 
