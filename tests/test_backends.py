@@ -133,6 +133,52 @@ def test_llama_cpp_prefix_reuse_changes_no_answer(tiny_gguf):
     assert warm_texts == fresh_texts
 
 
+def test_llama_cpp_conversations_taking_turns_continue_their_own_cache(tiny_gguf):
+    """Two conversations taking turns on one context (two sessions, or two arms' patients) each
+    continue from their own saved key/value cache instead of evaluating their turns again, and
+    every answer equals the one a fresh backend gives to the same request; with kv_states_mb 0
+    nothing is saved and each turn is evaluated again after the shared system prompt."""
+    from cbtpipe.backends import LlamaCppBackend
+
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048, "n_threads": 2}
+    s = {"temperature": 0.9, "max_tokens": 16}
+    system = "You are a patient with low mood, talking to a therapist in a first session. " * 4
+    convs = {name: [{"role": "system", "content": system + f"Your name is {name}."}] for name in ("Ana", "Ben")}
+    requests, texts = [], []
+    b = LlamaCppBackend("turns", spec, cache_dir=None)
+    try:
+        prev: dict[str, int] = {}
+        for turn in range(3):
+            for name, conv in convs.items():
+                msgs = conv + [{"role": "user", "content": f"Therapist ({name}, turn {turn}): how was your week, really?"}]
+                c = b.chat(msgs, sampling=s, seed=turn)
+                requests.append((msgs, turn))
+                texts.append(c.text)
+                conv[:] = msgs + [{"role": "assistant", "content": c.text}]
+                if turn:  # the other conversation ran in between: this one's own turns come back,
+                    # up to the end of its last prompt's last message (the cut before its answer)
+                    assert c.prompt_tokens_reused >= prev[name] - 8, (name, turn, c.prompt_tokens_reused, prev[name])
+                prev[name] = c.prompt_tokens
+        with_states = (b.stats.prompt_tokens_reused, b._kv.restores)
+    finally:
+        b.close()
+    b = LlamaCppBackend("turns", {**spec, "kv_states_mb": 0}, cache_dir=None)
+    try:
+        assert [b.chat(m, sampling=s, seed=seed).text for m, seed in requests] == texts
+        without = (b.stats.prompt_tokens_reused, b._kv.restores)
+    finally:
+        b.close()
+    assert with_states[1] == 4 and without[1] == 0 and with_states[0] > without[0], (with_states, without)
+    fresh = []
+    for m, seed in requests:
+        b = LlamaCppBackend("fresh", spec, cache_dir=None)
+        try:
+            fresh.append(b.chat(m, sampling=s, seed=seed).text)
+        finally:
+            b.close()
+    assert texts == fresh
+
+
 def test_llama_cpp_cpu_calls_from_many_threads_run_on_one(tiny_gguf):
     """Calls to in-process CPU contexts made from several threads at once (a rollout's arms and its
     patient) all compute on one thread, so that one OpenMP team, not one per calling thread, spins

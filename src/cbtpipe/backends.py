@@ -34,6 +34,8 @@ from .errors import PipelineError
 from .gguf import check_gguf_file, resolve_gguf
 from .hardware import require_gpu_offload
 from .io import hash_obj, read_json, sha256_file, write_json
+from .kv_states import MIN_TOKENS as KV_MIN_TOKENS
+from .kv_states import KVStates, matched
 from .registry import BACKEND_TYPES
 from .secrets import env_secret, redact
 from .units import move_aside
@@ -361,6 +363,7 @@ class LlamaCppBackend(Backend):
         # evaluated canonically up to the last one.
         self._cuts: list[int] = []
         self._reused = 0
+        self._kv = KVStates(int(spec["kv_states_mb"]) * 2**20 if self.reuse_prefix else 0)
         from llama_cpp import llama_vocab_is_eog
 
         vocab = self.llm._model.vocab
@@ -415,12 +418,18 @@ class LlamaCppBackend(Backend):
             return
         llm = self.llm
         cuts = self.prompt_cuts(tokens)
-        keep = 0
-        for old, new in zip(self._cuts, cuts, strict=False):
-            if old != new or llm.input_ids[keep:new].tolist() != tokens[keep:new]:
-                break
-            keep = new
-        if keep == 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+        keep = matched(self._cuts, llm.input_ids, cuts, tokens)
+        # Another conversation's prefix that this call would throw away is saved first; a saved
+        # one that holds more of this prompt than the live cache is copied back (kv_states.py).
+        saved, saved_keep = self._kv.best(cuts, tokens)
+        lost = (self._cuts[-1] if self._cuts else 0) - keep
+        if lost >= KV_MIN_TOKENS or (saved is not None and saved_keep - keep >= KV_MIN_TOKENS):
+            self._kv.save(llm, self._cuts)
+        if saved is not None and saved_keep - keep >= KV_MIN_TOKENS:
+            keep = saved_keep if self._kv.restore(llm, saved, saved_keep) else 0
+            if keep == 0:
+                self._forget()
+        elif keep == 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             self._forget()
             keep = 0
         llm.n_tokens = self._reused = keep
@@ -514,6 +523,7 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
+            self._kv.clear()
             llm.close()
             self.llm = None
 

@@ -7,7 +7,8 @@ token by token, one forward pass each (about 60 of a flat CTRS answer's 70 token
 of the shape the pipeline asks for (an object of required properties, in order, whose values are
 enums, integers or booleans, bounded strings or such objects) is compiled into parts:
 
-- fixed text, appended to the context as a batch (one forward pass for all of it);
+- fixed text, appended to the context as a batch (one forward pass for all of it, together with
+  any token the schema forces, such as the space before a score's digit);
 - an enum: the model picks among the tokens that continue one of the options (a trie over the
   vocabulary), ending when an option is complete and a token that begins the text after it is
   chosen;
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 # Part of the backend's identity when the filler answers structured calls.
-FILL_ID = "json-fill-v1"
+FILL_ID = "json-fill-v2"  # v2: a forced token (one candidate) is not evaluated on its own
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 
 
@@ -237,6 +238,10 @@ class Filler:
             return True
 
         def pick(cand: np.ndarray) -> int:
+            if cand.size == 1:
+                # a forced token (the space before a score's digit): nothing to choose, so no
+                # forward pass; it goes in with the tokens after it
+                return int(cand[0])
             llm.eval(pending)
             pending.clear()
             recent = np.asarray(history[-PENALTY_LAST_N:], dtype=np.int64)
