@@ -422,10 +422,11 @@ class LlamaCppBackend(Backend):
         # Another conversation's prefix that this call would throw away is saved first; a saved
         # one that holds more of this prompt than the live cache is copied back (kv_states.py).
         saved, saved_keep = self._kv.best(cuts, tokens)
+        restoring = saved is not None and saved_keep - keep >= KV_MIN_TOKENS
         lost = (self._cuts[-1] if self._cuts else 0) - keep
-        if lost >= KV_MIN_TOKENS or (saved is not None and saved_keep - keep >= KV_MIN_TOKENS):
+        if restoring or lost >= KV_MIN_TOKENS:
             self._kv.save(llm, self._cuts)
-        if saved is not None and saved_keep - keep >= KV_MIN_TOKENS:
+        if restoring:
             keep = saved_keep if self._kv.restore(llm, saved, saved_keep) else 0
             if keep == 0:
                 self._forget()

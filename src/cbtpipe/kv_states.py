@@ -52,7 +52,6 @@ class KVStates:
         self.budget = int(budget_bytes)
         self.saved: OrderedDict[tuple[int, ...], Saved] = OrderedDict()
         self.bytes = 0
-        self.saves = 0
         self.restores = 0
 
     def best(self, cuts: list[int], tokens: list[int]) -> tuple[Saved | None, int]:
@@ -90,7 +89,6 @@ class KVStates:
             self.bytes -= old.size
         self.saved[key] = Saved(list(cuts), tokens, data, size)
         self.bytes += size
-        self.saves += 1
 
     def restore(self, llm: Any, s: Saved, keep: int) -> bool:
         """Make the context hold the first ``keep`` tokens of ``s`` (a piece boundary of it);
