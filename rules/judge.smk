@@ -3,6 +3,7 @@
 
 rule judge:
     input:
+        unpack(owner_first("judge")),
         sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["judge"]["rubric"],
         prompts=judge_prompts(),

@@ -3,6 +3,7 @@
 
 rule safety:
     input:
+        unpack(owner_first("safety")),
         sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
         rubric=config["safety"]["rubric"],
         prompt=config["safety"]["prompt"],

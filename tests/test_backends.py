@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from cbtpipe.backends import BackendError, OpenAIBackend, make_backend, validate_json_text
+from cbtpipe.backends import BackendError, LlamaCppBackend, OpenAIBackend, make_backend, validate_json_text
 from cbtpipe.errors import PipelineError
 from tests.helpers.fault_server import FaultServer
 
@@ -652,3 +652,19 @@ print("stopped" if stopped else "not stopped")
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
     assert r.stdout.split()[-1] == "stopped", r.stdout
+
+
+def test_an_open_n_threads_takes_the_jobs_threads_not_the_machines(tiny_gguf, monkeypatch):
+    """n_threads: null means the Snakemake job's threads (set by cbtpipe.rule.entry), outside a
+    job the CPUs this process may run on; never os.cpu_count() of the whole machine."""
+    from cbtpipe import hardware
+
+    monkeypatch.setattr(hardware, "JOB_THREADS", 1)
+    b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 512}, cache_dir=None)
+    try:
+        assert (b.llm.context_params.n_threads, b.llm.context_params.n_threads_batch) == (1, 1)
+    finally:
+        b.close()
+    monkeypatch.setattr(hardware, "JOB_THREADS", None)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert hardware.job_threads() == 1

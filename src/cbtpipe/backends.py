@@ -32,7 +32,7 @@ from .config import backend_spec
 from .cpu_thread import check_abandoned, on_cpu_thread
 from .errors import PipelineError
 from .gguf import check_gguf_file, resolve_gguf
-from .hardware import require_gpu_offload
+from .hardware import job_threads, require_gpu_offload
 from .io import hash_obj, read_json, sha256_file, write_json
 from .kv_states import MIN_TOKENS as KV_MIN_TOKENS
 from .kv_states import KVStates, matched
@@ -321,7 +321,7 @@ class LlamaCppBackend(Backend):
         require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec["n_gpu_layers"]))
         from llama_cpp import Llama
 
-        threads = spec["n_threads"] or os.cpu_count() or 1
+        threads = spec["n_threads"] or job_threads()
         try:
             self.llm = Llama(
                 model_path=str(self.model_path),
@@ -335,6 +335,13 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as e:
             raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
         self.n_ctx = self.llm.n_ctx()
+        log.info(
+            "backends.%s: llama.cpp context of %d tokens on %d thread(s) (%s)",
+            name,
+            self.n_ctx,
+            threads,
+            "n_threads" if spec["n_threads"] else "the job's threads: n_threads is open",
+        )
         # A grammar checks the drawn token first and the whole vocabulary only when it rejects it
         # (as llama.cpp's own samplers do); with the tiny model most draws in a JSON answer are
         # rejected, so it saves about a fifth of the time per token.

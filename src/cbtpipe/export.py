@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import PipelineError
+from .hardware import job_threads
 from .io import die_with_parent, partial_path, remove_partial
 
 
@@ -49,7 +50,7 @@ def quantize(in_path: str | Path, out_path: str | Path, qtype: str, threads: int
         raise PipelineError(f"config key export.quantizations: llama.cpp knows no quantization type {qtype}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or job_threads()
     out = Path(out_path)
     tmp = partial_path(out)
     t0 = time.perf_counter()

@@ -76,3 +76,19 @@ def cuda_or_cpu(key: str, n_gpus: int) -> str:
     except ImportError:  # pragma: no cover - torch is in every training environment
         pass
     return "cpu"
+
+
+# The threads of the running Snakemake job (set by cbtpipe.rule.entry); None outside a job.
+JOB_THREADS: int | None = None
+
+
+def job_threads() -> int:
+    """The threads a step may use when its config leaves them open (``n_threads: null``): the
+    Snakemake job's threads inside a job, else the CPUs this process may run on (its affinity,
+    which a SLURM allocation or ``taskset`` narrows), never the machine's whole CPU count: two jobs
+    of one thread each on two cores must not each start a team of every CPU."""
+    if JOB_THREADS:
+        return JOB_THREADS
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -7,11 +7,12 @@ and the maximum absolute difference.
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .hardware import job_threads
 
 
 def hf_logits(hf_dir: str | Path, prompts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
@@ -37,7 +38,7 @@ def gguf_logits(gguf: str | Path, ids_list: list[list[int]], n_threads: int | No
     from llama_cpp import Llama
 
     n_ctx = max(64, max(len(x) for x in ids_list) + 8)
-    threads = n_threads or os.cpu_count() or 1
+    threads = n_threads or job_threads()
     # n_threads_batch too: llama-cpp-python's default for it is every CPU of the machine, and
     # two jobs whose spinning thread pools share the cores ran 16 times slower (parity beside parity)
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .chat import mask_example, windows
 from .errors import PipelineError
-from .hardware import cuda_or_cpu
+from .hardware import cuda_or_cpu, job_threads
 from .io import hash_obj, read_json, read_jsonl, sha256_file, staged_dir, write_json
 from .progress import Progress
 
@@ -494,7 +494,7 @@ def train_adapter(
     # 1. device and unit
     device = cuda_or_cpu(gpu_key, n_gpus)
     cuda = device == "cuda"
-    torch.set_num_threads(int(tcfg.get("threads") or os.cpu_count() or 1))
+    torch.set_num_threads(int(tcfg.get("threads") or job_threads()))
     if cuda:
         # TF32 matrix units for any float32 work left (LoRA weights, norms, the loss).
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -176,6 +176,24 @@ def test_benchmarks_and_noop_rerun(ci_run):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
+def test_every_llama_cpp_context_runs_on_its_jobs_threads(ci_run):
+    """The CI config leaves n_threads open: every llama.cpp context of every job (generator,
+    therapists, patient, judges) runs on the job's threads, never on every CPU of the machine (two
+    jobs of one thread side by side on two cores would otherwise each start a team of two)."""
+    seen = 0
+    for log in sorted((ci_run / "logs").glob("**/*.log")):
+        text = log.read_text()
+        contexts = re.findall(r"llama\.cpp context of \d+ tokens on (\d+) thread\(s\)", text)
+        if not contexts:
+            continue
+        job = re.findall(r": start \(threads=(\d+),", text)
+        assert job, f"{log}: llama.cpp contexts outside a job's start line"
+        assert set(contexts) == {job[-1]}, f"{log}: job threads {job[-1]}, llama.cpp threads {sorted(set(contexts))}"
+        seen += len(contexts)
+    # transcripts, course histories, rollouts (therapists and patient), judges, safety
+    assert seen >= 8, seen
+
+
 PROGRESS = re.compile(
     r"INFO (.+?): (\d+)/(\d+) (\w+)(?: \(\d+ from finished units\))?, [\d.]+ \w+/(?:s|min)(?:, [\d.]+ tok/s)?, (ETA|took) [\d:]+"
 )
