@@ -86,8 +86,12 @@ format: setup dev
 	$(BIN)/ruff format scripts src tests tools
 	$(BIN)/ruff check --fix scripts src tests tools
 
+# Two test workers (pytest-xdist): most of a test's Snakemake run holds one core (the CI config's
+# jobs take one thread each), so a second worker uses the other. TEST_WORKERS=0 runs them in one
+# process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal tests
 
 dag: setup
 	$(BIN)/python tools/rulegraph.py

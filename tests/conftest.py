@@ -8,6 +8,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# pytest-xdist: each worker's in-process work (llama.cpp contexts, torch) takes its share of the
+# cores, so that two workers' thread teams do not spin against each other on two cores; the
+# Snakemake jobs the tests start run on their own threads (cbtpipe.rule.entry sets them)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.rule)
 
 from cbtpipe.gguf import resolve_gguf  # noqa: E402
@@ -29,7 +36,7 @@ def tiny_gguf() -> Path:
 def tiny_backend(tmp_path_factory):
     from cbtpipe.backends import LlamaCppBackend
 
-    b = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 4096, "n_threads": 2}, cache_dir=tmp_path_factory.mktemp("cache"))
+    b = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 4096}, cache_dir=tmp_path_factory.mktemp("cache"))
     yield b
     b.close()
 
@@ -108,6 +115,35 @@ def harness() -> Harness:
     return _HARNESS
 
 
+def pytest_sessionfinish(session):
+    """A pytest-xdist worker hands its harness counters to the controller, which prints them."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["harness"] = dict(vars(_HARNESS))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for key, value in getattr(node, "workeroutput", {}).get("harness", {}).items():
+        setattr(_HARNESS, key, getattr(_HARNESS, key) + value)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that start from the shared CI-sized run come first, the longest of them first.
+
+    With `make test`'s two workers (pytest-xdist, --dist worksteal: each worker starts on its own
+    contiguous half of this order and takes work from the other's when it runs out) one worker
+    makes the run and goes on with the tests that need it while the other runs the unit tests."""
+    first = ("test_change_each_input", "test_two_models", "test_an_ablation")
+
+    def key(item):
+        if "ci_run" not in getattr(item, "fixturenames", ()):
+            return (1, 0)
+        return (0, next((i for i, name in enumerate(first) if item.name.startswith(name)), len(first)))
+
+    items.sort(key=key)  # stable: the collection order otherwise
+
+
 def pytest_terminal_summary(terminalreporter):
     h = _HARNESS
     if h.kills or h.tried:
@@ -128,7 +164,25 @@ def ci_run(tmp_path_factory):
 
     if os.environ.get("CBT_TEST_CI_RUN"):
         return Path(os.environ["CBT_TEST_CI_RUN"])
-    wd = make_workdir(tmp_path_factory.mktemp("ci_run"))
-    r = run_snakemake(wd, "--cores", "2", "--configfile", "config/ci.yaml")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    import shutil
+
+    from filelock import FileLock
+
+    # pytest-xdist's workers share one run: it lies beside their own temporary folders, and the
+    # first worker that needs it makes it while any other waits on the lock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    wd, done, failed = root / "ci_run", root / "ci_run.done", root / "ci_run.failed"
+    with FileLock(str(root / "ci_run.lock")):
+        if failed.exists():
+            pytest.fail(f"the CI-sized run failed (in another worker):\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(wd, ignore_errors=True)
+            make_workdir(wd)
+            r = run_snakemake(wd, "--cores", "2", "--configfile", "config/ci.yaml")
+            if r.returncode != 0:
+                failed.write_text((r.stdout + r.stderr)[-6000:])
+                pytest.fail(f"the CI-sized run failed:\n{failed.read_text()}")
+            done.write_text("ok\n")
     return wd

@@ -11,6 +11,7 @@ import pytest
 
 from cbtpipe.backends import BackendError, LlamaCppBackend, OpenAIBackend, make_backend, validate_json_text
 from cbtpipe.errors import PipelineError
+from cbtpipe.hardware import job_threads
 from tests.helpers.fault_server import FaultServer
 
 SCHEMA = {
@@ -48,7 +49,9 @@ def llama_server(tiny_gguf, tmp_path_factory):
             "--n_ctx",
             "2048",
             "--n_threads",
-            "2",
+            str(job_threads()),
+            "--n_threads_batch",
+            str(job_threads()),
             "--model_alias",
             "tiny",
         ],
@@ -87,7 +90,7 @@ def test_llama_cpp_structured_output_is_enforced(tiny_backend):
 def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
     from cbtpipe.backends import LlamaCppBackend
 
-    b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024, "n_threads": 2}, cache_dir=None)
+    b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024}, cache_dir=None)
     try:
         s = {"temperature": 0.9, "max_tokens": 24}
         a1 = b.chat(MSG, sampling=s, seed=11).text
@@ -103,7 +106,7 @@ def test_llama_cpp_prefix_reuse_changes_no_answer(tiny_gguf):
     answer equals the one a fresh backend gives to the same request."""
     from cbtpipe.backends import LlamaCppBackend
 
-    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048, "n_threads": 2}
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048}
     s = {"temperature": 0.9, "max_tokens": 20}
     conv = [{"role": "system", "content": "You are a patient with low mood, talking to a therapist."}]
     requests = []
@@ -140,7 +143,7 @@ def test_llama_cpp_conversations_taking_turns_continue_their_own_cache(tiny_gguf
     nothing is saved and each turn is evaluated again after the shared system prompt."""
     from cbtpipe.backends import LlamaCppBackend
 
-    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048, "n_threads": 2}
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048}
     s = {"temperature": 0.9, "max_tokens": 16}
     system = "You are a patient with low mood, talking to a therapist in a first session. " * 4
     convs = {name: [{"role": "system", "content": system + f"Your name is {name}."}] for name in ("Ana", "Ben")}
@@ -188,7 +191,7 @@ def test_llama_cpp_cpu_calls_from_many_threads_run_on_one(tiny_gguf):
 
     from cbtpipe.backends import LlamaCppBackend
 
-    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024, "n_threads": 2}
+    spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024}
     s = {"temperature": 0.9, "max_tokens": 12}
     backends = [LlamaCppBackend(f"b{i}", spec, cache_dir=None) for i in range(2)]
     ran_on: list[str] = []
@@ -635,7 +638,7 @@ class Stop(Exception):
 def on_alarm(*_):
     raise Stop()
 
-b = backends.LlamaCppBackend("t", {{"gguf": {{"path": {str(tiny_gguf)!r}}}, "n_ctx": 4096, "n_threads": 2}}, cache_dir=None)
+b = backends.LlamaCppBackend("t", {{"gguf": {{"path": {str(tiny_gguf)!r}}}, "n_ctx": 4096}}, cache_dir=None)
 # a long prompt (evaluated in pieces of 128 tokens) and a long answer: the alarm lands inside the call
 text = " ".join(f"Line {{i}}: the patient describes another week of low mood and poor sleep." for i in range(120))
 signal.signal(signal.SIGALRM, on_alarm)

@@ -12,6 +12,7 @@ import pytest
 
 from cbtpipe import grammar_sampler
 from cbtpipe.gguf import resolve_gguf
+from cbtpipe.hardware import job_threads
 
 SCHEMA = {
     "type": "object",
@@ -30,7 +31,7 @@ def tiny_path():
 def _llm(path, fast):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_ctx=1024, n_threads=2, seed=0, verbose=False)
+    llm = Llama(model_path=path, n_ctx=1024, n_threads=job_threads(), n_threads_batch=job_threads(), seed=0, verbose=False)
     seen = []
     if fast:
         grammar_sampler.install(llm)
@@ -78,7 +79,7 @@ def test_greedy_answers_equal_the_chain_sampler_and_sampled_ones_follow_the_sche
 def test_a_backend_names_its_sampler_in_its_identity(tiny_path):
     from cbtpipe.backends import make_backend
 
-    b = make_backend("t", {"t": {"type": "llama_cpp", "gguf": {"path": tiny_path}, "n_ctx": 1024, "n_threads": 2}}, cache_dir=None)
+    b = make_backend("t", {"t": {"type": "llama_cpp", "gguf": {"path": tiny_path}, "n_ctx": 1024}}, cache_dir=None)
     try:
         assert b.identity()["sampler"] == grammar_sampler.SAMPLER_ID
         res = b.chat_json(MSGS, SCHEMA, sampling={"temperature": 0.7, "max_tokens": 80}, seed=3, max_attempts=2)

@@ -38,8 +38,8 @@ SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    fill = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 2048, "n_threads": 2}, cache_dir=None)
-    grammar = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 2048, "n_threads": 2, "json_fill": False}, cache_dir=None)
+    fill = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 2048}, cache_dir=None)
+    grammar = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 2048, "json_fill": False}, cache_dir=None)
     yield fill, grammar
     fill.close()
     grammar.close()

@@ -95,7 +95,7 @@ def test_parallel_sessions_in_process_equal_sequential(root, tiny_gguf, tmp_path
     ev = eval_profiles(attrs, 3, 3, [])
     runs = []
     for parallel in (1, 3):
-        b = LlamaCppBackend("tiny", {"n_ctx": 2048, "n_threads": 2}, model_path=tiny_gguf, cache_dir=None)
+        b = LlamaCppBackend("tiny", {"n_ctx": 2048}, model_path=tiny_gguf, cache_dir=None)
         try:
             kw = _rollout_kw(root, b, tiny_gguf, arm="cbt", system_prompt="You are a CBT therapist.", profiles=ev)
             sessions, st = run_rollouts(rcfg=dict(RCFG, parallel_sessions=parallel), unit_dir=tmp_path / f"p{parallel}", **kw)
@@ -238,7 +238,7 @@ def test_one_job_plays_the_arms_interleaved_with_the_sessions_each_arm_plays_alo
 
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
     ev = eval_profiles(attrs, 2, 3, [])
-    b = LlamaCppBackend("tiny", {"n_ctx": 2048, "n_threads": 2}, model_path=tiny_gguf, cache_dir=None)
+    b = LlamaCppBackend("tiny", {"n_ctx": 2048}, model_path=tiny_gguf, cache_dir=None)
     try:
         common = dict(
             model="tiny",

@@ -117,7 +117,7 @@ TCFG = {
     "logging_steps": 1,
     "weight_decay": 0.0,
     "bf16": False,
-    "threads": 2,
+    "threads": None,  # the worker's share of the cores (cbtpipe.hardware.job_threads)
 }
 
 TRAIN_SCRIPT = """

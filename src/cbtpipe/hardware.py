@@ -84,11 +84,15 @@ JOB_THREADS: int | None = None
 
 def job_threads() -> int:
     """The threads a step may use when its config leaves them open (``n_threads: null``): the
-    Snakemake job's threads inside a job, else the CPUs this process may run on (its affinity,
-    which a SLURM allocation or ``taskset`` narrows), never the machine's whole CPU count: two jobs
-    of one thread each on two cores must not each start a team of every CPU."""
+    Snakemake job's threads inside a job; outside one, OMP_NUM_THREADS where it is set, else the
+    CPUs this process may run on (its affinity, which a SLURM allocation or ``taskset`` narrows);
+    never the machine's whole CPU count: two jobs of one thread each on two cores must not each
+    start a team of every CPU."""
     if JOB_THREADS:
         return JOB_THREADS
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1

@@ -126,7 +126,9 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     logger = setup_logging(None, "cbtpipe")
     logger.handlers[0].stream = sys.stderr
     threads = str(getattr(smk, "threads", 1) or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    # the job's threads, whatever the environment that started Snakemake said (as Snakemake does
+    # for shell jobs): torch and OpenMP read it
+    os.environ["OMP_NUM_THREADS"] = threads
     from . import hardware
 
     hardware.JOB_THREADS = int(threads)  # what n_threads: null means in this job (hardware.job_threads)

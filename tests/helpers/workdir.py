@@ -54,10 +54,27 @@ def clone_workdir(src: Path, dest: Path) -> Path:
             with contextlib.suppress(OSError):
                 os.link(s, d)
                 return d
+        if rel.startswith(SNAKEMAKE_TRANSIENT):
+            # a dry run in the source (another test worker) may replace or remove it meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                return shutil.copy2(s, d)
+            return d
         return shutil.copy2(s, d)
 
-    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True, copy_function=copy)
+    # no lock of a run in the source: a clone starts unlocked
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True, copy_function=copy, ignore=_no_locks(src))
     return dest
+
+
+# Snakemake's own files that a run or a dry run in the source rewrites or removes while it runs
+SNAKEMAKE_TRANSIENT = (".snakemake/locks/", ".snakemake/iocache/", ".snakemake/log/", ".snakemake/incomplete/")
+
+
+def _no_locks(src: Path):
+    def ignore(folder, names):
+        return set(names) if Path(folder) == src / ".snakemake" / "locks" else set()
+
+    return ignore
 
 
 def snakemake_cmd(*args: str) -> list[str]:
