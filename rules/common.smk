@@ -80,8 +80,8 @@ def owner_first(stage):
     file is not read, and its time stamp triggers nothing)."""
 
     def inputs(wildcards):
-        owner = BASE_OF[wildcards.model]
-        if wildcards.arm != "instruct" or owner == wildcards.model:
+        owner = arm_model(wildcards.model, wildcards.arm)
+        if owner == wildcards.model:
             return {}
         return {
             "owner_first": ancient(

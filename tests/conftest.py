@@ -12,8 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # cores, so that two workers' thread teams do not spin against each other on two cores; the
 # Snakemake jobs the tests start run on their own threads (cbtpipe.rule.entry sets them)
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    from cbtpipe.hardware import process_cpus  # standard library only: loads no native extension
+
+    os.environ["OMP_NUM_THREADS"] = str(max(1, process_cpus() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.rule)
 

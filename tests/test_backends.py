@@ -658,16 +658,16 @@ print("stopped" if stopped else "not stopped")
 
 
 def test_an_open_n_threads_takes_the_jobs_threads_not_the_machines(tiny_gguf, monkeypatch):
-    """n_threads: null means the Snakemake job's threads (set by cbtpipe.rule.entry), outside a
-    job the CPUs this process may run on; never os.cpu_count() of the whole machine."""
+    """n_threads: null means the Snakemake job's threads (OMP_NUM_THREADS, which cbtpipe.rule.entry
+    sets to them), else the CPUs this process may run on; never os.cpu_count() of the whole machine."""
     from cbtpipe import hardware
 
-    monkeypatch.setattr(hardware, "JOB_THREADS", 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 512}, cache_dir=None)
     try:
         assert (b.llm.context_params.n_threads, b.llm.context_params.n_threads_batch) == (1, 1)
     finally:
         b.close()
-    monkeypatch.setattr(hardware, "JOB_THREADS", None)
+    monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert hardware.job_threads() == 1

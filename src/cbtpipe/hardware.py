@@ -78,21 +78,20 @@ def cuda_or_cpu(key: str, n_gpus: int) -> str:
     return "cpu"
 
 
-# The threads of the running Snakemake job (set by cbtpipe.rule.entry); None outside a job.
-JOB_THREADS: int | None = None
-
-
-def job_threads() -> int:
-    """The threads a step may use when its config leaves them open (``n_threads: null``): the
-    Snakemake job's threads inside a job; outside one, OMP_NUM_THREADS where it is set, else the
-    CPUs this process may run on (its affinity, which a SLURM allocation or ``taskset`` narrows);
-    never the machine's whole CPU count: two jobs of one thread each on two cores must not each
-    start a team of every CPU."""
-    if JOB_THREADS:
-        return JOB_THREADS
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+def process_cpus() -> int:
+    """The CPUs this process may run on: its affinity, which a SLURM allocation or ``taskset``
+    narrows, where the platform has one; else the machine's CPU count."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def job_threads() -> int:
+    """The threads a step may use when its config leaves them open (``n_threads: null``):
+    OMP_NUM_THREADS, which cbtpipe.rule.entry sets to the Snakemake job's threads (outside a job,
+    where it is set), else the CPUs this process may run on; never the machine's whole CPU count:
+    two jobs of one thread each on two cores must not each start a team of every CPU."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return process_cpus()

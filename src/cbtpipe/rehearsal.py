@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import tempfile
 import threading
@@ -22,6 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from .hardware import process_cpus
 
 
 class FaultProxy:
@@ -250,7 +251,7 @@ def rehearse(
             results["levels"][c] = row
     base = levels[0]
     # what no concurrency can beat here: the servers' compute spread over the machine's cores
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = process_cpus()
     results["settings"]["cpu_cores"] = cores
     results["ceiling"] = {
         stage: round(

@@ -127,11 +127,8 @@ def entry(smk: Any, name: str) -> Iterator[logging.Logger]:
     logger.handlers[0].stream = sys.stderr
     threads = str(getattr(smk, "threads", 1) or 1)
     # the job's threads, whatever the environment that started Snakemake said (as Snakemake does
-    # for shell jobs): torch and OpenMP read it
+    # for shell jobs): torch, OpenMP and hardware.job_threads (n_threads: null) read it
     os.environ["OMP_NUM_THREADS"] = threads
-    from . import hardware
-
-    hardware.JOB_THREADS = int(threads)  # what n_threads: null means in this job (hardware.job_threads)
     t0 = time.perf_counter()
     logger.info("%s: start (threads=%s, wildcards=%s)", name, threads, dict(getattr(smk, "wildcards", {})))
     import signal

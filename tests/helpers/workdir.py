@@ -67,7 +67,8 @@ def clone_workdir(src: Path, dest: Path) -> Path:
 
 
 # Snakemake's own files that a run or a dry run in the source rewrites or removes while it runs
-SNAKEMAKE_TRANSIENT = (".snakemake/locks/", ".snakemake/iocache/", ".snakemake/log/", ".snakemake/incomplete/")
+# (its locks are not copied at all: _no_locks)
+SNAKEMAKE_TRANSIENT = (".snakemake/iocache/", ".snakemake/log/", ".snakemake/incomplete/")
 
 
 def _no_locks(src: Path):
