@@ -45,6 +45,12 @@ CPU = config["resources"]["cpu_threads"]
 # the jobs that are mostly Python and file work (import, merge, GGUF conversion, parity)
 LIGHT_CPU = config["resources"]["light_cpu_threads"]
 PROMPTS = config["data"]["prompts"]
+# Job priorities: a ready job of higher priority takes a free core first. The jobs on the way to
+# the sessions and their judgements go before the side outputs that only the report reads (parity,
+# token statistics, the rating packet), and training, the longest step on that way, first of all:
+# on two cores a side job started first held back a training or a rollout by 6-8 s (README, Timing).
+ON_PATH = 1
+TRAINING = 2
 
 
 wildcard_constraints:

@@ -14,6 +14,7 @@ rule profiles_train:
         val="results/profiles/val.jsonl",
     log:
         "logs/profiles/train.log",
+    priority: ON_PATH
     conda:
         "../envs/llm.yaml"
     params:
@@ -35,6 +36,7 @@ rule profiles_eval:
         eval="results/profiles/eval.jsonl",
     log:
         "logs/profiles/eval.log",
+    priority: ON_PATH
     conda:
         "../envs/llm.yaml"
     params:
@@ -57,6 +59,7 @@ rule transcripts:
         "logs/data/transcripts-{shard}.log",
     benchmark:
         "benchmarks/data/transcripts-{shard}.tsv"
+    priority: ON_PATH
     conda:
         llm_env("generation")
     threads: CPU
@@ -80,6 +83,7 @@ rule gather_transcripts:
         stats="results/data/generation_stats.json",
     log:
         "logs/data/gather_transcripts.log",
+    priority: ON_PATH
     conda:
         "../envs/llm.yaml"
     params:
@@ -99,6 +103,7 @@ rule eval_history:
         "logs/profiles/eval_history.log",
     benchmark:
         "benchmarks/profiles/eval_history.tsv"
+    priority: ON_PATH
     conda:
         llm_env("eval_history")
     threads: CPU
@@ -128,6 +133,7 @@ rule dataset:
         "logs/data/dataset.log",
     benchmark:
         "benchmarks/data/dataset.tsv"
+    priority: ON_PATH
     conda:
         "../envs/training.yaml"
     params:

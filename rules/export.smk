@@ -13,6 +13,7 @@ rule convert_gguf:
         "logs/export/{model}-{arm}-{outtype}.log",
     benchmark:
         "benchmarks/export/{model}-{arm}-{outtype}.tsv"
+    priority: ON_PATH
     conda:
         "../envs/llamacpp.yaml"
     threads: LIGHT_CPU
@@ -31,6 +32,7 @@ rule quantize_gguf:
         "logs/export/{model}-{arm}-{qtype}.log",
     benchmark:
         "benchmarks/export/{model}-{arm}-{qtype}.tsv"
+    priority: ON_PATH
     conda:
         "../envs/llamacpp.yaml"
     threads: CPU

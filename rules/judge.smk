@@ -17,6 +17,7 @@ rule judge:
         "logs/judge/{model}-{arm}-{shard}.log",
     benchmark:
         "benchmarks/judge/{model}-{arm}-{shard}.tsv"
+    priority: ON_PATH
     conda:
         llm_env("judge")
     threads: CPU

@@ -12,6 +12,7 @@ rule llama_cpp_tools:
         info="resources/llama_cpp_tools.json",
     log:
         "logs/llama_cpp_tools.log",
+    priority: ON_PATH
     conda:
         "../envs/llamacpp.yaml"
     script:
@@ -25,6 +26,7 @@ rule chat_layout:
         layout="results/models/{model}/chat_layout.json",
     log:
         "logs/chat_layout/{model}.log",
+    priority: ON_PATH
     conda:
         "../envs/training.yaml"
     resources:
@@ -40,6 +42,7 @@ rule download_model:
         directory("resources/hub/{model}"),
     log:
         "logs/download/{model}.log",
+    priority: ON_PATH
     conda:
         "../envs/training.yaml"
     params:
@@ -58,6 +61,7 @@ rule import_model:
         "logs/import/{model}.log",
     benchmark:
         "benchmarks/import/{model}.tsv"
+    priority: ON_PATH
     conda:
         "../envs/training.yaml"
     threads: LIGHT_CPU

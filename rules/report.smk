@@ -105,6 +105,7 @@ rule declare_primary:
         "results/plan/primary.json",
     log:
         "logs/report/declare_primary.log",
+    priority: ON_PATH
     localrule: True
     conda:
         "../envs/stats.yaml"

@@ -17,6 +17,7 @@ rule rollout:
         "logs/rollout/{model}-{shard}.log",
     benchmark:
         "benchmarks/rollout/{model}-{shard}.tsv"
+    priority: ON_PATH
     conda:
         rollout_env
     threads: CPU

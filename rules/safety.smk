@@ -15,6 +15,7 @@ rule safety:
         "logs/safety/{model}-{arm}-{shard}.log",
     benchmark:
         "benchmarks/safety/{model}-{arm}-{shard}.tsv"
+    priority: ON_PATH
     conda:
         llm_env("safety")
     threads: CPU

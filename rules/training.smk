@@ -16,6 +16,7 @@ rule preference_pairs:
         "logs/pairs/{model}.log",
     benchmark:
         "benchmarks/pairs/{model}.tsv"
+    priority: ON_PATH
     conda:
         rollout_env
     threads: CPU
@@ -48,6 +49,7 @@ rule train:
         "logs/train/{model}.log",
     benchmark:
         "benchmarks/train/{model}.tsv"
+    priority: TRAINING
     conda:
         training_env
     threads: CPU
@@ -74,6 +76,7 @@ rule merge:
         "logs/merge/{model}.log",
     benchmark:
         "benchmarks/merge/{model}.tsv"
+    priority: ON_PATH
     conda:
         "../envs/training.yaml"
     threads: LIGHT_CPU
