@@ -48,7 +48,8 @@ PROMPTS = config["data"]["prompts"]
 # Job priorities: a ready job of higher priority takes a free core first. The jobs on the way to
 # the sessions and their judgements go before the side outputs that only the report reads (parity,
 # token statistics, the rating packet), and training, the longest step on that way, first of all:
-# on two cores a side job started first held back a training or a rollout by 6-8 s (README, Timing).
+# on two cores a side job started first held back the trainings by 6-9 s and the rollouts by 18 s
+# (README, Timing).
 ON_PATH = 1
 TRAINING = 2
 

@@ -119,7 +119,7 @@ def _rule_blocks() -> dict[str, str]:
     """Rule name -> its text (a ``use rule a as b with:`` rule: its parent's text, then its own)."""
     blocks: dict[str, str] = {}
     parents: dict[str, str] = {}
-    for f in sorted((ROOT / "rules").glob("*.smk")):
+    for f in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
         text = f.read_text(encoding="utf-8")
         heads = list(re.finditer(r"^(?:rule (\w+):|use rule (\w+) as (\w+) with:)", text, re.M))
         for i, m in enumerate(heads):
@@ -180,29 +180,14 @@ def test_the_drawn_rule_graph_is_the_workflows():
             assert f">{line[5:]}<" in svg, f"docs/rulegraph.svg does not show rule {line[5:]}: run `make dag`"
 
 
-def rule_priorities() -> dict[str, str | None]:
-    """Rule -> the value of its ``priority:`` directive as written (None when it has none); a
-    ``use rule A as B`` keeps A's."""
-    prio: dict[str, str | None] = {}
-    used: dict[str, str] = {}
-    for f in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
-        text = f.read_text(encoding="utf-8")
-        for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, re.M):
-            p = re.search(r"^    priority: (\w+)$", m.group(2), re.M)
-            prio[m.group(1)] = p.group(1) if p else None
-        used.update(dict((b, a) for a, b in re.findall(r"^use rule (\w+) as (\w+)", text, re.M)))
-    for new, old in used.items():
-        prio[new] = prio[old]
-    return prio
-
-
 def test_jobs_on_the_way_to_the_judgements_go_before_side_outputs():
     """Every rule that the judge and safety jobs wait on (docs/rulegraph.txt, the study profile's
     graph) has a priority, training the highest; a rule nothing of theirs waits on (parity, token
     statistics, the rating packet, the report) has none, so it never takes a core first."""
-    edges = [line.split(" -> ") for line in (ROOT / "docs" / "rulegraph.txt").read_text().splitlines() if " -> " in line]
+    listing = (ROOT / "docs" / "rulegraph.txt").read_text().splitlines()
+    rules = {line[5:] for line in listing if line.startswith("rule ")}
     needs: dict[str, set[str]] = {}
-    for a, b in edges:
+    for a, b in (line.split(" -> ") for line in listing if " -> " in line):
         needs.setdefault(b, set()).add(a)
     on_path, todo = set(), ["judge", "safety", "judge_ablation", "safety_ablation"]
     while todo:
@@ -210,8 +195,8 @@ def test_jobs_on_the_way_to_the_judgements_go_before_side_outputs():
         if r not in on_path:
             on_path.add(r)
             todo += needs.get(r, [])
-    prio = rule_priorities()
-    rules = {line[5:] for line in (ROOT / "docs" / "rulegraph.txt").read_text().splitlines() if line.startswith("rule ")}
+    # the last priority in a rule's text: a `use rule` child's own, else its parent's
+    prio = {r: (re.findall(r"^    priority: (\w+)$", text, re.M) or [None])[-1] for r, text in _rule_blocks().items()}
     assert rules <= set(prio), rules - set(prio)
     wrong = {r: prio[r] for r in rules if (r in on_path) != (prio[r] is not None)}
     assert not wrong, f"on the way to the judgements {sorted(on_path & rules)}; priorities out of place: {wrong}"
