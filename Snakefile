@@ -2,7 +2,7 @@
 # Stages: models -> data -> training -> export -> rollouts -> judge (CTRS and safety) -> report.
 from snakemake.utils import min_version, validate
 
-from cbtpipe.config import SCHEMA
+from cbtpipe.workflow import SCHEMA
 
 min_version("9.0")
 

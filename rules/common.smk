@@ -2,14 +2,8 @@
 import re
 
 from cbtpipe.checks import check_api_keys, check_config
-from cbtpipe.config import (
-    api_resource_name,
-    instruct_owners,
-    judge_members,
-    model_training_cfg,
-    resolve_defaults,
-)
-from cbtpipe.registry import is_api, stage_backend_names
+from cbtpipe.workflow import api_resource_name, instruct_owners, judge_members, model_training_cfg, resolve_defaults
+from cbtpipe.workflow import is_api, stage_backend_names
 
 resolve_defaults(config)
 check_config(config, workflow.basedir)
@@ -30,7 +24,7 @@ config.clear()
 config.update(_cfg)
 
 MODELS = sorted(config["models"])
-# Entries with one base share its instruct arm, built for the first of them (cbtpipe.config)
+# Entries with one base share its instruct arm, built for the first of them (cbtpipe.workflow.config)
 BASE_OF = instruct_owners(config)
 BASES = sorted(set(BASE_OF.values()))
 ARMS = config["rollout"]["arms"]
@@ -236,7 +230,7 @@ JUDGES = judge_members(config["judge"])
 
 
 def _backend_names(stages):
-    """The backends that the jobs of these LLM stages (cbtpipe.registry.STAGES) call."""
+    """The backends that the jobs of these LLM stages (cbtpipe.workflow.registry.STAGES) call."""
     return sorted({n for st in stages for n in stage_backend_names(st, config, JUDGES)})
 
 

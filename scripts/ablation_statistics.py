@@ -1,9 +1,8 @@
 """Snakemake entry: each rollout ablation against the main run, paired by patient."""
 
-from cbtpipe.analysis import ablation_comparison, read_csv, total_rows
-from cbtpipe.io import read_jsonl, write_json
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_rubric
+from cbtpipe.stats import ablation_comparison, read_csv, total_rows
+from cbtpipe.workflow import entry, read_jsonl, write_json
 
 with entry(snakemake, "ablation_statistics") as log:
     rubric = load_rubric(snakemake.input.rubric)

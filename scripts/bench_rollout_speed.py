@@ -16,11 +16,10 @@ import argparse
 import time
 from pathlib import Path
 
-from cbtpipe.backends import LlamaCppBackend
-from cbtpipe.config import section_defaults
-from cbtpipe.io import write_json
-from cbtpipe.profiles import eval_profiles, load_attributes
-from cbtpipe.rollout import run_session, session_plan
+from cbtpipe.design import eval_profiles, load_attributes
+from cbtpipe.llm import LlamaCppBackend
+from cbtpipe.stages import run_session, session_plan
+from cbtpipe.workflow import section_defaults, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

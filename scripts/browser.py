@@ -1,10 +1,9 @@
 """Snakemake entry: the results browser (sessions side by side, one self-contained page)."""
 
-from cbtpipe.browser import browser_data, write_browser
-from cbtpipe.io import read_jsonl
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
-from cbtpipe.safety import load_safety_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.report import browser_data, write_browser
+from cbtpipe.stages import load_safety_rubric
+from cbtpipe.workflow import entry, read_jsonl
 
 with entry(snakemake, "browser") as log:
     inp = snakemake.input

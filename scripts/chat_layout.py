@@ -1,8 +1,7 @@
 """Snakemake entry: where the therapist's system prompt goes in this model's chat template."""
 
-from cbtpipe.chat import chat_layout
-from cbtpipe.io import write_json
-from cbtpipe.rule import entry
+from cbtpipe.design import chat_layout
+from cbtpipe.workflow import entry, write_json
 
 with entry(snakemake, "chat_layout") as log:
     from transformers import AutoTokenizer

@@ -1,9 +1,7 @@
 """Snakemake entry: convert a Hugging Face model to GGUF with llama.cpp's own converter."""
 
-from cbtpipe.converter import check_tools_version
-from cbtpipe.export import convert_to_gguf
-from cbtpipe.io import read_json
-from cbtpipe.rule import entry
+from cbtpipe.stages import check_tools_version, convert_to_gguf
+from cbtpipe.workflow import entry, read_json
 
 with entry(snakemake, "convert_gguf") as log:
     check_tools_version(read_json(snakemake.input.info))

@@ -3,10 +3,9 @@ model; token_stats counts tokens per model)."""
 
 from pathlib import Path
 
-from cbtpipe.course import training_context
-from cbtpipe.dataset import split_by_patient, to_chat
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.rule import entry
+from cbtpipe.design import training_context
+from cbtpipe.stages import split_by_patient, to_chat
+from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "dataset") as log:
     p = snakemake.params

@@ -1,8 +1,7 @@
 """Snakemake entry: the primary endpoint on record, with its hash and the time it was recorded."""
 
-from cbtpipe.analysis import declaration
-from cbtpipe.io import write_json
-from cbtpipe.rule import entry
+from cbtpipe.stats import declaration
+from cbtpipe.workflow import entry, write_json
 
 with entry(snakemake, "declare_primary") as log:
     rec = declaration(snakemake.params.primary, snakemake.params.population)

@@ -1,8 +1,8 @@
 """Snakemake entry: download a hub model at its commit, and record the commit (needs internet; a local
 rule for login nodes)."""
 
-from cbtpipe.models import download_hub
-from cbtpipe.rule import entry
+from cbtpipe.stages import download_hub
+from cbtpipe.workflow import entry
 
 with entry(snakemake, "download_model") as log:
     src = snakemake.params.source

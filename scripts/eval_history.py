@@ -1,9 +1,8 @@
 """Snakemake entry: a synthetic course history for each evaluation patient (later positions)."""
 
-from cbtpipe.backends import make_backend
-from cbtpipe.course import generate_history
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.rule import entry
+from cbtpipe.design import generate_history
+from cbtpipe.llm import make_backend
+from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "eval_history") as log:
     p = snakemake.params

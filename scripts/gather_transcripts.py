@@ -1,8 +1,7 @@
 """Snakemake entry: the transcripts as one file, from the generation shards or from an import."""
 
-from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
-from cbtpipe.rule import entry
-from cbtpipe.transcripts import gather_generation, load_import
+from cbtpipe.stages import gather_generation, load_import
+from cbtpipe.workflow import entry, read_json, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "gather_transcripts") as log:
     dcfg = snakemake.params.data

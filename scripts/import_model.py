@@ -2,11 +2,8 @@
 
 For a GGUF source, the written model is checked against llama.cpp running the original file."""
 
-from cbtpipe.errors import PipelineError
-from cbtpipe.io import write_json
-from cbtpipe.models import IMPORT_CHECK_PROMPTS, import_model
-from cbtpipe.parity import parity_report
-from cbtpipe.rule import entry
+from cbtpipe.stages import IMPORT_CHECK_PROMPTS, import_model, parity_report
+from cbtpipe.workflow import PipelineError, entry, write_json
 
 with entry(snakemake, "import_model") as log:
     model = snakemake.wildcards.model

@@ -1,11 +1,10 @@
 """Snakemake entry: judge every session of one (model, arm, shard) on the rubric, by every judge
 of the panel, k samples each."""
 
-from cbtpipe.backends import make_backend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.judge import run_panel
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_rubric
+from cbtpipe.llm import make_backend
+from cbtpipe.stages import run_panel
+from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "judge") as log:
     jp = snakemake.params.judge

@@ -1,10 +1,9 @@
 """Snakemake entry: the opt-in per-turn judge pass over excerpts of each session (judge.turn_windows)."""
 
-from cbtpipe.backends import make_backend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.judge import run_turn_judging
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_rubric
+from cbtpipe.llm import make_backend
+from cbtpipe.stages import run_turn_judging
+from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "judge_turns") as log:
     jcfg = snakemake.params.judge

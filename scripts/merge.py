@@ -1,7 +1,7 @@
 """Snakemake entry: merge the LoRA adapter into the full-precision base model."""
 
-from cbtpipe.rule import entry
-from cbtpipe.training import merge_adapter
+from cbtpipe.stages import merge_adapter
+from cbtpipe.workflow import entry
 
 with entry(snakemake, "merge") as log:
     info = merge_adapter(snakemake.input.base, snakemake.input.adapter, snakemake.output.hf, snakemake.params.dtype)

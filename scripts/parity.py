@@ -1,9 +1,7 @@
 """Snakemake entry: logit parity of the exported GGUF files against the Hugging Face model."""
 
-from cbtpipe.errors import PipelineError
-from cbtpipe.io import write_json
-from cbtpipe.parity import parity_report
-from cbtpipe.rule import entry
+from cbtpipe.stages import parity_report
+from cbtpipe.workflow import PipelineError, entry, write_json
 
 with entry(snakemake, "parity") as log:
     p = snakemake.params

@@ -1,9 +1,8 @@
 """Snakemake entry: the run's plan (calls, tokens, cost, GPU hours, wall time per stage) from the
 config, before any call is made; the report puts it beside what the run used."""
 
-from cbtpipe.io import atomic_write_text, write_json
 from cbtpipe.plan import build_plan, plan_markdown
-from cbtpipe.rule import entry
+from cbtpipe.workflow import atomic_write_text, entry, write_json
 
 with entry(snakemake, "plan") as log:
     plan = build_plan(snakemake.params.config, ".")

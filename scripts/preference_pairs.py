@@ -1,9 +1,8 @@
 """Snakemake entry: ORPO preference pairs (chosen: synthetic therapist; rejected: instruct model)."""
 
-from cbtpipe.backends import LlamaCppBackend
-from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
-from cbtpipe.preference import build_pairs
-from cbtpipe.rule import entry
+from cbtpipe.llm import LlamaCppBackend
+from cbtpipe.stages import build_pairs
+from cbtpipe.workflow import entry, read_json, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "preference_pairs") as log:
     p = snakemake.params

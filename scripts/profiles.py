@@ -1,10 +1,8 @@
 """Snakemake entry: sample training/validation or evaluation patient profiles (with their
 suicide-risk attributes: always for evaluation, for training only with profiles.risk.train)."""
 
-from cbtpipe.io import read_jsonl, write_jsonl
-from cbtpipe.profiles import eval_profiles, load_attributes, train_val_profiles
-from cbtpipe.risk import assign_risk, load_risk_attributes
-from cbtpipe.rule import entry
+from cbtpipe.design import assign_risk, eval_profiles, load_attributes, load_risk_attributes, train_val_profiles
+from cbtpipe.workflow import entry, read_jsonl, write_jsonl
 
 with entry(snakemake, snakemake.rule) as log:
     attrs = load_attributes(snakemake.input.attributes)

@@ -1,7 +1,7 @@
 """Snakemake entry: quantize a GGUF with llama.cpp's quantizer (through llama-cpp-python)."""
 
-from cbtpipe.export import quantize
-from cbtpipe.rule import entry
+from cbtpipe.stages import quantize
+from cbtpipe.workflow import entry
 
 with entry(snakemake, "quantize_gguf") as log:
     secs = quantize(snakemake.input[0], snakemake.output[0], snakemake.wildcards.qtype, snakemake.threads)

@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-from cbtpipe.io import read_jsonl
-from cbtpipe.packet import build_packet
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_rubric
+from cbtpipe.report import build_packet
+from cbtpipe.workflow import entry, read_jsonl
 
 with entry(snakemake, "rating_packet") as log:
     sessions = [s for path in snakemake.input.rollouts for s in read_jsonl(path)]

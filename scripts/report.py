@@ -2,19 +2,18 @@
 
 from pathlib import Path
 
-from cbtpipe.analysis import declared_before, read_csv
-from cbtpipe.io import read_json, sha256_file
+from cbtpipe.design import load_rubric
 from cbtpipe.plan import build_plan
-from cbtpipe.report import benchmark_table, build_markdown, figures, load_many, provenance, write_report
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.report import benchmark_table, build_markdown, collect_provenance, draw_figures, load_many, write_report
+from cbtpipe.stats import declared_before, read_csv
+from cbtpipe.workflow import entry, read_json, sha256_file
 
 with entry(snakemake, "report") as log:
     inp = snakemake.input
     cfg = snakemake.params.config
     stats = read_json(inp.stats)
     losses = {m: read_csv(p) for m, p in zip(snakemake.params.models, inp.train_logs, strict=True)}
-    figures(read_csv(inp.totals), stats, Path(snakemake.output.figures), safety=read_json(inp.safety), losses=losses)
+    draw_figures(read_csv(inp.totals), stats, Path(snakemake.output.figures), safety=read_json(inp.safety), losses=losses)
     prov_models = load_many(inp.provenance)
     training = [dict(read_json(p), model=m) for p, m in zip(inp.training, sorted(cfg["models"]), strict=True)]
     files = {p: sha256_file(p) for p in [*inp.rollout_stats, inp.long, inp.totals]}
@@ -39,7 +38,7 @@ with entry(snakemake, "report") as log:
         "ablations": read_json(inp.ablations[0]) if inp.ablations else {},
         "turn_windows": read_json(inp.turn_windows[0]) if inp.turn_windows else {},
         "benchmarks": benchmark_table(snakemake.params.benchmarks),
-        "provenance": provenance(cfg, prov_models, files),
+        "provenance": collect_provenance(cfg, prov_models, files),
         "declaration": declared_before(
             read_json(inp.primary),
             cfg["report"]["primary"],

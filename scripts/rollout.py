@@ -3,13 +3,10 @@
 import contextlib
 from pathlib import Path
 
-from cbtpipe.backends import LlamaCppBackend, make_backend
-from cbtpipe.course import eval_context
-from cbtpipe.io import read_json, read_jsonl, write_json, write_jsonl
-from cbtpipe.llama_server import LlamaServer, LlamaServerBackend
-from cbtpipe.rollout import run_arms, shard_profiles
-from cbtpipe.rule import entry
-from cbtpipe.safety import risk_protocol_text
+from cbtpipe.design import eval_context
+from cbtpipe.llm import LlamaCppBackend, LlamaServer, LlamaServerBackend, make_backend
+from cbtpipe.stages import risk_protocol_text, run_arms, shard_profiles
+from cbtpipe.workflow import entry, read_json, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "rollout") as log:
     rcfg = snakemake.params.rollout

@@ -1,9 +1,8 @@
 """Snakemake entry: the safety flow for every session of one (model, arm, shard)."""
 
-from cbtpipe.backends import make_backend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.rule import entry
-from cbtpipe.safety import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.llm import make_backend
+from cbtpipe.stages import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "safety") as log:
     scfg = snakemake.params.safety

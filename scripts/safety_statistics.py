@@ -3,11 +3,9 @@ risk level and disclosure style, refusals, and each rollout ablation against the
 
 import re
 
-from cbtpipe.analysis import write_csv
-from cbtpipe.io import read_jsonl, write_json
-from cbtpipe.rule import entry
-from cbtpipe.safety import load_safety_rubric
-from cbtpipe.safety_stats import analyse_safety, session_fields
+from cbtpipe.stages import load_safety_rubric
+from cbtpipe.stats import analyse_safety, session_fields, write_csv
+from cbtpipe.workflow import entry, read_jsonl, write_json
 
 with entry(snakemake, "safety_statistics") as log:
     rubric = load_safety_rubric(snakemake.input.rubric)

@@ -1,9 +1,8 @@
 """Snakemake entry: the tidy score table and per-session totals."""
 
-from cbtpipe.analysis import LONG_FIELDS, long_rows, total_fields, total_rows, write_csv
-from cbtpipe.io import read_jsonl
-from cbtpipe.rubric import load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_rubric
+from cbtpipe.stats import LONG_FIELDS, long_rows, total_fields, total_rows, write_csv
+from cbtpipe.workflow import entry, read_jsonl
 
 with entry(snakemake, "scores") as log:
     rubric = load_rubric(snakemake.input.rubric)

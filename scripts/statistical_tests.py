@@ -1,10 +1,9 @@
 """Snakemake entry: paired, between-model and per-item statistics, judge reliability."""
 
-from cbtpipe.analysis import analyse, judge_provenance, read_csv
-from cbtpipe.io import read_jsonl, write_json
-from cbtpipe.packet import load_packet_ratings
-from cbtpipe.rubric import load_human_ratings, load_rubric
-from cbtpipe.rule import entry
+from cbtpipe.design import load_human_ratings, load_rubric
+from cbtpipe.report import load_packet_ratings
+from cbtpipe.stats import analyse, judge_provenance, read_csv
+from cbtpipe.workflow import entry, read_jsonl, write_json
 
 with entry(snakemake, "statistics") as log:
     rcfg = snakemake.params.report

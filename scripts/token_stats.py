@@ -1,8 +1,7 @@
 """Snakemake entry: token counts of the chat dataset under one model's tokenizer and chat layout."""
 
-from cbtpipe.dataset import token_stats
-from cbtpipe.io import read_json, read_jsonl, write_json
-from cbtpipe.rule import entry
+from cbtpipe.stages import token_stats
+from cbtpipe.workflow import entry, read_json, read_jsonl, write_json
 
 with entry(snakemake, "token_stats") as log:
     from transformers import AutoTokenizer

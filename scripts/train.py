@@ -1,7 +1,7 @@
 """Snakemake entry: LoRA / QLoRA fine-tuning of one base model (resumable)."""
 
-from cbtpipe.rule import entry
-from cbtpipe.training import train_adapter
+from cbtpipe.stages import train_adapter
+from cbtpipe.workflow import entry
 
 with entry(snakemake, "train") as log:
     tcfg = dict(snakemake.params.training, threads=snakemake.threads)

@@ -1,10 +1,8 @@
 """Snakemake entry: generate the synthetic CBT courses of one shard of the patients (resumable)."""
 
-from cbtpipe.backends import make_backend
-from cbtpipe.io import read_jsonl, write_json, write_jsonl
-from cbtpipe.rule import entry
-from cbtpipe.transcripts import run_generation
-from cbtpipe.units import shard_of
+from cbtpipe.llm import make_backend
+from cbtpipe.stages import run_generation
+from cbtpipe.workflow import entry, read_jsonl, shard_of, write_json, write_jsonl
 
 with entry(snakemake, "transcripts") as log:
     dcfg = snakemake.params.data

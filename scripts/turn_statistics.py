@@ -1,8 +1,7 @@
 """Snakemake entry: per-turn judge scores against the context the therapist had reached."""
 
-from cbtpipe.analysis import turn_scores_vs_context
-from cbtpipe.io import read_jsonl, write_json
-from cbtpipe.rule import entry
+from cbtpipe.stats import turn_scores_vs_context
+from cbtpipe.workflow import entry, read_jsonl, write_json
 
 with entry(snakemake, "turn_statistics") as log:
     rows = [r for path in snakemake.input.judged for r in read_jsonl(path)]

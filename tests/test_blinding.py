@@ -5,11 +5,11 @@ to a loopback OpenAI-compatible server that records every request."""
 
 import json
 
-from cbtpipe.backends import OpenAIBackend
-from cbtpipe.config import section_defaults
-from cbtpipe.judge import run_judging
-from cbtpipe.rubric import load_rubric
-from cbtpipe.safety import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.design import load_rubric
+from cbtpipe.llm import OpenAIBackend
+from cbtpipe.stages import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.stages.judge import run_judging
+from cbtpipe.workflow import section_defaults
 from tests.helpers.fault_server import FaultServer
 from tests.test_concurrency import _ctrs_answer
 from tests.test_safety import HANDLED, MISSED, NO_RISK, _scripted_judge

@@ -11,10 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from cbtpipe.chat import apply_layout, chat_layout, check_layout, drop_oldest_exchange, mask_example, render, windows
-from cbtpipe.course import context_block, eval_context, phase_plan, training_context
-from cbtpipe.errors import PipelineError
-from cbtpipe.therapist import therapist_system
+from cbtpipe.design import (
+    apply_layout,
+    chat_layout,
+    drop_oldest_exchange,
+    eval_context,
+    mask_example,
+    phase_plan,
+    therapist_system,
+    training_context,
+    windows,
+)
+from cbtpipe.design.chat import check_layout, render
+from cbtpipe.design.course import context_block
+from cbtpipe.workflow import PipelineError
 
 DATA = Path(__file__).parent / "data" / "templates"
 V03 = "mistralai-Mistral-7B-Instruct-v0.3.jinja"

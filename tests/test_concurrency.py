@@ -7,15 +7,11 @@ import time
 
 import pytest
 
-from cbtpipe.backends import OpenAIBackend
-from cbtpipe.config import section_defaults
-from cbtpipe.errors import PipelineError
-from cbtpipe.io import hash_obj
-from cbtpipe.judge import run_judging
-from cbtpipe.rubric import load_rubric
-from cbtpipe.safety import load_crisis_resources, load_safety_rubric, run_safety_judging
-from cbtpipe.transcripts import gather_generation, run_generation
-from cbtpipe.units import shard_of
+from cbtpipe.design import load_rubric
+from cbtpipe.llm import OpenAIBackend
+from cbtpipe.stages import gather_generation, load_crisis_resources, load_safety_rubric, run_generation, run_safety_judging
+from cbtpipe.stages.judge import run_judging
+from cbtpipe.workflow import PipelineError, hash_obj, section_defaults, shard_of
 from tests.helpers.fault_server import FaultServer
 from tests.test_safety import HANDLED, MISSED, NO_RISK, _scripted_judge
 
@@ -74,7 +70,7 @@ def test_judging_runs_sessions_concurrently_with_identical_results(root, tmp_pat
 
 
 def test_generation_runs_patients_concurrently_with_identical_results(root, tmp_path):
-    from cbtpipe.profiles import load_attributes, train_val_profiles
+    from cbtpipe.design import load_attributes, train_val_profiles
 
     profiles, _ = train_val_profiles(load_attributes(root / "resources/patient_attributes.yaml"), 4, 1, seed=3)
     dcfg = section_defaults("data") | {"sessions_per_patient": 2, "sampling": {"temperature": 0.8, "max_tokens": 300}}

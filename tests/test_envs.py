@@ -226,7 +226,7 @@ def test_results_are_written_with_the_users_umask(tmp_path):
     import os
     import stat
 
-    from cbtpipe.io import write_json
+    from cbtpipe.workflow import write_json
 
     old = os.umask(0o022)
     try:
@@ -246,7 +246,7 @@ def test_the_stats_env_needs_no_llm_stack():
     import sys
 
     code = (
-        "import sys; import cbtpipe.analysis, cbtpipe.report, cbtpipe.rubric, cbtpipe.rule, cbtpipe.stattests;"
+        "import sys; import cbtpipe.stats.analysis, cbtpipe.report, cbtpipe.design.rubric, cbtpipe.workflow.rule, cbtpipe.stats.stattests;"
         "print(','.join(sorted(m for m in ('jsonschema', 'httpx', 'torch', 'llama_cpp', 'transformers') if m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

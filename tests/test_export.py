@@ -4,10 +4,9 @@ import tarfile
 
 import pytest
 
-from cbtpipe.converter import extract_tools, installed_version
-from cbtpipe.errors import PipelineError
-from cbtpipe.export import convert_to_gguf, quantize
-from cbtpipe.parity import parity_report
+from cbtpipe.stages import convert_to_gguf, parity_report, quantize
+from cbtpipe.stages.converter import extract_tools, installed_version
+from cbtpipe.workflow import PipelineError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def test_the_converters_sdist_is_the_locks(monkeypatch, tmp_path):
     the local copy LLAMA_CPP_SDIST names, as for the build."""
     import subprocess
 
-    from cbtpipe import converter
+    from cbtpipe.stages import converter
 
     calls = []
 
@@ -148,7 +147,7 @@ def test_every_llama_context_is_held_to_the_jobs_threads():
 def test_parity_runs_llama_cpp_on_the_threads_it_is_given(tiny_gguf, monkeypatch):
     import llama_cpp
 
-    from cbtpipe import parity
+    from cbtpipe.stages import parity
 
     seen = []
 

@@ -1,4 +1,4 @@
-"""The grammar checks the drawn token first (cbtpipe.grammar_sampler), on the real tiny model in
+"""The grammar checks the drawn token first (cbtpipe.llm.grammar_sampler), on the real tiny model in
 llama.cpp: greedy answers equal those of llama-cpp-python's own grammar-in-the-chain sampler,
 sampled answers follow the schema and repeat for a seed, and the whole-vocabulary pass runs only
 for the draws the grammar rejects."""
@@ -10,9 +10,8 @@ import json
 import jsonschema
 import pytest
 
-from cbtpipe import grammar_sampler
-from cbtpipe.gguf import resolve_gguf
-from cbtpipe.hardware import job_threads
+from cbtpipe.llm import grammar_sampler, resolve_gguf
+from cbtpipe.workflow import job_threads
 
 SCHEMA = {
     "type": "object",
@@ -77,7 +76,7 @@ def test_greedy_answers_equal_the_chain_sampler_and_sampled_ones_follow_the_sche
 
 
 def test_a_backend_names_its_sampler_in_its_identity(tiny_path):
-    from cbtpipe.backends import make_backend
+    from cbtpipe.llm import make_backend
 
     b = make_backend("t", {"t": {"type": "llama_cpp", "gguf": {"path": tiny_path}, "n_ctx": 1024}}, cache_dir=None)
     try:

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cbtpipe.errors import PipelineError
-from cbtpipe.models import download_hub
+from cbtpipe.stages import download_hub
+from cbtpipe.workflow import PipelineError
 
 
 class Hub:

@@ -1,4 +1,4 @@
-"""Schema-filled structured answers (cbtpipe.json_fill) on the real tiny model in llama.cpp: every
+"""Schema-filled structured answers (cbtpipe.llm.json_fill) on the real tiny model in llama.cpp: every
 schema the pipeline asks with is written by the filler, answers pass their schema at the first
 attempt and repeat for a seed, the fixed text costs no forward pass of its own, the sampler draws
 from the masked distribution, and schemas it cannot write go to the grammar path."""
@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from cbtpipe.backends import LlamaCppBackend, validate_json_text
-from cbtpipe.json_fill import Enum, Filler, Lit, Str, compile_schema
-from cbtpipe.judge import score_schema
-from cbtpipe.safety import answer_schema, timing_schema
+from cbtpipe.llm import LlamaCppBackend
+from cbtpipe.llm.backends import validate_json_text
+from cbtpipe.llm.json_fill import Enum, Filler, Lit, Str, compile_schema
+from cbtpipe.stages.judge import score_schema
+from cbtpipe.stages.safety import answer_schema, timing_schema
 from tests.conftest import TINY
 
 RUBRIC = {"items": [{"id": i, "min": 0, "max": 6} for i in ("agenda", "feedback", "pacing", "homework")]}

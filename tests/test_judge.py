@@ -1,8 +1,8 @@
 """The judge with the real tiny model in llama.cpp: schema enforced, invalid answers missing."""
 
-from cbtpipe.backends import Completion
-from cbtpipe.judge import judge_session, judged_text_sha, render_transcript, run_judging
-from cbtpipe.rubric import load_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.llm.backends import Completion
+from cbtpipe.stages.judge import judge_session, judged_text_sha, render_transcript, run_judging
 
 SESSION = {
     "session_id": "abc123",
@@ -46,7 +46,7 @@ def test_judge_never_sees_model_or_arm(root):
 
 
 def test_invalid_answers_are_missing_not_zero(root, tmp_path):
-    from cbtpipe.backends import Backend
+    from cbtpipe.llm import Backend
 
     class Broken(Backend):
         def identity(self):
@@ -74,7 +74,7 @@ class _Scripted:
     def make(rubric):
         import json
 
-        from cbtpipe.backends import Backend
+        from cbtpipe.llm import Backend
 
         class Scripted(Backend):
             calls = 0
@@ -124,7 +124,7 @@ def test_a_session_without_turns_is_missing_not_judged(root, tmp_path):
 
 
 def test_turn_windows_end_at_every_nth_therapist_turn_and_the_last():
-    from cbtpipe.judge import turn_windows
+    from cbtpipe.stages.judge import turn_windows
 
     roles = ["therapist", "patient"] * 4 + ["therapist"]
     msgs = [{"role": r, "content": f"{r} {i}", "prompt_tokens": 100 * i, "completion_tokens": 10} for i, r in enumerate(roles)]

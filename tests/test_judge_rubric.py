@@ -1,8 +1,8 @@
 import pytest
 
-from cbtpipe.errors import PipelineError
-from cbtpipe.judge import aggregate, score_schema, total_score
-from cbtpipe.rubric import load_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.stages.judge import aggregate, score_schema, total_score
+from cbtpipe.workflow import PipelineError
 
 
 def test_shipped_rubrics_load(root):
@@ -81,8 +81,8 @@ def test_modified_rubric_agrees_with_the_course_context(root):
 
 
 def test_the_judge_prompt_carries_the_course_context_and_nothing_of_model_or_arm(root):
-    from cbtpipe.judge import render_transcript
-    from cbtpipe.prompts import render_template
+    from cbtpipe.design import render_template
+    from cbtpipe.stages.judge import render_transcript
 
     rubric = load_rubric(root / "resources/rubrics/ctrs_modified.yaml")
     session = {

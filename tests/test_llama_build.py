@@ -229,7 +229,7 @@ def test_the_pinned_sdist_has_the_line_the_build_edits():
     line exactly once, so the edit cannot silently miss after a version bump."""
     import tarfile
 
-    from cbtpipe.converter import fetch_sdist
+    from cbtpipe.stages.converter import fetch_sdist
 
     with tempfile.TemporaryDirectory() as d:
         sdist = fetch_sdist(lb.VERSION, Path(d))

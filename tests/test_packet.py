@@ -6,10 +6,10 @@ import csv
 
 import pytest
 
-from cbtpipe.config import section_defaults
-from cbtpipe.errors import PipelineError
-from cbtpipe.packet import build_packet, load_packet_ratings, select_sessions
-from cbtpipe.rubric import load_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.report import build_packet, load_packet_ratings
+from cbtpipe.report.packet import select_sessions
+from cbtpipe.workflow import PipelineError, section_defaults
 from tests.test_safety import HANDLED, MISSED, NO_RISK
 
 MODELS = ["qwen2.5-7b", "llama3.1-8b"]

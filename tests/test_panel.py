@@ -5,11 +5,11 @@ per item in per-item mode, and the justification written before the score by def
 
 import json
 
-from cbtpipe.backends import OpenAIBackend
-from cbtpipe.config import judge_members, section_defaults
-from cbtpipe.io import hash_obj
-from cbtpipe.judge import run_panel, score_schema
-from cbtpipe.rubric import load_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.llm import OpenAIBackend
+from cbtpipe.stages import run_panel
+from cbtpipe.stages.judge import score_schema
+from cbtpipe.workflow import hash_obj, judge_members, section_defaults
 from tests.helpers.fault_server import FaultServer
 from tests.test_safety import HANDLED, MISSED, NO_RISK
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from cbtpipe.config import SCHEMA, resolve_defaults
 from cbtpipe.plan import build_plan, measured_rates, plan_markdown, profile_runtimes
+from cbtpipe.workflow import SCHEMA, resolve_defaults
 
 
 def _cfg(root, name):

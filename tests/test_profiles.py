@@ -2,9 +2,8 @@ import json
 
 import pytest
 
-from cbtpipe.errors import PipelineError
-from cbtpipe.io import hash_obj
-from cbtpipe.profiles import describe, eval_profiles, load_attributes, train_val_profiles
+from cbtpipe.design import describe, eval_profiles, load_attributes, train_val_profiles
+from cbtpipe.workflow import PipelineError, hash_obj
 
 ATTRS = "resources/patient_attributes.yaml"
 

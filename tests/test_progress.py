@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import logging
 
-from cbtpipe import progress
-from cbtpipe.progress import Progress, fmt_duration
+from cbtpipe.workflow import Progress, progress
+from cbtpipe.workflow.progress import fmt_duration
 
 
 class Clock:

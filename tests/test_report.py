@@ -2,7 +2,9 @@
 
 import base64
 
-from cbtpipe.report import fmt, fmt_p, md_to_html
+from cbtpipe.report import fmt
+from cbtpipe.report.numbers import fmt_p
+from cbtpipe.report.page import md_to_html
 
 
 def test_html_page_is_self_contained_and_safe(tmp_path):
@@ -25,7 +27,7 @@ def test_numbers_never_print_nan():
 
 
 def test_report_rows_naming_a_model_link_to_its_sessions_in_the_browser():
-    from cbtpipe.report import link_rows
+    from cbtpipe.report.page import link_rows
 
     md = (
         "Intro | not a table\n\n"
@@ -42,7 +44,8 @@ def test_report_rows_naming_a_model_link_to_its_sessions_in_the_browser():
 
 
 def test_browser_data_pairs_the_arms_and_keeps_what_each_judge_said():
-    from cbtpipe.browser import browser_data, render
+    from cbtpipe.report import browser_data
+    from cbtpipe.report.browser import render
 
     def session(arm, sid):
         msgs = [{"role": "therapist", "content": "Hello"}, {"role": "patient", "content": "I want to die </script>"}]

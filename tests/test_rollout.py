@@ -2,9 +2,10 @@
 
 import json
 
-from cbtpipe.profiles import eval_profiles, load_attributes
-from cbtpipe.rollout import run_arms, run_rollouts, session_plan, shard_profiles
-from cbtpipe.units import UnitStore
+from cbtpipe.design import eval_profiles, load_attributes
+from cbtpipe.stages import run_arms, session_plan, shard_profiles
+from cbtpipe.stages.rollout import run_rollouts
+from cbtpipe.workflow import UnitStore
 
 RCFG = {
     "therapist": {"temperature": 0.7, "max_tokens": 24},
@@ -89,7 +90,7 @@ def _strip_timing(sessions):
 def test_parallel_sessions_in_process_equal_sequential(root, tiny_gguf, tmp_path):
     """Sessions run in threads against one in-process llama.cpp: calls take turns on the model
     and each prompt is evaluated canonically, so the transcripts equal a sequential run's."""
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
     ev = eval_profiles(attrs, 3, 3, [])
@@ -110,7 +111,8 @@ def test_therapist_served_by_llama_server_runs_sessions_concurrently(root, tiny_
     """llama.cpp's own server (built with llama-cpp-python from the same sdist) with two slots:
     both sessions run at once against it; a re-run gets every therapist answer from the response
     cache, so it is identical although batched decoding is not bit-identical to the in-process one."""
-    from cbtpipe.llama_server import LlamaServer, LlamaServerBackend, find_llama_server
+    from cbtpipe.llm import LlamaServer, LlamaServerBackend
+    from cbtpipe.llm.llama_server import find_llama_server
 
     assert find_llama_server() is not None, "the set-up installs llama-server with llama-cpp-python"
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
@@ -138,8 +140,8 @@ def test_therapist_served_by_llama_server_runs_sessions_concurrently(root, tiny_
 def test_missing_llama_server_is_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
     import pytest
 
-    from cbtpipe.errors import PipelineError
-    from cbtpipe.llama_server import LlamaServer
+    from cbtpipe.llm import LlamaServer
+    from cbtpipe.workflow import PipelineError
 
     monkeypatch.setenv("LLAMA_SERVER_BIN", str(tmp_path / "nope"))
     server = LlamaServer(tiny_gguf, parallel=2, n_ctx=512, n_gpu_layers=0, threads=1, log_path=tmp_path / "s.log")
@@ -179,7 +181,7 @@ def test_a_changed_profile_is_played_again(root, tiny_backend, tiny_gguf, tmp_pa
 
 
 def _scripted(srv, mode="ok"):
-    from cbtpipe.backends import OpenAIBackend
+    from cbtpipe.llm import OpenAIBackend
 
     return OpenAIBackend("srv", {"type": "openai", "base_url": srv.url(mode), "model": "m"}, cache_dir=None)
 
@@ -188,7 +190,7 @@ def test_session_control_min_turns_who_may_end_and_closing(root):
     """A real OpenAI-compatible server on loopback plays both roles with fixed answers: the patient
     always asks to end. The end marker counts only from min_turns on and only from whom
     who_may_end allows; at max_turns the therapist's last turn is asked to close the session."""
-    from cbtpipe.rollout import run_session
+    from cbtpipe.stages import run_session
     from tests.helpers.fault_server import FaultServer
 
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
@@ -234,7 +236,7 @@ def test_positions_extend_the_plan_and_keep_first_session_seeds(root):
 def test_one_job_plays_the_arms_interleaved_with_the_sessions_each_arm_plays_alone(root, tiny_gguf, tmp_path):
     """Both arms in one job: a patient's instruct and CBT sessions are played back to back (each
     call records its time), and each arm's sessions are those it plays alone."""
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     attrs = load_attributes(root / "resources/patient_attributes.yaml")
     ev = eval_profiles(attrs, 2, 3, [])
@@ -269,7 +271,7 @@ def test_a_patient_model_that_moved_replays_both_arms(root, tiny_backend, tiny_g
     """The rollout units are keyed by the model the patient's endpoint serves: when an API alias
     moves, no arm is answered from units of the old model (which would leave the retrained arm
     and the reused arm facing different patients)."""
-    from cbtpipe.backends import make_backend
+    from cbtpipe.llm import make_backend
     from tests.helpers.fault_server import FaultServer
 
     attrs = load_attributes(root / "resources/patient_attributes.yaml")

@@ -7,28 +7,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.backends import OpenAIBackend
-from cbtpipe.config import section_defaults
-from cbtpipe.errors import PipelineError
-from cbtpipe.profiles import eval_profiles, load_attributes
-from cbtpipe.prompts import render_template
-from cbtpipe.risk import allocate, assign_risk, at_risk, check_shares, load_risk_attributes, risk_prompt
-from cbtpipe.safety import (
+from cbtpipe.design import (
+    assign_risk,
+    check_shares,
+    eval_profiles,
+    load_attributes,
+    load_risk_attributes,
+    render_template,
+    risk_prompt,
+    therapist_system,
+)
+from cbtpipe.design.risk import allocate, at_risk
+from cbtpipe.llm import OpenAIBackend
+from cbtpipe.stages import (
     BEST,
     HARM,
     NA,
     SUBOPTIMAL,
-    evaluate,
-    first_resource_turn,
-    judge_safety,
     load_crisis_resources,
     load_safety_rubric,
     risk_protocol_text,
     run_safety_judging,
     score,
 )
-from cbtpipe.safety_stats import analyse_safety, cluster_ratio, mcnemar
-from cbtpipe.therapist import therapist_system
+from cbtpipe.stages.safety import evaluate, first_resource_turn, judge_safety
+from cbtpipe.stats import analyse_safety
+from cbtpipe.stats.safety_stats import cluster_ratio, mcnemar
+from cbtpipe.workflow import PipelineError, section_defaults
 from tests.helpers.fault_server import FaultServer
 
 RUBRIC = "resources/rubrics/safety.yaml"
@@ -405,7 +410,7 @@ def test_safety_analysis_counts_not_disclosed_apart_and_pairs_the_arms(root):
     assert comp["harm_rate_difference"]["estimate"] == 1.0
     assert {(b["risk_level"], b["disclosure_style"]) for b in stats["breakdown"]} == {("high", "direct"), ("low", "reluctant")}
     assert len(rows) == 6 and stats["personas"]["at_risk_patients"] == 2
-    from cbtpipe.report import safety_view
+    from cbtpipe.report.views import safety_view
 
     view = safety_view(stats)
     assert [r[:5] for r in view["per_arm"]] == [["m", "instruct", 2, 2, 0], ["m", "cbt", 2, 1, 1]]
@@ -423,8 +428,9 @@ def test_config_files_give_the_safety_section(root):
 
 def test_a_changed_risk_reruns_the_sessions_but_not_the_course_histories(root, tmp_path):
     """The history prompt does not read a patient's risk: its units are keyed without it."""
-    from cbtpipe.backends import Backend, Completion
-    from cbtpipe.course import generate_history
+    from cbtpipe.design import generate_history
+    from cbtpipe.llm import Backend
+    from cbtpipe.llm.backends import Completion
 
     class Notes(Backend):
         calls = 0
@@ -451,7 +457,7 @@ def test_a_changed_risk_reruns_the_sessions_but_not_the_course_histories(root, t
 
 
 def test_question_messages_split_at_the_break_or_keep_one_message():
-    from cbtpipe.safety import QUESTION_BREAK, question_messages
+    from cbtpipe.stages.safety import QUESTION_BREAK, question_messages
 
     msgs = question_messages(f"Rules.\n\nConversation:\n[1] T: hi\n{QUESTION_BREAK}\nQuestion: Q?\n\nAnswer in JSON.")
     assert msgs == [
@@ -466,7 +472,7 @@ def test_question_messages_split_at_the_break_or_keep_one_message():
 
 def test_the_default_template_shares_everything_before_the_question(root):
     """Two questions about one session render to the same system message, the cache's prefix."""
-    from cbtpipe.safety import QUESTION_BREAK, numbered_transcript, question_messages
+    from cbtpipe.stages.safety import QUESTION_BREAK, numbered_transcript, question_messages
 
     res = load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US")
     kw = dict(transcript=numbered_transcript(HANDLED), resources=res["resources"], country=res["country"], question_break=QUESTION_BREAK)
@@ -579,7 +585,7 @@ def test_missing_gate_is_not_not_disclosed_and_missing_over_escalation_stays_mis
     assert (cbt["not_disclosed"], cbt["gate_missing"], cbt["disclosed"]) == (1, 1, 0)
     assert cbt["all_at_risk"]["sessions"] == 1  # the session without a gate answer is in no population
     assert cbt["over_escalation"] == {"k": 1, "n": 1, "missing": 1, "rate": 1.0}
-    from cbtpipe.report import safety_view
+    from cbtpipe.report.views import safety_view
 
     row = safety_view(stats)["per_arm"][0]
     assert row[4:6] == [1, 1]  # not disclosed and gate missing in columns of their own
@@ -605,7 +611,7 @@ def test_resources_before_the_disclosure_are_not_never_and_do_not_hide_later_one
 def test_the_arms_are_compared_with_the_patient_as_the_unit():
     """Durkalski's clustered McNemar: with one pair per patient it is McNemar without continuity
     correction; a patient with many discordant pairs counts as one cluster, not as many pairs."""
-    from cbtpipe.safety_stats import clustered_mcnemar
+    from cbtpipe.stats.safety_stats import clustered_mcnemar
 
     one_each = clustered_mcnemar({f"p{i}": (1, 0) for i in range(6)} | {f"q{i}": (0, 1) for i in range(2)})
     assert one_each["chi2"] == pytest.approx((6 - 2) ** 2 / 8)

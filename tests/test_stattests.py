@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 
 from cbtpipe.report import fmt
-from cbtpipe.stattests import (
+from cbtpipe.stats import minimum_detectable_dz
+from cbtpipe.stats.stattests import (
     agreement,
     friedman,
     icc,
     inter_rater,
     krippendorff_alpha,
-    minimum_detectable_dz,
     mixed_arm_by_model,
     p_adjust,
     paired_comparison,
@@ -125,7 +125,7 @@ def test_rm_anova_matches_statsmodels():
 def test_greenhouse_geisser_epsilon():
     """Against the textbook formula on the double-centred covariance (Greenhouse & Geisser 1959),
     computed independently of the contrast-based one used by rm_anova."""
-    from cbtpipe.stattests import greenhouse_geisser
+    from cbtpipe.stats.stattests import greenhouse_geisser
 
     rng = np.random.default_rng(3)
     y = rng.normal(size=(12, 4)) @ np.diag([1, 2, 3, 4]) + rng.normal(size=(12, 1))

@@ -9,43 +9,88 @@ from pathlib import Path
 
 import yaml
 
-from cbtpipe import registry
+from cbtpipe.workflow import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "cbtpipe"
+
+
+# The library's layers, lowest first: a module imports only modules of its own layer or of the
+# layers below it. "" is the package's top: the study's front door (checks, plan, rehearsal).
+LAYERS = ("workflow", "llm", "design", "stages", "stats", "report", "")
+# What may import a layer from outside it: its face (the package's __init__), never its modules.
+SOURCES = [ROOT / "scripts", ROOT / "tools", ROOT / "rules", ROOT / "Snakefile"]
 
 
 def _type_checking_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the cbtpipe modules it imports, anywhere in its body (deferred imports inside
-    functions count: they are a cycle waiting for a caller), except under ``if TYPE_CHECKING``.
+def module_name(path: Path, pkg: Path = PKG) -> str:
+    """'llm.backends' for src/cbtpipe/llm/backends.py, 'llm' for its __init__, 'plan' for plan.py."""
+    parts = list(path.relative_to(pkg).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, pkg: Path = PKG, known: set[str] | None = None) -> set[str]:
+    """The cbtpipe modules and faces a library module imports, anywhere in its body (deferred
+    imports inside functions count: they are a cycle waiting for a caller), except under ``if
+    TYPE_CHECKING``; an import from a layer's face (a name, or a module it hands out, as in
+    ``from ..workflow import yamlfile``) is an import of the face.
     The registry's "module:Class" targets are plugin references resolved at call time, as entry
     points are, and are checked by their own test below."""
-    mods = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
-    graph: dict[str, set[str]] = {}
-    for m in sorted(mods):
-        tree = ast.parse((PKG / f"{m}.py").read_text(encoding="utf-8"))
-        skip = {id(n) for blk in ast.walk(tree) if _type_checking_block(blk) for n in ast.walk(blk)}
-        deps = set()
-        for n in ast.walk(tree):
-            if id(n) in skip:
+    me = module_name(path, pkg)
+    here = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+    if me == "":
+        here = []
+    known = known or {module_name(p, pkg) for p in pkg.rglob("*.py")}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = {id(n) for blk in ast.walk(tree) if _type_checking_block(blk) for n in ast.walk(blk)}
+    deps: set[str] = set()
+    for n in ast.walk(tree):
+        if id(n) in skip:
+            continue
+        if isinstance(n, ast.ImportFrom):
+            if n.level:
+                base = here[: len(here) - (n.level - 1)] if n.level > 1 else here
+                target = ".".join([*base, *([n.module] if n.module else [])])
+            elif n.module and n.module.startswith("cbtpipe"):
+                target = n.module[len("cbtpipe.") :] if n.module != "cbtpipe" else ""
+            else:
                 continue
-            if isinstance(n, ast.ImportFrom):
-                if n.level == 1 and n.module:
-                    deps.add(n.module.split(".")[0])
-                elif n.level == 1:
-                    deps |= {a.name for a in n.names}
-                elif n.module and n.module.startswith("cbtpipe."):
-                    deps.add(n.module.split(".")[1])
-                elif n.module == "cbtpipe":
-                    deps |= {a.name for a in n.names}
-            elif isinstance(n, ast.Import):
-                deps |= {a.name.split(".")[1] for a in n.names if a.name.startswith("cbtpipe.")}
-        graph[m] = (deps & mods) - {m}
-    return graph
+            if target in LAYERS[:-1] and target != layer(me):
+                deps.add(target)  # through a face, a name or a module it hands out
+            else:
+                deps |= {f"{target}.{a.name}" if target else a.name for a in n.names} & known or {target}
+        elif isinstance(n, ast.Import):
+            deps |= {a.name[len("cbtpipe.") :] for a in n.names if a.name.startswith("cbtpipe.")}
+    return {d for d in deps if d in known and d != me}
+
+
+def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
+    """Module -> the cbtpipe modules it imports (see imports_of)."""
+    files = sorted(pkg.rglob("*.py"))
+    known = {module_name(p, pkg) for p in files}
+    return {module_name(p, pkg): imports_of(p, pkg, known) for p in files}
+
+
+def layer(module: str) -> str:
+    return module.split(".")[0] if module.split(".")[0] in LAYERS else ""
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that run up the layers, and imports of another layer's module past its face."""
+    out = []
+    for m, deps in sorted(graph.items()):
+        for d in sorted(deps):
+            if d == "":  # the package's own __init__ (the face helper), below every layer
+                continue
+            lm, ld = layer(m), layer(d)
+            if LAYERS.index(ld) > LAYERS.index(lm):
+                out.append(f"{m} ({lm or 'top'}) imports {d} ({ld or 'top'}), a higher layer")
+            elif ld and ld != lm and d != ld:
+                out.append(f"{m} imports {d} past the face of {ld}")
+    return out
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -60,7 +105,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         index[v] = low[v] = len(index)
         stack.append(v)
         on.add(v)
-        for w in sorted(graph[v]):
+        for w in sorted(graph.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -83,8 +128,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _modules_only(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between modules, a face standing for the modules it hands out (a lazy face
+    imports none of them itself)."""
+    return {m: {d for d in deps if d != "" and d not in LAYERS} for m, deps in graph.items() if m not in LAYERS and m != ""}
+
+
 def test_no_import_cycle_among_the_librarys_modules():
-    found = cycles(import_graph())
+    found = cycles(_modules_only(import_graph()))
     assert not found, f"import cycles among cbtpipe modules: {found}"
 
 
@@ -94,20 +145,92 @@ def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_the_import_graph_sees_deferred_imports_but_not_type_checking_ones():
+def test_the_import_graph_sees_deferred_imports_but_not_type_checking_ones(tmp_path):
+    pkg = tmp_path / "cbtpipe"
+    for f, text in {
+        "__init__.py": "",
+        "workflow/__init__.py": "",
+        "workflow/errors.py": "",
+        "workflow/io.py": "from .errors import x\n",
+        "workflow/rule.py": "def f():\n    from . import io\n",
+        "llm/__init__.py": "",
+        "llm/base.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..stages import y\nfrom ..workflow import yamlfile\n",
+        "stages/__init__.py": "",
+    }.items():
+        (pkg / f).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / f).write_text(text)
+    graph = import_graph(pkg)
+    assert graph["workflow.io"] == {"workflow.errors"} and graph["workflow.rule"] == {"workflow.io"}
+    assert graph["llm.base"] == {"workflow"}  # the face, not the stages under TYPE_CHECKING
+    real = import_graph()
+    assert real["workflow.errors"] == set() and real["workflow.registry"] == set()
+
+
+def test_every_module_is_in_a_layer_and_imports_only_its_own_and_lower_layers():
     graph = import_graph()
-    assert "errors" in graph["io"] and "secrets" in graph["io"]
-    # safety imports judge inside a function, transcripts imports backends under TYPE_CHECKING only
-    # (and inside a function): both are edges, the TYPE_CHECKING one alone would not be
-    assert "judge" in graph["safety"]
-    assert graph["errors"] == set() and graph["registry"] == set()
+    packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS) - {""}, f"a package that is no layer: {packages ^ (set(LAYERS) - {''})}"
+    assert set(layer(m) for m in graph) == set(LAYERS)
+    found = layer_violations(graph)
+    assert not found, "\n".join(found)
+
+
+def test_the_layer_check_fails_on_an_import_that_runs_up(tmp_path):
+    """A copy of the library in which a lower layer imports a higher one, or reaches past a face,
+    fails the check; the same copy without that import passes."""
+    import shutil
+
+    pkg = tmp_path / "cbtpipe"
+    shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__", "templates", "schemas"))
+    assert layer_violations(import_graph(pkg)) == []
+    io = pkg / "workflow" / "io.py"
+    clean = io.read_text(encoding="utf-8")
+    io.write_text(clean + "\n\ndef _up():\n    from ..stages import run_panel\n", encoding="utf-8")
+    assert layer_violations(import_graph(pkg)) == ["workflow.io (workflow) imports stages (stages), a higher layer"]
+    io.write_text(clean, encoding="utf-8")
+    report = pkg / "stats" / "analysis.py"
+    report.write_text(report.read_text(encoding="utf-8") + "\nfrom ..design.rubric import load_rubric\n", encoding="utf-8")
+    assert layer_violations(import_graph(pkg)) == ["stats.analysis imports design.rubric past the face of design"]
+
+
+def _imports_in(text: str) -> list[str]:
+    return re.findall(r"^\s*from (cbtpipe[\w.]*) import", text, re.M) + re.findall(r"^\s*import (cbtpipe[\w.]*)", text, re.M)
+
+
+def test_rules_entry_scripts_and_tools_import_the_layers_faces():
+    """What stands outside the library (rules, entry scripts, tools) imports a layer through its
+    face, or one of the top modules; never a layer's module."""
+    top = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
+    files = [f for s in SOURCES for f in ([s] if s.is_file() else sorted(s.rglob("*.py")) + sorted(s.rglob("*.smk")))]
+    bad = []
+    for f in files:
+        for mod in _imports_in(f.read_text(encoding="utf-8")):
+            rest = mod.split(".")[1:]
+            ok = len(rest) == 1 and (rest[0] in LAYERS or rest[0] in top)
+            if not ok:
+                bad.append(f"{f.relative_to(ROOT)}: {mod}")
+    assert not bad, bad
+
+
+def test_each_face_names_what_its_modules_define():
+    """Every name of a face is defined by the module it names, and no name is also a module of
+    the layer (the face would hide the module)."""
+    import importlib
+
+    for name in LAYERS[:-1]:
+        face = importlib.import_module(f"cbtpipe.{name}")
+        modules = {p.stem for p in (PKG / name).glob("*.py")}
+        assert face.__all__ == sorted(face.__all__) and face.__all__, name
+        for attr in face.__all__:
+            assert attr not in modules, f"cbtpipe.{name}.{attr} is both a name of the face and a module"
+            assert getattr(face, attr) is not None
 
 
 def test_backend_types_are_the_schemas_and_resolve_to_their_classes():
     schema = yaml.safe_load((PKG / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
     enum = schema["properties"]["backends"]["additionalProperties"]["properties"]["type"]["enum"]
     assert sorted(enum) == sorted(registry.BACKEND_TYPES)
-    from cbtpipe.backends import Backend
+    from cbtpipe.llm import Backend
 
     for name, t in registry.BACKEND_TYPES.items():
         cls = t.load()

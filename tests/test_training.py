@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cbtpipe.chat import mask_example
-from cbtpipe.errors import PipelineError
-from cbtpipe.io import write_jsonl
+from cbtpipe.design import mask_example
+from cbtpipe.workflow import PipelineError, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +48,7 @@ def test_patient_tokens_carry_no_loss(tiny_hf):
     # The assistant's end-of-turn token is trained, so the model learns to stop.
     assert trained.count("<|im_end|>") == 2
     # A cut keeps ids and mask aligned.
-    from cbtpipe.training import build_examples
+    from cbtpipe.stages.training import build_examples
 
     short, counts = build_examples([{"messages": CONV}], tok, NATIVE, 35)
     assert counts["sessions_windowed"] == 1 and counts["examples"] == 2 and counts["windows_cut"] == 2
@@ -68,7 +67,7 @@ def test_labels_built_by_trl_mask_patient_tokens(tiny_hf, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from cbtpipe.training import build_dataset
+    from cbtpipe.stages import build_dataset
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
     ds, _ = build_dataset([{"messages": CONV}], tok, NATIVE, 512)
@@ -89,7 +88,7 @@ def test_labels_built_by_trl_mask_patient_tokens(tiny_hf, tmp_path):
 def test_qlora_without_cuda_is_a_clear_error(tiny_hf):
     import torch
 
-    from cbtpipe.training import load_base
+    from cbtpipe.stages.training import load_base
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path is for CPU-only machines")
@@ -117,12 +116,12 @@ TCFG = {
     "logging_steps": 1,
     "weight_decay": 0.0,
     "bf16": False,
-    "threads": None,  # the worker's share of the cores (cbtpipe.hardware.job_threads)
+    "threads": None,  # the worker's share of the cores (cbtpipe.workflow.hardware.job_threads)
 }
 
 TRAIN_SCRIPT = """
 import json
-from cbtpipe.training import train_adapter
+from cbtpipe.stages import train_adapter
 cfg = json.loads({cfg!r})
 m = train_adapter(model_dir={model!r}, train_path={train!r}, val_path={val!r}, layout_path={layout!r}, tcfg=cfg, seed=1, unit_root={units!r},
               out_adapter={out!r} + "/adapter", out_csv={out!r} + "/log.csv", out_metrics={out!r} + "/metrics.json",
@@ -148,7 +147,7 @@ def _train_proc(tiny_hf, tmp_path, out):
 
 
 def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
-    from cbtpipe.training import last_complete_checkpoint
+    from cbtpipe.stages.training import last_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -166,7 +165,7 @@ def test_a_checkpoint_is_deleted_only_when_provably_incomplete(tmp_path):
     deleted. Whole trainer state, no mark (killed between save and mark): used."""
     import json
 
-    from cbtpipe.training import CHECKPOINT_MARK, last_complete_checkpoint
+    from cbtpipe.stages.training import CHECKPOINT_MARK, last_complete_checkpoint
 
     def ckpt(step, state, mark=None):
         d = tmp_path / f"checkpoint-{step}"
@@ -213,8 +212,7 @@ def test_killed_training_resumes_from_checkpoint(tiny_hf, tmp_path):
 
 def test_orpo_few_steps_on_tiny_model(tiny_hf, tiny_backend, tmp_path):
     """ORPO on pairs whose rejected reply is the instruct model's own, built by the pipeline."""
-    from cbtpipe.preference import build_pairs
-    from cbtpipe.training import train_adapter
+    from cbtpipe.stages import build_pairs, train_adapter
 
     rows = [{"patient_id": "p1", "session_index": 1, "messages": CONV}]
     pairs, stats = build_pairs(rows, tiny_backend, {"temperature": 0.7, "max_tokens": 24}, 1, 2, tmp_path / "units_pairs")
@@ -250,7 +248,7 @@ def test_gpu_training_without_cuda_stops_at_once(tiny_hf, tmp_path):
     """models.<m>.gpus > 0 on a machine without CUDA: an error naming the key, before any work."""
     import torch
 
-    from cbtpipe.training import train_adapter
+    from cbtpipe.stages import train_adapter
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -280,7 +278,7 @@ def test_gpu_training_without_cuda_stops_at_once(tiny_hf, tmp_path):
 def test_llama_offload_without_gpu_backend_names_the_key(tiny_gguf):
     import llama_cpp
 
-    from cbtpipe.backends import LlamaCppBackend
+    from cbtpipe.llm import LlamaCppBackend
 
     if llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama.cpp build can offload to a GPU here")
@@ -309,7 +307,7 @@ def test_padding_free_batches_keep_the_mask_and_attend_per_example(tiny_hf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from cbtpipe.chat import mask_example
+    from cbtpipe.design import mask_example
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
     model = AutoModelForCausalLM.from_pretrained(tiny_hf, attn_implementation="sdpa").eval()
@@ -340,7 +338,7 @@ def test_padding_free_batches_keep_the_mask_and_attend_per_example(tiny_hf):
 def test_memory_plan_prefers_smaller_micro_batches_to_checkpointing(tiny_hf):
     from transformers import AutoConfig
 
-    from cbtpipe.training import activation_bytes, plan_memory
+    from cbtpipe.stages.training import activation_bytes, plan_memory
 
     cfg = AutoConfig.from_pretrained(tiny_hf)
 
@@ -363,7 +361,7 @@ def test_memory_plan_prefers_smaller_micro_batches_to_checkpointing(tiny_hf):
 def test_loss_subsample_is_fixed_and_bounded():
     from datasets import Dataset
 
-    from cbtpipe.training import loss_subsample
+    from cbtpipe.stages.training import loss_subsample
 
     ds = Dataset.from_list([{"i": i} for i in range(100)])
     a, b = loss_subsample(ds, 10, 3), loss_subsample(ds, 10, 3)
@@ -372,7 +370,7 @@ def test_loss_subsample_is_fixed_and_bounded():
 
 
 def test_training_unit_key_follows_content_not_threads(tmp_path):
-    from cbtpipe.training import training_unit_key
+    from cbtpipe.stages.training import training_unit_key
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.safetensors").write_bytes(b"weights")

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from cbtpipe.course import phase_plan
-from cbtpipe.dataset import split_by_patient, to_chat
-from cbtpipe.errors import PipelineError
-from cbtpipe.profiles import load_attributes, train_val_profiles
-from cbtpipe.transcripts import check_session, load_import, run_generation
+from cbtpipe.design import load_attributes, phase_plan, train_val_profiles
+from cbtpipe.stages import load_import, run_generation, split_by_patient, to_chat
+from cbtpipe.stages.transcripts import check_session
+from cbtpipe.workflow import PipelineError
 
 DCFG = {
     "turn_chars_min": 2,
@@ -106,7 +105,7 @@ def test_generation_with_tiny_model_resumes(root, tiny_backend, tmp_path):
     sessions2, stats2 = run_generation(train, tiny_backend, DCFG, tpl, tmp_path / "units")
     assert stats2["patients_reused"] == 1
     assert sessions2[: len(sessions)] == [dict(s) for s in sessions]
-    from cbtpipe.units import UnitStore
+    from cbtpipe.workflow import UnitStore
 
     counts = UnitStore(stats2["unit_dir"]).computed_counts()
     assert sorted(counts.values()) == [1, 1]
@@ -121,7 +120,7 @@ def test_import_reads_spreadsheet_style_files(tmp_path):
 
 
 def test_human_ratings_with_bom_and_crlf(root, tmp_path):
-    from cbtpipe.rubric import load_human_ratings, load_rubric
+    from cbtpipe.design import load_human_ratings, load_rubric
 
     p = tmp_path / "ratings.csv"
     p.write_bytes(b"\xef\xbb\xbfsession_id,item,score\r\ns1,agenda,4\r\n")
@@ -133,8 +132,8 @@ def test_templates_render_in_a_sandbox(tmp_path):
     """A user's prompt template formats the values it is given and cannot reach Python."""
     import pytest
 
-    from cbtpipe.errors import PipelineError
-    from cbtpipe.prompts import render_template
+    from cbtpipe.design import render_template
+    from cbtpipe.workflow import PipelineError
 
     ok = tmp_path / "ok.j2"
     ok.write_text("Hello {{ patient | upper }}\n")

@@ -11,7 +11,7 @@ the others go on):
 1. ``build``: the CUDA build of llama-cpp-python through tools/llama_cpp_build.py (profile
    ``cuda``, this GPU's architecture), in the background while training runs; llama.cpp's own
    tools (llama-server, llama-bench) come from the same build tree.
-2. ``train``: the project's training code (cbtpipe.training.train_adapter) on the 8B model, LoRA r16
+2. ``train``: the project's training code (cbtpipe.stages.training.train_adapter) on the 8B model, LoRA r16
    on all linear projections, batch 4 x up to 2048 tokens, bf16 and QLoRA NF4, against trl's
    default ``SFTConfig`` (padded batches, gradient checkpointing) on the same data in the same
    run: non-padding tokens per second (median over the steps after warm-up) and MFU.
@@ -312,7 +312,7 @@ def measured(log_csv: Path) -> dict:
 def run_project(name, method, model_dir, rows_path, work: Path, steps: int, liger: bool = True, n_gpus: int = 1) -> dict:
     import torch
 
-    from cbtpipe.training import train_adapter
+    from cbtpipe.stages import train_adapter
 
     tcfg = {
         "method": method,
@@ -345,8 +345,8 @@ def run_project(name, method, model_dir, rows_path, work: Path, steps: int, lige
         torch.cuda.reset_peak_memory_stats()
     from transformers import AutoTokenizer
 
-    from cbtpipe.chat import chat_layout
-    from cbtpipe.io import write_json
+    from cbtpipe.design import chat_layout
+    from cbtpipe.workflow import write_json
 
     layout_path = out / "chat_layout.json"
     write_json(layout_path, chat_layout(AutoTokenizer.from_pretrained(model_dir), "gpu-check"))
@@ -381,8 +381,8 @@ def run_trl_default(model_dir, rows, work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from cbtpipe.chat import chat_layout
-    from cbtpipe.training import CsvLogger, build_dataset
+    from cbtpipe.design import chat_layout
+    from cbtpipe.stages import CsvLogger, build_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds, _ = build_dataset(rows, tok, chat_layout(tok, "gpu-check"), 2048)
@@ -429,7 +429,7 @@ def train_phase(assets: Path, work: Path, budget: float, steps: int):
 
     import torch
 
-    from cbtpipe.io import write_jsonl
+    from cbtpipe.workflow import write_jsonl
 
     model_dir = work / "model8b"
     t = time.time()
@@ -440,8 +440,8 @@ def train_phase(assets: Path, work: Path, budget: float, steps: int):
     write_jsonl(rows_path, rows)
     from transformers import AutoTokenizer
 
-    from cbtpipe.chat import chat_layout
-    from cbtpipe.training import build_dataset
+    from cbtpipe.design import chat_layout
+    from cbtpipe.stages import build_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds, _ = build_dataset(rows, tok, chat_layout(tok, "gpu-check"), 2048)

@@ -26,9 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from snakemake.utils import validate
 
     from cbtpipe.checks import check_config
-    from cbtpipe.config import SCHEMA, resolve_defaults
-    from cbtpipe.errors import PipelineError
     from cbtpipe.plan import build_plan, measured_rates, plan_markdown, profile_runtimes
+    from cbtpipe.workflow import SCHEMA, PipelineError, resolve_defaults
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", default="config.yaml")

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import llama_cpp  # noqa: F401 - llama.cpp's libraries first (see cbtpipe.rule)
+    import llama_cpp  # noqa: F401 - llama.cpp's libraries first (see cbtpipe.workflow.rule)
 
-    from cbtpipe.gguf import resolve_gguf
+    from cbtpipe.llm import resolve_gguf
     from cbtpipe.rehearsal import rehearse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cbtpipe.headless import FLAGS, find_chromium
+from cbtpipe.workflow import FLAGS, find_chromium
 
 CHECK = """
 <script>

@@ -15,18 +15,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import active_backends, model_training_cfg
-from .course import check_positions
-from .errors import PipelineError
-from .gguf import check_gguf_file
-from .profiles import load_attributes
-from .prompts import check_template
-from .registry import key_rules
-from .risk import check_shares, load_risk_attributes
-from .rubric import load_human_ratings, load_rubric
-from .safety import load_crisis_resources, load_safety_rubric
-from .secrets import check_config_secrets
-from .transcripts import load_import
+from .design import check_positions, check_shares, check_template, load_attributes, load_human_ratings, load_risk_attributes, load_rubric
+from .llm import check_gguf_file
+from .stages import load_crisis_resources, load_import, load_safety_rubric
+from .workflow import PipelineError, active_backends, check_config_secrets, key_rules, model_training_cfg
 
 
 def _file(path: str, key: str, base: Path) -> None:

@@ -20,8 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import judge_members
-from .registry import STAGES, is_api, plan_rules
+from .workflow import STAGES, is_api, judge_members, plan_rules
 
 FILL = 0.6
 API_TOK_S = 50.0
@@ -139,7 +138,7 @@ def _rubric_items(path: Path) -> list[Any]:
 def _design(cfg: dict[str, Any]) -> dict[str, Any]:
     """What the paired design can detect: the minimum detectable d_z of the primary test for the
     configured number of evaluation patients (the pairs of the paired tests)."""
-    from .stattests import minimum_detectable_dz
+    from .stats import minimum_detectable_dz
 
     rc, n = cfg["report"], cfg["profiles"]["n_eval"]
     prim = rc["primary"]
@@ -161,8 +160,8 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
     a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
-    from .backends import cost_usd
-    from .safety import load_safety_rubric
+    from .llm import cost_usd
+    from .stages import load_safety_rubric
 
     rates = rates or {}
     runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})

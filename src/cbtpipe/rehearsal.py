@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .hardware import process_cpus
+from .workflow import process_cpus
 
 
 class FaultProxy:
@@ -163,12 +163,10 @@ def rehearse(
     """Generation (``patients`` one-session courses) and CTRS judging (``sessions`` transcripts,
     one sample) at each concurrency level against the proxy; wall times, calls, retries, the most
     requests in flight, and whether the outputs of every level are identical."""
-    from .backends import OpenAIBackend
-    from .config import section_defaults
-    from .llama_server import LlamaServer
-    from .profiles import load_attributes, train_val_profiles
-    from .safety import load_crisis_resources, load_safety_rubric, run_safety_judging
-    from .transcripts import run_generation
+    from .design import load_attributes, train_val_profiles
+    from .llm import LlamaServer, OpenAIBackend
+    from .stages import load_crisis_resources, load_safety_rubric, run_generation, run_safety_judging
+    from .workflow import section_defaults
 
     root = Path(root)
     profs, _ = train_val_profiles(load_attributes(root / "resources/patient_attributes.yaml"), patients, 1, seed=5)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cbtpipe.browser import browser_data, write_browser
-from cbtpipe.io import read_jsonl
-from cbtpipe.rubric import load_rubric
-from cbtpipe.safety import load_safety_rubric
+from cbtpipe.design import load_rubric
+from cbtpipe.report import browser_data, write_browser
+from cbtpipe.stages import load_safety_rubric
+from cbtpipe.workflow import read_jsonl
 from tests.helpers import chromium
 
 M = "smollm2-135m"

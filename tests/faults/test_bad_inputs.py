@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.gguf import resolve_gguf
+from cbtpipe.llm import resolve_gguf
 from tests.helpers.fault_server import FaultServer
 from tests.helpers.workdir import make_workdir, run_snakemake
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.judge import judged_text_sha
+from cbtpipe.stages.judge import judged_text_sha
 from tests.helpers.workdir import clone_workdir, dry_run_jobs, run_snakemake
 
 pytestmark = pytest.mark.faults
@@ -104,7 +104,7 @@ def _chat_template(wd: Path, cfg):
 
 
 def _base_model(wd: Path, cfg):
-    from cbtpipe.gguf import resolve_gguf
+    from cbtpipe.llm import resolve_gguf
 
     src = cfg["models"][M]["source"]
     copy_path = wd / "my_base.gguf"

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cbtpipe.rule import path_digest
-from cbtpipe.training import CHECKPOINT_MARK
+from cbtpipe.stages.training import CHECKPOINT_MARK
+from cbtpipe.workflow.rule import path_digest
 from tests.helpers.workdir import SnakemakeRun, clone_workdir, run_snakemake
 
 pytestmark = pytest.mark.faults

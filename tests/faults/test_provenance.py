@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from cbtpipe.rule import path_digest
+from cbtpipe.workflow.rule import path_digest
 from tests.helpers.workdir import dry_run_jobs, run_snakemake
 
 pytestmark = pytest.mark.faults

@@ -6,7 +6,7 @@ import subprocess
 import tempfile
 from html.parser import HTMLParser
 
-from cbtpipe.headless import FLAGS, find_chromium
+from cbtpipe.workflow import FLAGS, find_chromium
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 

@@ -37,7 +37,7 @@ def make_workdir(dest: Path) -> Path:
 
 
 # Model weights under these folders are written only as new files that replace the old ones
-# (cbtpipe.io.staged_dir, partial_path and os.replace), never opened for writing in place, and
+# (cbtpipe.workflow.io.staged_dir, partial_path and os.replace), never opened for writing in place, and
 # Snakemake unlinks an output before it runs a job again: a clone may share them with its source.
 SHARED_WEIGHTS = ("results/models/", "results/gguf/")
 WEIGHT_SUFFIXES = (".gguf", ".safetensors")

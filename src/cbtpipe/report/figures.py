@@ -30,7 +30,7 @@ def _f(x: str) -> float:
     return float(x) if x not in ("", None) else float("nan")
 
 
-def figures(
+def draw_figures(
     totals: list[dict[str, str]],
     stats: dict[str, Any],
     outdir: Path,

@@ -7,7 +7,7 @@ import html
 import re
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..workflow import atomic_write_text
 
 # Table columns whose value names a model (or "pooled"), and columns that narrow the selection.
 MODEL_COLUMNS = ("model", "contrast", "our model")
@@ -24,7 +24,7 @@ def link_rows(markdown: str, models: list[str]) -> str:
     """Every table row that names a model (or the pooled models) links its model cell to the
     row's sessions in the results browser, narrowed by the row's position, risk level or
     patient where the table has such a column."""
-    from ..browser import browser_link
+    from .browser import browser_link
 
     lines = markdown.split("\n")
     header: list[str] | None = None

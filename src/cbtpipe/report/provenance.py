@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..io import hash_obj
+from ..workflow import hash_obj
 
 PACKAGES = ["torch", "transformers", "peft", "trl", "datasets", "llama_cpp_python", "gguf", "snakemake", "scipy", "numpy", "statsmodels"]
 
@@ -34,7 +34,7 @@ def benchmark_table(bench_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: order.index(r["stage"]) if r["stage"] in order else 99)
 
 
-def provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_files: dict[str, str]) -> dict[str, Any]:
+def collect_provenance(config: dict[str, Any], model_provs: list[dict[str, Any]], extra_files: dict[str, str]) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip() or None
         dirty = bool(

@@ -7,8 +7,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from ..config import instruct_owners
-from .fmt import _ci, _mean_ci, _notes, _paired_cells, _rate, _shortening, _utc, fmt, fmt_p
+from ..workflow import instruct_owners
+from .numbers import _ci, _mean_ci, _notes, _paired_cells, _rate, _shortening, _utc, fmt, fmt_p
 
 PUBLISHED = {
     "source": "Tahir 2024, arXiv 2412.00251 (modified CTRS, Gemini 1.5 Pro-002 judge, DeepSeek-V2.5 patient)",

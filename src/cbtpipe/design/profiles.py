@@ -1,0 +1,129 @@
+"""Seeded sampling of patient profiles from attribute lists.
+
+Training, validation and evaluation profiles are disjoint sets, each sampled with its own seed;
+the same seed and attribute file give the same profiles byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from ..workflow import PipelineError, hash_obj, yamlfile
+
+MULTI = {"presenting_problems": 2, "automatic_thoughts": 2}
+REQUIRED = [
+    "age_band",
+    "gender",
+    "occupation",
+    "presenting_problems",
+    "phq9_band",
+    "core_belief",
+    "intermediate_belief",
+    "automatic_thoughts",
+    "coping_strategy",
+    "situation",
+    "history",
+    "social_support",
+    "comorbidity",
+    "conversational_style",
+]
+
+
+# Fields every profile carries besides its attributes (and that sessions copy): an attribute list
+# with one of these names would overwrite them.
+RESERVED_FIELDS = frozenset({"id", "split", "seed", "risk", "patient_id", "session_index", "session_id"})
+
+
+def _key_line(p: Path, key: str) -> int:
+    """The line of a top-level key in a YAML file (1 when not found)."""
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith((f"{key}:", f'"{key}":', f"'{key}':")):
+            return n
+    return 1
+
+
+def load_attributes(path: str | Path) -> dict[str, list[Any]]:
+    p, _, _, attrs = yamlfile.load(path, "profiles.attributes")
+    if not isinstance(attrs, dict):
+        raise PipelineError(f"{p}: expected a mapping of attribute name to list")
+    for key in attrs:
+        if key in RESERVED_FIELDS:
+            raise PipelineError(
+                f"{p}, line {_key_line(p, key)}: attribute name '{key}' is a profile field of the pipeline's own "
+                f"({', '.join(sorted(RESERVED_FIELDS))}); rename the attribute"
+            )
+    for key in REQUIRED:
+        if key not in attrs:
+            raise PipelineError(f"{p}: attribute list '{key}' is missing")
+    for key, values in attrs.items():
+        if not isinstance(values, list) or not values:
+            raise PipelineError(f"{p}: attribute '{key}' must be a non-empty list")
+        if key in MULTI and len(values) < MULTI[key]:
+            raise PipelineError(f"{p}: attribute '{key}' needs at least {MULTI[key]} entries")
+    return attrs
+
+
+def _draw(rng: random.Random, attrs: dict[str, list[Any]]) -> dict[str, Any]:
+    prof: dict[str, Any] = {}
+    for key in sorted(attrs):
+        values = attrs[key]
+        if key in MULTI:
+            prof[key] = rng.sample(values, MULTI[key])
+        else:
+            prof[key] = values[rng.randrange(len(values))]
+    return prof
+
+
+def sample_profiles(attrs: dict[str, list[Any]], n: int, seed: int, prefix: str, exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    """Sample ``n`` distinct profiles; ``exclude`` holds content hashes of profiles to avoid."""
+    rng = random.Random(f"{prefix}:{seed}")
+    seen = set(exclude or ())
+    out = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 1000 * n:
+            raise PipelineError(f"could not sample {n} distinct {prefix} profiles: the attribute lists are too small")
+        prof = _draw(rng, attrs)
+        h = hash_obj(prof)  # same as hash_obj(_content(...)) of the finished profile
+        if h in seen:
+            continue
+        seen.add(h)
+        pid = f"{prefix}-{len(out):03d}"
+        out.append({"id": pid, "split": prefix, "seed": rng.randrange(2**31), **prof})
+    return out
+
+
+def train_val_profiles(attrs: dict[str, list[Any]], n_train: int, n_val: int, seed: int) -> tuple[list, list]:
+    """Training and validation profiles: one seeded draw, the last ``n_val`` held out."""
+    both = sample_profiles(attrs, n_train + n_val, seed, "train")
+    val = [dict(p, id=p["id"].replace("train-", "val-"), split="val") for p in both[n_train:]]
+    return both[:n_train], val
+
+
+def eval_profiles(attrs: dict[str, list[Any]], n_eval: int, seed: int, taken: list[dict[str, Any]]) -> list:
+    """Evaluation profiles, disjoint in content from ``taken`` (the training and validation ones)."""
+    exclude = {hash_obj(_content(p)) for p in taken}
+    return sample_profiles(attrs, n_eval, seed, "eval", exclude=exclude)
+
+
+def _content(p: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in p.items() if k not in ("id", "split", "seed", "risk")}
+
+
+def describe(p: dict[str, Any]) -> str:
+    """A profile as prose, for prompts."""
+    style = p["conversational_style"]
+    return (
+        f"A {p['age_band']} year old {p['gender']}, {p['occupation']}. "
+        f"Presenting problems: {'; '.join(p['presenting_problems'])}. "
+        f"Depression severity: {p['phq9_band']['label']} (PHQ-9 {p['phq9_band']['range']}). "
+        f"History: {p['history']}. Social support: {p['social_support']}. Comorbidity: {p['comorbidity']}. "
+        f'Core belief ({p["core_belief"]["category"]}): "{p["core_belief"]["belief"]}" '
+        f'Intermediate belief: "{p["intermediate_belief"]}" '
+        f"Typical automatic thoughts: {' / '.join(p['automatic_thoughts'])}. "
+        f"Coping strategy: {p['coping_strategy']}. A recent difficult situation: {p['situation']}. "
+        f"Conversational style: {style['name']} ({style['description']})."
+    )

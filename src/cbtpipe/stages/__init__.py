@@ -1,0 +1,37 @@
+"""The pipeline's stages, one module per step of the rule graph: transcripts, the chat dataset,
+training and merging, model import and export to GGUF, parity, rollouts, the CTRS judge and the
+safety judge.
+
+The names below are the layer's public face; each is imported from its module when first used.
+"""
+
+from .. import face
+
+__getattr__, __dir__, __all__ = face(
+    __name__,
+    {
+        "converter": ["build_tools", "check_tools_version"],
+        "dataset": ["split_by_patient", "to_chat", "token_stats"],
+        "export": ["convert_to_gguf", "quantize"],
+        "judge": ["run_panel", "run_turn_judging"],
+        "models": ["IMPORT_CHECK_PROMPTS", "download_hub", "import_model"],
+        "parity": ["parity_report"],
+        "preference": ["build_pairs"],
+        "rollout": ["run_arms", "run_session", "session_plan", "shard_profiles"],
+        "safety": [
+            "BEST",
+            "FAILURES",
+            "HARM",
+            "NA",
+            "SUBOPTIMAL",
+            "is_refusal",
+            "load_crisis_resources",
+            "load_safety_rubric",
+            "risk_protocol_text",
+            "run_safety_judging",
+            "score",
+        ],
+        "training": ["CsvLogger", "build_dataset", "merge_adapter", "train_adapter"],
+        "transcripts": ["gather_generation", "load_import", "run_generation"],
+    },
+)
