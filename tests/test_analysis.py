@@ -4,19 +4,9 @@ import numpy as np
 import pytest
 
 from cbtpipe.stats import analyse
-from cbtpipe.stats.analysis import (
-    between_models,
-    descriptives,
-    human_agreement,
-    inter_judge,
-    missing_answers,
-    missing_bounds,
-    missing_by_group,
-    per_item,
-    primary_endpoint,
-    reliability,
-    tuned_vs_instruct,
-)
+from cbtpipe.stats.ctrs import between_models, descriptives, per_item, primary_endpoint, tuned_vs_instruct
+from cbtpipe.stats.judges import human_agreement, inter_judge, reliability
+from cbtpipe.stats.missing import missing_answers, missing_bounds, missing_by_group
 
 ITEMS = ["agenda", "feedback"]
 
@@ -161,7 +151,7 @@ def _course_totals():
 
 
 def test_by_position_lengths_and_length_adjusted_difference():
-    from cbtpipe.stats.analysis import by_position, length_adjusted, lengths
+    from cbtpipe.stats.ctrs import by_position, length_adjusted, lengths
 
     rows = _course_totals()
     pos = by_position(rows, ["m1"], 0.05, 200, 1)
@@ -186,7 +176,7 @@ def test_by_position_lengths_and_length_adjusted_difference():
 def test_context_score_correlation_and_subtotals():
     from scipy.stats import spearmanr
 
-    from cbtpipe.stats.analysis import context_vs_score, subtotal_comparisons
+    from cbtpipe.stats.ctrs import context_vs_score, subtotal_comparisons
 
     rows = _course_totals()
     cs = context_vs_score(rows, ["m1"], ["cbt", "instruct"], limit=4000)
@@ -372,7 +362,7 @@ def test_ctrs_primary_is_on_patients_without_risk_with_the_risk_stratum_beside_i
 
 
 def test_the_mixed_model_has_a_position_term_and_an_arm_by_risk_term():
-    from cbtpipe.stats.stattests import mixed_arm_by_model
+    from cbtpipe.stats.mixed import mixed_arm_by_model
 
     rows = _design_rows() + [dict(r, model="m2", session_id=r["session_id"] + "-m2") for r in _design_rows()]
     mm = mixed_arm_by_model(
@@ -403,7 +393,7 @@ def test_missing_bounds_leave_out_sessions_missing_in_both_arms():
 
 
 def test_closing_instruction_sessions_are_counted_per_arm_with_a_sensitivity_analysis_without_them():
-    from cbtpipe.stats.analysis import closing_sensitivity
+    from cbtpipe.stats.ctrs import closing_sensitivity
 
     rows = [r for r in _design_rows() if r["risk_level"] == "none"]
     for r in rows:

@@ -9,8 +9,7 @@ import time
 import httpx
 import pytest
 
-from cbtpipe.llm import LlamaCppBackend, OpenAIBackend, make_backend
-from cbtpipe.llm.backends import BackendError, validate_json_text
+from cbtpipe.llm import BackendError, LlamaCppBackend, OpenAIBackend, make_backend, validate_json_text
 from cbtpipe.workflow import PipelineError, job_threads
 from tests.helpers.fault_server import FaultServer
 
@@ -326,8 +325,7 @@ def test_concurrency_limit_is_shared(monkeypatch):
 
 
 def test_blank_answers_are_not_cached(tmp_path):
-    from cbtpipe.llm import Backend
-    from cbtpipe.llm.backends import Completion
+    from cbtpipe.llm import Backend, Completion
 
     class Flaky(Backend):
         n = 0
@@ -401,7 +399,8 @@ def test_content_as_a_list_of_parts_and_refusals(tmp_path):
 
 
 def test_which_answers_the_cache_keeps():
-    from cbtpipe.llm.backends import Completion, keepable
+    from cbtpipe.llm import Completion
+    from cbtpipe.llm.base import keepable
 
     assert keepable(Completion("ok", completion_tokens=2), {"max_tokens": 10})
     assert not keepable(Completion("  "), {})
@@ -619,11 +618,11 @@ def test_llama_cpp_call_interrupted_in_its_caller_stops_before_the_context_is_cl
     script.write_text(
         f"""
 import signal, sys
-from cbtpipe.llm import backends
+from cbtpipe.llm import llamacpp
 from cbtpipe.llm.cpu_thread import CallAbandoned
 
 stopped = []
-check = backends.check_abandoned
+check = llamacpp.check_abandoned
 
 def recording_check():
     try:
@@ -632,7 +631,7 @@ def recording_check():
         stopped.append(True)
         raise
 
-backends.check_abandoned = recording_check
+llamacpp.check_abandoned = recording_check
 
 class Stop(Exception):
     pass
@@ -640,7 +639,7 @@ class Stop(Exception):
 def on_alarm(*_):
     raise Stop()
 
-b = backends.LlamaCppBackend("t", {{"gguf": {{"path": {str(tiny_gguf)!r}}}, "n_ctx": 4096}}, cache_dir=None)
+b = llamacpp.LlamaCppBackend("t", {{"gguf": {{"path": {str(tiny_gguf)!r}}}, "n_ctx": 4096}}, cache_dir=None)
 # a long prompt (evaluated in pieces of 128 tokens) and a long answer: the alarm lands inside the call
 text = " ".join(f"Line {{i}}: the patient describes another week of low mood and poor sleep." for i in range(120))
 signal.signal(signal.SIGALRM, on_alarm)

@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from cbtpipe.llm import LlamaCppBackend
-from cbtpipe.llm.backends import validate_json_text
+from cbtpipe.llm import LlamaCppBackend, validate_json_text
 from cbtpipe.llm.json_fill import Enum, Filler, Lit, Str, compile_schema
 from cbtpipe.stages.judge import score_schema
 from cbtpipe.stages.safety import answer_schema, timing_schema

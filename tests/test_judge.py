@@ -1,7 +1,7 @@
 """The judge with the real tiny model in llama.cpp: schema enforced, invalid answers missing."""
 
 from cbtpipe.design import load_rubric
-from cbtpipe.llm.backends import Completion
+from cbtpipe.llm import Completion
 from cbtpipe.stages.judge import judge_session, judged_text_sha, render_transcript, run_judging
 
 SESSION = {

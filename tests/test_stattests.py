@@ -28,19 +28,10 @@ import pytest
 
 from cbtpipe.report import fmt
 from cbtpipe.stats import minimum_detectable_dz
-from cbtpipe.stats.stattests import (
-    agreement,
-    friedman,
-    icc,
-    inter_rater,
-    krippendorff_alpha,
-    mixed_arm_by_model,
-    p_adjust,
-    paired_comparison,
-    paired_power,
-    rank_biserial_paired,
-    rm_anova,
-)
+from cbtpipe.stats.anova import friedman, rm_anova
+from cbtpipe.stats.mixed import mixed_arm_by_model
+from cbtpipe.stats.reliability import agreement, icc, inter_rater, krippendorff_alpha
+from cbtpipe.stats.stattests import p_adjust, paired_comparison, paired_power, rank_biserial_paired
 
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
@@ -125,7 +116,7 @@ def test_rm_anova_matches_statsmodels():
 def test_greenhouse_geisser_epsilon():
     """Against the textbook formula on the double-centred covariance (Greenhouse & Geisser 1959),
     computed independently of the contrast-based one used by rm_anova."""
-    from cbtpipe.stats.stattests import greenhouse_geisser
+    from cbtpipe.stats.anova import greenhouse_geisser
 
     rng = np.random.default_rng(3)
     y = rng.normal(size=(12, 4)) @ np.diag([1, 2, 3, 4]) + rng.normal(size=(12, 1))

@@ -27,7 +27,7 @@ def _type_checking_block(node: ast.AST) -> bool:
 
 
 def module_name(path: Path, pkg: Path = PKG) -> str:
-    """'llm.backends' for src/cbtpipe/llm/backends.py, 'llm' for its __init__, 'plan' for plan.py."""
+    """'llm.base' for src/cbtpipe/llm/base.py, 'llm' for its __init__, 'plan' for plan.py."""
     parts = list(path.relative_to(pkg).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 

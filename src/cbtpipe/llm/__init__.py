@@ -10,7 +10,9 @@ from .. import face
 __getattr__, __dir__, __all__ = face(
     __name__,
     {
-        "backends": ["Backend", "LlamaCppBackend", "OpenAIBackend", "cost_usd", "make_backend", "sum_llm_stats"],
+        "base": ["Backend", "BackendError", "Completion", "JsonResult", "cost_usd", "make_backend", "sum_llm_stats", "validate_json_text"],
+        "llamacpp": ["LlamaCppBackend"],
+        "openai_compat": ["OpenAIBackend"],
         "gguf": ["check_gguf_file", "gguf_chat_template", "resolve_gguf"],
         "llama_server": ["LlamaServer", "LlamaServerBackend"],
     },

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..workflow import PipelineError, die_with_parent, llama_build_record, require_gpu_offload, sha256_file
-from .backends import OpenAIBackend
+from .openai_compat import OpenAIBackend
 
 log = logging.getLogger("cbtpipe")
 

@@ -9,21 +9,11 @@ from .. import face
 __getattr__, __dir__, __all__ = face(
     __name__,
     {
-        "analysis": [
-            "LONG_FIELDS",
-            "ablation_comparison",
-            "analyse",
-            "declaration",
-            "declared_before",
-            "judge_provenance",
-            "long_rows",
-            "read_csv",
-            "total_fields",
-            "total_rows",
-            "turn_scores_vs_context",
-            "write_csv",
-        ],
+        "analysis": ["analyse"],
+        "ctrs": ["ablation_comparison", "turn_scores_vs_context"],
+        "register": ["declaration", "declared_before", "judge_provenance"],
         "safety_stats": ["analyse_safety", "session_fields"],
         "stattests": ["finite", "minimum_detectable_dz"],
+        "tables": ["LONG_FIELDS", "long_rows", "read_csv", "total_fields", "total_rows", "write_csv"],
     },
 )

@@ -33,8 +33,8 @@ class BackendType:
 BACKEND_TYPES: dict[str, BackendType] = {
     t.name: t
     for t in (
-        BackendType("llama_cpp", "cbtpipe.llm.backends:LlamaCppBackend", api=False),
-        BackendType("openai", "cbtpipe.llm.backends:OpenAIBackend", api=True),
+        BackendType("llama_cpp", "cbtpipe.llm.llamacpp:LlamaCppBackend", api=False),
+        BackendType("openai", "cbtpipe.llm.openai_compat:OpenAIBackend", api=True),
     )
 }
 

@@ -1,0 +1,122 @@
+"""The primary endpoint's declaration before the run, when the judge was called, and the register of
+every test of the CTRS analysis with its family and adjusted p."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .stattests import adjust_within_families
+
+
+def declaration(primary: dict[str, Any], population: str) -> dict[str, Any]:
+    """The record of the primary endpoint (rule declare_primary): what it is, its hash, and when
+    it was recorded (UTC)."""
+    import datetime
+    import time
+
+    from ..workflow import hash_obj
+
+    what = {"primary": primary, "ctrs_population": population}
+    now = time.time()
+    return what | {
+        "sha256": hash_obj(what, 64),
+        "recorded_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
+        "recorded_at_unix": round(now, 3),
+    }
+
+
+def judge_provenance(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the CTRS judge was called (first and last call) and which models it said it served,
+    per model and arm (from each sample's record of its last call)."""
+    times = []
+    served: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for j in judged:
+        for smp in j.get("samples", []):
+            sv = smp.get("served") or {}
+            if sv.get("created"):
+                times.append(float(sv["created"]))
+            if sv.get("served_model"):
+                served[j["model"]][j["arm"]].add(f"{smp.get('judge', 'judge')}: {sv['served_model']}")
+    return {
+        "first_call": min(times, default=None),
+        "last_call": max(times, default=None),
+        "served_by_arm": {m: {a: sorted(v) for a, v in arms.items()} for m, arms in served.items()},
+    }
+
+
+def declared_before(
+    record: dict[str, Any] | None, primary: dict[str, Any], population: str, first_judgement: float | None
+) -> dict[str, Any]:
+    """Whether the primary endpoint of this report was on record before the first judge call: the
+    record must be of this endpoint (its hash) and older than every judgement."""
+    from ..workflow import hash_obj
+
+    out: dict[str, Any] = {"declared_before_run": False, "recorded_at": None, "first_judgement": first_judgement, "reason": ""}
+    if not record:
+        out["reason"] = "no record of its declaration"
+        return out
+    out["recorded_at"] = record.get("recorded_at")
+    if record.get("sha256") != hash_obj({"primary": primary, "ctrs_population": population}, 64):
+        out["reason"] = "the record is of another endpoint"
+    elif first_judgement is None:
+        out["reason"] = "no judge call carries its time (judgements made before calls were timed)"
+    elif record["recorded_at_unix"] >= first_judgement:
+        out["reason"] = "recorded after the first judge call"
+    else:
+        out["declared_before_run"] = True
+    return out
+
+
+def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every test of the CTRS analysis, labelled primary, secondary or exploratory, with its p
+    adjusted (Holm) within its family. Primary: the declared endpoint. Secondary: tuned against
+    instruct on the total per model and pooled, the between-model tests, and the mixed model's
+    interactions. Exploratory: items, subtotals, positions, strata, length, context and the
+    closing-instruction sensitivity analysis."""
+    prim = res["primary"]
+    tests: list[dict[str, Any]] = []
+    key = "p_t" if prim.get("test") == "paired_t" else "p_wilcoxon"
+    tests.append({"family": "primary", "test": f"{prim['outcome']}, CBT vs instruct, {prim['contrast']}", "p": prim.get("p")})
+    for m, c in [*res["tuned_vs_instruct"].items(), ("pooled", res["pooled"])]:
+        if not (prim["outcome"] == "total" and prim["contrast"] == m):
+            tests.append({"family": "secondary", "test": f"total, CBT vs instruct, {m}", "p": c[key]})
+    bm = res["between_models"]
+    if "rm_anova" in bm:
+        tests.append(
+            {"family": "secondary", "test": "total, between models (CBT arms), repeated-measures ANOVA", "p": bm["rm_anova"].get("p")}
+        )
+    mm = res["mixed_model"]
+    if mm.get("interaction"):
+        tests.append({"family": "secondary", "test": "mixed model: arm x model interaction", "p": mm["interaction"]["p"]})
+    if mm.get("risk_interaction"):
+        tests.append({"family": "secondary", "test": "mixed model: arm x risk interaction", "p": mm["risk_interaction"]["p"]})
+    for m, per in res["per_item"].items():
+        tests += [{"family": "exploratory", "test": f"item {c['item']}, CBT vs instruct, {m}", "p": c["p_t"]} for c in per["items"]]
+    for sid, sub in res["subtotals"].items():
+        tests += [
+            {"family": "exploratory", "test": f"subtotal {sid}, CBT vs instruct, {m}", "p": c["p_t"]} for m, c in sub["models"].items()
+        ]
+    tests += [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, position {r['position']}", "p": r["p_t"]}
+        for r in res["by_position"]
+    ]
+    tests += [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, risk stratum {r['stratum']}", "p": r["p_t"]}
+        for r in res["risk_strata"]
+    ]
+    for cov, per in res["length_adjusted"].items():
+        tests += [{"family": "exploratory", "test": f"total adjusted for {cov}, {m}", "p": c["p"]} for m, c in per.items()]
+    cs = res["context_vs_score"]
+    if cs:
+        tests += [
+            {"family": "exploratory", "test": f"Spearman total ~ context, {g['model']}/{g['arm']} (patients)", "p": g["p"]}
+            for g in [*cs["groups"], dict(cs["pooled"], model="pooled", arm="both")]
+        ]
+    cl = res["closing"]
+    if cl:
+        tests += [
+            {"family": "exploratory", "test": f"total, CBT vs instruct, {m}, without closing-instruction sessions", "p": c["p_t"]}
+            for m, c in cl["without"].items()
+        ]
+    return adjust_within_families(tests)
