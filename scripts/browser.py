@@ -1,8 +1,7 @@
 """Snakemake entry: the results browser (sessions side by side, one self-contained page)."""
 
-from cbtpipe.design import load_rubric
+from cbtpipe.design import load_rubric, load_safety_rubric
 from cbtpipe.report import browser_data, write_browser
-from cbtpipe.stages import load_safety_rubric
 from cbtpipe.workflow import entry, read_jsonl
 
 with entry(snakemake, "browser") as log:

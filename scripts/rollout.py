@@ -3,9 +3,9 @@
 import contextlib
 from pathlib import Path
 
-from cbtpipe.design import eval_context
+from cbtpipe.design import eval_context, risk_protocol_text
 from cbtpipe.llm import LlamaCppBackend, LlamaServer, LlamaServerBackend, make_backend
-from cbtpipe.stages import risk_protocol_text, run_arms, shard_profiles
+from cbtpipe.stages import run_arms, shard_profiles
 from cbtpipe.workflow import entry, read_json, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "rollout") as log:

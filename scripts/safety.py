@@ -1,7 +1,8 @@
 """Snakemake entry: the safety flow for every session of one (model, arm, shard)."""
 
+from cbtpipe.design import load_crisis_resources, load_safety_rubric
 from cbtpipe.llm import make_backend
-from cbtpipe.stages import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.stages import run_safety_judging
 from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "safety") as log:

@@ -3,7 +3,7 @@ risk level and disclosure style, refusals, and each rollout ablation against the
 
 import re
 
-from cbtpipe.stages import load_safety_rubric
+from cbtpipe.design import load_safety_rubric
 from cbtpipe.stats import analyse_safety, session_fields, write_csv
 from cbtpipe.workflow import entry, read_jsonl, write_json
 

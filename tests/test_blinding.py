@@ -5,9 +5,9 @@ to a loopback OpenAI-compatible server that records every request."""
 
 import json
 
-from cbtpipe.design import load_rubric
+from cbtpipe.design import load_crisis_resources, load_rubric, load_safety_rubric
 from cbtpipe.llm import OpenAIBackend
-from cbtpipe.stages import load_crisis_resources, load_safety_rubric, run_safety_judging
+from cbtpipe.stages import run_safety_judging
 from cbtpipe.stages.judge import run_judging
 from cbtpipe.workflow import section_defaults
 from tests.helpers.fault_server import FaultServer

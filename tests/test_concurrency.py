@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from cbtpipe.design import load_rubric
+from cbtpipe.design import load_crisis_resources, load_rubric, load_safety_rubric
 from cbtpipe.llm import OpenAIBackend
-from cbtpipe.stages import gather_generation, load_crisis_resources, load_safety_rubric, run_generation, run_safety_judging
+from cbtpipe.stages import gather_generation, run_generation, run_safety_judging
 from cbtpipe.stages.judge import run_judging
 from cbtpipe.workflow import PipelineError, hash_obj, section_defaults, shard_of
 from tests.helpers.fault_server import FaultServer

@@ -8,29 +8,29 @@ import pytest
 import yaml
 
 from cbtpipe.design import (
-    assign_risk,
-    check_shares,
-    eval_profiles,
-    load_attributes,
-    load_risk_attributes,
-    render_template,
-    risk_prompt,
-    therapist_system,
-)
-from cbtpipe.design.risk import allocate, at_risk
-from cbtpipe.llm import OpenAIBackend
-from cbtpipe.stages import (
     BEST,
     HARM,
     NA,
     SUBOPTIMAL,
+    assign_risk,
+    check_shares,
+    eval_profiles,
+    evaluate_flow,
+    first_resource_turn,
+    load_attributes,
     load_crisis_resources,
+    load_risk_attributes,
     load_safety_rubric,
+    render_template,
+    risk_prompt,
     risk_protocol_text,
-    run_safety_judging,
-    score,
+    safety_score,
+    therapist_system,
 )
-from cbtpipe.stages.safety import evaluate, first_resource_turn, judge_safety
+from cbtpipe.design.risk import allocate, at_risk
+from cbtpipe.llm import OpenAIBackend
+from cbtpipe.stages import run_safety_judging
+from cbtpipe.stages.safety import judge_safety
 from cbtpipe.stats import analyse_safety
 from cbtpipe.stats.safety_stats import cluster_ratio, mcnemar
 from cbtpipe.workflow import PipelineError, section_defaults
@@ -198,7 +198,7 @@ def test_flow_logic_severe_decides_and_a_missing_answer_never_counts_as_no(root)
     rubric = load_safety_rubric(root / RUBRIC)
 
     def run(answers):
-        return evaluate(rubric, lambda qid, q: answers.get(qid, "no"))
+        return evaluate_flow(rubric, lambda qid, q: answers.get(qid, "no"))
 
     imminent = run({"disclosed": "yes", "imminent": "yes", "no_urgent_help": "yes"})
     assert imminent["branch"] == "imminent_risk" and imminent["dimensions"]["guides_to_care"] == HARM
@@ -208,8 +208,8 @@ def test_flow_logic_severe_decides_and_a_missing_answer_never_counts_as_no(root)
     decided = run({"disclosed": "yes", "imminent": "no", "cold": None, "judgemental": "yes"})
     assert decided["dimensions"]["supportive"] == HARM and decided["any_high_harm"] is True
     assert decided["score"] == pytest.approx((50 + 0.5 * 80) * 0.8**2)  # every dimension is decided
-    assert score([SUBOPTIMAL] * 3 + [NA], rubric["score"]) == 50
-    assert score([BEST, HARM], rubric["score"]) == pytest.approx(75 * 0.25)
+    assert safety_score([SUBOPTIMAL] * 3 + [NA], rubric["score"]) == 50
+    assert safety_score([BEST, HARM], rubric["score"]) == pytest.approx(75 * 0.25)
 
 
 def test_real_tiny_judge_follows_the_flow(root, tiny_backend):
@@ -227,7 +227,7 @@ def test_real_tiny_judge_follows_the_flow(root, tiny_backend):
     assert n_calls == 1 or tiny_backend.stats.prompt_tokens_reused - reused >= (n_calls - 1) * 100
     ans = {q: a["answer"] for q, a in r["answers"].items() if q != "timing"}
     assert set(ans.values()) <= {"yes", "no", None}
-    expected = evaluate(rubric, lambda qid, q: ans[qid])
+    expected = evaluate_flow(rubric, lambda qid, q: ans[qid])
     assert r["asked"] == expected["asked"] and r["dimensions"] == expected["dimensions"] and r["score"] == expected["score"]
     assert ("timing" in r["answers"]) == bool(r["disclosed"])
     assert r["completion_tokens"] > 0
@@ -504,7 +504,7 @@ def _records(rubric, spec):
                 "disclosed": disclosed,
                 "dimensions": ratings,
                 "any_high_harm": None if branch is None else harm,
-                "score": None if branch is None else score(vals, rubric["score"]),
+                "score": None if branch is None else safety_score(vals, rubric["score"]),
                 "timing": timing or {"disclosure_turn": None, "acknowledgement_turn": None},
                 "resources_turn": res_turns[0] if res_turns else None,
                 "resources_turns": res_turns,

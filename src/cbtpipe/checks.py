@@ -15,9 +15,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .design import check_positions, check_shares, check_template, load_attributes, load_human_ratings, load_risk_attributes, load_rubric
+from .design import (
+    check_positions,
+    check_shares,
+    check_template,
+    load_attributes,
+    load_crisis_resources,
+    load_human_ratings,
+    load_risk_attributes,
+    load_rubric,
+    load_safety_rubric,
+)
 from .llm import check_gguf_file
-from .stages import load_crisis_resources, load_import, load_safety_rubric
+from .stages import load_import
 from .workflow import PipelineError, active_backends, check_config_secrets, key_rules, model_training_cfg
 
 

@@ -160,8 +160,8 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
     a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
+    from .design import load_safety_rubric
     from .llm import cost_usd
-    from .stages import load_safety_rubric
 
     rates = rates or {}
     runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})

@@ -163,9 +163,9 @@ def rehearse(
     """Generation (``patients`` one-session courses) and CTRS judging (``sessions`` transcripts,
     one sample) at each concurrency level against the proxy; wall times, calls, retries, the most
     requests in flight, and whether the outputs of every level are identical."""
-    from .design import load_attributes, train_val_profiles
+    from .design import load_attributes, load_crisis_resources, load_safety_rubric, train_val_profiles
     from .llm import LlamaServer, OpenAIBackend
-    from .stages import load_crisis_resources, load_safety_rubric, run_generation, run_safety_judging
+    from .stages import run_generation, run_safety_judging
     from .workflow import section_defaults
 
     root = Path(root)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cbtpipe.design import load_rubric
+from cbtpipe.design import load_rubric, load_safety_rubric
 from cbtpipe.report import browser_data, write_browser
-from cbtpipe.stages import load_safety_rubric
 from cbtpipe.workflow import read_jsonl
 from tests.helpers import chromium
 

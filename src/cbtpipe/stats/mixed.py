@@ -11,6 +11,111 @@ from scipy import stats as sps
 from .stattests import finite
 
 
+def _frame(patient, model, arm, y, ref_arm, position, risk) -> tuple[Any, dict[str, Any]]:
+    """The sessions with a score as a data frame, and the result's header (counts, levels)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"patient": patient, "model": model, "arm": arm, "y": np.asarray(y, float)})
+    df["position"] = [str(p) for p in position] if position is not None else "1"
+    df["risk"] = list(risk) if risk is not None else "none"
+    df = df[np.isfinite(df["y"])]
+    models = sorted(df["model"].unique())
+    arms = [ref_arm] + sorted(a for a in df["arm"].unique() if a != ref_arm)
+    res: dict[str, Any] = {
+        "n_sessions": int(len(df)),
+        "n_patients": int(df["patient"].nunique()),
+        "models": models,
+        "arms": arms,
+        "notes": [],
+    }
+    return df, res
+
+
+def _design(df: Any, res: dict[str, Any]) -> str:
+    """Makes the factors categorical and returns the fixed part of the formula: position and the
+    arm x risk term only where sessions come from more than one position or stratum."""
+    import pandas as pd
+
+    df["model"] = pd.Categorical(df["model"], categories=res["models"])
+    df["arm"] = pd.Categorical(df["arm"], categories=res["arms"])
+    positions = sorted(df["position"].unique(), key=lambda p: (len(p), p))
+    risks = sorted(df["risk"].unique(), key=lambda r: (r != "none", r))
+    rhs = "C(arm) * C(model)"
+    if len(positions) > 1:
+        rhs += " + C(position)"
+    if len(risks) > 1:
+        rhs += " + C(arm):C(risk) + C(risk)"
+    df["position"] = pd.Categorical(df["position"], categories=positions)
+    df["risk"] = pd.Categorical(df["risk"], categories=risks)
+    res["formula"] = f"y ~ {rhs} + (1 | patient)"
+    res["positions"], res["risk_strata"] = positions, risks
+    return rhs
+
+
+class _Fit:
+    """A fitted model's fixed effects: estimates of linear combinations with their standard error,
+    Wald interval and p, and Wald tests of groups of terms."""
+
+    def __init__(self, fit: Any, alpha: float):
+        self.names = list(fit.fe_params.index)
+        self.beta = fit.fe_params.to_numpy()
+        self.cov = fit.cov_params().loc[self.names, self.names].to_numpy()
+        self.z = sps.norm.ppf(1 - alpha / 2)
+
+    def est(self, x: np.ndarray) -> dict[str, Any]:
+        m, se = float(x @ self.beta), float(np.sqrt(max(0.0, x @ self.cov @ x)))
+        p = float(2 * sps.norm.sf(abs(m) / se)) if se > 0 else None
+        return {"estimate": finite(m), "se": finite(se), "ci": [finite(m - self.z * se), finite(m + self.z * se)], "p": finite(p)}
+
+    def wald(self, idx: list[int]) -> dict[str, Any]:
+        b, v = self.beta[idx], self.cov[np.ix_(idx, idx)]
+        chi2 = float(b @ np.linalg.solve(v, b))
+        return {
+            "terms": [self.names[i] for i in idx],
+            "chi2": finite(chi2),
+            "df": len(idx),
+            "p": finite(float(sps.chi2.sf(chi2, len(idx)))),
+        }
+
+    def terms(self, *parts: str) -> list[int]:
+        return [i for i, t in enumerate(self.names) if all(p in t for p in parts)]
+
+
+def _marginal_means(f: _Fit, rhs: str, res: dict[str, Any], ref_arm: str) -> None:
+    """Estimated marginal means of every arm and model, and the arm effects within each model,
+    averaged over models and within each risk stratum: each a contrast of design rows averaged
+    with equal weights over what it does not fix."""
+    import pandas as pd
+    import patsy
+
+    models, arms, positions, risks = res["models"], res["arms"], res["positions"], res["risk_strata"]
+    grid = pd.DataFrame(
+        [(a, m, p, r) for m in models for a in arms for p in positions for r in risks], columns=["arm", "model", "position", "risk"]
+    )
+    for col, cats in (("arm", arms), ("model", models), ("position", positions), ("risk", risks)):
+        grid[col] = pd.Categorical(grid[col], categories=cats)
+    dm = patsy.dmatrix(rhs, grid)
+    if list(dm.design_info.column_names) != f.names:  # the same coding as the fit, column for column
+        raise RuntimeError(f"mixed model: cell design {dm.design_info.column_names} differs from the fit's {f.names}")
+    X = np.asarray(dm)
+
+    def row(**match: str) -> np.ndarray:
+        sel = np.ones(len(grid), bool)
+        for col, v in match.items():
+            sel &= (grid[col] == v).to_numpy()
+        return X[sel].mean(axis=0)
+
+    res["emm"] = [{"arm": a, "model": m, **f.est(row(arm=a, model=m))} for m in models for a in arms]
+    res["arm_effects"], res["arm_effects_by_risk"] = [], []
+    for a in arms[1:]:
+        for m in models:
+            res["arm_effects"].append({"arm": a, "model": m, **f.est(row(arm=a, model=m) - row(arm=ref_arm, model=m))})
+        res["arm_effects"].append({"arm": a, "model": "average over models", **f.est(row(arm=a) - row(arm=ref_arm))})
+        if len(risks) > 1:
+            for r in risks:
+                res["arm_effects_by_risk"].append({"arm": a, "risk": r, **f.est(row(arm=a, risk=r) - row(arm=ref_arm, risk=r))})
+
+
 def mixed_arm_by_model(
     patient: list[str],
     model: list[str],
@@ -31,24 +136,10 @@ def mixed_arm_by_model(
     (each with its standard error and Wald interval). Rows with a missing score are left out."""
     import warnings
 
-    import pandas as pd
-    import patsy
     import statsmodels.formula.api as smf
 
-    df = pd.DataFrame({"patient": patient, "model": model, "arm": arm, "y": np.asarray(y, float)})
-    df["position"] = [str(p) for p in position] if position is not None else "1"
-    df["risk"] = list(risk) if risk is not None else "none"
-    df = df[np.isfinite(df["y"])]
-    models = sorted(df["model"].unique())
-    arms = [ref_arm] + sorted(a for a in df["arm"].unique() if a != ref_arm)
-    res: dict[str, Any] = {
-        "n_sessions": int(len(df)),
-        "n_patients": int(df["patient"].nunique()),
-        "models": models,
-        "arms": arms,
-        "notes": [],
-    }
-    if len(models) < 2 or len(arms) < 2 or ref_arm not in set(df["arm"]):
+    df, res = _frame(patient, model, arm, y, ref_arm, position, risk)
+    if len(res["models"]) < 2 or len(res["arms"]) < 2 or ref_arm not in set(df["arm"]):
         res["notes"].append(f"needs at least two models and the {ref_arm} arm beside another")
         return res
     if res["n_patients"] < 2:
@@ -56,70 +147,17 @@ def mixed_arm_by_model(
         return res
     if res["n_patients"] < 5:
         res["notes"].append(f"{res['n_patients']} patients: the patient variance, and with it every standard error, is poorly estimated")
-    df["model"] = pd.Categorical(df["model"], categories=models)
-    df["arm"] = pd.Categorical(df["arm"], categories=arms)
-    positions = sorted(df["position"].unique(), key=lambda p: (len(p), p))
-    risks = sorted(df["risk"].unique(), key=lambda r: (r != "none", r))
-    rhs = "C(arm) * C(model)"
-    if len(positions) > 1:
-        rhs += " + C(position)"
-    if len(risks) > 1:
-        rhs += " + C(arm):C(risk) + C(risk)"
-    df["position"] = pd.Categorical(df["position"], categories=positions)
-    df["risk"] = pd.Categorical(df["risk"], categories=risks)
-    res["formula"] = f"y ~ {rhs} + (1 | patient)"
-    res["positions"], res["risk_strata"] = positions, risks
+    rhs = _design(df, res)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = smf.mixedlm(f"y ~ {rhs}", df, groups=df["patient"]).fit(reml=True)
     res["notes"] += sorted({str(w.message).split("\n")[0] for w in caught})
-    names = list(fit.fe_params.index)
-    beta = fit.fe_params.to_numpy()
-    cov = fit.cov_params().loc[names, names].to_numpy()
-    z = sps.norm.ppf(1 - alpha / 2)
-
-    def est(x: np.ndarray) -> dict[str, Any]:
-        m, se = float(x @ beta), float(np.sqrt(max(0.0, x @ cov @ x)))
-        p = float(2 * sps.norm.sf(abs(m) / se)) if se > 0 else None
-        return {"estimate": finite(m), "se": finite(se), "ci": [finite(m - z * se), finite(m + z * se)], "p": finite(p)}
-
-    res["fixed"] = [{"term": t, **est(np.eye(len(names))[i])} for i, t in enumerate(names)]
-
-    def wald(idx: list[int]) -> dict[str, Any]:
-        b, v = beta[idx], cov[np.ix_(idx, idx)]
-        chi2 = float(b @ np.linalg.solve(v, b))
-        return {"terms": [names[i] for i in idx], "chi2": finite(chi2), "df": len(idx), "p": finite(float(sps.chi2.sf(chi2, len(idx))))}
-
-    res["interaction"] = wald([i for i, t in enumerate(names) if "C(arm)" in t and "C(model)" in t])
-    risk_terms = [i for i, t in enumerate(names) if "C(arm)" in t and "C(risk)" in t]
-    res["risk_interaction"] = wald(risk_terms) if risk_terms else None
-    grid = pd.DataFrame(
-        [(a, m, p, r) for m in models for a in arms for p in positions for r in risks], columns=["arm", "model", "position", "risk"]
-    )
-    for col, cats in (("arm", arms), ("model", models), ("position", positions), ("risk", risks)):
-        grid[col] = pd.Categorical(grid[col], categories=cats)
-    dm = patsy.dmatrix(rhs, grid)
-    if list(dm.design_info.column_names) != names:  # the same coding as the fit, column for column
-        raise RuntimeError(f"mixed model: cell design {dm.design_info.column_names} differs from the fit's {names}")
-    X = np.asarray(dm)
-
-    def row(**match: str) -> np.ndarray:
-        """The design row of a marginal mean: averaged with equal weights over what is not fixed."""
-        sel = np.ones(len(grid), bool)
-        for col, v in match.items():
-            sel &= (grid[col] == v).to_numpy()
-        return X[sel].mean(axis=0)
-
-    res["emm"] = [{"arm": a, "model": m, **est(row(arm=a, model=m))} for m in models for a in arms]
-    res["arm_effects"] = []
-    res["arm_effects_by_risk"] = []
-    for a in arms[1:]:
-        for m in models:
-            res["arm_effects"].append({"arm": a, "model": m, **est(row(arm=a, model=m) - row(arm=ref_arm, model=m))})
-        res["arm_effects"].append({"arm": a, "model": "average over models", **est(row(arm=a) - row(arm=ref_arm))})
-        if len(risks) > 1:
-            for r in risks:
-                res["arm_effects_by_risk"].append({"arm": a, "risk": r, **est(row(arm=a, risk=r) - row(arm=ref_arm, risk=r))})
+    f = _Fit(fit, alpha)
+    res["fixed"] = [{"term": t, **f.est(np.eye(len(f.names))[i])} for i, t in enumerate(f.names)]
+    res["interaction"] = f.wald(f.terms("C(arm)", "C(model)"))
+    risk_terms = f.terms("C(arm)", "C(risk)")
+    res["risk_interaction"] = f.wald(risk_terms) if risk_terms else None
+    _marginal_means(f, rhs, res, ref_arm)
     res["patient_variance"] = finite(float(fit.cov_re.iloc[0, 0]))
     res["residual_variance"] = finite(float(fit.scale))
     res["converged"] = bool(fit.converged)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.stats as sps
 
-from ..stages import BEST, FAILURES, HARM, NA, SUBOPTIMAL, is_refusal, score
+from ..design import BEST, FAILURES, HARM, NA, SUBOPTIMAL, is_refusal, safety_score
 from .stattests import adjust_within_families, finite, paired_comparison
 
 RATING_COLS = (BEST, SUBOPTIMAL, HARM, NA)
@@ -113,7 +113,7 @@ def _undisclosed_ratings(rubric: dict[str, Any]) -> tuple[dict[str, str], bool, 
     nd = rubric["not_disclosed"]
     dims = {d["id"]: NA for d in rubric["dimensions"]} | {nd["dimension"]: FAILURES[nd["failure"]]}
     vals = list(dims.values())
-    return dims, HARM in vals, score(vals, rubric["score"])
+    return dims, HARM in vals, safety_score(vals, rubric["score"])
 
 
 def session_rows(
