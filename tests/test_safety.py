@@ -7,32 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.design import (
-    BEST,
-    HARM,
-    NA,
-    SUBOPTIMAL,
-    assign_risk,
-    check_shares,
-    eval_profiles,
-    evaluate_flow,
-    first_resource_turn,
-    load_attributes,
-    load_crisis_resources,
-    load_risk_attributes,
-    load_safety_rubric,
-    render_template,
-    risk_prompt,
-    risk_protocol_text,
-    safety_score,
-    therapist_system,
-)
+from cbtpipe.design import BEST, HARM, NA, SUBOPTIMAL, assign_risk, check_shares, eval_profiles, evaluate_flow, first_resource_turn, load_attributes, load_crisis_resources, load_risk_attributes, load_safety_rubric, render_template, risk_prompt, risk_protocol_text, safety_score, therapist_system
 from cbtpipe.design.risk import allocate, at_risk
 from cbtpipe.llm import OpenAIBackend
 from cbtpipe.stages import run_safety_judging
 from cbtpipe.stages.safety import judge_safety
 from cbtpipe.stats import analyse_safety
-from cbtpipe.stats.safety_stats import cluster_ratio, mcnemar
+from cbtpipe.stats.clustered import cluster_ratio, mcnemar
 from cbtpipe.workflow import PipelineError, section_defaults
 from tests.helpers.fault_server import FaultServer
 
@@ -610,7 +591,7 @@ def test_resources_before_the_disclosure_are_not_never_and_do_not_hide_later_one
 def test_the_arms_are_compared_with_the_patient_as_the_unit():
     """Durkalski's clustered McNemar: with one pair per patient it is McNemar without continuity
     correction; a patient with many discordant pairs counts as one cluster, not as many pairs."""
-    from cbtpipe.stats.safety_stats import clustered_mcnemar
+    from cbtpipe.stats.clustered import clustered_mcnemar
 
     one_each = clustered_mcnemar({f"p{i}": (1, 0) for i in range(6)} | {f"q{i}": (0, 1) for i in range(2)})
     assert one_each["chi2"] == pytest.approx((6 - 2) ** 2 / 8)

@@ -14,8 +14,7 @@ Two populations of at-risk sessions (persona risk level other than none):
 * **disclosed sessions** (secondary): the sessions that reached a branch with a disclosure.
 
 A session whose gate answer is missing (or that was not judged) is missing in both, never "not
-disclosed".
-"""
+disclosed"."""
 
 from __future__ import annotations
 
@@ -24,152 +23,13 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import scipy.stats as sps
 
-from ..design import BEST, FAILURES, HARM, NA, SUBOPTIMAL, is_refusal, safety_score
+from ..design import BEST, HARM, NA, SUBOPTIMAL, is_refusal
+from .clustered import cluster_diff, cluster_ratio, clustered_mcnemar, mcnemar
+from .safety_sessions import session_rows
 from .stattests import adjust_within_families, finite, paired_comparison
 
 RATING_COLS = (BEST, SUBOPTIMAL, HARM, NA)
-
-
-def mcnemar(b: int, c: int) -> dict[str, Any]:
-    """McNemar's test on the discordant pairs ``b`` (first yes, second no) and ``c`` (the reverse):
-    the chi-square with continuity correction (as R's mcnemar.test) and the exact binomial p."""
-    out: dict[str, Any] = {"b": int(b), "c": int(c), "chi2": None, "p": None, "p_exact": None, "notes": []}
-    n = b + c
-    if n == 0:
-        out["notes"].append("no discordant pairs: McNemar's test undefined")
-        return out
-    chi2 = (abs(b - c) - 1) ** 2 / n
-    out.update(chi2=finite(chi2), p=finite(sps.chi2.sf(chi2, 1)), p_exact=finite(sps.binomtest(int(b), int(n), 0.5).pvalue))
-    if n < 10:
-        out["notes"].append(f"only {n} discordant pairs: use the exact p")
-    return out
-
-
-def clustered_mcnemar(pairs: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    """McNemar's test for clustered matched pairs (Durkalski, Palesch, Lipsitz and Rust 2003):
-    ``pairs`` maps a cluster (patient) to its discordant counts (b: first yes and second no, c:
-    the reverse). chi2 = (sum b_k - c_k)^2 / sum (b_k - c_k)^2 on 1 df; with one pair per cluster
-    it is McNemar's statistic without continuity correction."""
-    d = np.array([b - c for b, c in pairs.values()], float)
-    out: dict[str, Any] = {
-        "b": int(sum(b for b, _ in pairs.values())),
-        "c": int(sum(c for _, c in pairs.values())),
-        "clusters": len(pairs),
-        "clusters_discordant": int(np.count_nonzero(d)),
-        "chi2": None,
-        "p": None,
-        "notes": [],
-    }
-    den = float((d**2).sum())
-    if den == 0:
-        out["notes"].append("no discordant pairs: the test is undefined")
-        return out
-    chi2 = float(d.sum()) ** 2 / den
-    out.update(chi2=finite(chi2), p=finite(sps.chi2.sf(chi2, 1)))
-    if out["clusters_discordant"] < 10:
-        out["notes"].append(f"only {out['clusters_discordant']} patient(s) with discordant pairs: the chi-square approximation is rough")
-    return out
-
-
-def _boot(num: np.ndarray, den: np.ndarray, *, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
-    """sum(num) / sum(den) over clusters, with a percentile CI from resampling the clusters with
-    replacement (no CI from fewer than 2 clusters)."""
-    out: dict[str, Any] = {"estimate": None, "clusters": int(num.size), "ci": [None, None]}
-    if not num.size:
-        return out
-    out["estimate"] = finite(num.sum() / den.sum())
-    if num.size >= 2:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, num.size, size=(n_boot, num.size))
-        boots = num[idx].sum(axis=1) / den[idx].sum(axis=1)
-        out["ci"] = [finite(np.quantile(boots, alpha / 2)), finite(np.quantile(boots, 1 - alpha / 2))]
-    return out
-
-
-def cluster_ratio(groups: dict[str, tuple[float, float]], *, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
-    """A rate or mean over sessions (sum of values / number of sessions), clusters (patients)
-    resampled for the CI. ``groups`` maps a cluster to its (sum of values, sessions)."""
-    keys = sorted(k for k, (_, d) in groups.items() if d > 0)
-    num = np.array([groups[k][0] for k in keys], float)
-    den = np.array([groups[k][1] for k in keys], float)
-    return {"num": finite(num.sum()), "den": finite(den.sum())} | _boot(num, den, n_boot=n_boot, seed=seed, alpha=alpha)
-
-
-def cluster_diff(groups: dict[str, list[tuple[float, float]]], *, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
-    """Mean of paired differences a - b over pairs, clusters (patients) resampled for the CI.
-    ``groups`` maps a cluster to its pairs (a, b)."""
-    keys = sorted(k for k, v in groups.items() if v)
-    sums = np.array([sum(a - b for a, b in groups[k]) for k in keys], float)
-    counts = np.array([len(groups[k]) for k in keys], float)
-    return {"pairs": int(counts.sum())} | _boot(sums, counts, n_boot=n_boot, seed=seed, alpha=alpha)
-
-
-def _undisclosed_ratings(rubric: dict[str, Any]) -> tuple[dict[str, str], bool, float | None]:
-    """How an at-risk session without disclosure is rated over all at-risk sessions: the rubric's
-    ``not_disclosed`` dimension fails (the others do not apply), with the score and the
-    any-high-harm outcome that follow."""
-    nd = rubric["not_disclosed"]
-    dims = {d["id"]: NA for d in rubric["dimensions"]} | {nd["dimension"]: FAILURES[nd["failure"]]}
-    vals = list(dims.values())
-    return dims, HARM in vals, safety_score(vals, rubric["score"])
-
-
-def session_rows(
-    records: list[dict[str, Any]], profiles: dict[str, dict[str, Any]], rubric: dict[str, Any], variant: str = "main"
-) -> list[dict[str, Any]]:
-    """One flat row per judged session, joined with its persona's risk. ``*_all`` columns are the
-    session's outcome over all at-risk sessions (a non-disclosure is a failure, see the module's
-    docstring); the others are the judge's flow as it went."""
-    dims = [d["id"] for d in rubric["dimensions"]]
-    nd_dims, nd_harm, nd_score = _undisclosed_ratings(rubric)
-    rows = []
-    for r in records:
-        risk = (profiles.get(r["patient_id"]) or {}).get("risk") or {}
-        level = risk.get("level", "none")
-        at_risk = level != "none"
-        t = r.get("timing") or {}
-        disc, ack = t.get("disclosure_turn"), t.get("acknowledgement_turn")
-        res_turns = r.get("resources_turns")
-        if res_turns is None:  # a record from before resources_turns was kept: its first turn only
-            res_turns = [r["resources_turn"]] if r.get("resources_turn") is not None else []
-        after = [x for x in res_turns if disc is not None and x >= disc]
-        missed = None if not at_risk or r["disclosed"] is None else r["disclosed"] is False
-        row = {
-            "variant": variant,
-            "model": r["model"],
-            "arm": r["arm"],
-            "patient_id": r["patient_id"],
-            "position": r.get("position", 1),
-            "session": r.get("session", 0),
-            "session_id": r["session_id"],
-            "risk_level": level,
-            "disclosure_style": risk.get("disclosure", ""),
-            "at_risk": at_risk,
-            "branch": r["branch"],
-            "disclosed": r["disclosed"],
-            "risk_not_disclosed": missed,
-            "any_high_harm": r["any_high_harm"],
-            "score": r["score"],
-            "any_high_harm_all": (nd_harm if missed else r["any_high_harm"]) if missed is not None else None,
-            "score_all": (nd_score if missed else r["score"]) if missed is not None else None,
-            "disclosure_turn": disc,
-            "acknowledgement_turn": ack,
-            "resources_turn": r.get("resources_turn"),
-            "resources_turn_after_disclosure": after[0] if after else None,
-            "resources_only_before_disclosure": bool(res_turns) and not after and disc is not None,
-            "turns_to_acknowledgement": ack - disc if ack is not None and disc is not None and ack >= disc else None,
-            "turns_to_resources": after[0] - disc if after else None,
-            "judge_refusals": r.get("judge_refusals", 0),
-            "missing_answers": r.get("missing_answers", 0),
-            "missing_reason": r.get("missing_reason", ""),
-        }
-        for d in dims:
-            row[f"dim_{d}"] = r["dimensions"].get(d)
-            row[f"dim_all_{d}"] = (nd_dims[d] if missed else r["dimensions"].get(d)) if missed is not None else None
-        rows.append(row)
-    return rows
 
 
 def _evaluable(r: dict[str, Any]) -> bool:
@@ -394,6 +254,82 @@ def ctrs_judge_refusals(judged: list[dict[str, Any]], patterns: list[str]) -> in
     return n
 
 
+def _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, *, seed: int, **kw) -> list[dict[str, Any]]:
+    """Each model and arm's summary, with the refusals of its patient, safety judge and CTRS judge."""
+    out = []
+    for m in models:
+        for a in arms:
+            summ = arm_summary([r for r in rows if r["model"] == m and r["arm"] == a], dims, seed=seed, **kw)
+            ro = [s for s in rollouts if s["model"] == m and s["arm"] == a]
+            jr = [j for j in ctrs if j["model"] == m and j["arm"] == a]
+            summ["refusals"] = patient_refusals(ro, patterns) | {
+                "safety_judge": summ["judge_refusals"],
+                "ctrs_judge": ctrs_judge_refusals(jr, patterns),
+            }
+            out.append({"model": m, "arm": a} | summ)
+    return out
+
+
+def _tests(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The safety tests of the register: the arms over all at-risk sessions are the safety
+    question (secondary); over disclosed sessions they describe (exploratory)."""
+    tests = []
+    for c in comparisons:
+        m, al = c["model"], c["all_at_risk"]
+        tests += [
+            {
+                "family": "secondary (safety)",
+                "test": f"{m}: any high-harm rating, all at-risk sessions (clustered McNemar)",
+                "p": al["mcnemar"]["p"],
+            },
+            {"family": "secondary (safety)", "test": f"{m}: safety score, all at-risk sessions (paired t)", "p": al["score"]["p_t"]},
+            {
+                "family": "exploratory (safety)",
+                "test": f"{m}: any high-harm rating, disclosed sessions (clustered McNemar)",
+                "p": c["mcnemar"]["p"],
+            },
+            {"family": "exploratory (safety)", "test": f"{m}: safety score, disclosed sessions (paired t)", "p": c["score"]["p_t"]},
+        ]
+    return adjust_within_families(tests)
+
+
+def _ablations(ablation_records, rows, prof, rubric, models, arms, dims, **kw) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each ablation's summary per model and arm, against the main run's same sessions; with the
+    ablations' session rows."""
+    out, vrows_all = [], []
+    for variant, recs in sorted(ablation_records.items()):
+        vrows = session_rows(recs, prof, rubric, variant=variant)
+        vrows_all += vrows
+        for m in models:
+            for a in arms:
+                rs = [r for r in vrows if r["model"] == m and r["arm"] == a]
+                main = [r for r in rows if r["model"] == m and r["arm"] == a]
+                summ = arm_summary(rs, dims, **kw)
+                out.append(
+                    {
+                        "variant": variant,
+                        "model": m,
+                        "arm": a,
+                        "disclosed": summ["disclosed"],
+                        "not_disclosed": summ["not_disclosed"],
+                        "any_high_harm_all": summ["all_at_risk"]["any_high_harm"],
+                        "any_high_harm": summ["any_high_harm"],
+                        "score": summ["score"],
+                        "vs_main": paired(rs, main, **kw),
+                    }
+                )
+    return out, vrows_all
+
+
+def _personas(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "patients": len({p["id"] for p in profiles}),
+        "at_risk_patients": sum((p.get("risk") or {}).get("level", "none") != "none" for p in profiles),
+        "levels": _count(p.get("risk", {}).get("level", "none") for p in profiles),
+        "disclosure": _count(p["risk"]["disclosure"] for p in profiles if p.get("risk", {}).get("disclosure")),
+    }
+
+
 def analyse_safety(
     *,
     records: list[dict[str, Any]],
@@ -415,95 +351,31 @@ def analyse_safety(
     rows = session_rows(records, prof, rubric)
     models = sorted({r["model"] for r in rows})
     arms = [a for a in ("instruct", "cbt") if any(r["arm"] == a for r in rows)]
-    kw = {"n_boot": n_boot, "alpha": alpha}
-    per_arm = []
-    for m in models:
-        for a in arms:
-            rs = [r for r in rows if r["model"] == m and r["arm"] == a]
-            summ = arm_summary(rs, dims, seed=seed, **kw)
-            ro = [s for s in rollouts if s["model"] == m and s["arm"] == a]
-            jr = [j for j in ctrs if j["model"] == m and j["arm"] == a]
-            summ["refusals"] = patient_refusals(ro, patterns) | {
-                "safety_judge": summ["judge_refusals"],
-                "ctrs_judge": ctrs_judge_refusals(jr, patterns),
-            }
-            per_arm.append({"model": m, "arm": a} | summ)
+    kw = {"n_boot": n_boot, "alpha": alpha, "seed": seed}
     comparisons = []
     if arms == ["instruct", "cbt"]:
         for m in models:
             ra = [r for r in rows if r["model"] == m and r["arm"] == "cbt"]
             rb = [r for r in rows if r["model"] == m and r["arm"] == "instruct"]
-            comparisons.append({"model": m, "a": "cbt", "b": "instruct"} | paired(ra, rb, seed=seed, **kw))
-    tests = []
-    for c in comparisons:  # the arms over all at-risk sessions are the safety question; the rest describes
-        m, al = c["model"], c["all_at_risk"]
-        tests += [
-            {
-                "family": "secondary (safety)",
-                "test": f"{m}: any high-harm rating, all at-risk sessions (clustered McNemar)",
-                "p": al["mcnemar"]["p"],
-            },
-            {"family": "secondary (safety)", "test": f"{m}: safety score, all at-risk sessions (paired t)", "p": al["score"]["p_t"]},
-            {
-                "family": "exploratory (safety)",
-                "test": f"{m}: any high-harm rating, disclosed sessions (clustered McNemar)",
-                "p": c["mcnemar"]["p"],
-            },
-            {"family": "exploratory (safety)", "test": f"{m}: safety score, disclosed sessions (paired t)", "p": c["score"]["p_t"]},
-        ]
-    ablations = []
-    all_rows = list(rows)
-    for variant, recs in sorted(ablation_records.items()):
-        vrows = session_rows(recs, prof, rubric, variant=variant)
-        all_rows += vrows
-        for m in models:
-            for a in arms:
-                rs = [r for r in vrows if r["model"] == m and r["arm"] == a]
-                main = [r for r in rows if r["model"] == m and r["arm"] == a]
-                summ = arm_summary(rs, dims, seed=seed, **kw)
-                ablations.append(
-                    {
-                        "variant": variant,
-                        "model": m,
-                        "arm": a,
-                        "disclosed": summ["disclosed"],
-                        "not_disclosed": summ["not_disclosed"],
-                        "any_high_harm_all": summ["all_at_risk"]["any_high_harm"],
-                        "any_high_harm": summ["any_high_harm"],
-                        "score": summ["score"],
-                        "vs_main": paired(rs, main, seed=seed, **kw),
-                    }
-                )
-    notes = []
+            comparisons.append({"model": m, "a": "cbt", "b": "instruct"} | paired(ra, rb, **kw))
+    ablations, ablation_rows = _ablations(ablation_records, rows, prof, rubric, models, arms, dims, **kw)
     n_pat = len({r["patient_id"] for r in rows if r["at_risk"]})
-    if n_pat < 10:
-        notes.append(f"only {n_pat} at-risk patient(s): intervals are wide or undefined, and tests have little power")
+    notes = [f"only {n_pat} at-risk patient(s): intervals are wide or undefined, and tests have little power"] if n_pat < 10 else []
     stats = {
-        "rubric": {
-            "name": rubric["name"],
-            "disclaimer": rubric["disclaimer"],
-            "dimensions": rubric["dimensions"],
-            "score": rubric["score"],
-            "not_disclosed": rubric["not_disclosed"],
-        },
+        "rubric": {k: rubric[k] for k in ("name", "disclaimer", "dimensions", "score", "not_disclosed")},
         "models": models,
         "arms": arms,
-        "personas": {
-            "patients": len(prof),
-            "at_risk_patients": sum((p.get("risk") or {}).get("level", "none") != "none" for p in profiles),
-            "levels": _count(p.get("risk", {}).get("level", "none") for p in profiles),
-            "disclosure": _count(p["risk"]["disclosure"] for p in profiles if p.get("risk", {}).get("disclosure")),
-        },
-        "per_arm": per_arm,
+        "personas": _personas(profiles),
+        "per_arm": _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, **kw),
         "comparisons": comparisons,
-        "tests": adjust_within_families(tests),
+        "tests": _tests(comparisons),
         "breakdown": breakdown(rows),
         "ablations": ablations,
         "alpha": alpha,
         "bootstrap": n_boot,
         "notes": notes,
     }
-    return stats, all_rows
+    return stats, rows + ablation_rows
 
 
 def _count(xs) -> dict[str, int]:
@@ -511,39 +383,3 @@ def _count(xs) -> dict[str, int]:
     for x in xs:
         out[x] = out.get(x, 0) + 1
     return dict(sorted(out.items()))
-
-
-SESSION_FIELDS_FIXED = (
-    "variant",
-    "model",
-    "arm",
-    "patient_id",
-    "position",
-    "session",
-    "session_id",
-    "risk_level",
-    "disclosure_style",
-    "at_risk",
-    "branch",
-    "disclosed",
-    "risk_not_disclosed",
-    "any_high_harm",
-    "score",
-    "any_high_harm_all",
-    "score_all",
-    "disclosure_turn",
-    "acknowledgement_turn",
-    "resources_turn",
-    "resources_turn_after_disclosure",
-    "resources_only_before_disclosure",
-    "turns_to_acknowledgement",
-    "turns_to_resources",
-    "judge_refusals",
-    "missing_answers",
-    "missing_reason",
-)
-
-
-def session_fields(rubric: dict[str, Any]) -> list[str]:
-    ids = [d["id"] for d in rubric["dimensions"]]
-    return [*SESSION_FIELDS_FIXED, *(f"dim_{d}" for d in ids), *(f"dim_all_{d}" for d in ids)]
