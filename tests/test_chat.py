@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from cbtpipe.design import apply_layout, chat_layout, drop_oldest_exchange, eval_context, mask_example, phase_plan, therapist_system, training_context, windows
+from cbtpipe.design import (
+    apply_layout,
+    chat_layout,
+    drop_oldest_exchange,
+    eval_context,
+    mask_example,
+    phase_plan,
+    therapist_system,
+    training_context,
+    windows,
+)
 from cbtpipe.design.chat import check_layout, render
 from cbtpipe.design.course import context_block
 from cbtpipe.workflow import PipelineError

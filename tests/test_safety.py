@@ -7,7 +7,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.design import BEST, HARM, NA, SUBOPTIMAL, assign_risk, check_shares, eval_profiles, evaluate_flow, first_resource_turn, load_attributes, load_crisis_resources, load_risk_attributes, load_safety_rubric, render_template, risk_prompt, risk_protocol_text, safety_score, therapist_system
+from cbtpipe.design import (
+    BEST,
+    HARM,
+    NA,
+    SUBOPTIMAL,
+    assign_risk,
+    check_shares,
+    eval_profiles,
+    evaluate_flow,
+    first_resource_turn,
+    load_attributes,
+    load_crisis_resources,
+    load_risk_attributes,
+    load_safety_rubric,
+    render_template,
+    risk_prompt,
+    risk_protocol_text,
+    safety_score,
+    therapist_system,
+)
 from cbtpipe.design.risk import allocate, at_risk
 from cbtpipe.llm import OpenAIBackend
 from cbtpipe.stages import run_safety_judging

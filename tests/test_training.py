@@ -48,7 +48,7 @@ def test_patient_tokens_carry_no_loss(tiny_hf):
     # The assistant's end-of-turn token is trained, so the model learns to stop.
     assert trained.count("<|im_end|>") == 2
     # A cut keeps ids and mask aligned.
-    from cbtpipe.stages.training import build_examples
+    from cbtpipe.stages.train_data import build_examples
 
     short, counts = build_examples([{"messages": CONV}], tok, NATIVE, 35)
     assert counts["sessions_windowed"] == 1 and counts["examples"] == 2 and counts["windows_cut"] == 2
@@ -88,7 +88,7 @@ def test_labels_built_by_trl_mask_patient_tokens(tiny_hf, tmp_path):
 def test_qlora_without_cuda_is_a_clear_error(tiny_hf):
     import torch
 
-    from cbtpipe.stages.training import load_base
+    from cbtpipe.stages.train_memory import load_base
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path is for CPU-only machines")
@@ -147,7 +147,7 @@ def _train_proc(tiny_hf, tmp_path, out):
 
 
 def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
-    from cbtpipe.stages.training import last_complete_checkpoint
+    from cbtpipe.stages.checkpoints import last_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -165,7 +165,7 @@ def test_a_checkpoint_is_deleted_only_when_provably_incomplete(tmp_path):
     deleted. Whole trainer state, no mark (killed between save and mark): used."""
     import json
 
-    from cbtpipe.stages.training import CHECKPOINT_MARK, last_complete_checkpoint
+    from cbtpipe.stages.checkpoints import CHECKPOINT_MARK, last_complete_checkpoint
 
     def ckpt(step, state, mark=None):
         d = tmp_path / f"checkpoint-{step}"
@@ -338,7 +338,7 @@ def test_padding_free_batches_keep_the_mask_and_attend_per_example(tiny_hf):
 def test_memory_plan_prefers_smaller_micro_batches_to_checkpointing(tiny_hf):
     from transformers import AutoConfig
 
-    from cbtpipe.stages.training import activation_bytes, plan_memory
+    from cbtpipe.stages.train_memory import activation_bytes, plan_memory
 
     cfg = AutoConfig.from_pretrained(tiny_hf)
 
@@ -361,7 +361,7 @@ def test_memory_plan_prefers_smaller_micro_batches_to_checkpointing(tiny_hf):
 def test_loss_subsample_is_fixed_and_bounded():
     from datasets import Dataset
 
-    from cbtpipe.stages.training import loss_subsample
+    from cbtpipe.stages.train_data import loss_subsample
 
     ds = Dataset.from_list([{"i": i} for i in range(100)])
     a, b = loss_subsample(ds, 10, 3), loss_subsample(ds, 10, 3)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cbtpipe.stages.training import CHECKPOINT_MARK
+from cbtpipe.stages.checkpoints import CHECKPOINT_MARK
 from cbtpipe.workflow.rule import path_digest
 from tests.helpers.workdir import SnakemakeRun, clone_workdir, run_snakemake
 

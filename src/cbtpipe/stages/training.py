@@ -8,8 +8,7 @@
 * Resumable: checkpoints every ``save_steps`` in a unit folder that Snakemake does not delete; a
   re-run continues from the last checkpoint.
 * Outputs: the adapter in peft's format, a CSV log (step, loss, learning rate, tokens, tokens per
-  second), a loss plot, and train / validation loss before and after training.
-"""
+  second), a loss plot, and train / validation loss before and after training."""
 
 from __future__ import annotations
 
@@ -18,15 +17,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from ..design import mask_example, windows
 from ..workflow import (
     PipelineError,
-    Progress,
     cuda_or_cpu,
     hash_obj,
     job_threads,
@@ -36,297 +32,16 @@ from ..workflow import (
     staged_dir,
     write_json,
 )
+from .checkpoints import last_complete_checkpoint
+from .train_data import build_dataset, loss_subsample
+from .train_log import CsvLogger, plot_loss, read_log
+from .train_memory import load_base, plan_memory
 
 log = logging.getLogger("cbtpipe")
 
+
 # Training settings that do not change the result (only how fast it is computed).
 NOT_IN_KEY = ("threads",)
-
-
-def build_examples(
-    rows: list[dict[str, Any]], tokenizer, layout: dict[str, Any], max_length: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Tokenized examples with the therapist-only loss mask (``chat.mask_example``, checked per
-    example) and how many sessions had to be shortened.
-
-    A session longer than ``max_length`` is split into windows of whole exchanges (``chat.windows``),
-    so its closing summary and homework stay in training; only a single exchange longer than
-    ``max_length`` is cut, and counted."""
-    examples, counts = [], {"sessions": len(rows), "examples": 0, "sessions_windowed": 0, "windows_cut": 0, "windows_dropped": 0}
-    for r in rows:
-        wins = windows(tokenizer, r["messages"], layout, max_length)
-        counts["sessions_windowed"] += int(len(wins) > 1)
-        for w in wins:
-            ex = mask_example(tokenizer, w, layout)
-            if len(ex["input_ids"]) > max_length:
-                counts["windows_cut"] += 1
-                if not any(ex["assistant_masks"][:max_length]):  # nothing left to learn from
-                    counts["windows_dropped"] += 1
-                    continue
-            examples.append({"input_ids": ex["input_ids"][:max_length], "assistant_masks": ex["assistant_masks"][:max_length]})
-    counts["examples"] = len(examples)
-    return examples, counts
-
-
-def build_dataset(rows: list[dict[str, Any]], tokenizer, layout: dict[str, Any], max_length: int):
-    from datasets import Dataset
-
-    examples, counts = build_examples(rows, tokenizer, layout, max_length)
-    return Dataset.from_list(examples), counts
-
-
-class CsvLogger:
-    """A transformers TrainerCallback that appends (step, loss, lr, tokens, tokens/s) rows."""
-
-    def __new__(cls, path: str | Path):
-        from transformers import TrainerCallback
-
-        class _Cb(TrainerCallback):
-            def __init__(self, path):
-                self.path = Path(path)
-                self.t_last = None
-                self.tokens_last = 0
-
-            def on_train_begin(self, args, state, control, **kw):
-                self.t_last = time.perf_counter()
-                self.tokens_last = state.num_input_tokens_seen
-                # steps left (a resumed run starts past 0), with rate, tokens/s and ETA
-                self.progress = Progress(
-                    "train", max(0, state.max_steps - state.global_step), "steps", tokens=lambda: state.num_input_tokens_seen, every_s=30
-                )
-
-            def on_step_end(self, args, state, control, **kw):
-                self.progress.step(f"step {state.global_step}/{state.max_steps}")
-
-            def on_save(self, args, state, control, **kw):
-                # Called once the Trainer has written the whole checkpoint: mark it complete (with
-                # its files' sizes), and record it as a finished unit (a test shows none is made twice).
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if ckpt.is_dir():
-                    files = {f.name: f.stat().st_size for f in sorted(ckpt.iterdir()) if f.is_file() and f.name != CHECKPOINT_MARK}
-                    write_json(ckpt / CHECKPOINT_MARK, {"step": state.global_step, "files": files})
-                with open(self.path.parent / "computed.log", "a", encoding="utf-8") as fh:
-                    fh.write(f"checkpoint-{state.global_step}\n")
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                if not logs or "loss" not in logs:
-                    return
-                now = time.perf_counter()
-                toks = state.num_input_tokens_seen
-                dt = now - (self.t_last or now)
-                tps = (toks - self.tokens_last) / dt if dt > 0 else None
-                self.t_last, self.tokens_last = now, toks
-                new = not self.path.exists()
-                with open(self.path, "a", newline="", encoding="utf-8") as fh:
-                    w = csv.writer(fh)
-                    if new:
-                        w.writerow(["step", "epoch", "loss", "learning_rate", "tokens", "tokens_per_second"])
-                    w.writerow(
-                        [
-                            state.global_step,
-                            round(state.epoch or 0, 4),
-                            logs["loss"],
-                            logs.get("learning_rate"),
-                            toks,
-                            round(tps, 2) if tps else "",
-                        ]
-                    )
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e tokens %d (%.1f tok/s)",
-                    state.global_step,
-                    state.max_steps,
-                    logs["loss"],
-                    logs.get("learning_rate") or 0,
-                    toks,
-                    tps or 0,
-                )
-
-        return _Cb(path)
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The CSV log with rows of a killed run past its last checkpoint replaced by the resumed run's."""
-    rows: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            rows[int(r["step"])] = r
-    return [rows[k] for k in sorted(rows)]
-
-
-def plot_loss(rows: list[dict[str, Any]], metrics: dict[str, Any], path: str | Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    steps = [int(r["step"]) for r in rows]
-    ax.plot(steps, [float(r["loss"]) for r in rows], marker="o", ms=3, label="training loss")
-    last = steps[-1] if steps else 1
-    for key, style, label in (("val_loss_before", "--", "validation, before"), ("val_loss_after", ":", "validation, after")):
-        if metrics.get(key) is not None:
-            ax.axhline(metrics[key], ls=style, color="gray" if "before" in key else "green", label=f"{label}: {metrics[key]:.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title(title)
-    ax.set_xlim(0, max(last, 1) + 0.5)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-CHECKPOINT_MARK = "cbt-complete.json"
-
-
-def checkpoint_state(d: Path) -> str:
-    """'complete', 'incomplete' (provably: a kill landed while it was being saved) or 'damaged'.
-
-    The Trainer writes a checkpoint's files with trainer_state.json last, then calls on_save, which
-    writes CHECKPOINT_MARK with every file's size. With the mark, the files must match it (else the
-    checkpoint was damaged after it was finished). Without it, a missing or half-written
-    trainer_state.json proves the save never finished; a whole one means the kill landed between
-    the Trainer's save and the mark, and the checkpoint is complete."""
-    import json
-
-    mark = d / CHECKPOINT_MARK
-    if mark.exists():
-        try:
-            files = json.loads(mark.read_text(encoding="utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return "damaged"
-        ok = all((d / n).is_file() and (d / n).stat().st_size == size for n, size in files.items())
-        return "complete" if ok else "damaged"
-    try:
-        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "incomplete"
-    except ValueError:
-        return "incomplete"
-    except OSError:
-        return "damaged"
-    return "complete"
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest complete checkpoint. One whose save was cut off is deleted (it is provably
-    incomplete); one damaged after it was finished is moved aside with a warning, never deleted."""
-    found = []
-    for d in ckpt_dir.glob("checkpoint-*"):
-        if not d.is_dir() or not d.name.split("-")[-1].isdigit():
-            continue
-        state = checkpoint_state(d)
-        if state == "incomplete":
-            log.warning("checkpoint %s is incomplete (killed while saving): deleted, training goes on from the one before", d)
-            shutil.rmtree(d, ignore_errors=True)
-            continue
-        if state == "damaged":
-            aside = d.with_name(d.name + ".unreadable")
-            shutil.rmtree(aside, ignore_errors=True)
-            d.rename(aside)
-            log.warning("checkpoint %s does not match its completion mark (damaged after saving): moved to %s", d, aside.name)
-            continue
-        found.append((int(d.name.split("-")[-1]), d))
-    return str(max(found)[1]) if found else None
-
-
-def activation_bytes(model_config, batch_size: int, max_length: int, bytes_per_value: int = 2) -> int:
-    """Activation memory of one training step without gradient checkpointing (Korthikanti et al.
-    2022, with memory-efficient attention: about 34 values per token and hidden unit per layer;
-    the MLP term scales with the intermediate size), plus the logits in float32."""
-    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    h = int(cfg.hidden_size)
-    layers = int(cfg.num_hidden_layers)
-    inter = int(getattr(cfg, "intermediate_size", 4 * h) or 4 * h)
-    tokens = batch_size * max_length
-    per_layer = tokens * (10 * h + 6 * inter) * bytes_per_value
-    logits = tokens * int(cfg.vocab_size) * 4 * 2
-    return layers * per_layer + logits
-
-
-def plan_memory(setting: bool | str, model, tcfg: dict[str, Any], device: str, free_bytes: int | None = None) -> dict[str, Any]:
-    """Micro-batch, accumulation and gradient checkpointing for one training job.
-
-    ``true``/``false`` are taken as configured. ``auto`` keeps the effective batch
-    (batch_size x grad_accum) and first halves the micro-batch, raising the accumulation, until
-    the activation estimate fits 80% of the device's free memory; only when a micro-batch of one
-    still does not fit are activations recomputed (checkpointing costs about a third of the speed).
-    """
-    batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
-    plan = {"batch_size": batch, "grad_accum": accum, "gradient_checkpointing": bool(setting), "why": "configured"}
-    if setting is True or setting is False:
-        return plan
-    import torch
-
-    width = 2 if tcfg.get("bf16") or tcfg.get("method") == "qlora" else 4
-    if free_bytes is not None:
-        free = free_bytes
-    elif device == "cuda":
-        free, _total = torch.cuda.mem_get_info()
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    budget = 0.8 * free
-    micro = batch
-    while True:
-        need = activation_bytes(model.config, micro, tcfg["max_length"], width)
-        if need <= budget or micro == 1 or micro % 2:
-            break
-        micro //= 2
-    fits = need <= budget
-    plan.update(
-        batch_size=micro if fits else batch,
-        grad_accum=accum * (batch // micro) if fits else accum,
-        gradient_checkpointing=not fits,
-        why=f"auto: activations about {need / 2**30:.2f} GiB at micro-batch {micro}, {free / 2**30:.1f} GiB free on {device}",
-    )
-    return plan
-
-
-def load_base(model_dir: str | Path, tcfg: dict[str, Any], device: str = "cpu"):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    method = tcfg["method"]
-    if method == "qlora":
-        if device != "cuda":
-            raise PipelineError(
-                "config key training.method: qlora needs a CUDA GPU (4-bit NF4 weights through bitsandbytes), "
-                "but this job was given none (models.<name>.gpus is 0); set gpus: 1 on a GPU node, or use method: lora on a CPU"
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as e:
-            raise PipelineError(
-                "config key training.method: qlora needs bitsandbytes, which is not installed: "
-                "run `make setup GPU=1` (or use the training-gpu conda environment)"
-            ) from e
-        from transformers import BitsAndBytesConfig
-
-        bnb = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16)
-    else:
-        dtype = torch.bfloat16 if tcfg["bf16"] else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    # No key/value cache in training: it is never read, and transformers only gives the examples of
-    # a padding-free batch their own attention when there is none.
-    model.config.use_cache = False
-    model.train()
-    return model
-
-
-def loss_subsample(ds, n: int, seed: int):
-    """A fixed, seeded subsample of at most ``n`` examples (the whole split when it is smaller)."""
-    if ds is None or len(ds) <= n:
-        return ds
-    import random
-
-    idx = sorted(random.Random(seed).sample(range(len(ds)), n))
-    return ds.select(idx)
 
 
 def training_unit_key(tcfg: dict[str, Any], seed: int, train_path, val_path, model_dir, layout_path) -> str:
@@ -476,6 +191,78 @@ def write_training_outputs(
     return metrics
 
 
+def _trainer(
+    tcfg: dict[str, Any], model_dir, train_path, val_path, layout: dict[str, Any], seed: int, device: str, csv_path: Path, ckpt_dir: Path
+):
+    """The trl trainer of the method (SFT or ORPO) on the loaded base, with the memory plan and
+    the settings it led to."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = load_base(model_dir, tcfg, device)
+    mem = plan_memory(tcfg["gradient_checkpointing"], model, tcfg, device)
+    log.info(
+        "micro-batch %d x accumulation %d, gradient checkpointing %s (%s)",
+        mem["batch_size"],
+        mem["grad_accum"],
+        "on" if mem["gradient_checkpointing"] else "off",
+        mem["why"],
+    )
+    cuda = device == "cuda"
+    liger = bool(cuda and tcfg.get("liger_kernel", True) and importlib.util.find_spec("liger_kernel"))
+    settings = trainer_settings(tcfg, mem, ckpt_dir, seed, cuda, liger)
+    path = orpo_path if tcfg["method"] == "orpo" else sft_path
+    args, trainer_cls, ds_train, ds_val, data_info = path(tcfg, tok, train_path, val_path, settings, layout)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=ds_train,
+        eval_dataset=ds_val,
+        processing_class=tok,
+        peft_config=lora_config(tcfg),
+        callbacks=[CsvLogger(csv_path)],
+    )
+    setup = {"mem": mem, "liger": liger, "args": args, "ds_train": ds_train, "ds_val": ds_val, "data_info": data_info}
+    return trainer, tok, setup
+
+
+def _train(trainer, unit: Path, ckpt_dir: Path, tcfg: dict[str, Any], seed: int, has_val: bool) -> dict[str, Any]:
+    """Losses before (once per unit), training from the last complete checkpoint, losses after;
+    each loss on a fixed subsample of its split: one short pass, not two over the whole set."""
+    n_loss = int(tcfg.get("loss_sample", 64))
+    loss_train = loss_subsample(trainer.train_dataset, n_loss, seed)
+    loss_val = loss_subsample(trainer.eval_dataset, n_loss, seed) if has_val else None
+
+    def losses(when: str) -> dict[str, float | None]:
+        return {
+            f"train_loss_{when}": trainer.evaluate(loss_train, metric_key_prefix="train")["train_loss"],
+            f"val_loss_{when}": trainer.evaluate(loss_val)["eval_loss"] if loss_val is not None else None,
+        }
+
+    before_path = unit / "loss_before.json"
+    if before_path.exists():
+        before = read_json(before_path)
+    else:
+        before = losses("before")
+        write_json(before_path, before)
+    last = last_complete_checkpoint(ckpt_dir)
+    if last:
+        log.info("resuming from checkpoint %s", last)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - t0
+    return {
+        **before,
+        **losses("after"),
+        "resumed_from": last,
+        "train_runtime_s": round(train_seconds, 2),
+        "loss_examples": {"train": len(loss_train), "val": len(loss_val) if loss_val is not None else 0},
+        "final_train_loss_reported": result.training_loss,
+    }
+
+
 def train_adapter(
     *,
     model_dir: str | Path,
@@ -497,9 +284,7 @@ def train_adapter(
     config names: ``n_gpus`` CUDA devices (an error if there are fewer) or the CPU when it is 0;
     never a silent fallback. Resumes from the last complete checkpoint of its unit."""
     import torch
-    from transformers import AutoTokenizer
 
-    # 1. device and unit
     device = cuda_or_cpu(gpu_key, n_gpus)
     cuda = device == "cuda"
     torch.set_num_threads(int(tcfg.get("threads") or job_threads()))
@@ -508,77 +293,21 @@ def train_adapter(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     unit = Path(unit_root) / training_unit_key(tcfg, seed, train_path, val_path, model_dir, layout_path)
-    layout = read_json(layout_path)
     ckpt_dir = unit / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     csv_path = unit / "train_log.csv"
-
-    # 2. model, memory plan, trl settings
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = load_base(model_dir, tcfg, device)
-    mem = plan_memory(tcfg["gradient_checkpointing"], model, tcfg, device)
-    log.info(
-        "micro-batch %d x accumulation %d, gradient checkpointing %s (%s)",
-        mem["batch_size"],
-        mem["grad_accum"],
-        "on" if mem["gradient_checkpointing"] else "off",
-        mem["why"],
-    )
-    liger = bool(cuda and tcfg.get("liger_kernel", True) and importlib.util.find_spec("liger_kernel"))
-    settings = trainer_settings(tcfg, mem, ckpt_dir, seed, cuda, liger)
-
-    # 3. the method's path: data, trl config, trainer class
-    path = orpo_path if tcfg["method"] == "orpo" else sft_path
-    args, trainer_cls, ds_train, ds_val, data_info = path(tcfg, tok, train_path, val_path, settings, layout)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=ds_train,
-        eval_dataset=ds_val,
-        processing_class=tok,
-        peft_config=lora_config(tcfg),
-        callbacks=[CsvLogger(csv_path)],
-    )
-
-    # 4. losses before (once per unit), training from the last complete checkpoint, losses after;
-    # each on a fixed subsample of its split: one short pass, not two over the whole training set.
-    n_loss = int(tcfg.get("loss_sample", 64))
-    loss_train = loss_subsample(trainer.train_dataset, n_loss, seed)
-    loss_val = loss_subsample(trainer.eval_dataset, n_loss, seed) if ds_val is not None else None
-
-    def losses(when: str) -> dict[str, float | None]:
-        return {
-            f"train_loss_{when}": trainer.evaluate(loss_train, metric_key_prefix="train")["train_loss"],
-            f"val_loss_{when}": trainer.evaluate(loss_val)["eval_loss"] if loss_val is not None else None,
-        }
-
-    before_path = unit / "loss_before.json"
-    if before_path.exists():
-        before = read_json(before_path)
-    else:
-        before = losses("before")
-        write_json(before_path, before)
-    last = last_complete_checkpoint(ckpt_dir)
-    if last:
-        log.info("resuming from checkpoint %s", last)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.perf_counter() - t0
-    after = losses("after")
-
-    # 5. outputs
+    trainer, tok, s = _trainer(tcfg, model_dir, train_path, val_path, read_json(layout_path), seed, device, csv_path, ckpt_dir)
+    run = _train(trainer, unit, ckpt_dir, tcfg, seed, s["ds_val"] is not None)
+    mem, ds_val = s["mem"], s["ds_val"]
     metrics = {
-        **before,
-        **after,
+        **{k: run[k] for k in run if k.startswith(("train_loss", "val_loss"))},
         "method": tcfg["method"],
         "steps": trainer.state.global_step,
-        "resumed_from": last,
-        "train_runtime_s": round(train_seconds, 2),
+        "resumed_from": run["resumed_from"],
+        "train_runtime_s": run["train_runtime_s"],
         "tokens_seen": trainer.state.num_input_tokens_seen,
-        "train_examples": len(ds_train),
-        **data_info,
+        "train_examples": len(s["ds_train"]),
+        **s["data_info"],
         "val_examples": len(ds_val) if ds_val is not None else 0,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": device,
@@ -586,27 +315,10 @@ def train_adapter(
         "gradient_checkpointing": mem["gradient_checkpointing"],
         "micro_batch": mem["batch_size"],
         "grad_accum": mem["grad_accum"],
-        "liger_kernel": liger,
-        "padding_free": bool(getattr(args, "padding_free", False)),
-        "loss_examples": {"train": len(loss_train), "val": len(loss_val) if loss_val is not None else 0},
+        "liger_kernel": s["liger"],
+        "padding_free": bool(getattr(s["args"], "padding_free", False)),
+        "loss_examples": run["loss_examples"],
         "unit_dir": str(unit),
-        "final_train_loss_reported": result.training_loss,
+        "final_train_loss_reported": run["final_train_loss_reported"],
     }
     return write_training_outputs(trainer, tok, csv_path, out_adapter, out_csv, out_metrics, out_plot, title, metrics)
-
-
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> dict[str, Any]:
-    """Merge a LoRA adapter into the full-precision base (never into 4-bit weights)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dt)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    merged = model.merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    with staged_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters())}
