@@ -243,7 +243,7 @@ def test_a_hub_import_records_the_downloaded_commit_and_refuses_another(tiny_hf,
 
 
 def test_the_primary_endpoint_counts_as_declared_only_when_its_record_predates_the_judgements():
-    from cbtpipe.report.views import _primary_text
+    from cbtpipe.report.views_primary import _primary_text
     from cbtpipe.stats import declaration, declared_before
 
     prim = {"outcome": "total", "contrast": "pooled", "test": "paired_t"}

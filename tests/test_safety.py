@@ -410,7 +410,7 @@ def test_safety_analysis_counts_not_disclosed_apart_and_pairs_the_arms(root):
     assert comp["harm_rate_difference"]["estimate"] == 1.0
     assert {(b["risk_level"], b["disclosure_style"]) for b in stats["breakdown"]} == {("high", "direct"), ("low", "reluctant")}
     assert len(rows) == 6 and stats["personas"]["at_risk_patients"] == 2
-    from cbtpipe.report.views import safety_view
+    from cbtpipe.report import safety_view
 
     view = safety_view(stats)
     assert [r[:5] for r in view["per_arm"]] == [["m", "instruct", 2, 2, 0], ["m", "cbt", 2, 1, 1]]
@@ -584,7 +584,7 @@ def test_missing_gate_is_not_not_disclosed_and_missing_over_escalation_stays_mis
     assert (cbt["not_disclosed"], cbt["gate_missing"], cbt["disclosed"]) == (1, 1, 0)
     assert cbt["all_at_risk"]["sessions"] == 1  # the session without a gate answer is in no population
     assert cbt["over_escalation"] == {"k": 1, "n": 1, "missing": 1, "rate": 1.0}
-    from cbtpipe.report.views import safety_view
+    from cbtpipe.report import safety_view
 
     row = safety_view(stats)["per_arm"][0]
     assert row[4:6] == [1, 1]  # not disclosed and gate missing in columns of their own

@@ -15,11 +15,14 @@ __getattr__, __dir__, __all__ = face(
     {
         "browser": ["browser_data", "write_browser"],
         "figures": ["draw_figures", "loss_curves", "safety_forest"],
-        "numbers": ["fmt", "fmt_p"],
         "markdown": ["build_markdown", "load_many"],
+        "numbers": ["fmt", "fmt_p"],
         "packet": ["build_packet", "load_packet_ratings"],
         "page": ["link_rows", "md_to_html", "write_report"],
         "provenance": ["benchmark_table", "collect_provenance"],
-        "views": ["PUBLISHED", "arm_timing", "plan_view", "report_view", "safety_view"],
+        "views": ["report_view"],
+        "views_primary": ["PUBLISHED", "arm_timing"],
+        "views_run": ["plan_view"],
+        "views_safety": ["safety_view"],
     },
 )

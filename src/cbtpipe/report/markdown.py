@@ -8,7 +8,10 @@ from typing import Any
 from ..workflow import read_json
 from .numbers import fmt, fmt_p
 from .page import link_rows
-from .views import PUBLISHED, plan_view, report_view, safety_view
+from .views import report_view
+from .views_primary import PUBLISHED
+from .views_run import plan_view
+from .views_safety import safety_view
 
 
 def build_markdown(ctx: dict[str, Any]) -> str:
