@@ -151,35 +151,25 @@ def _design(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_plan(
-    cfg: dict[str, Any],
-    base: str | Path = ".",
-    rates: dict[str, dict[str, float]] | None = None,
-    api_limits: dict[str, int] | None = None,
-    runtimes: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
-    a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
-    from .design import load_safety_rubric
-    from .llm import cost_usd
+class _Planner:
+    """The rows of a plan, one per stage that calls an LLM backend (see the module doc)."""
 
-    rates = rates or {}
-    runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})
-    base = Path(base)
-    d, r, j, p = cfg["data"], cfg["rollout"], cfg["judge"], cfg["profiles"]
-    models, arms = sorted(cfg["models"]), r["arms"]
-    variants = 1 + len(r["ablations"])
-    shards = r["shards"]
-    sessions = len(models) * len(arms) * p["n_eval"] * len(r["positions"]) * r["sessions_per_patient"] * variants
-    turn_tok = FILL * (r["therapist"]["max_tokens"] + r["patient"]["max_tokens"]) / 2
-    transcript_tok = r["max_turns"] * turn_tok
-    backends = cfg["backends"]
-    rows = []
+    def __init__(self, cfg, base, rates, api_limits, runtimes):
+        self.cfg, self.base, self.rates, self.api_limits = cfg, Path(base), rates or {}, api_limits
+        self.runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})
+        r, p = cfg["rollout"], cfg["profiles"]
+        self.models, self.arms = sorted(cfg["models"]), r["arms"]
+        self.variants = 1 + len(r["ablations"])
+        self.sessions = len(self.models) * len(self.arms) * p["n_eval"] * len(r["positions"]) * r["sessions_per_patient"] * self.variants
+        self.transcript_tok = r["max_turns"] * FILL * (r["therapist"]["max_tokens"] + r["patient"]["max_tokens"]) / 2
+        self.rows: list[dict[str, Any]] = []
 
-    def row(stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note, units_per_job=None):
-        spec = backends.get(backend, {})
+    def row(self, stage, backend, calls, calls_max, prompt_tok, completion_tok, jobs, note, units_per_job=None) -> None:
+        from .llm import cost_usd
+
+        spec = self.cfg["backends"].get(backend, {})
         base_stage = stage.split(" (")[0]  # "judge (name)": a judge of a panel
-        measured = rates.get(base_stage)
+        measured = self.rates.get(base_stage)
         if measured:
             prompt_tok, completion_tok = measured["prompt_tokens"], measured["completion_tokens"]
         api = is_api(spec)
@@ -190,12 +180,11 @@ def build_plan(
         if units_per_job is not None:  # a job runs no more units at a time than it holds
             conc = max(1, min(conc, units_per_job))
         lanes = conc * max(1, jobs)
-        if api and api_limits and backend in api_limits:
-            lanes = min(lanes, api_limits[backend])
-        cost = cost_usd(spec, calls * prompt_tok, calls * completion_tok)
+        if api and self.api_limits and backend in self.api_limits:
+            lanes = min(lanes, self.api_limits[backend])
         job_hours = calls / max(1, jobs) * per_call / conc / 3600
-        runtime_min = runtimes.get(base_stage)
-        rows.append(
+        runtime_min = self.runtimes.get(base_stage)
+        self.rows.append(
             {
                 "stage": stage,
                 "backend": backend,
@@ -204,7 +193,7 @@ def build_plan(
                 "calls_max": int(round(calls_max)),
                 "prompt_tokens": int(calls * prompt_tok),
                 "completion_tokens": int(calls * completion_tok),
-                "cost_usd": round(cost, 2),
+                "cost_usd": round(cost_usd(spec, calls * prompt_tok, calls * completion_tok), 2),
                 "seconds_per_call": round(per_call, 2),
                 "concurrency": conc,
                 "jobs": jobs,
@@ -217,108 +206,124 @@ def build_plan(
             }
         )
 
-    if d["source"] == "generate":
-        n_gen = p["n_train"] + p["n_val"]
-        gen_jobs = min(d["shards"], n_gen)
-        calls = n_gen * d["sessions_per_patient"]
-        gen_out = min(d["sampling"]["max_tokens"], FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4)
-        gen_prompt = _chars(base / d["prompts"]["session"]) / 4 + 400 + 60 * d["sessions_per_patient"] / 2
-        row(
-            "generation",
-            d["generator"],
+    def generation(self) -> None:
+        d, p, r = self.cfg["data"], self.cfg["profiles"], self.cfg["rollout"]
+        if d["source"] == "generate":
+            n_gen = p["n_train"] + p["n_val"]
+            gen_jobs = min(d["shards"], n_gen)
+            calls = n_gen * d["sessions_per_patient"]
+            gen_out = min(d["sampling"]["max_tokens"], FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4)
+            gen_prompt = _chars(self.base / d["prompts"]["session"]) / 4 + 400 + 60 * d["sessions_per_patient"] / 2
+            self.row(
+                "generation",
+                d["generator"],
+                calls,
+                calls * d["max_attempts"],
+                gen_prompt,
+                gen_out,
+                gen_jobs,
+                f"{n_gen} patients x {d['sessions_per_patient']} sessions",
+                units_per_job=math.ceil(n_gen / gen_jobs),  # a patient's sessions follow one another
+            )
+        if max(r["positions"]) > 1:
+            n = p["n_eval"]
+            out_tok = min(d["sampling"]["max_tokens"], 120 * max(r["positions"]))
+            self.row("eval_history", d["generator"], n, n * d["max_attempts"], 600, out_tok, 1, f"{n} evaluation patients", units_per_job=n)
+
+    def rollout(self) -> None:
+        r = self.cfg["rollout"]
+        calls = self.sessions * math.ceil(r["max_turns"] / 2)
+        self.row(
+            "rollout",
+            r["patient_backend"],
             calls,
-            calls * d["max_attempts"],
-            gen_prompt,
-            gen_out,
-            gen_jobs,
-            f"{n_gen} patients x {d['sessions_per_patient']} sessions",
-            units_per_job=math.ceil(n_gen / gen_jobs),  # a patient's sessions follow one another
+            calls,
+            400 + self.transcript_tok / 2,
+            FILL * r["patient"]["max_tokens"],
+            len(self.models) * r["shards"] * self.variants,  # one job plays every arm of a model and shard
+            f"the simulated patient in {self.sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
         )
-    if max(r["positions"]) > 1:
-        n = p["n_eval"]
-        row(
-            "eval_history",
-            d["generator"],
-            n,
-            n * d["max_attempts"],
-            600,
-            min(d["sampling"]["max_tokens"], 120 * max(r["positions"])),
-            1,
-            f"{n} evaluation patients",
-            units_per_job=n,
+
+    def judges(self) -> None:
+        j = self.cfg["judge"]
+        members = judge_members(j)
+        n_items = len(_rubric_items(self.base / j["rubric"]))
+        jobs = len(self.models) * len(self.arms) * self.cfg["rollout"]["shards"] * self.variants
+        for m in members:
+            per_item = m["mode"] == "per_item"
+            calls_each = n_items if per_item else 1
+            rubric_tok = _chars(self.base / j["rubric"]) / 4 / (n_items if per_item else 1) + _chars(self.base / m["prompt"]) / 4
+            calls = self.sessions * m["samples"] * calls_each
+            answer_tok = (40 if not per_item else 10) + (1 if per_item else n_items) * (10 + m["justification_chars"] / 4)
+            self.row(
+                "judge" if len(members) == 1 else f"judge ({m['name']})",
+                m["backend"],
+                calls,
+                calls * m["max_attempts"],
+                rubric_tok + self.transcript_tok,
+                min(m["sampling"]["max_tokens"], answer_tok),
+                jobs,
+                f"CTRS: {self.sessions} sessions x {m['samples']} samples" + (f" x {n_items} items (one call each)" if per_item else ""),
+            )
+
+    def safety(self) -> None:
+        from .design import load_safety_rubric
+
+        s = self.cfg["safety"]
+        srub = load_safety_rubric(self.base / s["rubric"])
+        per = safety_calls_per_session(srub, _at_risk_share(self.cfg), s["timing"])
+        longest = len(srub["nodes"]) + max(len(b["questions"]) for b in srub["branches"].values()) + 1
+        self.row(
+            "safety",
+            s["backend"] or self.cfg["judge"]["backend"],
+            self.sessions * per,
+            self.sessions * longest * s["max_attempts"],
+            _chars(self.base / s["prompt"]) / 4 + self.transcript_tok + 80,
+            min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
+            len(self.models) * len(self.arms) * self.cfg["rollout"]["shards"] * self.variants,
+            f"{self.sessions} sessions x {per:.1f} questions on average",
         )
-    patient_calls = sessions * math.ceil(r["max_turns"] / 2)
-    row(
-        "rollout",
-        r["patient_backend"],
-        patient_calls,
-        patient_calls,
-        400 + transcript_tok / 2,
-        FILL * r["patient"]["max_tokens"],
-        len(models) * shards * variants,  # one job plays every arm of a model and shard
-        f"the simulated patient in {sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
-    )
-    members = judge_members(j)
-    n_items = len(_rubric_items(base / j["rubric"]))
-    for m in members:
-        per_item = m["mode"] == "per_item"
-        calls_each = n_items if per_item else 1
-        rubric_tok = _chars(base / j["rubric"]) / 4 / (n_items if per_item else 1) + _chars(base / m["prompt"]) / 4
-        judge_calls = sessions * m["samples"] * calls_each
-        answer_tok = (40 if not per_item else 10) + (1 if per_item else n_items) * (10 + m["justification_chars"] / 4)
-        row(
-            "judge" if len(members) == 1 else f"judge ({m['name']})",
-            m["backend"],
-            judge_calls,
-            judge_calls * m["max_attempts"],
-            rubric_tok + transcript_tok,
-            min(m["sampling"]["max_tokens"], answer_tok),
-            len(models) * len(arms) * shards * variants,
-            f"CTRS: {sessions} sessions x {m['samples']} samples" + (f" x {n_items} items (one call each)" if per_item else ""),
-        )
-    s = cfg["safety"]
-    srub = load_safety_rubric(base / s["rubric"])
-    per = safety_calls_per_session(srub, _at_risk_share(cfg), s["timing"])
-    row(
-        "safety",
-        s["backend"] or j["backend"],
-        sessions * per,
-        sessions * (len(srub["nodes"]) + max(len(b["questions"]) for b in srub["branches"].values()) + 1) * s["max_attempts"],
-        _chars(base / s["prompt"]) / 4 + transcript_tok + 80,
-        min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
-        len(models) * len(arms) * shards * variants,
-        f"{sessions} sessions x {per:.1f} questions on average",
-    )
-    # GPU hours: training (tokens seen) and the therapist's decoding in rollouts
-    train_tokens = 0.0
-    if d["source"] == "generate":
-        session_tok = FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4 + 400
-        train_tokens = p["n_train"] * d["sessions_per_patient"] * session_tok * cfg["training"]["epochs"]
-    tok_s = rates.get("training", {}).get("tokens_per_second", TRAIN_TOK_S)
-    gpu = {
-        "training_hours_per_model": round(train_tokens / tok_s / 3600, 2),
-        "training_tokens_per_model": int(train_tokens),
-        "training_rate": "measured" if "training" in rates else "assumed",
-        "therapist_decoding_hours": round(
-            sessions
-            * math.floor(r["max_turns"] / 2)
-            * FILL
-            * r["therapist"]["max_tokens"]
-            / THERAPIST_TOK_S
-            / 3600
-            / max(1, r["parallel_sessions"]),
-            2,
-        ),
-    }
+
+    def gpu(self) -> dict[str, Any]:
+        """GPU hours: training (tokens seen) and the therapist's decoding in rollouts."""
+        d, p, r = self.cfg["data"], self.cfg["profiles"], self.cfg["rollout"]
+        train_tokens = 0.0
+        if d["source"] == "generate":
+            session_tok = FILL * 2 * d["exchanges_max"] * d["turn_chars_max"] / 4 + 400
+            train_tokens = p["n_train"] * d["sessions_per_patient"] * session_tok * self.cfg["training"]["epochs"]
+        tok_s = self.rates.get("training", {}).get("tokens_per_second", TRAIN_TOK_S)
+        decoding_s = self.sessions * math.floor(r["max_turns"] / 2) * FILL * r["therapist"]["max_tokens"] / THERAPIST_TOK_S
+        return {
+            "training_hours_per_model": round(train_tokens / tok_s / 3600, 2),
+            "training_tokens_per_model": int(train_tokens),
+            "training_rate": "measured" if "training" in self.rates else "assumed",
+            "therapist_decoding_hours": round(decoding_s / 3600 / max(1, r["parallel_sessions"]), 2),
+        }
+
+
+def build_plan(
+    cfg: dict[str, Any],
+    base: str | Path = ".",
+    rates: dict[str, dict[str, float]] | None = None,
+    api_limits: dict[str, int] | None = None,
+    runtimes: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The plan of a config (see the module doc). ``runtimes``: limits in minutes per stage (from
+    a profile); the rollout's own limit comes from resources.rollout_runtime_min."""
+    plan = _Planner(cfg, base, rates, api_limits, runtimes)
+    plan.generation()
+    plan.rollout()
+    plan.judges()
+    plan.safety()
     by_backend: dict[str, float] = {}
-    for x in rows:
+    for x in plan.rows:
         by_backend[x["backend"]] = round(by_backend.get(x["backend"], 0) + x["cost_usd"], 2)
     return {
-        "stages": rows,
+        "stages": plan.rows,
         "cost_usd_by_backend": by_backend,
         "cost_usd": round(sum(by_backend.values()), 2),
-        "gpu": gpu,
-        "sessions": sessions,
+        "gpu": plan.gpu(),
+        "sessions": plan.sessions,
         "design": _design(cfg),
         "assumptions": {
             "fill": FILL,
