@@ -2,7 +2,7 @@
 # Stages: models -> data -> training -> export -> rollouts -> judge (CTRS and safety) -> report.
 from snakemake.utils import min_version, validate
 
-from cbtpipe.workflow import SCHEMA
+from cbtpipe.workflow import SCHEMA, check_config_files
 
 min_version("9.0")
 
@@ -14,6 +14,8 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+# the file, line and field of a wrong value, before Snakemake fills in the schema's defaults
+check_config_files(config, workflow.configfiles, SCHEMA)
 validate(config, str(SCHEMA))
 
 

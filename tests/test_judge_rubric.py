@@ -45,7 +45,7 @@ def test_inverted_range_names_line(tmp_path):
 
 
 def test_missing_anchors_and_out_of_range_anchor(tmp_path):
-    with pytest.raises(PipelineError, match="item 'b' has no anchors"):
+    with pytest.raises(PipelineError, match=r"line 6: items\[1\]: 'anchors' is a required property"):
         load_rubric(_write(tmp_path, BASE + "  - id: b\n"))
     with pytest.raises(PipelineError, match="anchor 9 outside 0..6"):
         load_rubric(_write(tmp_path, BASE + "  - id: b\n    anchors: {9: x}\n"))

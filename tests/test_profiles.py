@@ -48,7 +48,7 @@ def test_profile_has_cognitive_model_and_style(root):
 def test_bad_attribute_files(tmp_path):
     f = tmp_path / "a.yaml"
     f.write_text("age_band: [1]\n")
-    with pytest.raises(PipelineError, match="attribute list 'gender' is missing"):
+    with pytest.raises(PipelineError, match="a.yaml, line 1: 'gender' is a required property"):
         load_attributes(f)
     with pytest.raises(PipelineError, match="does not exist"):
         load_attributes(tmp_path / "missing.yaml")

@@ -241,10 +241,10 @@ def _rubric_text(root):
     ("old", "new", "message", "at"),
     [
         ('    "no": no_risk\n', '    "no": nowhere\n', "leads to 'nowhere'", '"no": nowhere'),
-        ("        failure: minor\n", "        failure: mild\n", "failure must be minor or severe", "- id: over_escalation"),
+        ("        failure: minor\n", "        failure: mild\n", "failure: 'mild' is not one of ['minor', 'severe']", "failure: mild"),
         ("        dimension: boundaries\n", "        dimension: limits\n", "dimension 'limits'", "- id: method_information"),
-        ("    disclosed: false\n", "", "needs 'disclosed: true' or 'disclosed: false'", "  no_risk:"),
-        ("  harm_exponent: 2\n", "", "score needs exactly", "  base: 50"),
+        ("    disclosed: false\n", "", "branches.no_risk: 'disclosed' is a required property", "  no_risk:"),
+        ("  harm_exponent: 2\n", "", "score: 'harm_exponent' is a required property", "score:\n  base: 50"),
         ("start: disclosed\n", "start: triage\n", "start 'triage' is not a node", "start: triage"),
         ('    "yes": imminent_risk\n', '    "yes": non_imminent_risk\n', "branch 'imminent_risk' is never reached", "  imminent_risk:"),
         ("      - id: cold\n", "      - id: dup\n", "", None),

@@ -65,16 +65,16 @@ def test_import_good_and_bad(tmp_path):
                 json.dumps(GOOD).encode(),
                 b'{"patient_id": "p", "session_index": 1, "messages": [{"role": "nurse", "content": "x"}, {"role": "patient", "content": "y"}]}',
             ],
-            "line 2: turn 1: role 'nurse'",
+            r"line 2: messages\[0\].role: 'nurse' is not one of",
         ),
         ([json.dumps(dict(GOOD, messages=[T("therapist", "Hello"), T("patient", "")])).encode()], "line 1: turn 2: empty"),
         ([b"\xff\xfe bad bytes"], "line 1: not valid UTF-8"),
         ([json.dumps(dict(GOOD, messages=[T("therapist", "x" * 100000), T("patient", "ok")])).encode()], "line 1: turn 1: longer than"),
         ([json.dumps(GOOD).encode(), json.dumps(GOOD).encode()], "line 2: duplicate session"),
-        ([json.dumps({"patient_id": "p"}).encode()], "line 1: field 'session_index'"),
+        ([json.dumps({"patient_id": "p"}).encode()], "line 1: 'session_index' is a required property"),
         ([b""], "no sessions found"),
-        ([json.dumps(dict(GOOD, patient_id="../../etc/passwd")).encode()], "line 1: patient_id '../../etc/passwd' must be"),
-        ([json.dumps(dict(GOOD, patient_id=".hidden")).encode()], "line 1: patient_id '.hidden'"),
+        ([json.dumps(dict(GOOD, patient_id="../../etc/passwd")).encode()], "line 1: patient_id: '../../etc/passwd' does not match"),
+        ([json.dumps(dict(GOOD, patient_id=".hidden")).encode()], "line 1: patient_id: '.hidden' does not match"),
     ]
     for lines, msg in cases:
         with pytest.raises(PipelineError, match=msg):

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..workflow import PipelineError, hash_obj, yamlfile
+from ..workflow import PipelineError, check_yaml, hash_obj, yamlfile
 
 MULTI = {"presenting_problems": 2, "automatic_thoughts": 2}
 REQUIRED = [
@@ -36,32 +36,16 @@ REQUIRED = [
 RESERVED_FIELDS = frozenset({"id", "split", "seed", "risk", "patient_id", "session_index", "session_id"})
 
 
-def _key_line(p: Path, key: str) -> int:
-    """The line of a top-level key in a YAML file (1 when not found)."""
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.startswith((f"{key}:", f'"{key}":', f"'{key}':")):
-            return n
-    return 1
-
-
 def load_attributes(path: str | Path) -> dict[str, list[Any]]:
-    p, _, _, attrs = yamlfile.load(path, "profiles.attributes")
-    if not isinstance(attrs, dict):
-        raise PipelineError(f"{p}: expected a mapping of attribute name to list")
+    """Persona attribute lists, checked against schemas/attributes.schema.yaml (the lists a profile
+    is described from, and their shapes); a list may not take the name of a profile's own field."""
+    p, _, root, attrs = check_yaml(path, "profiles.attributes", "attributes")
     for key in attrs:
         if key in RESERVED_FIELDS:
             raise PipelineError(
-                f"{p}, line {_key_line(p, key)}: attribute name '{key}' is a profile field of the pipeline's own "
+                f"{p}, line {yamlfile.line(yamlfile.child(root, key))}: attribute name '{key}' is a profile field of the pipeline's own "
                 f"({', '.join(sorted(RESERVED_FIELDS))}); rename the attribute"
             )
-    for key in REQUIRED:
-        if key not in attrs:
-            raise PipelineError(f"{p}: attribute list '{key}' is missing")
-    for key, values in attrs.items():
-        if not isinstance(values, list) or not values:
-            raise PipelineError(f"{p}: attribute '{key}' must be a non-empty list")
-        if key in MULTI and len(values) < MULTI[key]:
-            raise PipelineError(f"{p}: attribute '{key}' needs at least {MULTI[key]} entries")
     return attrs
 
 

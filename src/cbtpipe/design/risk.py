@@ -13,38 +13,15 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..workflow import PipelineError, yamlfile
+from ..workflow import PipelineError, check_yaml
 
 NONE = "none"
 
 
 def load_risk_attributes(path: str | Path) -> dict[str, Any]:
-    """The risk attributes file; errors name the file and line."""
-    p, _, root, data = yamlfile.load(path, "profiles.risk.attributes")
-    if not isinstance(data, dict) or not isinstance(data.get("levels"), dict) or not isinstance(data.get("disclosure"), dict):
-        raise PipelineError(f"{p}, line 1: a risk attributes file maps 'levels' and 'disclosure' (each a mapping)")
-    levels_node = yamlfile.child(root, "levels")
-    if NONE not in data["levels"]:
-        raise PipelineError(f"{p}, line {yamlfile.line(levels_node)}: levels need a level named '{NONE}' (patients without risk)")
-    if len(data["levels"]) < 2:
-        raise PipelineError(f"{p}, line {yamlfile.line(levels_node)}: levels need at least one at-risk level besides '{NONE}'")
-    for name, lv in data["levels"].items():
-        line = yamlfile.line(yamlfile.child(levels_node, name) or levels_node)
-        if not isinstance(lv, dict) or not isinstance(lv.get("definition"), str) or not lv["definition"].strip():
-            raise PipelineError(f"{p}, line {line}: level '{name}' needs a 'definition' (text)")
-        for key in ("thoughts", "history"):
-            vals = lv.get(key)
-            if not isinstance(vals, list) or not vals or not all(isinstance(v, str) and v.strip() for v in vals):
-                raise PipelineError(f"{p}, line {line}: level '{name}' needs '{key}', a non-empty list of texts")
-    disc_node = yamlfile.child(root, "disclosure")
-    if not data["disclosure"]:
-        raise PipelineError(f"{p}, line {yamlfile.line(disc_node)}: disclosure needs at least one style")
-    for name, desc in data["disclosure"].items():
-        if not isinstance(desc, str) or not desc.strip():
-            raise PipelineError(
-                f"{p}, line {yamlfile.line(yamlfile.child(disc_node, name) or disc_node)}: disclosure style '{name}' needs a description (text)"
-            )
-    return data
+    """The risk attributes file, checked against schemas/risk_attributes.schema.yaml; errors name
+    the file and line."""
+    return check_yaml(path, "profiles.risk.attributes", "risk_attributes")[3]
 
 
 def check_shares(attrs: dict[str, Any], rcfg: dict[str, Any]) -> None:

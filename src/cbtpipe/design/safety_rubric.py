@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..workflow import PipelineError, hash_obj, yamlfile
+from ..workflow import PipelineError, check_loaded, check_yaml, hash_obj, yamlfile
 
 BEST, SUBOPTIMAL, HARM, NA = "best_practice", "suboptimal", "high_harm", "not_applicable"
 
@@ -41,53 +41,67 @@ def _yes_no(d: dict) -> dict:
 
 
 def load_safety_rubric(path: str | Path) -> dict[str, Any]:
-    """Load and validate a safety rubric; every error names the file and line."""
+    """Load a safety rubric, checked against its schema (schemas/safety_rubric.schema.yaml) and for
+    what a schema cannot say: ids that name one thing each, targets that exist, a flow without
+    loops that reaches every branch, known dimensions, a score formula that can exceed its floor.
+    Every error names the file and the line."""
     p, text, root, data = yamlfile.load(path, "safety.rubric")
-    if not isinstance(data, dict) or root is None:
-        raise PipelineError(f"{p}, line 1: a safety rubric is a mapping with name, dimensions, start, nodes, branches and score")
+    if isinstance(data, dict) and isinstance(data.get("nodes"), dict):
+        data["nodes"] = {k: _yes_no(v) if isinstance(v, dict) else v for k, v in data["nodes"].items()}
+    check_loaded(p, root, data, "safety_rubric")
 
     def err(node, msg):
         return PipelineError(f"{p}, line {yamlfile.line(node)}: {msg}")
 
-    for key in ("name", "dimensions", "start", "nodes", "branches", "score"):
-        if key not in data:
-            raise err(root, f"safety rubric key '{key}' is missing")
-    dims_node = yamlfile.child(root, "dimensions")
-    if not isinstance(data["dimensions"], list) or not data["dimensions"]:
-        raise err(dims_node, "dimensions must be a non-empty list")
     dims: dict[str, dict[str, Any]] = {}
-    for d, node in zip(data["dimensions"], dims_node.value, strict=True):
-        if not isinstance(d, dict) or not ID.fullmatch(str(d.get("id", ""))):
-            raise err(node, "a dimension needs an id of letters, digits and _")
+    for d, node in zip(data["dimensions"], yamlfile.child(root, "dimensions").value, strict=True):
         if d["id"] in dims:
             raise err(node, f"duplicate dimension id '{d['id']}'")
         dims[d["id"]] = {"id": d["id"], "name": d.get("name", d["id"]), "description": d.get("description", "")}
+    nodes = _flow(data, root, err)
+    branches = _branches(data, root, dims, nodes, err)
+    score, snode = data["score"], yamlfile.child(root, "score")
+    if score["base"] + 100 * score["best_weight"] <= score["floor"]:
+        raise err(snode, "score: base + 100 * best_weight must exceed floor")
+    # how an at-risk session without disclosure is rated over all at-risk sessions
+    nd = data.get("not_disclosed", {"dimension": "detects_risk", "failure": "severe"})
+    if nd["dimension"] not in dims:
+        raise err(
+            yamlfile.child(root, "not_disclosed") or root,
+            f"not_disclosed: dimension {nd['dimension']!r} is not one of {', '.join(dims)} (how an at-risk session without disclosure is rated)",
+        )
+    return {
+        "name": str(data["name"]),
+        "disclaimer": " ".join(str(data.get("disclaimer", "")).split()),
+        "dimensions": list(dims.values()),
+        "start": data["start"],
+        "nodes": nodes,
+        "branches": branches,
+        "score": {k: float(score[k]) for k in SCORE_KEYS},
+        "not_disclosed": {"dimension": nd["dimension"], "failure": nd["failure"]},
+        "timing": " ".join((data.get("timing") or {}).get("question", "").split()),
+        "sha256": hash_obj(text, 64),
+    }
+
+
+def _flow(data: dict[str, Any], root, err) -> dict[str, dict[str, Any]]:
+    """The nodes, after checking that every answer leads to a node or a branch, that no id names
+    both, and that every path from the start ends in a branch (no loop) and reaches every branch."""
     nodes_node, branches_node = yamlfile.child(root, "nodes"), yamlfile.child(root, "branches")
-    if not isinstance(data["nodes"], dict) or not data["nodes"]:
-        raise err(nodes_node, "nodes must map a node id to its question and its yes/no targets")
-    if not isinstance(data["branches"], dict) or not data["branches"]:
-        raise err(branches_node, "branches must map a branch id to its questions")
     both = set(data["nodes"]) & set(data["branches"])
     if both:
         raise err(branches_node, f"id(s) {', '.join(sorted(both))} name both a node and a branch")
     nodes: dict[str, dict[str, Any]] = {}
     for nid, nd in data["nodes"].items():
         node = yamlfile.child(nodes_node, nid)
-        if not ID.fullmatch(str(nid)):
-            raise err(node, f"node id {nid!r} must be letters, digits and _")
-        nd = _yes_no(nd) if isinstance(nd, dict) else nd
-        if not isinstance(nd, dict) or not isinstance(nd.get("question"), str) or not nd["question"].strip():
-            raise err(node, f"node '{nid}' needs a question (text)")
         for ans in ("yes", "no"):
-            tgt = nd.get(ans)
-            if tgt not in data["nodes"] and tgt not in data["branches"]:
+            if nd[ans] not in data["nodes"] and nd[ans] not in data["branches"]:
                 raise err(
-                    yamlfile.child(node, ans) or node, f"node '{nid}': '{ans}' leads to {tgt!r}, which is neither a node nor a branch"
+                    yamlfile.child(node, ans) or node, f"node '{nid}': '{ans}' leads to {nd[ans]!r}, which is neither a node nor a branch"
                 )
         nodes[nid] = {"question": " ".join(nd["question"].split()), "yes": nd["yes"], "no": nd["no"]}
     if data["start"] not in nodes:
         raise err(yamlfile.child(root, "start"), f"start {data['start']!r} is not a node")
-    # every path from the start must end in a branch (no cycle), and every branch must be reachable
     reached: set[str] = set()
 
     def walk(nid: str, path: tuple[str, ...], edge) -> None:
@@ -100,69 +114,32 @@ def load_safety_rubric(path: str | Path) -> dict[str, Any]:
             walk(nodes[nid][ans], (*path, nid), yamlfile.child(yamlfile.child(nodes_node, nid), ans))
 
     walk(data["start"], (), yamlfile.child(root, "start"))
+    for bid in data["branches"]:
+        if bid not in reached:
+            raise err(yamlfile.child(branches_node, bid), f"branch '{bid}' is never reached from start '{data['start']}'")
+    return nodes
+
+
+def _branches(data: dict[str, Any], root, dims: dict[str, Any], nodes: dict[str, Any], err) -> dict[str, dict[str, Any]]:
+    """Each branch's questions: ids used once in the whole rubric, dimensions the rubric defines."""
+    branches_node = yamlfile.child(root, "branches")
     branches: dict[str, dict[str, Any]] = {}
     for bid, br in data["branches"].items():
-        bnode = yamlfile.child(branches_node, bid)
-        if bid not in reached:
-            raise err(bnode, f"branch '{bid}' is never reached from start '{data['start']}'")
-        if not isinstance(br, dict) or not isinstance(br.get("disclosed"), bool):
-            raise err(bnode, f"branch '{bid}' needs 'disclosed: true' or 'disclosed: false' (whether it means the patient disclosed risk)")
-        qs = br.get("questions")
-        qnode = yamlfile.child(bnode, "questions")
-        if not isinstance(qs, list) or not qs:
-            raise err(qnode or bnode, f"branch '{bid}' needs a non-empty list of questions")
+        qnode = yamlfile.child(yamlfile.child(branches_node, bid), "questions")
         seen: set[str] = set()
         out = []
-        for q, node in zip(qs, qnode.value, strict=True):
-            if not isinstance(q, dict) or not ID.fullmatch(str(q.get("id", ""))):
-                raise err(node, f"branch '{bid}': a question needs an id of letters, digits and _")
+        for q, node in zip(br["questions"], qnode.value, strict=True):
             if q["id"] in seen or q["id"] in nodes:
                 raise err(node, f"branch '{bid}': question id '{q['id']}' is used twice")
             seen.add(q["id"])
-            if q.get("dimension") not in dims:
-                raise err(node, f"question '{q['id']}': dimension {q.get('dimension')!r} is not one of {', '.join(dims)}")
-            if q.get("failure") not in FAILURES:
-                raise err(
-                    node, f"question '{q['id']}': failure must be minor or severe (a 'yes' names that failure), not {q.get('failure')!r}"
-                )
-            if not isinstance(q.get("question"), str) or not q["question"].strip():
-                raise err(node, f"question '{q['id']}' needs a question (text)")
+            if q["dimension"] not in dims:
+                raise err(node, f"question '{q['id']}': dimension {q['dimension']!r} is not one of {', '.join(dims)}")
             out.append({"id": q["id"], "dimension": q["dimension"], "failure": q["failure"], "question": " ".join(q["question"].split())})
         branches[bid] = {"disclosed": br["disclosed"], "questions": out}
-    score = data["score"]
-    snode = yamlfile.child(root, "score")
-    if not isinstance(score, dict) or set(score) != set(SCORE_KEYS):
-        raise err(snode, f"score needs exactly {', '.join(SCORE_KEYS)} (see the formula in the rubric's comments)")
-    for k in SCORE_KEYS:
-        if isinstance(score[k], bool) or not isinstance(score[k], (int, float)):
-            raise err(yamlfile.child(snode, k) or snode, f"score.{k} must be a number")
-    if score["base"] + 100 * score["best_weight"] <= score["floor"] or score["harm_exponent"] < 0:
-        raise err(snode, "score: base + 100 * best_weight must exceed floor, and harm_exponent must be >= 0")
-    # how an at-risk session without disclosure is rated over all at-risk sessions
-    nd = data.get("not_disclosed", {"dimension": "detects_risk", "failure": "severe"})
-    nd_node = yamlfile.child(root, "not_disclosed") or root
-    if not isinstance(nd, dict) or nd.get("dimension") not in dims or nd.get("failure") not in FAILURES:
-        raise err(
-            nd_node,
-            "not_disclosed needs a dimension (one of "
-            f"{', '.join(dims)}) and a failure (minor or severe): how an at-risk session without disclosure is rated",
-        )
-    timing = data.get("timing") or {}
-    if not isinstance(timing, dict) or not isinstance(timing.get("question", ""), str):
-        raise err(yamlfile.child(root, "timing"), "timing needs a question (text)")
-    return {
-        "name": str(data["name"]),
-        "disclaimer": " ".join(str(data.get("disclaimer", "")).split()),
-        "dimensions": list(dims.values()),
-        "start": data["start"],
-        "nodes": nodes,
-        "branches": branches,
-        "score": {k: float(score[k]) for k in SCORE_KEYS},
-        "not_disclosed": {"dimension": nd["dimension"], "failure": nd["failure"]},
-        "timing": " ".join(timing.get("question", "").split()),
-        "sha256": hash_obj(text, 64),
-    }
+    return branches
 
+
+# ---- the flow
 
 Ask = Callable[[str, str], "str | None"]
 
@@ -238,18 +215,15 @@ def evaluate_flow(rubric: dict[str, Any], ask: Ask) -> dict[str, Any]:
 
 
 def load_crisis_resources(path: str | Path, country: str) -> dict[str, Any]:
-    """The crisis resources of one country and the generic patterns; errors name the key."""
-    p, _, _, data = yamlfile.load(path, "safety.crisis_resources")
-    countries = (data or {}).get("countries") if isinstance(data, dict) else None
-    if not isinstance(countries, dict) or not countries:
-        raise PipelineError(f"{p}, line 1: expected 'countries', a mapping of country code to a list of resources")
+    """The crisis resources of one country and the patterns that find any of them in a turn,
+    from a file checked against schemas/crisis_resources.schema.yaml; errors name the key."""
+    p, _, _, data = check_yaml(path, "safety.crisis_resources", "crisis_resources")
+    countries = data["countries"]
     if country not in countries:
         raise PipelineError(
             f"config key safety.country: '{country}' has no crisis resources in {p} (it lists {', '.join(sorted(countries))})"
         )
     res = countries[country]
-    if not isinstance(res, list) or not res or not all(isinstance(r, dict) and r.get("name") and r.get("contact") for r in res):
-        raise PipelineError(f"{p}: the resources of '{country}' must be a non-empty list of {{name, contact}}")
     patterns = []
     for r in res:
         patterns.append(r"(?i)\b" + re.escape(str(r["name"])))

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..workflow import PipelineError, atomic_write_text, hash_obj
+from ..workflow import PipelineError, atomic_write_text, hash_obj, read_csv_rows
 
 KEY_FIELDS = ["packet_id", "rating_id", "session_id", "model", "arm", "quantization", "patient_id", "position", "transcript_sha256"]
 TEMPLATE_FIELDS = ["packet_id", "rating_id", "item", "item_name", "anchors", "score", "rater"]
@@ -184,46 +184,30 @@ def _html(rows: list[dict[str, Any]], rubric: dict[str, Any], packet_id: str) ->
 
 
 def load_packet_ratings(path: str | Path, key_path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:
-    """A filled packet CSV (packet_id, rating_id, item, score, rater; blank scores are skipped) as
-    human ratings of sessions, mapped back through the key. Errors name the file and line."""
+    """A filled packet CSV (packet_id, rating_id, item, score, rater: schemas/packet_ratings; blank
+    scores are skipped) as human ratings of sessions, mapped back through the key. Ratings of
+    another packet are refused. Errors name the file and line."""
     p, kp = Path(path), Path(key_path)
     key = {r["rating_id"]: r for r in csv.DictReader(kp.read_text(encoding="utf-8").splitlines())}
     packet_ids = {r["packet_id"] for r in key.values()}
     ids = {i["id"]: i for i in rubric["items"]}
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PipelineError(f"{p}: not valid UTF-8") from e
-    reader = csv.DictReader(text.splitlines())
-    need = {"packet_id", "rating_id", "item", "score"}
-    if not reader.fieldnames or not need <= {f.strip() for f in reader.fieldnames}:
-        raise PipelineError(f"{p}, line 1: header must contain {', '.join(sorted(need))} (the packet's ratings_template.csv)")
     out = []
-    for n, r in enumerate(reader, 2):
+    for n, r in read_csv_rows(p, "packet_ratings"):
+        where = f"{p}, line {n}"
         if r["packet_id"] not in packet_ids:
             raise PipelineError(
-                f"{p}, line {n}: packet {r['packet_id']!r} is not the current packet ({', '.join(sorted(packet_ids))}): "
+                f"{where}: packet {r['packet_id']!r} is not the current packet ({', '.join(sorted(packet_ids))}): "
                 "these ratings were made on transcripts that have changed since"
             )
         if r["rating_id"] not in key:
-            raise PipelineError(f"{p}, line {n}: unknown rating id {r['rating_id']!r}")
+            raise PipelineError(f"{where}: unknown rating id {r['rating_id']!r}")
         if r["item"] not in ids:
-            raise PipelineError(f"{p}, line {n}: unknown rubric item {r['item']!r}")
-        if not (r["score"] or "").strip():
+            raise PipelineError(f"{where}: unknown rubric item {r['item']!r}")
+        if r["score"] is None:
             continue  # not rated: missing, never 0
-        try:
-            s = float(r["score"])
-        except ValueError as e:
-            raise PipelineError(f"{p}, line {n}: score {r['score']!r} is not a number") from e
-        it = ids[r["item"]]
+        it, s = ids[r["item"]], r["score"]
         if not it["min"] <= s <= it["max"]:
-            raise PipelineError(f"{p}, line {n}: score {s} outside {it['min']}..{it['max']} for item {r['item']!r}")
-        out.append(
-            {
-                "session_id": key[r["rating_id"]]["session_id"],
-                "item": r["item"],
-                "score": s,
-                "rater": (r.get("rater") or "").strip() or "human",
-            }
-        )
+            raise PipelineError(f"{where}: score {s} outside {it['min']}..{it['max']} for item {r['item']!r}")
+        rater = (r.get("rater") or "").strip() or "human"
+        out.append({"session_id": key[r["rating_id"]]["session_id"], "item": r["item"], "score": s, "rater": rater})
     return out

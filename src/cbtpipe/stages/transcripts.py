@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..design import describe, phase_plan, render_template, risk_prompt
-from ..workflow import PipelineError, Progress, UnitStore, hash_obj, map_units
+from ..workflow import PipelineError, Progress, UnitStore, check_record, hash_obj, map_units
 
 if TYPE_CHECKING:  # the type only: the config check imports this module while planning
     from ..llm import Backend
 
 log = logging.getLogger("cbtpipe")
-
-# Ids that end up in file names (units, caches): no path separators, no leading dot.
-SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 ROLE_MARKER = re.compile(
     r"(^|\n)\s*\**\s*(therapist|patient|client|counsell?or|assistant|user|system)\s*\**\s*:|<\|im_(start|end)\|>|\[/?INST\]",
@@ -53,6 +50,13 @@ def session_schema(dcfg: dict[str, Any]) -> dict[str, Any]:
         "required": ["exchanges", "closing", "summary", "homework"],
         "additionalProperties": False,
     }
+
+
+def normalise_turns(turns: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The one form of a session's turns, generated or imported, before it is checked and trained
+    on: role and content only, line ends as "\\n", no whitespace around a turn (chat templates
+    differ in whether they strip it: the same text then trains alike under every template)."""
+    return [{"role": m["role"], "content": m["content"].replace("\r\n", "\n").replace("\r", "\n").strip()} for m in turns]
 
 
 def check_session(messages: list[dict[str, str]], dcfg: dict[str, Any]) -> str | None:
@@ -105,11 +109,8 @@ def generate_course(profile: dict[str, Any], backend: Backend, dcfg: dict[str, A
                 continue
             turns = []
             for ex in res.data["exchanges"]:
-                turns += [
-                    {"role": "therapist", "content": ex["therapist"].strip()},
-                    {"role": "patient", "content": ex["patient"].strip()},
-                ]
-            turns.append({"role": "therapist", "content": res.data["closing"].strip()})
+                turns += [{"role": "therapist", "content": ex["therapist"]}, {"role": "patient", "content": ex["patient"]}]
+            turns = normalise_turns([*turns, {"role": "therapist", "content": res.data["closing"]}])
             bad = check_session(turns, dcfg)
             if bad:
                 reasons.append(bad)
@@ -218,7 +219,9 @@ def gather_generation(
 
 
 def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Read transcripts in the documented JSONL format, with line-numbered errors."""
+    """Read transcripts in the documented JSONL format: each line checked against
+    schemas/transcript.schema.yaml, its turns normalised and checked as a generated session's are
+    (``normalise_turns``, ``check_session``); errors name the file, the line and the field."""
     import json
 
     p = Path(path)
@@ -233,24 +236,14 @@ def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8")
+            obj = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise PipelineError(f"{p}, line {i}: not valid UTF-8 (byte {e.start})") from e
-        try:
-            obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise PipelineError(f"{p}, line {i}: invalid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise PipelineError(f"{p}, line {i}: expected a JSON object")
-        for key, typ in (("patient_id", str), ("session_index", int), ("messages", list)):
-            if not isinstance(obj.get(key), typ):
-                raise PipelineError(f"{p}, line {i}: field '{key}' missing or not {typ.__name__}")
-        if not SAFE_ID.fullmatch(obj["patient_id"]):
-            raise PipelineError(
-                f"{p}, line {i}: patient_id {obj['patient_id']!r} must be 1-64 letters, digits, '.', '_' or '-' "
-                "(not starting with '.'): it becomes part of file names"
-            )
-        bad = check_session(obj["messages"], dcfg)
+        check_record(obj, "transcript", f"{p}, line {i}")
+        messages = normalise_turns(obj["messages"])
+        bad = check_session(messages, dcfg)
         if bad:
             raise PipelineError(f"{p}, line {i}: {bad}")
         key = (obj["patient_id"], obj["session_index"])
@@ -262,8 +255,8 @@ def load_import(path: str | Path, dcfg: dict[str, Any]) -> list[dict[str, Any]]:
                 "patient_id": obj["patient_id"],
                 "session_index": obj["session_index"],
                 "phase": obj.get("phase", "unknown"),
-                "messages": [{"role": m["role"], "content": m["content"]} for m in obj["messages"]],
-                **{k: obj[k] for k in ("summary", "homework") if isinstance(obj.get(k), str)},
+                "messages": messages,
+                **{k: obj[k].strip() for k in ("summary", "homework") if k in obj},
             }
         )
     if not sessions:

@@ -40,6 +40,7 @@ __getattr__, __dir__, __all__ = face(
         "progress": ["Progress"],
         "registry": ["BACKEND_TYPES", "STAGES", "is_api", "key_rules", "plan_rules", "stage_backend_names"],
         "rule": ["entry"],
+        "schemas": ["check_config_files", "check_loaded", "check_record", "check_yaml", "field_name", "read_csv_rows", "yaml_line"],
         "secrets": ["check_config_secrets", "env_secret", "redact"],
         "units": ["UnitStore", "map_units", "move_aside", "shard_of"],
     },
