@@ -72,66 +72,65 @@ def _may_end(rcfg: dict[str, Any], speaker: str, turns_so_far: int) -> bool:
     return turns_so_far >= rcfg["min_turns"] and (who == "either" or who == speaker)
 
 
-def run_session(
-    item: dict[str, Any],
-    therapist: Backend,
-    patient: Backend,
-    rcfg: dict[str, Any],
-    system_prompt: str,
-    patient_template: str | Path,
-    layout: dict[str, Any] | None = None,
-    protocol: str = "",
-) -> dict[str, Any]:
-    """One simulated session. The therapist's system prompt is the base prompt, the risk protocol
-    (``protocol``, when the rollout uses one) and the item's course context (therapist_system); every therapist call is laid out for the model's chat template (``layout``).
+class _Session:
+    """One session as it is played: each side's conversation, the transcript, and the counts its
+    record keeps."""
 
-    Session control: an end marker counts only from ``min_turns`` on and only from the speakers
-    ``who_may_end`` allows (otherwise it is removed and the session goes on); with ``at_max_turns:
-    closing`` the therapist's last turn within ``max_turns`` is asked to close the session."""
-    prof = item["profile"]
-    marker = rcfg["end_marker"]
-    layout = layout or {"system": "native"}
-    patient_system = render_template(
-        patient_template, patient=describe(prof), style=prof["conversational_style"], risk=risk_prompt(prof), end_marker=marker
-    )
-    th_msgs = [{"role": "system", "content": therapist_system(system_prompt, protocol=protocol, context=item.get("context", ""))}]
-    pa_msgs = [{"role": "system", "content": patient_system}]
-    if rcfg["opener"] == "therapist":
-        th_msgs.append({"role": "user", "content": rcfg["opening_message"]})
-    else:
-        pa_msgs.append({"role": "user", "content": "(You have just sat down with the therapist. Say how you are.)"})
-    transcript: list[dict[str, Any]] = []
-    speaker = rcfg["opener"]
-    stop_reason = "max_turns"
-    truncations = ignored_markers = 0
-    closing_prompted = False
-    n_ctx = {"therapist": rcfg["therapist_n_ctx"], "patient": getattr(patient, "n_ctx", 10**9)}
-    for turn in range(rcfg["max_turns"]):
-        is_t = speaker == "therapist"
-        backend = therapist if is_t else patient
-        sampling = rcfg["therapist"] if is_t else rcfg["patient"]
-        msgs = th_msgs if is_t else pa_msgs
-        keep = 2 if (is_t and rcfg["opener"] == "therapist") or (not is_t and rcfg["opener"] == "patient") else 1
-        fitted, est, dropped = _fit(msgs, backend, n_ctx[speaker], sampling["max_tokens"], keep)
-        if est + sampling["max_tokens"] > n_ctx[speaker] or (dropped and rcfg["context_strategy"] == "stop"):
-            stop_reason = f"context_full_{speaker}"
-            break
-        truncations += int(dropped)
+    def __init__(self, item, therapist, patient, rcfg, system_prompt, patient_template, layout, protocol):
+        self.item, self.rcfg, self.layout = item, rcfg, layout
+        self.backends = {"therapist": therapist, "patient": patient}
+        prof = item["profile"]
+        patient_system = render_template(
+            patient_template,
+            patient=describe(prof),
+            style=prof["conversational_style"],
+            risk=risk_prompt(prof),
+            end_marker=rcfg["end_marker"],
+        )
+        th_system = therapist_system(system_prompt, protocol=protocol, context=item.get("context", ""))
+        self.msgs = {"therapist": [{"role": "system", "content": th_system}], "patient": [{"role": "system", "content": patient_system}]}
+        if rcfg["opener"] == "therapist":
+            self.msgs["therapist"].append({"role": "user", "content": rcfg["opening_message"]})
+        else:
+            self.msgs["patient"].append({"role": "user", "content": "(You have just sat down with the therapist. Say how you are.)"})
+        self.n_ctx = {"therapist": rcfg["therapist_n_ctx"], "patient": getattr(patient, "n_ctx", 10**9)}
+        self.transcript: list[dict[str, Any]] = []
+        self.truncations = self.ignored_markers = 0
+        self.closing_prompted = False
+
+    def _prompt(self, speaker: str, turn: int) -> tuple[list[dict[str, str]] | None, bool, bool]:
+        """The speaker's prompt for this turn, fitted to its context (None: no room), whether
+        exchanges were dropped, and whether this is the therapist's closing turn."""
+        rcfg, is_t = self.rcfg, speaker == "therapist"
+        sampling = rcfg[speaker]
+        keep = 2 if rcfg["opener"] == speaker else 1
+        fitted, est, dropped = _fit(self.msgs[speaker], self.backends[speaker], self.n_ctx[speaker], sampling["max_tokens"], keep)
+        if est + sampling["max_tokens"] > self.n_ctx[speaker] or (dropped and rcfg["context_strategy"] == "stop"):
+            return None, dropped, False
+        self.truncations += int(dropped)
         # The therapist's last turn within max_turns (no room for another after the patient's reply).
         closing = is_t and rcfg["at_max_turns"] == "closing" and turn + 2 >= rcfg["max_turns"]
         if closing and fitted[-1]["role"] == "user":
             fitted = fitted[:-1] + [{"role": "user", "content": f"{fitted[-1]['content']}\n\n{rcfg['closing_instruction']}"}]
-            closing_prompted = True
-        if is_t:
-            fitted = apply_layout(fitted, layout)
-        seed = (item["therapist_seed"] if is_t else item["patient_seed"]) + turn
-        c = backend.chat(fitted, sampling=sampling, seed=seed)
-        text = c.text.strip()
-        marked = marker in text
-        text = text.replace(marker, "").strip()
-        ended = marked and _may_end(rcfg, speaker, turn + 1)
-        ignored_markers += int(marked and not ended)
-        transcript.append(
+            self.closing_prompted = True
+        return (apply_layout(fitted, self.layout) if is_t else fitted), dropped, closing
+
+    def turn(self, speaker: str, turn: int) -> str | None:
+        """Play one turn; the session's stop reason when it ends here, else None."""
+        is_t = speaker == "therapist"
+        fitted, dropped, closing = self._prompt(speaker, turn)
+        if fitted is None:
+            return f"context_full_{speaker}"
+        seed = (self.item["therapist_seed"] if is_t else self.item["patient_seed"]) + turn
+        c = self.backends[speaker].chat(fitted, sampling=self.rcfg[speaker], seed=seed)
+        marker = self.rcfg["end_marker"]
+        marked = marker in c.text.strip()
+        text = c.text.strip().replace(marker, "").strip()
+        ended = marked and _may_end(self.rcfg, speaker, turn + 1)
+        self.ignored_markers += int(marked and not ended)
+        if not text:
+            return f"empty_{speaker}"
+        self.transcript.append(
             {
                 "role": speaker,
                 "content": text,
@@ -144,40 +143,65 @@ def run_session(
                 **c.provenance(),
             }
         )
-        if not text:
-            stop_reason = f"empty_{speaker}"
-            transcript.pop()
-            break
-        th_msgs.append({"role": "assistant" if is_t else "user", "content": text})
-        pa_msgs.append({"role": "user" if is_t else "assistant", "content": text})
+        self.msgs["therapist"].append({"role": "assistant" if is_t else "user", "content": text})
+        self.msgs["patient"].append({"role": "user" if is_t else "assistant", "content": text})
         if ended:
-            stop_reason = f"end_marker_{speaker}"
+            return f"end_marker_{speaker}"
+        if closing and self.closing_prompted:
+            return "closing_turn"
+        return None
+
+    def record(self, stop_reason: str) -> dict[str, Any]:
+        item, transcript = self.item, self.transcript
+        th = [m for m in transcript if m["role"] == "therapist"]
+        return {
+            "patient_id": item["profile"]["id"],
+            "position": item.get("position", 1),
+            "session": item["session"],
+            "patient_seed": item["patient_seed"],
+            "therapist_seed": item["therapist_seed"],
+            "course_context": item.get("context", ""),
+            "chat_layout": self.layout["system"],
+            "messages": transcript,
+            "turns": len(transcript),
+            "stop_reason": stop_reason,
+            "closing_prompted": self.closing_prompted,
+            "end_markers_ignored": self.ignored_markers,
+            "context_strategy": self.rcfg["context_strategy"],
+            "context_truncations": self.truncations,
+            "therapist_words": sum(len(m["content"].split()) for m in th),
+            "therapist_tokens": sum(m["completion_tokens"] or 0 for m in th),
+            "turns_cut_at_max_tokens": sum(m["finish_reason"] == "length" for m in transcript),
+            "context_tokens_max": max(((m["prompt_tokens"] or 0) + (m["completion_tokens"] or 0) for m in th), default=0),
+        }
+
+
+def run_session(
+    item: dict[str, Any],
+    therapist: Backend,
+    patient: Backend,
+    rcfg: dict[str, Any],
+    system_prompt: str,
+    patient_template: str | Path,
+    layout: dict[str, Any] | None = None,
+    protocol: str = "",
+) -> dict[str, Any]:
+    """One simulated session. The therapist's system prompt is the base prompt, the risk protocol
+    (``protocol``, when the rollout uses one) and the item's course context (therapist_system);
+    every therapist call is laid out for the model's chat template (``layout``).
+
+    Session control: an end marker counts only from ``min_turns`` on and only from the speakers
+    ``who_may_end`` allows (otherwise it is removed and the session goes on); with ``at_max_turns:
+    closing`` the therapist's last turn within ``max_turns`` is asked to close the session."""
+    s = _Session(item, therapist, patient, rcfg, system_prompt, patient_template, layout or {"system": "native"}, protocol)
+    speaker, stop_reason = rcfg["opener"], "max_turns"
+    for turn in range(rcfg["max_turns"]):
+        stop = s.turn(speaker, turn)
+        if stop:
+            stop_reason = stop
             break
-        if closing and closing_prompted:
-            stop_reason = "closing_turn"
-            break
-        speaker = "patient" if is_t else "therapist"
-    th = [m for m in transcript if m["role"] == "therapist"]
-    return {
-        "patient_id": prof["id"],
-        "position": item.get("position", 1),
-        "session": item["session"],
-        "patient_seed": item["patient_seed"],
-        "therapist_seed": item["therapist_seed"],
-        "course_context": item.get("context", ""),
-        "chat_layout": layout["system"],
-        "messages": transcript,
-        "turns": len(transcript),
-        "stop_reason": stop_reason,
-        "closing_prompted": closing_prompted,
-        "end_markers_ignored": ignored_markers,
-        "context_strategy": rcfg["context_strategy"],
-        "context_truncations": truncations,
-        "therapist_words": sum(len(m["content"].split()) for m in th),
-        "therapist_tokens": sum(m["completion_tokens"] or 0 for m in th),
-        "turns_cut_at_max_tokens": sum(m["finish_reason"] == "length" for m in transcript),
-        "context_tokens_max": max(((m["prompt_tokens"] or 0) + (m["completion_tokens"] or 0) for m in th), default=0),
-    }
+        speaker = "patient" if speaker == "therapist" else "therapist"
+    return s.record(stop_reason)
 
 
 def not_run(item: dict[str, Any], layout: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -220,6 +244,53 @@ def run_rollouts(
     )[0]
 
 
+def _arm_stores(arms, rcfg, patient, system: str, layout, patient_template) -> list[dict[str, Any]]:
+    """The arms (copies: the caller's dicts stay as given), each with its GGUF's sha and the unit
+    store of its sessions, keyed by what makes a session: the rollout settings, the GGUF, the
+    patient model (as served), the therapist's system prompt, the layout and the patient prompt."""
+    arms = [dict(a) for a in arms]
+    served = patient.served_model()  # an API patient: the probe learns it before any unit is read
+    for a in arms:
+        a["gguf_sha"] = sha256_file(a["gguf"])
+        key = hash_obj(
+            {
+                # which positions are planned does not change a session (its position and course
+                # context are part of its own unit id)
+                "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
+                "gguf": a["gguf_sha"],
+                "patient": patient.identity() | ({"served_model": served} if served else {}),
+                "system": system,
+                "layout": layout["system"],
+                "ptpl": Path(patient_template).read_text(encoding="utf-8"),
+            }
+        )
+        a["store"] = UnitStore(Path(a["unit_dir"]) / key)
+    return arms
+
+
+def _session_uid(item: dict[str, Any]) -> str:
+    """A session is a unit of the profile it plays (by content, not only by id): a patient whose
+    description changed under the same id is played again."""
+    pos = "" if item["position"] == 1 else f"-p{item['position']}"
+    return f"{item['profile']['id']}{pos}-s{item['session']}-{hash_obj([item['profile'], item['context']], 12)}"
+
+
+def _session_meta(model: str, a: dict[str, Any], quantization: str, uid: str, rcfg: dict[str, Any], patient: Backend) -> dict[str, Any]:
+    """What a session's record says of where it was played."""
+    return dict(
+        session_id=hash_obj([model, a["arm"], quantization, uid], 12),
+        model=model,
+        arm=a["arm"],
+        quantization=quantization,
+        gguf=str(a["gguf"]),
+        gguf_sha256=a["gguf_sha"],
+        therapist_sampling=rcfg["therapist"],
+        patient_sampling=rcfg["patient"],
+        patient_backend=patient.name,
+        therapist_backend=a["therapist"].kind,
+    )
+
+
 def run_arms(
     *,
     model: str,
@@ -241,24 +312,8 @@ def run_arms(
     by its GGUF and the model the patient backend serves, so a retrained CBT model replays the
     instruct arm from its units only while the patient model is the same."""
     layout = layout or {"system": "native"}
-    arms = [dict(a) for a in arms]  # the caller's dicts stay as given (each gets its sha and store here)
     plan = session_plan(profiles, rcfg, contexts)
-    served = patient.served_model()  # an API patient: the probe learns it before any unit is read
-    for a in arms:
-        a["gguf_sha"] = sha256_file(a["gguf"])
-        key = hash_obj(
-            {
-                # which positions are planned does not change a session (its position and course
-                # context are part of its own unit id)
-                "rcfg": {k: v for k, v in rcfg.items() if k != "positions"},
-                "gguf": a["gguf_sha"],
-                "patient": patient.identity() | ({"served_model": served} if served else {}),
-                "system": therapist_system(system_prompt, protocol=protocol),
-                "layout": layout["system"],
-                "ptpl": Path(patient_template).read_text(encoding="utf-8"),
-            }
-        )
-        a["store"] = UnitStore(Path(a["unit_dir"]) / key)
+    arms = _arm_stores(arms, rcfg, patient, therapist_system(system_prompt, protocol=protocol), layout, patient_template)
     t0 = time.perf_counter()
     n_work = len(plan) * len(arms)
     progress = Progress(
@@ -270,22 +325,8 @@ def run_arms(
 
     def one(work: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
         item, a = work
-        # A session is a unit of the profile it plays (by content, not only by id): a patient whose
-        # description changed under the same id is played again.
-        pos = "" if item["position"] == 1 else f"-p{item['position']}"
-        uid = f"{item['profile']['id']}{pos}-s{item['session']}-{hash_obj([item['profile'], item['context']], 12)}"
-        meta = dict(
-            session_id=hash_obj([model, a["arm"], quantization, uid], 12),
-            model=model,
-            arm=a["arm"],
-            quantization=quantization,
-            gguf=str(a["gguf"]),
-            gguf_sha256=a["gguf_sha"],
-            therapist_sampling=rcfg["therapist"],
-            patient_sampling=rcfg["patient"],
-            patient_backend=patient.name,
-            therapist_backend=a["therapist"].kind,
-        )
+        uid = _session_uid(item)
+        meta = _session_meta(model, a, quantization, uid, rcfg, patient)
 
         def make():
             if item["context"] is None:  # no course history for this patient and position
@@ -307,27 +348,12 @@ def run_arms(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="session") as pool:
             played = list(pool.map(one, work))
     wall = round(time.perf_counter() - t0, 2)
-    out = []
-    for k, a in enumerate(arms):
-        sessions = played[k :: len(arms)]
-        out.append(
-            (
-                sessions,
-                _arm_stats(
-                    model,
-                    a,
-                    quantization,
-                    sessions,
-                    patient,
-                    rcfg,
-                    therapist_system(system_prompt, protocol=protocol),
-                    wall,
-                    workers,
-                    len(arms),
-                ),
-            )
-        )
-    return out
+    system = therapist_system(system_prompt, protocol=protocol)
+    n = len(arms)
+    return [
+        (played[k::n], _arm_stats(model, a, quantization, played[k::n], patient, rcfg, system, wall, workers, n))
+        for k, a in enumerate(arms)
+    ]
 
 
 def _arm_stats(model, a, quantization, sessions, patient, rcfg, system_prompt, wall, workers, n_arms) -> dict[str, Any]:
