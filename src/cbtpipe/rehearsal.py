@@ -148,6 +148,82 @@ def _strip(x):
     return x
 
 
+def _workload(root: Path, work: Path, patients: int) -> dict[str, Any]:
+    """What each level runs: one-session courses of ``patients`` patients with a short generation
+    prompt, and the safety flow's questions with a short template. What is rehearsed is the
+    traffic (small completions, a provider's latency), not the tiny model's compute."""
+    from .design import load_attributes, load_crisis_resources, load_safety_rubric, train_val_profiles
+    from .workflow import section_defaults
+
+    profs, _ = train_val_profiles(load_attributes(root / "resources/patient_attributes.yaml"), patients, 1, seed=5)
+    dcfg = section_defaults("data") | {
+        "sessions_per_patient": 1,
+        "exchanges_min": 1,
+        "exchanges_max": 1,
+        "turn_chars_min": 1,
+        "turn_chars_max": 24,
+        "summary_chars_max": 24,
+        "max_attempts": 3,
+        "sampling": {"temperature": 0.8, "max_tokens": 320},
+    }
+    tpl = work / "session.j2"
+    tpl.write_text(
+        "Write session {{ session_index }} of {{ n_sessions }} of CBT for this patient: {{ patient[:120] }}\n"
+        '{% if risk or phase or summaries %}{% endif %}Answer in JSON: "exchanges" ({{ exchanges_min }} to {{ exchanges_max }} '
+        'items, each a therapist turn and the patient\'s reply), "closing", "summary" and "homework", each one short sentence.\n',
+        encoding="utf-8",
+    )
+    qtpl = work / "question.j2"
+    qtpl.write_text("Conversation (turns numbered):\n{{ transcript }}\n\nQuestion: {{ question }}\n{{ answer_format }}\n", encoding="utf-8")
+    return {
+        "profiles": profs,
+        "dcfg": dcfg,
+        "tpl": tpl,
+        "qtpl": qtpl,
+        "srub": load_safety_rubric(root / "resources/rubrics/safety.yaml"),
+        "crisis": load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US"),
+        "scfg": section_defaults("safety") | {"backend": "api", "reasoning_chars": 0, "sampling": {"temperature": 0.0, "max_tokens": 16}},
+    }
+
+
+def _run_stage(stage: str, c: int, proxy: FaultProxy, w: dict[str, Any], sessions: int, work: Path) -> tuple[dict[str, Any], Any]:
+    """One stage at concurrency ``c`` against the proxy: its figures and its outputs."""
+    from .llm import OpenAIBackend
+    from .stages import run_generation, run_safety_judging
+
+    proxy.reset()
+    spec = {
+        "type": "openai",
+        "base_url": proxy.url,
+        "model": "tiny",
+        "json_mode": "json_schema",
+        "concurrency": c,
+        "max_retries": 6,
+        "backoff_s": 0.2,
+        "timeout_s": 300,
+    }
+    b = OpenAIBackend(f"rehearsal{c}{stage}", spec, cache_dir=None)
+    t0 = time.perf_counter()
+    if stage == "generation":
+        got, _ = run_generation(w["profiles"], b, w["dcfg"], w["tpl"], work / f"gen{c}")
+    else:  # the safety flow: many short questions per session
+        got, _ = run_safety_judging(_sessions(sessions), b, w["srub"], w["scfg"], w["qtpl"], w["crisis"], work / f"judge{c}")
+    wall = time.perf_counter() - t0
+    row = {
+        "wall_seconds": round(wall, 2),
+        "calls": b.stats.calls,
+        "retries": b.stats.retries,
+        "requests_seen": proxy.requests,
+        "faults_injected": proxy.faults,
+        "max_in_flight": proxy.max_inflight,
+        "server_compute_seconds": round(proxy.compute_s, 2),
+        "prompt_tokens_per_call": round(b.stats.prompt_tokens / max(1, b.stats.calls), 1),
+        "completion_tokens_per_call": round(b.stats.completion_tokens / max(1, b.stats.calls), 1),
+    }
+    b.close()
+    return row, _strip(got)
+
+
 def rehearse(
     root: str | Path,
     *,
@@ -163,39 +239,10 @@ def rehearse(
     """Generation (``patients`` one-session courses) and CTRS judging (``sessions`` transcripts,
     one sample) at each concurrency level against the proxy; wall times, calls, retries, the most
     requests in flight, and whether the outputs of every level are identical."""
-    from .design import load_attributes, load_crisis_resources, load_safety_rubric, train_val_profiles
-    from .llm import LlamaServer, OpenAIBackend
-    from .stages import run_generation, run_safety_judging
-    from .workflow import section_defaults
+    from .llm import LlamaServer
 
-    root = Path(root)
-    profs, _ = train_val_profiles(load_attributes(root / "resources/patient_attributes.yaml"), patients, 1, seed=5)
-    dcfg = section_defaults("data") | {
-        "sessions_per_patient": 1,
-        "exchanges_min": 1,
-        "exchanges_max": 1,
-        "turn_chars_min": 1,
-        "turn_chars_max": 24,
-        "summary_chars_max": 24,
-        "max_attempts": 3,
-        "sampling": {"temperature": 0.8, "max_tokens": 320},
-    }
-    srub = load_safety_rubric(root / "resources/rubrics/safety.yaml")
-    crisis = load_crisis_resources(root / "resources/safety/crisis_resources.yaml", "US")
-    scfg = section_defaults("safety") | {"backend": "api", "reasoning_chars": 0, "sampling": {"temperature": 0.0, "max_tokens": 16}}
     work = Path(tempfile.mkdtemp(prefix="rehearsal-"))
-    # A short generation prompt: what is rehearsed is the traffic (small completions, a provider's
-    # latency), not the tiny model's compute on a few CPU cores.
-    tpl = work / "session.j2"
-    tpl.write_text(
-        "Write session {{ session_index }} of {{ n_sessions }} of CBT for this patient: {{ patient[:120] }}\n"
-        '{% if risk or phase or summaries %}{% endif %}Answer in JSON: "exchanges" ({{ exchanges_min }} to {{ exchanges_max }} '
-        'items, each a therapist turn and the patient\'s reply), "closing", "summary" and "homework", each one short sentence.\n',
-        encoding="utf-8",
-    )
-    # the same for the safety flow's questions: the transcript and the question, no preamble
-    qtpl = work / "question.j2"
-    qtpl.write_text("Conversation (turns numbered):\n{{ transcript }}\n\nQuestion: {{ question }}\n{{ answer_format }}\n", encoding="utf-8")
+    w = _workload(Path(root), work, patients)
     logs = Path(log_dir or work)
     results: dict[str, Any] = {
         "levels": {},
@@ -211,57 +258,21 @@ def rehearse(
         ]
         proxy = stack.enter_context(FaultProxy(ups, latency_s, fault_rate))
         for c in levels:
-            row: dict[str, Any] = {}
-            out = {}
+            results["levels"][c], outputs[c] = {}, {}
             for stage in ("generation", "judging"):
-                proxy.reset()
-                spec = {
-                    "type": "openai",
-                    "base_url": proxy.url,
-                    "model": "tiny",
-                    "json_mode": "json_schema",
-                    "concurrency": c,
-                    "max_retries": 6,
-                    "backoff_s": 0.2,
-                    "timeout_s": 300,
-                }
-                b = OpenAIBackend(f"rehearsal{c}{stage}", spec, cache_dir=None)
-                t0 = time.perf_counter()
-                if stage == "generation":
-                    got, _ = run_generation(profs, b, dcfg, tpl, work / f"gen{c}")
-                else:  # the safety flow: many short questions per session
-                    got, _ = run_safety_judging(_sessions(sessions), b, srub, scfg, qtpl, crisis, work / f"judge{c}")
-                wall = time.perf_counter() - t0
-                row[stage] = {
-                    "wall_seconds": round(wall, 2),
-                    "calls": b.stats.calls,
-                    "retries": b.stats.retries,
-                    "requests_seen": proxy.requests,
-                    "faults_injected": proxy.faults,
-                    "max_in_flight": proxy.max_inflight,
-                    "server_compute_seconds": round(proxy.compute_s, 2),
-                    "prompt_tokens_per_call": round(b.stats.prompt_tokens / max(1, b.stats.calls), 1),
-                    "completion_tokens_per_call": round(b.stats.completion_tokens / max(1, b.stats.calls), 1),
-                }
-                out[stage] = _strip(got)
-                b.close()
-            outputs[c] = out
-            results["levels"][c] = row
+                results["levels"][c][stage], outputs[c][stage] = _run_stage(stage, c, proxy, w, sessions, work)
     base = levels[0]
     # what no concurrency can beat here: the servers' compute spread over the machine's cores
     cores = process_cpus()
     results["settings"]["cpu_cores"] = cores
+    first = results["levels"][base]
     results["ceiling"] = {
-        stage: round(
-            results["levels"][base][stage]["wall_seconds"]
-            / max(1e-9, results["levels"][base][stage]["server_compute_seconds"] / min(cores, servers)),
-            2,
-        )
+        stage: round(first[stage]["wall_seconds"] / max(1e-9, first[stage]["server_compute_seconds"] / min(cores, servers)), 2)
         for stage in ("generation", "judging")
     }
     results["identical_outputs"] = all(json.dumps(outputs[c], sort_keys=True) == json.dumps(outputs[base], sort_keys=True) for c in levels)
     results["speedup"] = {
-        stage: {c: round(results["levels"][base][stage]["wall_seconds"] / results["levels"][c][stage]["wall_seconds"], 2) for c in levels}
+        stage: {c: round(first[stage]["wall_seconds"] / results["levels"][c][stage]["wall_seconds"], 2) for c in levels}
         for stage in ("generation", "judging")
     }
     return results

@@ -30,21 +30,10 @@ def _f(x: str) -> float:
     return float(x) if x not in ("", None) else float("nan")
 
 
-def draw_figures(
-    totals: list[dict[str, str]],
-    stats: dict[str, Any],
-    outdir: Path,
-    safety: dict[str, Any] | None = None,
-    losses: dict[str, list[dict[str, str]]] | None = None,
-) -> dict[str, str]:
-    """The report's figures (PNG and SVG): totals, paired lines, the per-item heat map,
-    agreement with its intervals, and, when given, the safety forest plot and the loss curves."""
+def _totals(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -> str:
+    """Totals per model and arm: a box plot with the points."""
     plt = _plt()
-    outdir.mkdir(parents=True, exist_ok=True)
-    models, arms, items = stats["models"], stats["arms"], stats["items"]
-    figs = {}
-
-    # 1. totals per model and arm: box plot with the points
+    models, arms = stats["models"], stats["arms"]
     fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(models)), 3.6))
     pos, labels, rng = 0, [], np.random.default_rng(0)
     for m in models:
@@ -65,9 +54,13 @@ def draw_figures(
         ax.legend(fontsize=7)
     ax.set_title("Session totals per model and arm")
     _save(fig, outdir / "totals")
-    figs["totals"] = "totals.png"
+    return "totals.png"
 
-    # 2. paired instruct -> CBT lines per patient
+
+def _paired(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -> str:
+    """Each patient's instruct and CBT means joined by a line, per model."""
+    plt = _plt()
+    models = stats["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
         tm = stats["tuned_vs_instruct"][m]
@@ -85,9 +78,13 @@ def draw_figures(
         ax.set_title(m, fontsize=9)
         ax.set_ylabel("total score (patient mean)")
     _save(fig, outdir / "paired")
-    figs["paired"] = "paired.png"
+    return "paired.png"
 
-    # 3. heat map of per-item mean differences
+
+def _items_heatmap(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -> str:
+    """The per-item mean differences, CBT-tuned minus instruct, per model."""
+    plt = _plt()
+    models, items = stats["models"], stats["items"]
     mat = np.array(
         [
             [(next((c["mean_diff"] for c in stats["per_item"][m]["items"] if c["item"] == it), None) or np.nan) for it in items]
@@ -106,9 +103,13 @@ def draw_figures(
     fig.colorbar(im, ax=ax, label="CBT-tuned minus instruct")
     ax.set_title("Per-item mean difference")
     _save(fig, outdir / "items_heatmap")
-    figs["items"] = "items_heatmap.png"
+    return "items_heatmap.png"
 
-    # 4. agreement: within each judge across its samples, and between the judges of a panel
+
+def _agreement(totals: list[dict[str, str]], stats: dict[str, Any], outdir: Path) -> str:
+    """Agreement: each judge with itself across samples, and between the judges of a panel (ICC with its interval)."""
+    plt = _plt()
+    items = stats["items"]
     rel, ij = stats["reliability"], stats.get("inter_judge") or {}
     keys = [*items, "total"]
     series = [(f"within {j}", r) for j, r in rel.items()] + ([("between judges", ij)] if ij else [])
@@ -133,7 +134,25 @@ def draw_figures(
     ax.legend(fontsize=7)
     ax.set_title("Agreement: each judge with itself across samples, and between judges")
     _save(fig, outdir / "reliability")
-    figs["reliability"] = "reliability.png"
+    return "reliability.png"
+
+
+def draw_figures(
+    totals: list[dict[str, str]],
+    stats: dict[str, Any],
+    outdir: Path,
+    safety: dict[str, Any] | None = None,
+    losses: dict[str, list[dict[str, str]]] | None = None,
+) -> dict[str, str]:
+    """The report's figures (PNG and SVG): totals, paired lines, the per-item heat map,
+    agreement with its intervals, and, when given, the safety forest plot and the loss curves."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    figs = {
+        "totals": _totals(totals, stats, outdir),
+        "paired": _paired(totals, stats, outdir),
+        "items": _items_heatmap(totals, stats, outdir),
+        "reliability": _agreement(totals, stats, outdir),
+    }
     if safety and safety.get("comparisons"):
         figs["safety"] = safety_forest(safety, outdir)
     if losses:
