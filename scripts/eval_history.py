@@ -1,7 +1,7 @@
 """Snakemake entry: a synthetic course history for each evaluation patient (later positions)."""
 
-from cbtpipe.design import generate_history
 from cbtpipe.llm import make_backend
+from cbtpipe.stages import generate_history
 from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
 with entry(snakemake, "eval_history") as log:

@@ -186,7 +186,7 @@ def test_an_import_needs_a_generator_only_for_later_positions():
 
 
 def test_histories_are_written_only_for_later_positions(root, tmp_path):
-    from cbtpipe.design import generate_history
+    from cbtpipe.stages import generate_history
 
     dcfg = valid(load())["data"]
     profiles = [{"id": "eval-000", "seed": 1}, {"id": "eval-001", "seed": 2}]

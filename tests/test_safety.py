@@ -428,8 +428,8 @@ def test_config_files_give_the_safety_section(root):
 
 def test_a_changed_risk_reruns_the_sessions_but_not_the_course_histories(root, tmp_path):
     """The history prompt does not read a patient's risk: its units are keyed without it."""
-    from cbtpipe.design import generate_history
     from cbtpipe.llm import Backend, Completion
+    from cbtpipe.stages import generate_history
 
     class Notes(Backend):
         calls = 0

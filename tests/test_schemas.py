@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbtpipe.design import (
-    load_attributes,
-    load_crisis_resources,
-    load_human_ratings,
-    load_risk_attributes,
-    load_rubric,
-    load_safety_rubric,
-)
+from cbtpipe.design import load_attributes, load_crisis_resources, load_human_ratings, load_risk_attributes, load_rubric, load_safety_rubric
 from cbtpipe.report import load_packet_ratings
 from cbtpipe.stages import load_import
 from cbtpipe.workflow import SCHEMA, PipelineError, check_config_files, section_defaults

@@ -51,10 +51,8 @@ def check_api_keys(cfg: dict[str, Any], rules: set[str] | None = None) -> None:
             )
 
 
-def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
-    """Raise PipelineError naming the culprit (config key, file, line)."""
-    check_config_secrets(cfg)
-    base = Path(base)
+def _models(cfg: dict[str, Any], base: Path) -> None:
+    """Backends named by a stage exist; model files and chat templates exist; QLoRA has a GPU."""
     backends = cfg["backends"]
     for key, name in active_backends(cfg).items():
         if name not in backends:
@@ -78,6 +76,11 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
                 f"config key models.{name}.gpus is 0, but training.method qlora needs a CUDA GPU "
                 f"(4-bit NF4 weights through bitsandbytes): set models.{name}.gpus: 1, or use method: lora on the CPU"
             )
+
+
+def _data(cfg: dict[str, Any], base: Path) -> None:
+    """The transcripts to import (checked whole) or the prompts and attribute lists that generate
+    them; the system prompt and the course templates."""
     d = cfg["data"]
     if d["exchanges_min"] > d["exchanges_max"]:
         raise PipelineError("config keys data.exchanges_min > data.exchanges_max")
@@ -96,12 +99,19 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         _file(d["prompts"][key], f"data.prompts.{key}", base)
         check_template(base / d["prompts"][key], f"data.prompts.{key}")
 
+
+def _rollout(cfg: dict[str, Any], base: Path) -> None:
+    d = cfg["data"]
     r = cfg["rollout"]
     check_positions(r["positions"], d["sessions_per_patient"])
     if r["min_turns"] > r["max_turns"]:
         raise PipelineError(f"config keys rollout.min_turns ({r['min_turns']}) > rollout.max_turns ({r['max_turns']})")
     _file(cfg["rollout"]["patient_prompt"], "rollout.patient_prompt", base)
     check_template(base / cfg["rollout"]["patient_prompt"], "rollout.patient_prompt")
+
+
+def _judge(cfg: dict[str, Any], base: Path) -> None:
+    """The rubric, the judges' prompts and names, the primary endpoint, human ratings."""
     _file(cfg["judge"]["rubric"], "judge.rubric", base)
     rubric = load_rubric(base / cfg["judge"]["rubric"])
     _file(cfg["judge"]["prompt"], "judge.prompt", base)
@@ -126,6 +136,11 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
         _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
         load_human_ratings(base / cfg["report"]["human_ratings"], rubric)
 
+
+def _safety(cfg: dict[str, Any], base: Path) -> None:
+    """Risk attributes and their shares, the safety rubric, its prompt, crisis resources, refusal
+    patterns, the risk protocol."""
+    r = cfg["rollout"]
     rk = cfg["profiles"]["risk"]
     _file(rk["attributes"], "profiles.risk.attributes", base)
     check_shares(load_risk_attributes(base / rk["attributes"]), rk)
@@ -143,6 +158,17 @@ def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
             raise PipelineError(f"config key safety.refusal_patterns[{n}]: {pat!r} is not a valid regular expression ({e})") from None
     _file(r["risk_protocol_prompt"], "rollout.risk_protocol_prompt", base)
     check_template(base / r["risk_protocol_prompt"], "rollout.risk_protocol_prompt")
+
+
+def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:
+    """Raise PipelineError naming the culprit (config key, file, line)."""
+    check_config_secrets(cfg)
+    base = Path(base)
+    _models(cfg, base)
+    _data(cfg, base)
+    _rollout(cfg, base)
+    _judge(cfg, base)
+    _safety(cfg, base)
     q = cfg["rollout"]["quantization"]
     if q not in cfg["export"]["quantizations"] and q != cfg["export"]["outtype"]:
         raise PipelineError(f"config key rollout.quantization: '{q}' is neither export.outtype nor listed in export.quantizations")

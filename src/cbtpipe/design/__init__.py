@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = face(
     __name__,
     {
         "chat": ["apply_layout", "chat_layout", "drop_oldest_exchange", "mask_example", "token_count", "windows"],
-        "course": ["check_positions", "eval_context", "generate_history", "phase_plan", "training_context"],
+        "course": ["check_positions", "eval_context", "phase_plan", "training_context"],
         "profiles": ["describe", "eval_profiles", "load_attributes", "train_val_profiles"],
         "prompts": ["check_template", "render_template"],
         "risk": ["assign_risk", "check_shares", "load_risk_attributes", "risk_prompt"],

@@ -4,24 +4,16 @@ The therapist's system prompt is the configured base prompt followed by a *cours
 block (``data.prompts.context``): session k of N, its phase and the summaries and homework of the
 sessions before, as the transcript generator saw them. The dataset builder gives every training
 example the context of its own session; a rollout gives the evaluation session at position k the
-context of a synthetic history written for the evaluation patient (:func:`generate_history`), so
-both arms meet the same patients at the same positions. The judge is shown the same block.
-"""
+context of a synthetic history written for the evaluation patient (``stages.generate_history``), so
+both arms meet the same patients at the same positions. The judge is shown the same block."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..workflow import PipelineError, Progress, UnitStore, hash_obj, map_units
-from .profiles import describe
+from ..workflow import PipelineError
 from .prompts import render_template
-
-if TYPE_CHECKING:
-    from ..llm import Backend
-
-log = logging.getLogger("cbtpipe")
 
 
 def phase_plan(phases: list[dict[str, Any]], n_sessions: int) -> list[dict[str, Any]]:
@@ -75,124 +67,6 @@ def check_positions(positions: list[int], n_sessions: int) -> None:
     bad = [p for p in positions if p < 1 or p > n_sessions]
     if bad:
         raise PipelineError(f"config key rollout.positions: {bad} outside the course of data.sessions_per_patient = {n_sessions} sessions")
-
-
-def history_schema(n: int, chars_max: int) -> dict[str, Any]:
-    note = {"type": "string", "minLength": 1, "maxLength": chars_max}
-    return {
-        "type": "object",
-        "properties": {
-            "sessions": {
-                "type": "array",
-                "minItems": n,
-                "maxItems": n,
-                "items": {
-                    "type": "object",
-                    "properties": {"summary": note, "homework": note},
-                    "required": ["summary", "homework"],
-                    "additionalProperties": False,
-                },
-            }
-        },
-        "required": ["sessions"],
-        "additionalProperties": False,
-    }
-
-
-def generate_history(
-    profiles: list[dict[str, Any]],
-    backend: Backend | None,
-    dcfg: dict[str, Any],
-    positions: list[int],
-    template: str | Path,
-    unit_dir: str | Path,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A synthetic course history (summary and homework of sessions 1 .. max(positions) - 1) for
-    each evaluation patient, resumable per patient. A patient whose history could not be written
-    within ``data.max_attempts`` gets ``history: null`` and is left out of later positions (and
-    counted), never given an empty history that would pass for a first session. With only
-    position 1 there is nothing to write and ``backend`` may be None."""
-    n_sessions = dcfg["sessions_per_patient"]
-    check_positions(positions, n_sessions)
-    n = max(positions) - 1
-    plan = phase_plan(dcfg["phases"], n_sessions)
-    sessions = [{"index": i + 1, "phase": plan[i]} for i in range(n)]
-    if n == 0:
-        rows = [{"patient_id": p["id"], "history": []} for p in profiles]
-        return rows, {
-            "patients": len(profiles),
-            "sessions_each": 0,
-            "patients_failed": 0,
-            "patients_reused": 0,
-            "backend": None,
-            "llm": None,
-        }
-    tpl_text = Path(template).read_text(encoding="utf-8")
-    store = UnitStore(
-        Path(unit_dir)
-        / hash_obj(
-            {
-                "n": n,
-                "N": n_sessions,
-                "phases": dcfg["phases"],
-                "backend": backend.identity(),
-                "tpl": tpl_text,
-                "sampling": dcfg["sampling"],
-                "chars": dcfg["summary_chars_max"],
-                "tries": dcfg["max_attempts"],
-            }
-        )
-    )
-
-    progress = Progress("course histories", len(profiles), "patients", tokens=backend.stats.generated_tokens)
-
-    def one(prof: dict[str, Any]) -> dict[str, Any]:
-        def make():
-            prompt = render_template(template, patient=describe(prof), sessions=sessions, n_sessions=n_sessions)
-            msgs = [{"role": "user", "content": prompt}]
-            errors = []
-            for attempt in range(dcfg["max_attempts"]):
-                res = backend.chat_json(
-                    msgs,
-                    history_schema(n, dcfg["summary_chars_max"]),
-                    sampling=dcfg["sampling"],
-                    seed=prof["seed"] + 104729 + attempt,
-                    max_attempts=1,
-                )
-                if res.data is not None:
-                    notes = res.data["sessions"]
-                    return {
-                        "patient_id": prof["id"],
-                        "history": [
-                            {
-                                "index": s["index"],
-                                "phase": s["phase"]["name"],
-                                "summary": x["summary"].strip(),
-                                "homework": x["homework"].strip(),
-                            }
-                            for s, x in zip(sessions, notes, strict=True)
-                        ],
-                    }
-                errors.append(res.errors[-1])
-            log.warning("patient %s: no course history after %d attempts: %s", prof["id"], len(errors), errors)
-            return {"patient_id": prof["id"], "history": None, "errors": errors}
-
-        # keyed by what the history prompt reads of the profile: not its suicide risk
-        row, reused = store.get_or_make(f"{prof['id']}-{hash_obj({k: v for k, v in prof.items() if k != 'risk'}, 8)}", make)
-        progress.step(f"patient {prof['id']}" + ("" if row["history"] is not None else ": no history"), reused=reused)
-        return row
-
-    out = map_units(one, profiles, backend.parallelism)  # patients are independent
-    failed = sum(row["history"] is None for row in out)
-    stats = {
-        "patients": len(profiles),
-        "sessions_each": n,
-        "patients_failed": failed,
-        "patients_reused": store.reused,
-        "backend": backend.name,
-        "llm": backend.stats.as_dict(),
-    }
-    return out, stats
 
 
 def eval_context(
