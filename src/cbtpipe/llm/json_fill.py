@@ -219,79 +219,100 @@ class Filler:
         and the finish reason ("stop", or "length" when max_tokens or the context ran out)."""
         if len(prompt) >= n_ctx:
             raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
-        llm = self.llm
-        rng = np.random.default_rng(int(seed) & 0xFFFFFFFF)
-        pending = [prompt[-1]]
-        history = list(prompt[-PENALTY_LAST_N:])
-        text: list[str] = []
-        made = 0
-        budget = min(int(max_tokens), n_ctx - len(prompt))
-        consumed = 0  # bytes of the next fixed text already in (the token that ended a value)
-
-        def push(t: int) -> bool:
-            nonlocal made
-            if made >= budget:
-                return False
-            pending.append(t)
-            history.append(t)
-            made += 1
-            return True
-
-        def pick(cand: np.ndarray) -> int:
-            if cand.size == 1:
-                # a forced token (the space before a score's digit): nothing to choose, so no
-                # forward pass; it goes in with the tokens after it
-                return int(cand[0])
-            llm.eval(pending)
-            pending.clear()
-            recent = np.asarray(history[-PENALTY_LAST_N:], dtype=np.int64)
-            return self.choose(self._logits(), cand, sampling, rng, recent)
-
+        w = _Writing(self, prompt, sampling, seed, min(int(max_tokens), n_ctx - len(prompt)))
         for i, part in enumerate(parts):
             if isinstance(part, Lit):
-                rest = part.text.encode("utf-8")[consumed:]
-                consumed = 0
-                ids = self.llm.tokenize(rest, add_bos=False, special=False) if rest else []
-                for t in ids:
-                    if not push(t):
-                        return "".join(text), made, "length"
-                text.append(part.text)
-                continue
-            # A value ends when the model picks a token that begins the fixed text after it
-            # (a quote, '",', ',' or '}'): its mass is spread over every such spelling.
-            ends = self._starts_of(parts[i + 1].text)
-            if isinstance(part, Enum):
-                done = ""
-                while True:
-                    conts: set[int] = set()
-                    for o in part.options:
-                        if o.startswith(done) and len(o) > len(done):
-                            rest_o = o[len(done) :]
-                            for j in range(1, len(rest_o) + 1):
-                                conts.update(self.by_bytes.get(rest_o[:j].encode("utf-8"), ()))
-                    if not conts:
-                        break  # a whole option, and no longer one begins with it
-                    end_ids = (ends - conts) if done in part.options else set()
-                    t = pick(np.array(sorted(conts | end_ids), dtype=np.int64))
-                    if not push(t):
-                        return "".join(text) + done, made, "length"
-                    if t in end_ids:
-                        consumed = len(self.tok_bytes[t])
-                        break
-                    done += self.tok_bytes[t].decode("utf-8")
-                text.append(done)
-            else:  # Str: plain tokens within the length, or one that begins the text after it
-                s = ""
-                end_arr = np.array(sorted(ends), dtype=np.int64)
-                while True:
-                    room = part.max_chars - len(s)
-                    ok = self.plain_ids[self.plain_chars <= room] if room > 0 else self.plain_ids[:0]
-                    t = pick(np.concatenate([ok, end_arr]))
-                    if not push(t):
-                        return "".join(text) + s, made, "length"
-                    if t in ends:
-                        consumed = len(self.tok_bytes[t])
-                        break
-                    s += self.tok_bytes[t].decode("utf-8")
-                text.append(s)
-        return "".join(text), made, "stop"
+                done = w.literal(part.text)
+            else:
+                # A value ends when the model picks a token that begins the fixed text after it
+                # (a quote, '",', ',' or '}'): its mass is spread over every such spelling.
+                ends = self._starts_of(parts[i + 1].text)
+                done = w.enum(part, ends) if isinstance(part, Enum) else w.string(part, ends)
+            if not done:
+                return "".join(w.text), w.made, "length"
+        return "".join(w.text), w.made, "stop"
+
+
+class _Writing:
+    """One answer being written: the tokens not yet evaluated, the recent tokens the repeat
+    penalty sees, the text so far, and the token budget."""
+
+    def __init__(self, filler: Filler, prompt: list[int], sampling: dict[str, Any], seed: int, budget: int):
+        self.f, self.sampling = filler, sampling
+        self.rng = np.random.default_rng(int(seed) & 0xFFFFFFFF)
+        self.pending = [prompt[-1]]
+        self.history = list(prompt[-PENALTY_LAST_N:])
+        self.text: list[str] = []
+        self.made, self.budget = 0, budget
+        self.consumed = 0  # bytes of the next fixed text already in (the token that ended a value)
+
+    def push(self, t: int) -> bool:
+        if self.made >= self.budget:
+            return False
+        self.pending.append(t)
+        self.history.append(t)
+        self.made += 1
+        return True
+
+    def pick(self, cand: np.ndarray) -> int:
+        if cand.size == 1:
+            # a forced token (the space before a score's digit): nothing to choose, so no
+            # forward pass; it goes in with the tokens after it
+            return int(cand[0])
+        self.f.llm.eval(self.pending)
+        self.pending.clear()
+        recent = np.asarray(self.history[-PENALTY_LAST_N:], dtype=np.int64)
+        return self.f.choose(self.f._logits(), cand, self.sampling, self.rng, recent)
+
+    def literal(self, text: str) -> bool:
+        """The fixed text, less what the token that ended the value before it already wrote."""
+        rest = text.encode("utf-8")[self.consumed :]
+        self.consumed = 0
+        ids = self.f.llm.tokenize(rest, add_bos=False, special=False) if rest else []
+        for t in ids:
+            if not self.push(t):
+                return False
+        self.text.append(text)
+        return True
+
+    def enum(self, part: Enum, ends: set[int]) -> bool:
+        """One of the options, token by token among those that continue an option."""
+        f, done = self.f, ""
+        while True:
+            conts: set[int] = set()
+            for o in part.options:
+                if o.startswith(done) and len(o) > len(done):
+                    rest_o = o[len(done) :]
+                    for j in range(1, len(rest_o) + 1):
+                        conts.update(f.by_bytes.get(rest_o[:j].encode("utf-8"), ()))
+            if not conts:
+                break  # a whole option, and no longer one begins with it
+            end_ids = (ends - conts) if done in part.options else set()
+            t = self.pick(np.array(sorted(conts | end_ids), dtype=np.int64))
+            if not self.push(t):
+                self.text.append(done)
+                return False
+            if t in end_ids:
+                self.consumed = len(f.tok_bytes[t])
+                break
+            done += f.tok_bytes[t].decode("utf-8")
+        self.text.append(done)
+        return True
+
+    def string(self, part: Str, ends: set[int]) -> bool:
+        """Plain tokens within the length, or one that begins the text after it."""
+        f, s = self.f, ""
+        end_arr = np.array(sorted(ends), dtype=np.int64)
+        while True:
+            room = part.max_chars - len(s)
+            ok = f.plain_ids[f.plain_chars <= room] if room > 0 else f.plain_ids[:0]
+            t = self.pick(np.concatenate([ok, end_arr]))
+            if not self.push(t):
+                self.text.append(s)
+                return False
+            if t in ends:
+                self.consumed = len(f.tok_bytes[t])
+                break
+            s += f.tok_bytes[t].decode("utf-8")
+        self.text.append(s)
+        return True

@@ -51,52 +51,9 @@ class LlamaCppBackend(Backend):
         super().__init__(name, spec, **kw)
         self.model_path = resolve_gguf(spec["gguf"], f"backends.{name}.gguf")
         check_gguf_file(self.model_path, f"backends.{name}")
-        import llama_cpp
-
-        self._sha = sha256_file(self.model_path)
-        self._fingerprint = f"llama-cpp-python {llama_cpp.__version__}, gguf sha256 {self._sha[:16]}"
-        require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec["n_gpu_layers"]))
-        from llama_cpp import Llama
-
-        threads = spec["n_threads"] or job_threads()
-        try:
-            self.llm = Llama(
-                model_path=str(self.model_path),
-                n_ctx=int(spec["n_ctx"]),
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=int(spec["n_gpu_layers"]),
-                seed=0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as e:
-            raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
+        self.llm = self._load(name, spec, gpu_key)
         self.n_ctx = self.llm.n_ctx()
-        log.info(
-            "backends.%s: llama.cpp context of %d tokens on %d thread(s) (%s)",
-            name,
-            self.n_ctx,
-            threads,
-            "n_threads" if spec["n_threads"] else "the job's threads: n_threads is open",
-        )
-        # A grammar checks the drawn token first and the whole vocabulary only when it rejects it
-        # (as llama.cpp's own samplers do); with the tiny model most draws in a JSON answer are
-        # rejected, so it saves about a fifth of the time per token.
-        from .grammar_sampler import install
-
-        install(self.llm)
-        # One llama.cpp context serves one call at a time (sessions may run in threads).
-        self._call_lock = threading.RLock()
-        # A CPU context's calls go to the process's llama.cpp CPU thread (cpu_thread.py); every
-        # batch first checks that the caller still waits for the call (a no-op off that thread).
-        self._on_cpu = int(spec["n_gpu_layers"]) == 0
-        evaluate = self.llm.eval
-
-        def checked_eval(tokens):
-            check_abandoned()
-            return evaluate(tokens)
-
-        self.llm.eval = checked_eval
+        self._instrument(spec)
         self.reuse_prefix = bool(spec["reuse_prefix"])
         # Structured answers of a schema the filler can write are written by it (json_fill.py):
         # the fixed text in one batch, the model choosing the values.
@@ -116,6 +73,57 @@ class LlamaCppBackend(Backend):
         # prompt's tokens are prepared here first.
         self._create_completion = self.llm.create_completion
         self.llm.create_completion = self._prepared_completion
+
+    def _load(self, name: str, spec: dict[str, Any], gpu_key: str | None):
+        """The model in a llama.cpp context on the job's threads (or ``n_threads``), offloaded as
+        ``n_gpu_layers`` asks (an error where the build cannot offload, never a CPU run)."""
+        import llama_cpp
+
+        self._sha = sha256_file(self.model_path)
+        self._fingerprint = f"llama-cpp-python {llama_cpp.__version__}, gguf sha256 {self._sha[:16]}"
+        require_gpu_offload(gpu_key or f"backends.{name}.n_gpu_layers", int(spec["n_gpu_layers"]))
+        threads = spec["n_threads"] or job_threads()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=int(spec["n_ctx"]),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=int(spec["n_gpu_layers"]),
+                seed=0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise PipelineError(f"backends.{name}: llama.cpp could not load {self.model_path} (truncated or corrupt GGUF?): {e}") from e
+        log.info(
+            "backends.%s: llama.cpp context of %d tokens on %d thread(s) (%s)",
+            name,
+            llm.n_ctx(),
+            threads,
+            "n_threads" if spec["n_threads"] else "the job's threads: n_threads is open",
+        )
+        return llm
+
+    def _instrument(self, spec: dict[str, Any]) -> None:
+        """The grammar sampler, the call lock, and the check before every batch."""
+        # A grammar checks the drawn token first and the whole vocabulary only when it rejects it
+        # (as llama.cpp's own samplers do); with the tiny model most draws in a JSON answer are
+        # rejected, so it saves about a fifth of the time per token.
+        from .grammar_sampler import install
+
+        install(self.llm)
+        # One llama.cpp context serves one call at a time (sessions may run in threads).
+        self._call_lock = threading.RLock()
+        # A CPU context's calls go to the process's llama.cpp CPU thread (cpu_thread.py); every
+        # batch first checks that the caller still waits for the call (a no-op off that thread).
+        self._on_cpu = int(spec["n_gpu_layers"]) == 0
+        evaluate = self.llm.eval
+
+        def checked_eval(tokens):
+            check_abandoned()
+            return evaluate(tokens)
+
+        self.llm.eval = checked_eval
 
     def identity(self) -> dict[str, Any]:
         from .grammar_sampler import SAMPLER_ID

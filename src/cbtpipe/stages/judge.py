@@ -347,6 +347,29 @@ def member_settings(member: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in member.items() if k not in ("name", "prompt")}
 
 
+def _panel_record(
+    i: int, per: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], rubric: dict[str, Any], reducer: str
+) -> dict[str, Any]:
+    """Session ``i`` as the panel judged it: every judge's scores and samples, and the items and
+    total reduced over the judges (missing unless every judge gave one)."""
+
+    def reduce(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else aggregate(values, reducer)
+
+    recs = {name: judged[i] for name, judged, _ in per}
+    first = next(iter(recs.values()))
+    rec = {k: v for k, v in first.items() if k not in ("samples", "item_scores", "total", "valid_samples", "prompt_sha256")}
+    rec["judges"] = {
+        name: {k: r.get(k) for k in ("item_scores", "total", "valid_samples", "prompt_sha256")} | {"samples": len(r["samples"])}
+        for name, r in recs.items()
+    }
+    rec["samples"] = [dict(s, judge=name) for name, r in recs.items() for s in r["samples"]]
+    rec["item_scores"] = {it["id"]: reduce([r["item_scores"][it["id"]] for r in recs.values()]) for it in rubric["items"]}
+    rec["total"] = reduce([r["total"] for r in recs.values()])
+    rec["valid_samples"] = sum(r["valid_samples"] for r in recs.values())
+    return rec
+
+
 def run_panel(
     sessions: list[dict[str, Any]],
     backends: dict[str, Backend],
@@ -386,23 +409,7 @@ def run_panel(
         per.append((name, judged, j.stats(judged, sessions)))
         log.info("judge %s: %d of %d samples valid", name, per[-1][2]["valid_samples"], per[-1][2]["samples"])
 
-    def reduce(values: list[float | None]) -> float | None:
-        return None if any(v is None for v in values) else aggregate(values, reducer)
-
-    out = []
-    for i in range(len(sessions)):
-        recs = {name: judged[i] for name, judged, _ in per}
-        first = next(iter(recs.values()))
-        rec = {k: v for k, v in first.items() if k not in ("samples", "item_scores", "total", "valid_samples", "prompt_sha256")}
-        rec["judges"] = {
-            name: {k: r.get(k) for k in ("item_scores", "total", "valid_samples", "prompt_sha256")} | {"samples": len(r["samples"])}
-            for name, r in recs.items()
-        }
-        rec["samples"] = [dict(s, judge=name) for name, r in recs.items() for s in r["samples"]]
-        rec["item_scores"] = {i["id"]: reduce([r["item_scores"][i["id"]] for r in recs.values()]) for i in rubric["items"]}
-        rec["total"] = reduce([r["total"] for r in recs.values()])
-        rec["valid_samples"] = sum(r["valid_samples"] for r in recs.values())
-        out.append(rec)
+    out = [_panel_record(i, per, rubric, reducer) for i in range(len(sessions))]
     stats_list = [st for _, _, st in per]
     n_samples = sum(st["samples"] for st in stats_list)
     n_valid = sum(st["valid_samples"] for st in stats_list)
