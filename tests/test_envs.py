@@ -149,7 +149,7 @@ def test_project_pins():
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
-    import llama_cpp_build
+    from llamabuild import flags as llama_cpp_build
 
     assert llama_cpp_build.VERSION == "0.3.36"
     assert lock_pins("requirements-llama-cpp.lock") == {"llama-cpp-python": llama_cpp_build.VERSION}

@@ -24,8 +24,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import llama_cpp_build as lb  # noqa: E402
+from llamabuild import build as lbbuild  # noqa: E402
+from llamabuild import flags as lbflags  # noqa: E402
+from llamabuild import scan as lbscan  # noqa: E402
+from llamabuild import smoke as lbsmoke  # noqa: E402
 
-x86_only = pytest.mark.skipif(not lb.is_x86(), reason="the instruction baseline is defined for x86-64")
+x86_only = pytest.mark.skipif(not lbflags.is_x86(), reason="the instruction baseline is defined for x86-64")
 
 SOURCES = {
     "avx2": (
@@ -66,7 +70,7 @@ def isa_libs(tmp_path_factory):
 
 @x86_only
 def test_scanner_passes_baseline_code(isa_libs):
-    assert lb.scan_library(isa_libs["avx2"]) == {}
+    assert lbscan.scan_library(isa_libs["avx2"]) == {}
 
 
 @x86_only
@@ -80,7 +84,7 @@ def test_scanner_passes_baseline_code(isa_libs):
     ],
 )
 def test_scanner_catches_instructions_outside_the_baseline(isa_libs, name, ext, mnemonic):
-    found = lb.scan_library(isa_libs[name])
+    found = lbscan.scan_library(isa_libs[name])
     assert ext in found, found
     assert any(m.startswith(mnemonic) or mnemonic in m for m in found[ext]["examples"]), found
     # and the command-line form exits non-zero, naming the extension
@@ -92,14 +96,14 @@ def test_scanner_catches_instructions_outside_the_baseline(isa_libs, name, ext, 
 
 @x86_only
 def test_classify_reads_evex_from_the_bytes():
-    assert lb.classify([0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
-    assert lb.classify([0x67, 0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
-    assert lb.classify([0xC5, 0xFC, 0x10, 0x00], "vmovups") is None  # VEX: AVX, in the baseline
-    assert lb.classify([0xC5, 0xF8, 0x90, 0xC1], "kmovw") == "AVX-512 (opmask)"
+    assert lbscan.classify([0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
+    assert lbscan.classify([0x67, 0x62, 0xF1, 0x7C, 0x48, 0x10, 0x00], "vmovups") == "AVX-512 (EVEX)"
+    assert lbscan.classify([0xC5, 0xFC, 0x10, 0x00], "vmovups") is None  # VEX: AVX, in the baseline
+    assert lbscan.classify([0xC5, 0xF8, 0x90, 0xC1], "kmovw") == "AVX-512 (opmask)"
 
 
 def _record() -> dict:
-    p = Path(sys.prefix) / lb.RECORD
+    p = Path(sys.prefix) / lbflags.RECORD
     assert p.is_file(), f"{p} is missing: llama-cpp-python was not installed by tools/llama_cpp_build.py (run the set-up)"
     return json.loads(p.read_text())
 
@@ -108,8 +112,8 @@ def test_installed_build_was_made_by_the_build_tool():
     rec = _record()
     import llama_cpp
 
-    assert rec["version"] == lb.VERSION == llama_cpp.__version__
-    base = lb.cmake_args(rec["profile"], extra="")
+    assert rec["version"] == lbflags.VERSION == llama_cpp.__version__
+    base = lbflags.cmake_args(rec["profile"], extra="")
     assert rec["cmake_args"][: len(base)] == base
     assert rec["smoke"].startswith("smoke ok")
 
@@ -122,43 +126,43 @@ def test_installed_llama_cpp_is_portable():
         pytest.skip("a native build was asked for (LLAMA_CPP_BUILD=native): it is tuned for this CPU by design")
     assert "-DGGML_NATIVE=OFF" in rec["cmake_args"]
     pkg = lb.installed_package_dir()
-    libs = lb.package_libraries(pkg)
+    libs = lbscan.package_libraries(pkg)
     assert any("ggml-cpu" in p.name for p in libs) or any("ggml" in p.name for p in libs), libs
-    found = lb.scan_package(pkg)
-    assert found == {}, lb.baseline_error(found, rec["cmake_args"], "the installed llama-cpp-python")
+    found = lbscan.scan_package(pkg)
+    assert found == {}, lbscan.baseline_error(found, rec["cmake_args"], "the installed llama-cpp-python")
 
 
 def test_store_key_follows_every_flag(monkeypatch):
     monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
-    portable = lb.cmake_args("portable", extra="")
+    portable = lbflags.cmake_args("portable", extra="")
     keys = {
-        lb.build_key(portable),
-        lb.build_key(lb.cmake_args("native", extra="")),
-        lb.build_key(lb.cmake_args("cuda", extra="")),
-        lb.build_key(lb.cmake_args("portable", extra="-DGGML_AVX512=ON")),
+        lbflags.build_key(portable),
+        lbflags.build_key(lbflags.cmake_args("native", extra="")),
+        lbflags.build_key(lbflags.cmake_args("cuda", extra="")),
+        lbflags.build_key(lbflags.cmake_args("portable", extra="-DGGML_AVX512=ON")),
     }
     assert len(keys) == 4
-    assert lb.build_key(portable) == lb.build_key(list(portable))
+    assert lbflags.build_key(portable) == lbflags.build_key(list(portable))
 
 
 def test_profile_and_extra_flags_from_the_environment(monkeypatch):
     monkeypatch.setenv("LLAMA_CPP_BUILD", "cuda")
     monkeypatch.setenv("LLAMA_CPP_CMAKE_ARGS", "-DCMAKE_CUDA_ARCHITECTURES=90")
-    args = lb.cmake_args(lb.profile_name())
+    args = lbflags.cmake_args(lbflags.profile_name())
     assert "-DGGML_CUDA=ON" in args and args[-1] == "-DCMAKE_CUDA_ARCHITECTURES=90"
-    if lb.is_x86():
+    if lbflags.is_x86():
         assert "-DGGML_AVX512=OFF" in args and "-DGGML_NATIVE=OFF" in args
     monkeypatch.setenv("LLAMA_CPP_BUILD", "fastest")
-    with pytest.raises(lb.BuildError, match="LLAMA_CPP_BUILD='fastest'"):
-        lb.profile_name()
+    with pytest.raises(lbflags.BuildError, match="LLAMA_CPP_BUILD='fastest'"):
+        lbflags.profile_name()
 
 
 def test_local_sdist_must_be_the_pinned_version(monkeypatch, tmp_path):
     bad = tmp_path / "llama_cpp_python-0.3.1.tar.gz"
     bad.write_bytes(b"x")
     monkeypatch.setenv("LLAMA_CPP_SDIST", str(bad))
-    with pytest.raises(lb.BuildError, match="not a llama_cpp_python-0.3.36 sdist"):
-        lb.sdist_source()
+    with pytest.raises(lbflags.BuildError, match="not a llama_cpp_python-0.3.36 sdist"):
+        lbflags.sdist_source()
 
 
 def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
@@ -174,9 +178,9 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
         if "download" in cmd:  # pip download: the sdist lands in the folder after -d
             d = Path(cmd[cmd.index("-d") + 1])
             d.mkdir(parents=True)
-            with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
-                data = f"project(x)\n{lb.COMMON_FORCED}\n".encode()
-                info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
+            with tarfile.open(d / f"llama_cpp_python-{lbflags.VERSION}.tar.gz", "w:gz") as t:
+                data = f"project(x)\n{lbflags.COMMON_FORCED}\n".encode()
+                info = tarfile.TarInfo(f"llama_cpp_python-{lbflags.VERSION}/CMakeLists.txt")
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
             return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -184,18 +188,18 @@ def test_build_never_reads_pips_wheel_cache(monkeypatch, tmp_path):
 
     monkeypatch.delenv("LLAMA_CPP_SDIST", raising=False)
     monkeypatch.setattr(lb.subprocess, "run", fake_run)
-    with pytest.raises(lb.BuildError, match="stopped here by the test"):
-        lb.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path, tmp_path / "tree")
+    with pytest.raises(lbflags.BuildError, match="stopped here by the test"):
+        lbbuild.build_wheel(["-DGGML_NATIVE=OFF"], tmp_path, tmp_path / "tree")
     (download, _), (wheel, env) = calls
     # the sdist from the index, checked against the lock's sha256, never from pip's cache
-    assert "--no-cache-dir" in download and download[-3:] == ["--require-hashes", "-r", str(lb.SDIST_LOCK)]
+    assert "--no-cache-dir" in download and download[-3:] == ["--require-hashes", "-r", str(lbflags.SDIST_LOCK)]
     # the wheel from the unpacked sdist, whose build tree the tools' step reuses
     assert "--no-cache-dir" in wheel and "--no-binary" in wheel
-    assert wheel[-1] == str(tmp_path / "tree" / "src" / f"llama_cpp_python-{lb.VERSION}")
+    assert wheel[-1] == str(tmp_path / "tree" / "src" / f"llama_cpp_python-{lbflags.VERSION}")
     assert env["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and env["FORCE_CMAKE"] == "1"
     assert env["SKBUILD_BUILD_DIR"] == str(tmp_path / "tree" / "build")
     # llama.cpp's common library is off for the wheel (it does not ship it), on for the tools
-    assert "-DLLAMA_BUILD_COMMON=OFF" in lb.cmake_args("portable") and "-DLLAMA_BUILD_COMMON=ON" in lb.TOOLS_STEP
+    assert "-DLLAMA_BUILD_COMMON=OFF" in lbflags.cmake_args("portable") and "-DLLAMA_BUILD_COMMON=ON" in lbflags.TOOLS_STEP
 
 
 def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp_path):
@@ -204,24 +208,24 @@ def test_the_tools_step_builds_only_the_tools_the_pipeline_runs(monkeypatch, tmp
     monkeypatch.setattr(lb.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "CMakeCache.txt").write_text("")
-    lb.build_tools_step(tmp_path / "src", tmp_path / "build", "2", {})
+    lbbuild.build_tools_step(tmp_path / "src", tmp_path / "build", "2", {})
     configure, build = calls
     assert configure[1:5] == ["-S", str(tmp_path / "src"), "-B", str(tmp_path / "build")]
     assert "-DLLAMA_BUILD_TOOLS=ON" in configure and "-DLLAMA_BUILD_SERVER=ON" in configure
     assert build[-3:] == ["--target", "llama-server", "llama-bench"]
     # the wheel itself is built without them
-    assert "-DLLAMA_BUILD_TOOLS=OFF" in lb.cmake_args("portable")
+    assert "-DLLAMA_BUILD_TOOLS=OFF" in lbflags.cmake_args("portable")
 
 
 def test_the_common_library_is_left_to_the_flags(tmp_path):
     """The one edit of the unpacked sdist: the FORCE'd common-library line loses its FORCE (so
     -DLLAMA_BUILD_COMMON decides); a CMakeLists without that exact line is refused."""
     f = tmp_path / "CMakeLists.txt"
-    f.write_text(f"project(x)\n    {lb.COMMON_FORCED}\nadd_subdirectory(vendor/llama.cpp)\n")
-    lb.unforce_common(f)
-    assert f.read_text() == f"project(x)\n    {lb.COMMON_DEFAULT}\nadd_subdirectory(vendor/llama.cpp)\n"
-    with pytest.raises(lb.BuildError, match="expected the line"):
-        lb.unforce_common(f)
+    f.write_text(f"project(x)\n    {lbflags.COMMON_FORCED}\nadd_subdirectory(vendor/llama.cpp)\n")
+    lbbuild.unforce_common(f)
+    assert f.read_text() == f"project(x)\n    {lbflags.COMMON_DEFAULT}\nadd_subdirectory(vendor/llama.cpp)\n"
+    with pytest.raises(lbflags.BuildError, match="expected the line"):
+        lbbuild.unforce_common(f)
 
 
 def test_the_pinned_sdist_has_the_line_the_build_edits():
@@ -232,22 +236,22 @@ def test_the_pinned_sdist_has_the_line_the_build_edits():
     from cbtpipe.stages.converter import fetch_sdist
 
     with tempfile.TemporaryDirectory() as d:
-        sdist = fetch_sdist(lb.VERSION, Path(d))
+        sdist = fetch_sdist(lbflags.VERSION, Path(d))
         with tarfile.open(sdist) as t:
-            text = t.extractfile(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt").read().decode()
-    assert text.count(lb.COMMON_FORCED) == 1
+            text = t.extractfile(f"llama_cpp_python-{lbflags.VERSION}/CMakeLists.txt").read().decode()
+    assert text.count(lbflags.COMMON_FORCED) == 1
 
 
 def test_the_tools_are_built_only_where_wanted(monkeypatch):
     """The CPU set-up builds the package alone (the CPU pipeline runs llama.cpp in process); the
     cuda profile, --tools and LLAMA_CPP_TOOLS=1 add llama-server and llama-bench."""
     monkeypatch.delenv("LLAMA_CPP_TOOLS", raising=False)
-    assert not lb.wants_tools("portable") and not lb.wants_tools("native")
-    assert lb.wants_tools("cuda") and lb.wants_tools("portable", asked=True)
+    assert not lbflags.wants_tools("portable") and not lbflags.wants_tools("native")
+    assert lbflags.wants_tools("cuda") and lbflags.wants_tools("portable", asked=True)
     monkeypatch.setenv("LLAMA_CPP_TOOLS", "1")
-    assert lb.wants_tools("portable")
+    assert lbflags.wants_tools("portable")
     monkeypatch.setenv("LLAMA_CPP_TOOLS", "0")
-    assert not lb.wants_tools("portable")
+    assert not lbflags.wants_tools("portable")
 
 
 def _fake_build(monkeypatch, tmp_path, calls):
@@ -264,28 +268,30 @@ def _fake_build(monkeypatch, tmp_path, calls):
         if "download" in cmd:
             d = Path(cmd[cmd.index("-d") + 1])
             d.mkdir(parents=True)
-            with tarfile.open(d / f"llama_cpp_python-{lb.VERSION}.tar.gz", "w:gz") as t:
-                data = f"project(x)\n{lb.COMMON_FORCED}\n".encode()
-                info = tarfile.TarInfo(f"llama_cpp_python-{lb.VERSION}/CMakeLists.txt")
+            with tarfile.open(d / f"llama_cpp_python-{lbflags.VERSION}.tar.gz", "w:gz") as t:
+                data = f"project(x)\n{lbflags.COMMON_FORCED}\n".encode()
+                info = tarfile.TarInfo(f"llama_cpp_python-{lbflags.VERSION}/CMakeLists.txt")
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
         elif "wheel" in cmd:
             build = Path(env["SKBUILD_BUILD_DIR"])
             build.mkdir(parents=True)
             (build / "CMakeCache.txt").write_text("")
-            with zipfile.ZipFile(Path(cmd[cmd.index("-w") + 1]) / f"llama_cpp_python-{lb.VERSION}-py3-none-linux_x86_64.whl", "w") as z:
+            with zipfile.ZipFile(
+                Path(cmd[cmd.index("-w") + 1]) / f"llama_cpp_python-{lbflags.VERSION}-py3-none-linux_x86_64.whl", "w"
+            ) as z:
                 z.writestr("llama_cpp/__init__.py", "")
                 z.writestr("llama_cpp/lib/libllama.so", "lib")
         elif "--build" in cmd:
             b = Path(cmd[cmd.index("--build") + 1]) / "bin"
             b.mkdir(parents=True, exist_ok=True)
-            for name in lb.TOOL_NAMES:
+            for name in lbflags.TOOL_NAMES:
                 (b / name).write_bytes(b"tool")
             (b / "libllama-common.so").write_bytes(b"lib")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(lb.subprocess, "run", fake_run)
-    monkeypatch.setattr(lb, "scan_library", lambda p: {})
+    monkeypatch.setattr(lbscan, "scan_library", lambda p: {})
 
 
 def test_the_tools_step_reuses_the_kept_build_tree(monkeypatch, tmp_path):
@@ -293,38 +299,38 @@ def test_the_tools_step_reuses_the_kept_build_tree(monkeypatch, tmp_path):
     them there (no second package build) and removes the tree; asked again, nothing is built."""
     calls = []
     _fake_build(monkeypatch, tmp_path, calls)
-    args = lb.cmake_args("portable", extra="")
-    key = lb.build_key(args)
+    args = lbflags.cmake_args("portable", extra="")
+    key = lbflags.build_key(args)
     wheel, tools = lb._stored_or_built("portable", args, key, with_tools=False)
     assert tools is None and wheel.parent == tmp_path / "store" / key
-    assert (lb.tree_root(key) / "build" / "CMakeCache.txt").is_file(), "the build tree is kept for the tools"
+    assert (lbbuild.tree_root(key) / "build" / "CMakeCache.txt").is_file(), "the build tree is kept for the tools"
     assert sum("wheel" in c for c in calls) == 1 and not any("--target" in c for c in calls)
     calls.clear()
     wheel2, tools = lb._stored_or_built("portable", args, key, with_tools=True)
     assert wheel2 == wheel and tools == wheel.parent / "tools"
     assert not any("wheel" in c for c in calls), "the package was built again"
-    assert [c[-3:] for c in calls if "--target" in c] == [["--target", *lb.TOOL_NAMES]]
-    assert sorted(p.name for p in tools.iterdir()) == sorted([*lb.TOOL_NAMES, "libllama-common.so", "tools.json"])
-    assert not lb.tree_root(key).exists(), "the build tree outlived the tools' step"
+    assert [c[-3:] for c in calls if "--target" in c] == [["--target", *lbflags.TOOL_NAMES]]
+    assert sorted(p.name for p in tools.iterdir()) == sorted([*lbflags.TOOL_NAMES, "libllama-common.so", "tools.json"])
+    assert not lbbuild.tree_root(key).exists(), "the build tree outlived the tools' step"
     calls.clear()
     assert lb._stored_or_built("portable", args, key, with_tools=True) == (wheel, tools)
     assert calls == []
     # tools stored by another way of building them are not taken for these
     (tools / "tools.json").write_text('{"cmake_args": [], "targets": ["llama-server"]}')
-    assert lb.stored_tools(wheel.parent) is None
+    assert lbbuild.stored_tools(wheel.parent) is None
 
 
 def test_the_tools_step_rebuilds_a_lost_build_tree(monkeypatch, tmp_path):
     calls = []
     _fake_build(monkeypatch, tmp_path, calls)
-    args = lb.cmake_args("portable", extra="")
-    key = lb.build_key(args)
+    args = lbflags.cmake_args("portable", extra="")
+    key = lbflags.build_key(args)
     wheel, _ = lb._stored_or_built("portable", args, key, with_tools=False)
-    shutil.rmtree(lb.tree_root(key))
+    shutil.rmtree(lbbuild.tree_root(key))
     calls.clear()
     _, tools = lb._stored_or_built("portable", args, key, with_tools=True)
     assert sum("wheel" in c for c in calls) == 1 and any("--target" in c for c in calls)
-    assert lb.stored_tools(wheel.parent) == tools
+    assert lbbuild.stored_tools(wheel.parent) == tools
     # the stored wheel is the first build's, untouched
     assert sorted(p.name for p in wheel.parent.iterdir()) == sorted([wheel.name, "build.json", "tools"])
 
@@ -334,21 +340,21 @@ def test_a_crashing_build_is_a_clear_install_error(tmp_path):
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nkill -ILL $$\n")
     fake.chmod(0o755)
-    with pytest.raises(lb.BuildError, match="SIGILL"):
-        lb.smoke_test(python=str(fake))
+    with pytest.raises(lbflags.BuildError, match="SIGILL"):
+        lbsmoke.smoke_test(python=str(fake))
 
 
 def test_smoke_test_passes_on_the_installed_build():
-    assert lb.smoke_test().startswith("smoke ok")
+    assert lbsmoke.smoke_test().startswith("smoke ok")
 
 
 def test_portable_cpu_requirements_are_checked(monkeypatch):
-    if not lb.is_x86():
+    if not lbflags.is_x86():
         pytest.skip("x86 only")
-    monkeypatch.setattr(lb, "cpu_flags", lambda: {"sse4_2", "avx"})
-    with pytest.raises(lb.BuildError, match="avx2.*LLAMA_CPP_BUILD=native"):
-        lb.check_cpu("portable")
-    lb.check_cpu("native")
+    monkeypatch.setattr(lbflags, "cpu_flags", lambda: {"sse4_2", "avx"})
+    with pytest.raises(lbflags.BuildError, match="avx2.*LLAMA_CPP_BUILD=native"):
+        lbflags.check_cpu("portable")
+    lbflags.check_cpu("native")
 
 
 def test_flags_command():
@@ -387,7 +393,8 @@ SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, "tools")
     import llama_cpp_build as lb
-    print(lb.build_key(lb.cmake_args("portable", extra="")))
+    from llamabuild import flags as lbflags
+    print(lbflags.build_key(lbflags.cmake_args("portable", extra="")))
     """
 )
 
@@ -401,23 +408,23 @@ def test_collected_tools_keep_a_librarys_links(tmp_path):
     """A library's versioned names stay links to one file: stored once, scanned once."""
     b = tmp_path / "build" / "bin"
     b.mkdir(parents=True)
-    for name in lb.TOOL_NAMES:
+    for name in lbflags.TOOL_NAMES:
         (b / name).write_bytes(b"\x7fELF tool")
     (b / "libllama-common.so.0.5.0").write_bytes(b"\x7fELF lib")
     (b / "libllama-common.so.0").symlink_to("libllama-common.so.0.5.0")
     (b / "libllama-common.so").symlink_to("libllama-common.so.0")
-    lb.collect_tools(tmp_path / "build", tmp_path / "tools")
+    lbbuild.collect_tools(tmp_path / "build", tmp_path / "tools")
     out = tmp_path / "tools"
     assert (out / "libllama-common.so").is_symlink() and (out / "libllama-common.so").read_bytes() == b"\x7fELF lib"
     assert not (out / "libllama-common.so.0.5.0").is_symlink()
     scanned = []
-    orig = lb.scan_library
+    orig = lbscan.scan_library
     try:
-        lb.scan_library = lambda p: scanned.append(Path(p).name) or {}
-        lb.scan_tools(out)
+        lbscan.scan_library = lambda p: scanned.append(Path(p).name) or {}
+        lbscan.scan_tools(out)
     finally:
-        lb.scan_library = orig
-    assert sorted(scanned) == sorted([*lb.TOOL_NAMES, "libllama-common.so.0.5.0"])
+        lbscan.scan_library = orig
+    assert sorted(scanned) == sorted([*lbflags.TOOL_NAMES, "libllama-common.so.0.5.0"])
     (tmp_path / "bare").mkdir()
-    with pytest.raises(lb.BuildError, match="no llama-bench, llama-server"):
-        lb.collect_tools(tmp_path / "bare", tmp_path / "t2")
+    with pytest.raises(lbflags.BuildError, match="no llama-bench, llama-server"):
+        lbbuild.collect_tools(tmp_path / "bare", tmp_path / "t2")
