@@ -327,3 +327,27 @@ def test_jobs_on_the_way_to_the_judgements_go_before_side_outputs():
     common = (ROOT / "rules" / "common.smk").read_text(encoding="utf-8")
     levels = dict(re.findall(r"^(ON_PATH|TRAINING) = (\d+)$", common, re.M))
     assert 0 < int(levels["ON_PATH"]) < int(levels["TRAINING"])
+
+
+def test_no_module_over_500_lines_and_no_function_over_80():
+    """The house limits over src/ and tools/ (tools/sizes.py measures them; run it to see the
+    largest): a longer module or function is split along the ideas already in it."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "sizes.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "modules over 500 lines: 0; functions over 80 lines: 0" in r.stdout
+
+
+def test_the_size_check_fails_on_a_long_function(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sizes", ROOT / "tools" / "sizes.py")
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "long.py").write_text("def f():\n" + "    x = 1\n" * 85)
+    modules, functions = sizes.measure(tmp_path, ("src",))
+    assert modules == {"src/long.py": 86}
+    assert sizes.over(functions, sizes.MAX_FUNCTION) == [("src/long.py:1 f", 86)]
