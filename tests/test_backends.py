@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-import httpx
+import httpx2
 import pytest
 
 from cbtpipe.llm import BackendError, LlamaCppBackend, OpenAIBackend, make_backend, validate_json_text
@@ -64,9 +64,9 @@ def llama_server(tiny_gguf, tmp_path_factory):
             errlog.seek(0)
             raise RuntimeError(f"llama_cpp.server exited: {errlog.read().decode()[-2000:]}")
         try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
+            if httpx2.get(url + "/models", timeout=2).status_code == 200:
                 break
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             time.sleep(0.5)
     else:
         proc.kill()

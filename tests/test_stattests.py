@@ -269,9 +269,12 @@ KRIPP = np.array(
 
 def test_krippendorff_alpha_matches_the_worked_example():
     assert krippendorff_alpha(KRIPP, "nominal") == pytest.approx(0.743, abs=5e-4)
+    assert krippendorff_alpha(KRIPP, "ordinal") == pytest.approx(0.815, abs=5e-4)
     assert krippendorff_alpha(KRIPP, "interval") == pytest.approx(0.849, abs=5e-4)
     # unit 12 has one rating (not pairable): dropping it changes nothing
     assert krippendorff_alpha(KRIPP[:11]) == pytest.approx(krippendorff_alpha(KRIPP))
     assert krippendorff_alpha(np.ones((5, 2))) is None and krippendorff_alpha(KRIPP[:1]) is None
     r = inter_rater(KRIPP, n_boot=300, seed=1)
     assert r["kripp_ci"][0] < r["kripp_alpha"] <= r["kripp_ci"][1] and r["n"] == 8  # ICC uses complete units only
+    assert r["kripp_ordinal_alpha"] == pytest.approx(0.815, abs=5e-4)
+    assert r["kripp_ordinal_ci"][0] < r["kripp_ordinal_alpha"] <= r["kripp_ordinal_ci"][1]

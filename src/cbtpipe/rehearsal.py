@@ -31,7 +31,7 @@ class FaultProxy:
     without reaching a server; the others go to the upstream chosen by the request's content."""
 
     def __init__(self, upstreams: list[str], latency_s: float, fault_rate: float = 0.0, seed: int = 0):
-        import httpx
+        import httpx2
 
         self.upstreams = upstreams
         self.latency_s = latency_s
@@ -41,7 +41,7 @@ class FaultProxy:
         self.inflight = self.max_inflight = self.requests = self.faults = 0
         self.compute_s = 0.0  # the servers' prompt and generation time, from their timings
         self._busy = [0] * len(upstreams)
-        self._client = httpx.Client(timeout=600)
+        self._client = httpx2.Client(timeout=600)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -129,7 +129,7 @@ class LlamaServer:
         return self
 
     def _wait_healthy(self) -> None:
-        import httpx
+        import httpx2
 
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -137,10 +137,10 @@ class LlamaServer:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise PipelineError(f"llama-server exited with code {self.proc.returncode} while loading {self.gguf}:\n{tail}")
             try:
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                if httpx2.get(self.base_url + "/health", timeout=2).status_code == 200:
                     log.info("llama-server ready on port %d (%d slots)", self.port, self.parallel)
                     return
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             time.sleep(0.5)
         raise PipelineError(f"llama-server did not become ready within {self.startup_timeout:.0f} s (log: {self.log_path})")

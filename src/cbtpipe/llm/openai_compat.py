@@ -72,7 +72,7 @@ class OpenAIBackend(Backend):
         self._served: str | None = None  # what the endpoint said it serves (the probe's or a fresh answer's)
         self._probe_lock = threading.Lock()
         self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
-        import httpx
+        import httpx2
 
         headers = {"Content-Type": "application/json"}
         for h, v in spec["extra_headers"].items():
@@ -91,7 +91,7 @@ class OpenAIBackend(Backend):
         self.extra_body = dict(spec["extra_body"])
         self.omit = frozenset(spec["omit"])
         self.max_tokens_field = spec["max_tokens_field"]
-        self._client = httpx.Client(timeout=self.timeout, headers=headers)
+        self._client = httpx2.Client(timeout=self.timeout, headers=headers)
 
     def identity(self) -> dict[str, Any]:
         ident = {"type": self.kind, "base_url": self.base_url, "model": self.model, "json_mode": self.json_mode}
@@ -139,7 +139,7 @@ class OpenAIBackend(Backend):
         what no retry can mend: a refused key (401/403), an unknown model or endpoint (404), a
         refused structured-output dialect (400/422), a redirect, or no network. A transient
         failure (429, 5xx, a timeout) is left to the retries of the real calls."""
-        import httpx
+        import httpx2
 
         if self._probed:
             return
@@ -153,12 +153,12 @@ class OpenAIBackend(Backend):
             try:
                 with self._sem:
                     r, raw = self._post(url, body, time.perf_counter() + min(self.deadline, 60.0))
-            except httpx.ConnectError as e:
+            except httpx2.ConnectError as e:
                 raise BackendError(
                     f"{where}: cannot connect to {redact(self.base_url)} ({type(e).__name__}: {redact(str(e))[:200]}); "
                     f"no network on this node, or a wrong config key backends.{self.name}.base_url"
                 ) from None
-            except (httpx.TimeoutException, httpx.TransportError, DeadlineExceeded) as e:
+            except (httpx2.TimeoutException, httpx2.TransportError, DeadlineExceeded) as e:
                 log.warning("%s: the probe request failed (%s); the real calls retry", self.name, type(e).__name__)
                 self._probed = True
                 return
@@ -224,7 +224,7 @@ class OpenAIBackend(Backend):
         return body
 
     def _complete(self, messages, *, sampling, seed, schema, stop) -> Completion:
-        import httpx
+        import httpx2
 
         if self.probe_first:
             self.probe()
@@ -249,7 +249,7 @@ class OpenAIBackend(Backend):
             try:
                 with self._sem:
                     r, raw = self._post(url, body, t0 + self.deadline)
-            except (httpx.TimeoutException, httpx.TransportError, DeadlineExceeded) as e:
+            except (httpx2.TimeoutException, httpx2.TransportError, DeadlineExceeded) as e:
                 last_err = str(e) if isinstance(e, DeadlineExceeded) else type(e).__name__
                 log.warning("%s: request failed (%s), attempt %d", self.name, last_err, attempt + 1)
                 continue

@@ -13,7 +13,6 @@ packet are refused rather than attached to other transcripts.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import random
 import re
@@ -127,60 +126,22 @@ def build_packet(
 
 
 def _html(rows: list[dict[str, Any]], rubric: dict[str, Any], packet_id: str) -> str:
-    e = html.escape
-    items = rubric["items"]
+    """The printable form: templates/packet.html.j2, HTML-escaped throughout (Jinja's autoescape)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cbtpipe", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    items = [{"description": "", **it} for it in rubric["items"]]
     lo, hi = min(i["min"] for i in items), max(i["max"] for i in items)
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>Rating packet</title>',
-        "<style>",
-        "body{font-family:Georgia,serif;max-width:52em;margin:2em auto;line-height:1.45;color:#111}",
-        "section.transcript{page-break-before:always;border-top:2px solid #444;padding-top:1em}",
-        ".turn{margin:.35em 0}.who{font-weight:bold}.context{background:#f3f3f3;padding:.6em;white-space:pre-wrap}",
-        "table{border-collapse:collapse;width:100%;margin-top:1em}td,th{border:1px solid #999;padding:.3em;vertical-align:top;font-size:.9em}",
-        ".anchors{font-size:.85em;color:#333}label{margin-right:.5em;white-space:nowrap}",
-        "@media print{button{display:none}}",
-        "</style></head><body>",
-        f"<h1>Rating packet {e(packet_id)}</h1>",
-        f"<p>{len(rows)} therapy session transcripts, each to be rated on the {e(rubric['name'])} "
-        f"({len(items)} items, {lo} to {hi}). The transcripts are in random order under rating ids; "
-        "nothing in them says which system produced them. Rate each item from the transcript alone, "
-        "then save the form as CSV (the button at the end) or fill in ratings_template.csv.</p>",
-        '<p><label>Rater: <input id="rater" name="rater" size="20"></label></p>',
-    ]
-    for r in rows:
-        rid = e(r["rating_id"])
-        out.append(f'<section class="transcript" id="{rid}"><h2>Transcript {rid}</h2>')
-        if r["context"]:
-            out.append(f'<p>What the therapist knew from earlier sessions:</p><div class="context">{e(r["context"])}</div>')
-        for role, text in r["turns"]:
-            out.append(f'<p class="turn"><span class="who">{e(role.capitalize())}:</span> {e(text)}</p>')
-        out.append("<table><tr><th>Item</th><th>Anchors</th><th>Score</th></tr>")
-        for it in items:
-            name = f"{rid}__{it['id']}"
-            radios = "".join(
-                f'<label><input type="radio" name="{e(name)}" value="{v}">{v}</label>' for v in range(it["min"], it["max"] + 1)
-            )
-            out.append(
-                f"<tr><td><b>{e(it['name'])}</b><br>{e(it.get('description', ''))}</td>"
-                f'<td class="anchors">{e(_anchors(it))}</td><td>{radios}</td></tr>'
-            )
-        out.append("</table></section>")
-    ids = [r["rating_id"] for r in rows]
-    out += [
-        '<p><button type="button" onclick="saveCsv()">Save ratings as CSV</button></p>',
-        "<script>",
-        f"const PACKET={packet_id!r}, IDS={ids!r}, ITEMS={[i['id'] for i in items]!r};",
-        "function saveCsv(){const rater=document.getElementById('rater').value.replace(/[\",\\n]/g,' ');"
-        "let lines=['packet_id,rating_id,item,score,rater'];"
-        "for(const id of IDS){for(const it of ITEMS){const c=document.querySelector('input[name=\"'+id+'__'+it+'\"]:checked');"
-        "lines.push([PACKET,id,it,c?c.value:'',rater].join(','));}}"
-        "const a=document.createElement('a');a.href=URL.createObjectURL(new Blob([lines.join('\\n')+'\\n'],{type:'text/csv'}));"
-        "a.download='ratings_'+PACKET+'.csv';a.click();}",
-        "</script>",
-        "</body></html>",
-    ]
-    return "\n".join(out) + "\n"
+    return env.get_template("packet.html.j2").render(
+        rows=rows, rubric=rubric, items=items, lo=lo, hi=hi, packet_id=packet_id, anchors=_anchors
+    )
 
 
 def load_packet_ratings(path: str | Path, key_path: str | Path, rubric: dict[str, Any]) -> list[dict[str, Any]]:

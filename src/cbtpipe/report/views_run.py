@@ -28,18 +28,40 @@ def agreement_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 _ci(rel[k].get("ci2_k")),
                 fmt(rel[k].get("kripp_alpha")),
                 _ci(rel[k].get("kripp_ci")),
+                fmt(rel[k].get("kripp_ordinal_alpha")),
+                _ci(rel[k].get("kripp_ordinal_ci")),
                 _notes(rel[k]),
             ]
             for judge, rel in st["reliability"].items()
             for k in [*items, "total"]
         ],
         "inter_judge": [
-            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v.get("kripp_alpha")), _ci(v.get("kripp_ci")), _notes(v)]
+            [
+                k,
+                v["n"],
+                fmt(v["icc2_1"]),
+                _ci(v.get("ci2_1")),
+                fmt(v.get("kripp_alpha")),
+                _ci(v.get("kripp_ci")),
+                fmt(v.get("kripp_ordinal_alpha")),
+                _ci(v.get("kripp_ordinal_ci")),
+                _notes(v),
+            ]
             for k in [*items, "total"]
             if (v := (st.get("inter_judge") or {}).get(k))
         ],
         "human": [
-            [k, v["n"], fmt(v["icc2_1"]), _ci(v.get("ci2_1")), fmt(v.get("kripp_alpha")), fmt(v["spearman"]), fmt(v["mad"]), _notes(v)]
+            [
+                k,
+                v["n"],
+                fmt(v["icc2_1"]),
+                _ci(v.get("ci2_1")),
+                fmt(v.get("kripp_alpha")),
+                fmt(v.get("kripp_ordinal_alpha")),
+                fmt(v["spearman"]),
+                fmt(v["mad"]),
+                _notes(v),
+            ]
             for k in [*items, "total"]
             if (v := ha["items"].get(k))
         ]

@@ -81,53 +81,36 @@ def agreement(a: list[float], b: list[float]) -> dict[str, Any]:
 
 
 def krippendorff_alpha(x: np.ndarray, level: str = "interval") -> float | None:
-    """Krippendorff's alpha of a units x raters matrix (NaN: not rated), at the interval level
-    (squared differences) or the nominal level (any difference). Units with fewer than two ratings
-    are not pairable and are left out; None when fewer than two pairable units or no expected
-    disagreement. Computed from the coincidences (Krippendorff 2011, "Computing Krippendorff's
-    alpha-reliability")."""
+    """Krippendorff's alpha of a units x raters matrix (NaN: not rated), from the ``krippendorff``
+    package, at the ``level`` of measurement: "nominal", "ordinal" (the level of a 0-6 CTRS item:
+    ranks, not distances), "interval" or "ratio". Units with fewer than two ratings are not
+    pairable and are left out; None when fewer than two pairable units or no expected
+    disagreement (a single value throughout)."""
+    import krippendorff
+
     x = np.asarray(x, float)
-    ok = np.isfinite(x)
-    m = ok.sum(axis=1)
-    if (m >= 2).sum() < 2:
+    x = x[np.isfinite(x).sum(axis=1) >= 2]
+    if len(x) < 2 or np.unique(x[np.isfinite(x)]).size < 2:
         return None
-    if level == "interval":  # vectorized over units: sum (a - b)^2 = 2 m sum(v^2) - 2 (sum v)^2
-        x, ok, m = x[m >= 2], ok[m >= 2], m[m >= 2]
-        v = np.where(ok, x, 0.0)
-        s1, s2 = v.sum(axis=1), (v**2).sum(axis=1)
-        n = m.sum()
-        d_o = ((2 * m * s2 - 2 * s1**2) / (m - 1)).sum() / n
-        d_e = (2 * n * s2.sum() - 2 * s1.sum() ** 2) / (n * (n - 1))
-        return finite(1 - d_o / d_e) if d_e > 0 else None
-    units = [row[np.isfinite(row)] for row in x]
-    units = [u for u in units if u.size >= 2]
+    return finite(krippendorff.alpha(reliability_data=x.T, level_of_measurement=level))
 
-    def pair_sum(v: np.ndarray) -> float:
-        """The sum of delta over all ordered pairs of ``v``, in O(len(v))."""
-        if level == "interval":  # sum (a - b)^2 = 2 n sum(v^2) - 2 (sum v)^2
-            return float(2 * v.size * (v**2).sum() - 2 * v.sum() ** 2)
-        _, counts = np.unique(v, return_counts=True)  # pairs of different values
-        return float(v.size**2 - (counts**2).sum())
 
-    values = np.concatenate(units)
-    n = values.size
-    d_o = sum(pair_sum(u) / (u.size - 1) for u in units) / n
-    d_e = pair_sum(values) / (n * (n - 1))
-    return finite(1 - d_o / d_e) if d_e > 0 else None
+def _boot_ci(x: np.ndarray, level: str, alpha: float, n_boot: int, seed: int) -> list[float | None] | None:
+    """A percentile bootstrap interval of Krippendorff's alpha over the units (targets)."""
+    rng = np.random.default_rng(seed)
+    boots = [krippendorff_alpha(x[rng.integers(0, len(x), len(x))], level) for _ in range(n_boot)]
+    boots = [b for b in boots if b is not None]
+    return [finite(float(np.quantile(boots, alpha / 2))), finite(float(np.quantile(boots, 1 - alpha / 2)))] if boots else None
 
 
 def inter_rater(x: np.ndarray, alpha: float = 0.05, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Agreement between raters (judges of a panel, or a judge and humans) on the same targets:
-    ICC(2,1) with its interval, and Krippendorff's alpha (interval level) with a percentile
-    bootstrap interval over targets."""
+    ICC(2,1) with its interval, and Krippendorff's alpha at the interval and the ordinal level,
+    each with a percentile bootstrap interval over targets."""
     x = np.asarray(x, float)
     res = icc(x, alpha)
-    res["kripp_alpha"] = krippendorff_alpha(x)
-    res["kripp_ci"] = None
-    if res["kripp_alpha"] is not None and len(x) >= 3:
-        rng = np.random.default_rng(seed)
-        boots = [krippendorff_alpha(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)]
-        boots = [b for b in boots if b is not None]
-        if boots:
-            res["kripp_ci"] = [finite(float(np.quantile(boots, alpha / 2))), finite(float(np.quantile(boots, 1 - alpha / 2)))]
+    for level, key in (("interval", "kripp"), ("ordinal", "kripp_ordinal")):
+        res[f"{key}_alpha"] = krippendorff_alpha(x, level)
+        ok = res[f"{key}_alpha"] is not None and len(x) >= 3
+        res[f"{key}_ci"] = _boot_ci(x, level, alpha, n_boot, seed) if ok else None
     return res
