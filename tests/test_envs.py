@@ -241,15 +241,29 @@ def test_results_are_written_with_the_users_umask(tmp_path):
 
 def test_the_stats_env_needs_no_llm_stack():
     """The scores, statistics and report rules import only light modules: no LLM client
-    (jsonschema, httpx), no torch, no llama.cpp; and every package they import is in the env."""
+    (httpx2), no torch, no llama.cpp; and every package they import is in the env (jsonschema
+    checks the files a user hands over, krippendorff computes agreement)."""
     import subprocess
     import sys
 
     code = (
-        "import sys; import cbtpipe.stats.analysis, cbtpipe.report, cbtpipe.design.rubric, cbtpipe.workflow.rule, cbtpipe.stats.stattests;"
-        "print(','.join(sorted(m for m in ('jsonschema', 'httpx', 'torch', 'llama_cpp', 'transformers') if m in sys.modules)))"
+        "import sys; import cbtpipe.stats.analysis, cbtpipe.stats.safety_stats, cbtpipe.report.markdown, cbtpipe.report.figures,"
+        " cbtpipe.report.packet, cbtpipe.report.browser, cbtpipe.design.rubric, cbtpipe.design.safety_rubric, cbtpipe.workflow.rule,"
+        " cbtpipe.workflow.schemas, jsonschema, krippendorff;"
+        "print(','.join(sorted(m for m in ('httpx2', 'httpx', 'torch', 'llama_cpp', 'transformers') if m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"the stats rules would import {out}"
     env = {p.split("==")[0] for p in yaml.safe_load((ROOT / "envs/stats.yaml").read_text())["dependencies"][-1]["pip"]}
-    assert {"numpy", "scipy", "statsmodels", "pandas", "matplotlib", "pyyaml", "jinja2", "markdown-it-py"} <= env
+    assert {
+        "numpy",
+        "scipy",
+        "statsmodels",
+        "pandas",
+        "matplotlib",
+        "pyyaml",
+        "jinja2",
+        "markdown-it-py",
+        "jsonschema",
+        "krippendorff",
+    } <= env
