@@ -22,7 +22,7 @@ def _cfg(root, name):
 
 
 def test_the_study_plan_counts_every_call(root):
-    plan = build_plan(_cfg(root, "config/study.yaml"), root, runtimes=profile_runtimes(root / "profiles/slurm/config.yaml"))
+    plan = build_plan(_cfg(root, "config/study.yaml"), root, runtimes=profile_runtimes(root / "profiles/slurm/profile.yaml"))
     st = {x["stage"]: x for x in plan["stages"]}
     # 3 models x 2 arms x 30 patients x 2 positions x 1 session, main run and 2 ablations
     assert plan["sessions"] == 3 * 2 * 30 * 2 * 3

@@ -17,5 +17,13 @@ def test_license_citation_and_package_agree(root):
     assert (root / "LICENSE").read_text().startswith("MIT License")
     ref = cff["preferred-citation"]
     assert ref["year"] == 2024 and "arXiv:2412.00251" in str(ref["identifiers"])
+    # where the code lives, when this version was released, and the paper's DOI as a reference
+    assert cff["repository-code"] == project["urls"]["Repository"] and cff["repository-code"].startswith("https://")
+    import datetime
+
+    assert datetime.date.fromisoformat(str(cff["date-released"]))
+    doi = "10.48550/arXiv.2412.00251"
+    assert ref["doi"] == doi and any(r.get("doi") == doi for r in cff["references"])
+    assert project["urls"]["Paper"] == f"https://doi.org/{doi}"
     readme = (root / "README.md").read_text()
     assert f"v{project['version']}" in readme and "CITATION.cff" in readme

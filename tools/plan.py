@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         limits = {k: int(v) for k, v in (x.split("=", 1) for x in a.api_limit)}
         prof = Path(a.profile) if a.profile else None
         if prof is not None and prof.is_dir():
-            prof = prof / "config.yaml"
+            # Snakemake 9's name for a profile's file, or the older config.yaml
+            prof = next((prof / n for n in ("profile.yaml", "config.yaml") if (prof / n).is_file()), prof / "profile.yaml")
         if prof is not None and not prof.is_file():
-            raise PipelineError(f"--profile: no Snakemake profile at {a.profile} (a folder with config.yaml, or that file)")
+            raise PipelineError(f"--profile: no Snakemake profile at {a.profile} (a folder with profile.yaml or config.yaml, or that file)")
         runtimes = profile_runtimes(prof) if prof else None
         plan = build_plan(cfg, ROOT, measured_rates(a.rates) if a.rates else None, limits, runtimes)
     except (PipelineError, ValueError) as e:
