@@ -242,7 +242,7 @@ def load_crisis_resources(path: str | Path, country: str) -> dict[str, Any]:
 
 def risk_protocol_text(protocol: str | Path | None, resources_file: str | Path | None, country: str | None) -> str:
     """The risk protocol of the therapist's system prompt in evaluation, with the country's crisis
-    resources ("" when the rollout uses none: ``protocol`` not given). cbtpipe.therapist puts it
+    resources ("" when the rollout uses none: ``protocol`` not given). design.therapist puts it
     in place."""
     if not protocol:
         return ""

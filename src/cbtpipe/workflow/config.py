@@ -110,7 +110,7 @@ def resolve_defaults(cfg: dict[str, Any]) -> None:
 
 def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
     """Config key -> backend name, for the stages that call an LLM backend in this config (the
-    keys of cbtpipe.registry.BACKEND_KEYS, and each panel member's own backend)."""
+    keys of workflow.registry.BACKEND_KEYS, and each panel member's own backend)."""
     out = {}
     for key in BACKEND_KEYS:
         sec, field = key.split(".")

@@ -88,7 +88,7 @@ def process_cpus() -> int:
 
 def job_threads() -> int:
     """The threads a step may use when its config leaves them open (``n_threads: null``):
-    OMP_NUM_THREADS, which cbtpipe.rule.entry sets to the Snakemake job's threads (outside a job,
+    OMP_NUM_THREADS, which workflow.rule.entry sets to the Snakemake job's threads (outside a job,
     where it is set), else the CPUs this process may run on; never the machine's whole CPU count:
     two jobs of one thread each on two cores must not each start a team of every CPU."""
     env = os.environ.get("OMP_NUM_THREADS", "")

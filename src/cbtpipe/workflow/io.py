@@ -164,7 +164,7 @@ def remove_partial(tmp: Path) -> None:
 def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Write a directory output whole or not at all: the body fills the yielded folder (at
     :func:`partial_path`), which then replaces ``out``. On any error, SIGTERM included (see
-    cbtpipe.rule), the partial folder is removed; after a SIGKILL, the next run removes it first."""
+    workflow.rule), the partial folder is removed; after a SIGKILL, the next run removes it first."""
     import shutil
 
     out = Path(out)
