@@ -28,7 +28,7 @@ from .design import (
 )
 from .llm import check_gguf_file
 from .stages import load_import
-from .workflow import PipelineError, active_backends, check_config_secrets, key_rules, model_training_cfg
+from .workflow import PipelineError, active_backends, check_config_secrets, key_rules, model_training_cfg, read_csv_rows
 
 
 def _file(path: str, key: str, base: Path) -> None:
@@ -135,6 +135,10 @@ def _judge(cfg: dict[str, Any], base: Path) -> None:
     if cfg["report"]["human_ratings"]:
         _file(cfg["report"]["human_ratings"], "report.human_ratings", base)
         load_human_ratings(base / cfg["report"]["human_ratings"], rubric)
+    if cfg["report"].get("packet_ratings"):
+        # its shape now; which packet it rates is checked against the key when the report is made
+        _file(cfg["report"]["packet_ratings"], "report.packet_ratings", base)
+        read_csv_rows(base / cfg["report"]["packet_ratings"], "packet_ratings")
 
 
 def _safety(cfg: dict[str, Any], base: Path) -> None:
