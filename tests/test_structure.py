@@ -19,7 +19,7 @@ PKG = ROOT / "src" / "cbtpipe"
 # layers below it. "" is the package's top: the study's front door (checks, plan, rehearsal).
 LAYERS = ("workflow", "llm", "design", "stages", "stats", "report", "")
 # What may import a layer from outside it: its face (the package's __init__), never its modules.
-SOURCES = [ROOT / "scripts", ROOT / "tools", ROOT / "rules", ROOT / "Snakefile"]
+SOURCES = [ROOT / "scripts", ROOT / "tools", ROOT / "rules", ROOT / "Snakefile", ROOT / "Makefile"]
 
 
 def _type_checking_block(node: ast.AST) -> bool:
@@ -194,7 +194,7 @@ def test_the_layer_check_fails_on_an_import_that_runs_up(tmp_path):
 
 
 def _imports_in(text: str) -> list[str]:
-    return re.findall(r"^\s*from (cbtpipe[\w.]*) import", text, re.M) + re.findall(r"^\s*import (cbtpipe[\w.]*)", text, re.M)
+    return re.findall(r"(?:^|[\s\"';])from (cbtpipe[\w.]*) import", text, re.M) + re.findall(r"(?:^|[\s\"';])import (cbtpipe[\w.]*)", text, re.M)
 
 
 def test_rules_entry_scripts_and_tools_import_the_layers_faces():
