@@ -2,8 +2,15 @@
 import re
 
 from cbtpipe.checks import check_api_keys, check_config
-from cbtpipe.workflow import api_resource_name, instruct_owners, judge_members, model_training_cfg, resolve_defaults
-from cbtpipe.workflow import is_api, stage_backend_names
+from cbtpipe.workflow import (
+    api_resource_name,
+    instruct_owners,
+    is_api,
+    judge_members,
+    model_training_cfg,
+    resolve_defaults,
+    stage_backend_names,
+)
 
 resolve_defaults(config)
 check_config(config, workflow.basedir)
