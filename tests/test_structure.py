@@ -194,7 +194,9 @@ def test_the_layer_check_fails_on_an_import_that_runs_up(tmp_path):
 
 
 def _imports_in(text: str) -> list[str]:
-    return re.findall(r"(?:^|[\s\"';])from (cbtpipe[\w.]*) import", text, re.M) + re.findall(r"(?:^|[\s\"';])import (cbtpipe[\w.]*)", text, re.M)
+    return re.findall(r"(?:^|[\s\"';])from (cbtpipe[\w.]*) import", text, re.M) + re.findall(
+        r"(?:^|[\s\"';])import (cbtpipe[\w.]*)", text, re.M
+    )
 
 
 def test_rules_entry_scripts_and_tools_import_the_layers_faces():
