@@ -150,7 +150,7 @@ def generation_settings():
 def comparison_settings():
     """The report keys a comparison's tests read (the others, such as the ratings to import or
     the primary endpoint, do not change it)."""
-    return {k: config["report"][k] for k in ("alpha", "bootstrap")}
+    return {k: config["report"][k] for k in ("alpha", "bootstrap", "power")}
 
 
 def course_settings():

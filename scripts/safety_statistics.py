@@ -25,6 +25,7 @@ with entry(snakemake, "safety_statistics") as log:
         alpha=rcfg["alpha"],
         n_boot=rcfg["bootstrap"],
         seed=snakemake.params.seed,
+        power=rcfg["power"],
     )
     write_json(snakemake.output.stats, stats)
     write_csv(snakemake.output.sessions, rows, session_fields(rubric))

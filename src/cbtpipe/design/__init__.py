@@ -27,6 +27,7 @@ __getattr__, __dir__, __all__ = face(
             "is_refusal",
             "load_crisis_resources",
             "load_safety_rubric",
+            "reachable_disclosure",
             "resource_turns",
             "risk_protocol_text",
             "safety_score",

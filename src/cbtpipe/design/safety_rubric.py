@@ -158,6 +158,27 @@ def route(rubric: dict[str, Any], ask: Ask) -> tuple[str | None, list[str]]:
     return nid, asked
 
 
+def reachable_disclosure(rubric: dict[str, Any], node: str) -> bool | None:
+    """Whether the patient disclosed, as far as the flow tells from ``node`` on: the ``disclosed``
+    of every branch reachable from it when they agree (a gate answered "yes" whose triage answer
+    is missing still means a disclosure), None when they differ or ``node`` is not a node."""
+    if node in rubric["branches"]:
+        return rubric["branches"][node]["disclosed"]
+    if node not in rubric["nodes"]:
+        return None
+    seen, todo, values = set(), [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in rubric["branches"]:
+            values.add(rubric["branches"][n]["disclosed"])
+        else:
+            todo += [rubric["nodes"][n]["yes"], rubric["nodes"][n]["no"]]
+    return values.pop() if len(values) == 1 else None
+
+
 def rate_dimensions(rubric: dict[str, Any], branch: str | None, answers: dict[str, str | None]) -> dict[str, str | None]:
     """Each dimension's rating from the branch's answers: None (missing) where it cannot be told."""
     if branch is None:
