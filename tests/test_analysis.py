@@ -411,7 +411,16 @@ def test_every_test_is_labelled_and_adjusted_within_its_family():
 
     json.dumps(res)  # statistics.json: plain JSON types only (no numpy scalars)
     fams = {t["family"] for t in res["tests"]}
-    assert fams == {"primary", "secondary", "exploratory"}
+    items = {f"exploratory: items, {m} ({k})" for m in ("m1", "m2") for k in ("paired t", "Wilcoxon")}
+    assert fams == {"primary", "secondary", "exploratory", "exploratory: pairwise between models"} | items
+    # the per-item families are adjusted as the per-item table is, by report.item_correction
+    for m, per in res["per_item"].items():
+        by_test = {t["test"]: t for t in res["tests"]}
+        for c in per["items"]:
+            assert by_test[f"item {c['item']}, CBT vs instruct, {m} (paired t)"]["p_adjusted"] == pytest.approx(c["p_t_adj"])
+            assert by_test[f"item {c['item']}, CBT vs instruct, {m} (Wilcoxon)"]["p_adjusted"] == pytest.approx(c["p_wilcoxon_adj"])
+    pw = [t for t in res["tests"] if t["family"] == "exploratory: pairwise between models"]
+    assert [t["p_adjusted"] for t in pw] == pytest.approx([c["p_holm"] for c in res["between_models"]["pairwise"]])
     prim = [t for t in res["tests"] if t["family"] == "primary"]
     assert len(prim) == 1 and prim[0]["p_adjusted"] == pytest.approx(res["primary"]["p"])
     for fam in fams:  # Holm within the family: never below the raw p, and monotone in the raw p

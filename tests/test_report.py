@@ -92,3 +92,25 @@ def test_browser_data_pairs_the_arms_and_keeps_what_each_judge_said():
     assert pair["arms"]["instruct"]["safety"] is None
     page = render(d)
     assert "I want to die <\\/script>" in page and page.count("</script>") == 2  # the data cannot end the script
+
+
+def test_the_p_value_scan_finds_a_p_that_is_not_registered():
+    from tests.helpers.pvalues import unregistered_p_values
+
+    md = "\n".join(
+        [
+            "The primary test: p = 0.040.",
+            "",
+            "| model | p (t) | p (adj.) |",
+            "|---|---|---|",
+            "| a | 0.040 | 0.080 |",
+            "| b | 0.500 | — |",
+            "",
+            "Mixed model: p = 0.321.",
+            "",
+            "| family | test | p | p adjusted (within family) | correction | tests in family |",
+            "|---|---|---|---|---|---|",
+            "| primary | a | 0.040 | 0.080 | holm | 2 |",
+        ]
+    )
+    assert unregistered_p_values(md) == ["p (t): 0.500", "text: 0.321"]

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.helpers.pvalues import unregistered_p_values
 from tests.helpers.workdir import run_snakemake
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +48,7 @@ def test_training_examples_carry_their_course_context(ci_run):
 
 def test_report_content(ci_run):
     md = (ci_run / "results/report/report.md").read_text()
+    assert unregistered_p_values(md) == []  # every printed p-value is a test of the register
     html = (ci_run / "results/report/report.html").read_text()
     totals = list(csv.DictReader((ci_run / "results/report/session_totals.csv").read_text().splitlines()))
     by_patient = {}
@@ -273,6 +275,7 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
     r = run_snakemake(wd, "--cores", "2", "--configfile", "variants.yaml")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     md = (wd / "results/report/report.md").read_text()
+    assert unregistered_p_values(md) == []  # the ablations' and the per-turn pass's p-values too
 
     # the ablation: same patients, positions and seeds; shorter sessions; compared in the report
     for arm in ("instruct", "cbt"):
@@ -282,7 +285,8 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
         assert key == [(s["patient_id"], s["position"], s["patient_seed"], s["therapist_seed"]) for s in short]
         assert all(s["turns"] <= 2 for s in short) and any(s["turns"] > 2 for s in main)
     ab = json.loads((wd / "results/report/ablations.json").read_text())
-    assert ab["short"]["settings"] == {"max_turns": 2, "risk_protocol": True}
+    assert ab["variants"]["short"]["settings"] == {"max_turns": 2, "risk_protocol": True}
+    assert {t["family"] for t in ab["tests"]} == {"exploratory: rollout ablations"} and len(ab["tests"]) == 2
     sf = json.loads((wd / "results/report/safety.json").read_text())
     assert {(x["variant"], x["arm"]) for x in sf["ablations"]} == {("short", "cbt"), ("short", "instruct")}
     assert "### Rollout ablations (safety)" in md
@@ -343,6 +347,7 @@ def test_the_rating_packet_is_blind_and_comes_back_into_the_report(ci_run, tmp_p
     ha = stats["human_agreement"]
     assert ha["items"]["agenda"]["n"] == 8 and ha["items"]["total"]["n"] == 8 and not ha["unknown_sessions"]
     md = (wd / "results/report/report.md").read_text()
+    assert unregistered_p_values(md) == []
     assert "Judge-human agreement per item:" in md and re.search(r"^\| total \| 8 \|", md, re.M)
 
 
@@ -389,6 +394,7 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     assert "C(position)" in mm["formula"] and mm["risk_interaction"]["df"] == 1 and len(mm["arm_effects_by_risk"]) == 2
     assert {e["model"] for e in mm["arm_effects"]} == {"smollm2-135m", "smollm2-135m-r4", "average over models"}
     md = (wd / "results/report/report.md").read_text()
+    assert unregistered_p_values(md) == []  # the mixed model's, the pairwise and the between-model p-values too
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
     assert "| smollm2-135m, smollm2-135m-r4 | instruct |" in md
     assert "Arm x risk interaction (Wald): χ²(1) = " in md

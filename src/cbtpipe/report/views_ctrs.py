@@ -238,7 +238,7 @@ def sensitivity_view(ctx: dict[str, Any]) -> dict[str, Any]:
                 *_paired_cells(r),
                 f"{fmt(r['context_tokens_mean_main'], 0)} → {fmt(r['context_tokens_mean_variant'], 0)}",
             ]
-            for name, ab in ctx.get("ablations", {}).items()
+            for name, ab in (ctx.get("ablations") or {}).get("variants", {}).items()
             for r in ab["comparison"]
         ],
         "turn_groups": [

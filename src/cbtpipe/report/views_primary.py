@@ -51,6 +51,18 @@ def _primary_text(prim: dict[str, Any], decl: dict[str, Any] | None = None) -> s
     )
 
 
+def register(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every test whose p the report prints: the CTRS analysis's, the safety analysis's, the
+    rollout ablations' and the per-turn pass's, each adjusted within its family where it was
+    computed."""
+    return [
+        *ctx["stats"].get("tests", []),
+        *(ctx.get("safety") or {}).get("tests", []),
+        *(ctx.get("ablations") or {}).get("tests", []),
+        *(ctx.get("turn_windows") or {}).get("tests", []),
+    ]
+
+
 def primary_view(ctx: dict[str, Any]) -> dict[str, Any]:
     """The primary endpoint as declared, the tests by family with their adjusted p-values, and when each arm ran."""
     st = ctx["stats"]
@@ -58,7 +70,8 @@ def primary_view(ctx: dict[str, Any]) -> dict[str, Any]:
     return {
         "primary": _primary_text(prim, ctx.get("declaration")) if prim else None,
         "tests": [
-            [t["family"], t["test"], fmt_p(t["p"]), fmt_p(t.get("p_adjusted")), t.get("family_size", "—")] for t in st.get("tests", [])
+            [t["family"], t["test"], fmt_p(t["p"]), fmt_p(t.get("p_adjusted")), t.get("correction", "holm"), t.get("family_size", "—")]
+            for t in register(ctx)
         ],
         "arm_timing": arm_timing(ctx),
     }

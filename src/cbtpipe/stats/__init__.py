@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = face(
     __name__,
     {
         "analysis": ["analyse"],
-        "ctrs": ["ablation_comparison", "turn_scores_vs_context"],
+        "ctrs": ["ablation_comparison", "ablation_tests", "turn_scores_vs_context", "turn_tests"],
         "register": ["declaration", "declared_before", "judge_provenance"],
         "safety_sessions": ["session_fields"],
         "safety_stats": ["analyse_safety"],

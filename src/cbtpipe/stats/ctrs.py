@@ -11,7 +11,7 @@ import numpy as np
 
 from .anova import friedman, rm_anova
 from .pairs import as_float, design_unit, finite_mean, matched_units, paired_arrays, risk_stratum, rows_where
-from .stattests import clustered_spearman, p_adjust, paired_comparison, paired_with_covariate
+from .stattests import adjust_within_families, clustered_spearman, p_adjust, paired_comparison, paired_with_covariate
 
 
 def primary_endpoint(totals: list[dict[str, str]], models: list[str], rcfg: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
@@ -276,6 +276,27 @@ def ablation_comparison(
                 }
             )
     return out
+
+
+def ablation_tests(ablations: dict[str, Any]) -> list[dict[str, Any]]:
+    """The register's entries of the rollout ablations (each variant against the main run, per
+    model and arm), one exploratory family adjusted by Holm."""
+    tests = [
+        {"family": "exploratory: rollout ablations", "test": f"{name}: total against the main run, {r['model']}/{r['arm']}", "p": r["p_t"]}
+        for name, ab in ablations.items()
+        for r in ab["comparison"]
+    ]
+    return adjust_within_families(tests)
+
+
+def turn_tests(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The register's entries of the per-turn pass: Spearman of an excerpt's score against its
+    context, per model and arm and pooled, the patient as the unit; one exploratory family."""
+    tests = [
+        {"family": "exploratory: per-turn scores", "test": f"Spearman per-turn score ~ context, {g['model']}/{g['arm']}", "p": g["p"]}
+        for g in res.get("groups", [])
+    ]
+    return adjust_within_families(tests)
 
 
 CONTEXT_BINS = (0, 1000, 2000, 4000, 8000)

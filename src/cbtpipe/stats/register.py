@@ -68,35 +68,91 @@ def declared_before(
     return out
 
 
-def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every test of the CTRS analysis, labelled primary, secondary or exploratory, with its p
-    adjusted (Holm) within its family. Primary: the declared endpoint. Secondary: tuned against
-    instruct on the total per model and pooled, the between-model tests, and the mixed model's
-    interactions. Exploratory: items, subtotals, positions, strata, length, context and the
-    closing-instruction sensitivity analysis."""
+def _declared_and_secondary(res: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The declared endpoint, CBT against instruct on the total per model and pooled by the
+    declared test, the between-model ANOVA and the mixed model's interactions; with the key of the
+    declared test's p."""
     prim = res["primary"]
-    tests: list[dict[str, Any]] = []
     key = "p_t" if prim.get("test") == "paired_t" else "p_wilcoxon"
-    tests.append({"family": "primary", "test": f"{prim['outcome']}, CBT vs instruct, {prim['contrast']}", "p": prim.get("p")})
+    tests = [{"family": "primary", "test": f"{prim['outcome']}, CBT vs instruct, {prim['contrast']}", "p": prim.get("p")}]
     for m, c in [*res["tuned_vs_instruct"].items(), ("pooled", res["pooled"])]:
         if not (prim["outcome"] == "total" and prim["contrast"] == m):
             tests.append({"family": "secondary", "test": f"total, CBT vs instruct, {m}", "p": c[key]})
-    bm = res["between_models"]
+    bm, mm = res["between_models"], res["mixed_model"]
     if "rm_anova" in bm:
         tests.append(
             {"family": "secondary", "test": "total, between models (CBT arms), repeated-measures ANOVA", "p": bm["rm_anova"].get("p")}
         )
-    mm = res["mixed_model"]
     if mm.get("interaction"):
         tests.append({"family": "secondary", "test": "mixed model: arm x model interaction", "p": mm["interaction"]["p"]})
     if mm.get("risk_interaction"):
         tests.append({"family": "secondary", "test": "mixed model: arm x risk interaction", "p": mm["risk_interaction"]["p"]})
-    for m, per in res["per_item"].items():
-        tests += [{"family": "exploratory", "test": f"item {c['item']}, CBT vs instruct, {m}", "p": c["p_t"]} for c in per["items"]]
-    for sid, sub in res["subtotals"].items():
-        tests += [
-            {"family": "exploratory", "test": f"subtotal {sid}, CBT vs instruct, {m}", "p": c["p_t"]} for m, c in sub["models"].items()
-        ]
+    return tests, key
+
+
+def _alternatives(res: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The paired test that was not declared, the other between-model tests, the pairwise
+    comparisons (Holm among themselves, as their table) and the mixed model's arm effects."""
+    other = "p_wilcoxon" if key == "p_t" else "p_t"
+    name = "Wilcoxon" if other == "p_wilcoxon" else "paired t"
+    tests = [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {m} ({name})", "p": c[other]}
+        for m, c in [*res["tuned_vs_instruct"].items(), ("pooled", res["pooled"])]
+    ]
+    bm, mm = res["between_models"], res["mixed_model"]
+    if "rm_anova" in bm:
+        tests.append(
+            {
+                "family": "exploratory",
+                "test": "total, between models, repeated-measures ANOVA (Greenhouse-Geisser)",
+                "p": bm["rm_anova"].get("p_gg"),
+            }
+        )
+        tests.append(
+            {"family": "exploratory", "test": "total, between models (CBT arms), Friedman", "p": (bm.get("friedman") or {}).get("p")}
+        )
+    tests += [
+        {
+            "family": "exploratory: pairwise between models",
+            "test": f"total, {c['a']} vs {c['b']} (CBT arms, paired t)",
+            "p": c["p_t"],
+            "correction": "holm",
+        }
+        for c in bm.get("pairwise", [])
+    ]
+    tests += [
+        {"family": "exploratory", "test": f"mixed model: CBT minus instruct, {e['model']}", "p": e["p"]} for e in mm.get("arm_effects", [])
+    ]
+    tests += [
+        {"family": "exploratory", "test": f"mixed model: CBT minus instruct, risk stratum {e['risk']}", "p": e["p"]}
+        for e in mm.get("arm_effects_by_risk", [])
+    ]
+    return tests
+
+
+def _items(res: dict[str, Any], correction: str) -> list[dict[str, Any]]:
+    """Per item: a family per model and test, adjusted as the per-item table is."""
+    return [
+        {
+            "family": f"exploratory: items, {m} ({label})",
+            "test": f"item {c['item']}, CBT vs instruct, {m} ({label})",
+            "p": c[k],
+            "correction": correction,
+        }
+        for m, per in res["per_item"].items()
+        for k, label in (("p_t", "paired t"), ("p_wilcoxon", "Wilcoxon"))
+        for c in per["items"]
+    ]
+
+
+def _sensitivity(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Subtotals, positions, risk strata, length (with its slope), context and the closing
+    instruction: exploratory."""
+    tests = [
+        {"family": "exploratory", "test": f"subtotal {sid}, CBT vs instruct, {m}", "p": c["p_t"]}
+        for sid, sub in res["subtotals"].items()
+        for m, c in sub["models"].items()
+    ]
     tests += [
         {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, position {r['position']}", "p": r["p_t"]}
         for r in res["by_position"]
@@ -107,6 +163,7 @@ def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, A
     ]
     for cov, per in res["length_adjusted"].items():
         tests += [{"family": "exploratory", "test": f"total adjusted for {cov}, {m}", "p": c["p"]} for m, c in per.items()]
+        tests += [{"family": "exploratory", "test": f"slope of the difference on {cov}, {m}", "p": c["p_slope"]} for m, c in per.items()]
     cs = res["context_vs_score"]
     if cs:
         tests += [
@@ -119,4 +176,17 @@ def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, A
             {"family": "exploratory", "test": f"total, CBT vs instruct, {m}, without closing-instruction sessions", "p": c["p_t"]}
             for m, c in cl["without"].items()
         ]
+    return tests
+
+
+def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every test of the CTRS analysis whose p the report prints, labelled primary, secondary or
+    exploratory, with its p adjusted within its family (Holm; the per-item families by
+    report.item_correction, as the per-item table). Primary: the declared endpoint. Secondary:
+    tuned against instruct on the total per model and pooled, the between-model ANOVA, and the
+    mixed model's interactions. Exploratory: the other paired test, the other between-model tests,
+    the pairwise comparisons, the mixed model's arm effects, items, subtotals, positions, strata,
+    length (with its slope), context and the closing-instruction sensitivity analysis."""
+    core, key = _declared_and_secondary(res)
+    tests = [*core, *_alternatives(res, key), *_items(res, rcfg.get("item_correction", "holm")), *_sensitivity(res)]
     return adjust_within_families(tests)

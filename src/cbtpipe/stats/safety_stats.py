@@ -277,7 +277,7 @@ def _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, *, seed: int, *
     return out
 
 
-def _tests(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _tests(comparisons: list[dict[str, Any]], ablations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The safety tests of the register: the arms over all at-risk sessions (high harm, with
     non-disclosure a failure) and disclosure itself are the safety questions (secondary); harm
     given disclosure describes (exploratory). The composite score is compared over disclosed
@@ -303,6 +303,14 @@ def _tests(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
             },
             {"family": "exploratory (safety)", "test": f"{m}: safety score, disclosed sessions (paired t)", "p": c["score"]["p_t"]},
         ]
+    tests += [
+        {
+            "family": "exploratory (safety ablations)",
+            "test": f"{x['variant']}: {x['model']}/{x['arm']}, any high-harm rating against the main run (clustered McNemar)",
+            "p": x["vs_main"]["mcnemar"]["p"],
+        }
+        for x in ablations
+    ]
     return adjust_within_families(tests)
 
 
@@ -382,7 +390,7 @@ def analyse_safety(
         "personas": _personas(profiles),
         "per_arm": _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, **kw),
         "comparisons": comparisons,
-        "tests": _tests(comparisons),
+        "tests": _tests(comparisons, ablations),
         "breakdown": breakdown(rows),
         "ablations": ablations,
         "alpha": alpha,

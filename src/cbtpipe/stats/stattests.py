@@ -127,14 +127,16 @@ def p_adjust(pvals: list[float | None], method: str = "holm") -> list[float | No
 
 def adjust_within_families(tests: list[dict[str, Any]], method: str = "holm") -> list[dict[str, Any]]:
     """Each test (a dict with ``family`` and ``p``) with ``p_adjusted``: the p-values adjusted
-    (Holm by default) within the tests of its family; a family of one test is left as it is."""
+    within the tests of its family, by the family's ``correction`` where its tests name one
+    (Holm, ``method``, by default); a family of one test is left as it is."""
     out = [dict(t) for t in tests]
     for fam in dict.fromkeys(t["family"] for t in out):
         idx = [i for i, t in enumerate(out) if t["family"] == fam]
-        for i, q in zip(idx, p_adjust([out[i]["p"] for i in idx], method), strict=True):
+        how = next((out[i]["correction"] for i in idx if out[i].get("correction")), method)
+        for i, q in zip(idx, p_adjust([out[i]["p"] for i in idx], how), strict=True):
             out[i]["p_adjusted"] = q
             out[i]["family_size"] = sum(out[j]["p"] is not None for j in idx)
-            out[i]["correction"] = method
+            out[i]["correction"] = how
     return out
 
 
