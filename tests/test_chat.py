@@ -7,9 +7,11 @@ special tokens added as special tokens, as the study models' own tokenizers have
 are also proven with the real tokenizers that packages ship (Mistral's v3 tokenizer in
 mistral-common, Llama 3's in llama-models)."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cbtpipe.design import (
     apply_layout,
@@ -26,6 +28,7 @@ from cbtpipe.design.chat import check_layout, render
 from cbtpipe.design.course import context_block
 from cbtpipe.workflow import PipelineError
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "templates"
 V03 = "mistralai-Mistral-7B-Instruct-v0.3.jinja"
 # template file, its special tokens, bos, eos (end of an assistant turn), the layout auto must pick
@@ -220,6 +223,25 @@ def test_mistral_v03_masks_with_its_own_tokenizer(mistral_v3_tok):
     # inference renders the same prompt format for both arms: the system prompt in the first user turn
     prompt = render(tok, apply_layout(CONV[:2], layout), generation_prompt=True)
     assert prompt.endswith("[/INST]") and SYSTEM in prompt and render(tok, apply_layout(CONV, layout)).startswith(prompt + " Hello.")
+
+
+def test_the_study_profiles_chat_layout_job_for_mistral_v03_records_first_user(mistral_v3_tok, tmp_path):
+    """The study profile's own chat_layout job, run by Snakemake for the Mistral entry on a model
+    folder with Mistral's real v3 tokenizer and v0.3 template: the layout every later step reads
+    (training, preference pairs, both arms' sessions) folds the system prompt into the first user
+    turn, and the study profile lists that as a deviation."""
+    from tests.helpers.workdir import make_workdir, run_snakemake
+
+    wd = make_workdir(tmp_path)
+    hf = wd / "results/models/mistral-7b-v0.3/instruct/hf"
+    mistral_v3_tok.save_pretrained(hf)
+    target = "results/models/mistral-7b-v0.3/chat_layout.json"
+    r = run_snakemake(wd, target, "--cores", "1", "--configfile", "config/study.yaml", "--allowed-rules", "chat_layout", timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    layout = json.loads((wd / target).read_text())
+    assert (layout["system"], layout["separator"], layout["end_of_turn"]) == ("first_user", " ", "</s>")
+    study = yaml.safe_load((ROOT / "config/study.yaml").read_text())
+    assert any("Mistral 7B v0.3" in d and "first_user" in d for d in study["deviations"])
 
 
 def test_llama3_masks_with_its_own_tokenizer(llama_cpp_tools, tmp_path):

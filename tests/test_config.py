@@ -139,7 +139,9 @@ def test_dry_run_study_builds_full_dag():
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
     assert jobs["safety"] == 3 * 2 * 6 and jobs["safety_ablation"] == 2 * 3 * 2 * 6 and jobs["safety_statistics"] == 1
     assert jobs["safety"] == jobs["judge"] == 2 * jobs["rollout"]  # one rollout job plays both arms
-    assert jobs["train"] == 3 and jobs["declare_primary"] == 1  # Mistral v0.3's template reaches training too
+    assert (
+        jobs["train"] == 3 and jobs["declare_primary"] == 1
+    )  # a training job per model (tests/test_chat.py runs Mistral's chat_layout job)
     # generation in data.shards jobs, gathered by one local job
     assert jobs["transcripts"] == 4 and jobs["gather_transcripts"] == 1
     # every job that calls an API backend holds api_<backend> = its concurrency (bounded by --resources)
