@@ -107,9 +107,12 @@ def test_misspelled_key_fails_fast_with_key_named(tmp_path):
     f.write_text(yaml.safe_dump(bad))
     t0 = time.time()
     r = _smk("-n", "--configfile", str(f))
-    assert time.time() - t0 < 5
-    assert r.returncode != 0
-    assert "sampels" in r.stdout + r.stderr
+    # fast: refused while the Snakefile is read, before any rule file or the job graph (about 1.7 s
+    # on an idle 2-core machine; the bound leaves room for a loaded one running other tests)
+    assert time.time() - t0 < 20
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Building DAG" not in out
+    assert f"{f}, line " in out and "config key judge: Additional properties are not allowed ('sampels' was unexpected)" in out
 
 
 def test_wrong_type_fails_fast_with_key_named(tmp_path):
