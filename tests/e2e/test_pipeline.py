@@ -107,7 +107,8 @@ def test_report_content(ci_run):
         ("at_risk", "smollm2-135m", 1),
     }
     assert "### By risk stratum" in md and "## Every test, by family" in md and "| primary | total, CBT vs instruct, pooled |" in md
-    assert {t["family"] for t in stats["tests"]} == {"primary", "secondary", "exploratory"}
+    items = {f"exploratory: items, smollm2-135m ({k})" for k in ("paired t", "Wilcoxon")}
+    assert {t["family"] for t in stats["tests"]} == {"primary", "secondary", "exploratory"} | items
     # every call recorded what answered and when, and the arms ran in one job
     assert stats["judge_provenance"]["first_call"] and "## When the arms ran, and against which models" in md
     rollouts = {a: _jsonl(ci_run / f"results/rollouts/smollm2-135m/{a}/shard00.jsonl") for a in ("instruct", "cbt")}
@@ -295,7 +296,7 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
         short = json.loads((wd / f"results/ablations/short/rollouts/smollm2-135m/{arm}/shard00.stats.json").read_text())
         assert short["risk_protocol"] and not main["risk_protocol"]
         assert short["system_prompt_sha256"] != main["system_prompt_sha256"]
-    assert {(c["arm"], c["n"]) for c in ab["short"]["comparison"]} == {("cbt", 2), ("instruct", 2)}
+    assert {(c["arm"], c["n"]) for c in ab["variants"]["short"]["comparison"]} == {("cbt", 2), ("instruct", 2)}
     assert "### Ablations of the rollout settings" in md
 
     # the turn-window pass: CI sessions have two therapist turns, so with every = 2 one excerpt
