@@ -41,6 +41,7 @@ rule profiles_eval:
         "../envs/llm.yaml"
     params:
         n_eval=config["profiles"]["n_eval"],
+        eval_set=config["profiles"]["eval_set"],
         seed=config["profiles"]["seed_eval"],
         risk=risk_settings(),
     script:

@@ -21,6 +21,7 @@ from .design import (
     check_template,
     load_attributes,
     load_crisis_resources,
+    load_held_out,
     load_human_ratings,
     load_risk_attributes,
     load_rubric,
@@ -94,6 +95,9 @@ def _data(cfg: dict[str, Any], base: Path) -> None:
         check_template(base / d["prompts"]["session"], "data.prompts.session")
         _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
         load_attributes(base / cfg["profiles"]["attributes"])
+    if cfg["profiles"]["eval_set"] != "in_distribution":  # held-out evaluation patients need held-out values
+        _file(cfg["profiles"]["attributes"], "profiles.attributes", base)
+        load_held_out(base / cfg["profiles"]["attributes"])
     _file(d["system_prompt"], "data.system_prompt", base)
     for key in ("context", "history"):
         _file(d["prompts"][key], f"data.prompts.{key}", base)

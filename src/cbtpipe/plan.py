@@ -135,6 +135,12 @@ def _rubric_items(path: Path) -> list[Any]:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("items") or []
 
 
+def eval_patients(cfg: dict[str, Any]) -> int:
+    """The evaluation patients of a config: n_eval, of each set when both run (profiles.eval_set)."""
+    p = cfg["profiles"]
+    return p["n_eval"] * (2 if p.get("eval_set") == "both" else 1)
+
+
 def _design(cfg: dict[str, Any]) -> dict[str, Any]:
     """What the paired design can detect: the minimum detectable d_z of the primary test for the
     configured number of evaluation patients (the pairs of the paired tests)."""
@@ -160,7 +166,8 @@ class _Planner:
         r, p = cfg["rollout"], cfg["profiles"]
         self.models, self.arms = sorted(cfg["models"]), r["arms"]
         self.variants = 1 + len(r["ablations"])
-        self.sessions = len(self.models) * len(self.arms) * p["n_eval"] * len(r["positions"]) * r["sessions_per_patient"] * self.variants
+        self.patients = eval_patients(cfg)
+        self.sessions = len(self.models) * len(self.arms) * self.patients * len(r["positions"]) * r["sessions_per_patient"] * self.variants
         self.transcript_tok = r["max_turns"] * FILL * (r["therapist"]["max_tokens"] + r["patient"]["max_tokens"]) / 2
         self.rows: list[dict[str, Any]] = []
 
@@ -226,7 +233,7 @@ class _Planner:
                 units_per_job=math.ceil(n_gen / gen_jobs),  # a patient's sessions follow one another
             )
         if max(r["positions"]) > 1:
-            n = p["n_eval"]
+            n = self.patients
             out_tok = min(d["sampling"]["max_tokens"], 120 * max(r["positions"]))
             self.row("eval_history", d["generator"], n, n * d["max_attempts"], 600, out_tok, 1, f"{n} evaluation patients", units_per_job=n)
 

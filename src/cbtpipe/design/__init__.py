@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = face(
     {
         "chat": ["apply_layout", "chat_layout", "drop_oldest_exchange", "mask_example", "token_count", "windows"],
         "course": ["check_positions", "eval_context", "phase_plan", "training_context"],
-        "profiles": ["describe", "eval_profiles", "load_attributes", "train_val_profiles"],
+        "profiles": ["EVAL_SETS", "describe", "eval_profiles", "load_attributes", "load_held_out", "train_val_profiles"],
         "prompts": ["check_template", "render_template"],
         "risk": ["assign_risk", "check_shares", "load_risk_attributes", "risk_prompt"],
         "rubric": ["SESSION_COLUMNS", "load_human_ratings", "load_rubric"],

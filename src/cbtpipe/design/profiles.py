@@ -33,13 +33,19 @@ REQUIRED = [
 
 # Fields every profile carries besides its attributes (and that sessions copy): an attribute list
 # with one of these names would overwrite them.
-RESERVED_FIELDS = frozenset({"id", "split", "seed", "risk", "patient_id", "session_index", "session_id"})
+RESERVED_FIELDS = frozenset({"id", "split", "seed", "risk", "set", "patient_id", "session_index", "session_id"})
+
+# The evaluation sets: patients drawn from the attribute lists training draws from, or from the
+# values held out of them (the attribute file's held_out), or both.
+EVAL_SETS = ("in_distribution", "held_out", "both")
 
 
 def load_attributes(path: str | Path) -> dict[str, list[Any]]:
     """Persona attribute lists, checked against schemas/attributes.schema.yaml (the lists a profile
-    is described from, and their shapes); a list may not take the name of a profile's own field."""
+    is described from, and their shapes); a list may not take the name of a profile's own field.
+    The values held out for evaluation (``held_out``) are left out: ``load_held_out`` reads them."""
     p, _, root, attrs = check_yaml(path, "profiles.attributes", "attributes")
+    attrs = {k: v for k, v in attrs.items() if k != "held_out"}
     for key in attrs:
         if key in RESERVED_FIELDS:
             raise PipelineError(
@@ -47,6 +53,26 @@ def load_attributes(path: str | Path) -> dict[str, list[Any]]:
                 f"({', '.join(sorted(RESERVED_FIELDS))}); rename the attribute"
             )
     return attrs
+
+
+def load_held_out(path: str | Path) -> dict[str, list[Any]]:
+    """The attribute values held out for evaluation: attribute -> its own list, each value new to
+    the attribute's list (so no training profile can draw it); errors name the file and line."""
+    p, _, root, data = check_yaml(path, "profiles.attributes", "attributes")
+    held = data.get("held_out") or {}
+    node = yamlfile.child(root, "held_out")
+    for key, values in held.items():
+        line = yamlfile.line(yamlfile.child(node, key) or node)
+        if key not in data or key == "held_out":
+            raise PipelineError(f"{p}, line {line}: held_out.{key} is not an attribute list of this file")
+        shared = [v for v in values if v in data[key]]
+        if shared:
+            raise PipelineError(f"{p}, line {line}: held_out.{key} repeats {shared[0]!r} of the list training draws from")
+    if not held:
+        raise PipelineError(
+            f"{p}: no held_out values: profiles.eval_set held_out or both needs them (see resources/patient_attributes.yaml)"
+        )
+    return held
 
 
 def _draw(rng: random.Random, attrs: dict[str, list[Any]]) -> dict[str, Any]:
@@ -87,14 +113,21 @@ def train_val_profiles(attrs: dict[str, list[Any]], n_train: int, n_val: int, se
     return both[:n_train], val
 
 
-def eval_profiles(attrs: dict[str, list[Any]], n_eval: int, seed: int, taken: list[dict[str, Any]]) -> list:
-    """Evaluation profiles, disjoint in content from ``taken`` (the training and validation ones)."""
+def eval_profiles(
+    attrs: dict[str, list[Any]], n_eval: int, seed: int, taken: list[dict[str, Any]], held_out: dict[str, list[Any]] | None = None
+) -> list:
+    """Evaluation profiles, disjoint in content from ``taken`` (the training and validation ones).
+    With ``held_out``: held-out patients (ids held-000, ...; ``set: held_out``), every attribute
+    with held-out values drawn from those alone, so that no such value is one a training course
+    used."""
     exclude = {hash_obj(_content(p)) for p in taken}
-    return sample_profiles(attrs, n_eval, seed, "eval", exclude=exclude)
+    if not held_out:
+        return sample_profiles(attrs, n_eval, seed, "eval", exclude=exclude)
+    return [dict(p, set="held_out") for p in sample_profiles(attrs | held_out, n_eval, seed, "held", exclude=exclude)]
 
 
 def _content(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in p.items() if k not in ("id", "split", "seed", "risk")}
+    return {k: v for k, v in p.items() if k not in ("id", "split", "seed", "risk", "set")}
 
 
 def describe(p: dict[str, Any]) -> str:

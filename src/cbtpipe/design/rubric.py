@@ -50,6 +50,7 @@ RESERVED_COLUMNS = frozenset(
         "rater",
         "total_pct",
         "risk_level",
+        "persona_set",
     }
     | set(SESSION_COLUMNS)
 )

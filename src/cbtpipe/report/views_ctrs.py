@@ -130,6 +130,9 @@ def risk_view(ctx: dict[str, Any]) -> dict[str, Any]:
             ["no risk" if r["stratum"] == "none" else "at risk", r["model"], *_paired_cells(r), _notes(r)]
             for r in st.get("risk_strata", [])
         ],
+        "persona_sets": [
+            [r["set"].replace("_", "-"), r["model"], r["patients"], *_paired_cells(r), _notes(r)] for r in st.get("persona_sets", [])
+        ],
         "mixed_risk": [
             ["no risk" if e["risk"] == "none" else "at risk", fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])]
             for e in mm.get("arm_effects_by_risk", [])

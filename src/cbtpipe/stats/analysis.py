@@ -14,6 +14,7 @@ from .ctrs import (
     length_adjusted,
     lengths,
     per_item,
+    persona_sets,
     primary_endpoint,
     risk_strata,
     subtotal_comparisons,
@@ -22,7 +23,7 @@ from .ctrs import (
 from .judges import human_agreement, inter_judge, reliability
 from .missing import missing_answers, missing_bounds, missing_by_group
 from .mixed import mixed_arm_by_model
-from .pairs import POPULATIONS, as_float, ctrs_population, risk_stratum
+from .pairs import POPULATIONS, as_float, ctrs_population, persona_set, primary_persona_set, risk_stratum
 from .register import test_register
 
 
@@ -35,14 +36,20 @@ def analyse(
     human: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every analysis of the report, each a function above. The CTRS comparisons are made on the
-    population of report.ctrs_population (patients without risk by default); the risk strata and
-    the mixed model (with an arm x risk term) use every session."""
+    population of report.ctrs_population (patients without risk by default) of the held-out
+    evaluation set where the run has one (profiles.eval_set), the other set beside; the risk
+    strata and the mixed model (with an arm x risk term) use every session of that set."""
     alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
     items = [i["id"] for i in rubric["items"]]
     models = sorted({r["model"] for r in totals})
     arms = sorted({r["arm"] for r in totals})
     threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
     population = rcfg.get("ctrs_population", "no_risk")
+    # the held-out evaluation patients where the run has them (profiles.eval_set); the other set beside
+    main_set = primary_persona_set(totals)
+    everyone, totals = totals, [r for r in totals if persona_set(r) == main_set]
+    ids = {r["session_id"] for r in totals}
+    long = [r for r in long if r["session_id"] in ids]
     pop = ctrs_population(totals, population)
     res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
     res["population"] = {
@@ -52,6 +59,8 @@ def analyse(
         "sessions": len(pop),
         "patients_all": len({r["patient_id"] for r in totals}),
         "sessions_all": len(totals),
+        "persona_set": main_set,
+        "persona_sets": sorted({persona_set(r) for r in everyone}),
     }
     if not pop and totals:
         res["notes"].append(f"no sessions in the CTRS population ({POPULATIONS[population]}): every CTRS comparison is empty")
@@ -63,6 +72,7 @@ def analyse(
     res["tuned_vs_instruct"], res["pooled"] = tuned_vs_instruct(pop, models, alpha, nb, seed)
     res["between_models"] = between_models(pop, models, arms, alpha, nb, seed)
     res["risk_strata"] = risk_strata(totals, models, alpha, nb, seed)
+    res["persona_sets"] = persona_sets(ctrs_population(everyone, population), models, alpha, nb, seed)
     scored = [r for r in totals if r["arm"] in ("cbt", "instruct")]
     res["mixed_model"] = mixed_arm_by_model(
         [r["patient_id"] for r in scored],

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .anova import friedman, rm_anova
-from .pairs import as_float, design_unit, finite_mean, matched_units, paired_arrays, risk_stratum, rows_where
+from .pairs import as_float, design_unit, finite_mean, matched_units, paired_arrays, persona_set, risk_stratum, rows_where
 from .stattests import adjust_within_families, clustered_spearman, p_adjust, paired_comparison, paired_with_covariate
 
 
@@ -339,6 +339,22 @@ def risk_strata(totals: list[dict[str, str]], models: list[str], alpha: float, n
         per_model, pooled = tuned_vs_instruct(sub, models, alpha, n_boot, seed)
         for m, c in [*per_model.items(), ("pooled", pooled)]:
             out.append({"stratum": stratum, "model": m, "patients": len({r["patient_id"] for r in sub}), **c})
+    return out
+
+
+def persona_sets(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Tuned against instruct within each evaluation set (held out, in distribution) of the CTRS
+    population, per model and pooled: the in-distribution set beside the held-out one, where a run
+    has both. Empty with one set."""
+    sets = sorted({persona_set(r) for r in totals}, key=lambda s: s != "held_out")
+    if len(sets) < 2:
+        return []
+    out = []
+    for s in sets:
+        sub = [r for r in totals if persona_set(r) == s]
+        per_model, pooled = tuned_vs_instruct(sub, models, alpha, n_boot, seed)
+        for m, c in [*per_model.items(), ("pooled", pooled)]:
+            out.append({"set": s, "model": m, "patients": len({r["patient_id"] for r in sub}), **c})
     return out
 
 

@@ -83,3 +83,14 @@ def ctrs_population(totals: list[dict[str, str]], population: str) -> list[dict[
     if population not in POPULATIONS:
         raise ValueError(f"report.ctrs_population: {population!r} is not one of {', '.join(POPULATIONS)}")
     return list(totals) if population == "all" else [r for r in totals if risk_stratum(r) == "none"]
+
+
+def persona_set(r: dict[str, str]) -> str:
+    """A session's evaluation set (profiles.eval_set): "held_out" or "in_distribution"."""
+    return r.get("persona_set") or "in_distribution"
+
+
+def primary_persona_set(totals: list[dict[str, str]]) -> str:
+    """The evaluation set the CTRS comparisons are made on: the held-out patients when the run has
+    any (they differ from every training course), else the in-distribution ones."""
+    return "held_out" if any(persona_set(r) == "held_out" for r in totals) else "in_distribution"

@@ -161,6 +161,10 @@ def _sensitivity(res: dict[str, Any]) -> list[dict[str, Any]]:
         {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, risk stratum {r['stratum']}", "p": r["p_t"]}
         for r in res["risk_strata"]
     ]
+    tests += [
+        {"family": "exploratory", "test": f"total, CBT vs instruct, {r['model']}, {r['set'].replace('_', '-')} patients", "p": r["p_t"]}
+        for r in res.get("persona_sets", [])
+    ]
     for cov, per in res["length_adjusted"].items():
         tests += [{"family": "exploratory", "test": f"total adjusted for {cov}, {m}", "p": c["p"]} for m, c in per.items()]
         tests += [{"family": "exploratory", "test": f"slope of the difference on {cov}, {m}", "p": c["p_slope"]} for m, c in per.items()]

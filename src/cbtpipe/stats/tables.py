@@ -78,6 +78,7 @@ def total_rows(
             "arm": j["arm"],
             "quantization": j["quantization"],
             "risk_level": risk_level((profiles or {}).get(j["patient_id"])),
+            "persona_set": ((profiles or {}).get(j["patient_id"]) or {}).get("set", "in_distribution"),
             "samples": len(j["samples"]),
             "valid_samples": j["valid_samples"],
             "total": "" if j["total"] is None else round(j["total"], 4),
@@ -96,7 +97,19 @@ def total_rows(
 
 
 def total_fields(rubric: dict[str, Any]) -> list[str]:
-    head = ["session_id", "patient_id", "model", "arm", "quantization", "risk_level", "samples", "valid_samples", "total", "total_pct"]
+    head = [
+        "session_id",
+        "patient_id",
+        "model",
+        "arm",
+        "quantization",
+        "risk_level",
+        "persona_set",
+        "samples",
+        "valid_samples",
+        "total",
+        "total_pct",
+    ]
     return head + list(rubric.get("subtotals", {})) + [i["id"] for i in rubric["items"]] + list(SESSION_COLUMNS)
 
 
