@@ -163,7 +163,7 @@ class _Planner:
     def __init__(self, cfg, base, rates, api_limits, runtimes):
         self.cfg, self.base, self.rates, self.api_limits = cfg, Path(base), rates or {}, api_limits
         self.runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})
-        r, p = cfg["rollout"], cfg["profiles"]
+        r = cfg["rollout"]
         self.models, self.arms = sorted(cfg["models"]), r["arms"]
         self.variants = 1 + len(r["ablations"])
         self.patients = eval_patients(cfg)
