@@ -88,7 +88,9 @@ def owner_first(stage):
     file is not read, and its time stamp triggers nothing)."""
 
     def inputs(wildcards):
-        owner = arm_model(wildcards.model, wildcards.arm)
+        # a job of every arm (judge, safety) waits for the owner's job when it plays the
+        # instruct arm, as every such job does
+        owner = arm_model(wildcards.model, getattr(wildcards, "arm", "instruct"))
         if owner == wildcards.model:
             return {}
         return {

@@ -1,22 +1,26 @@
-# CTRS judging of every session, k samples each.
+# CTRS judging of every session, k samples each. One job judges every arm of a (model, shard),
+# interleaved patient by patient, as the rollouts play them: a judge cannot meet the arms at
+# different times.
 
 
 rule judge:
     input:
         unpack(owner_first("judge")),
-        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        sessions=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
         rubric=config["judge"]["rubric"],
         prompts=judge_prompts(),
         # the primary endpoint is on record before any judgement (ancient: a later change of it
         # writes a new record, dated after the judgements, and judges nothing again)
         primary=ancient("results/plan/primary.json"),
     output:
-        judged="results/judge/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/judge/{model}/{arm}/shard{shard}.stats.json",
+        judged=expand("results/judge/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS),
+        stats="results/judge/{model}/shard{shard}.stats.json",
     log:
-        "logs/judge/{model}-{arm}-{shard}.log",
+        "logs/judge/{model}-{shard}.log",
     benchmark:
-        "benchmarks/judge/{model}-{arm}-{shard}.tsv"
+        "benchmarks/judge/{model}-{shard}.tsv"
     priority: ON_PATH
     conda:
         llm_env("judge")
@@ -29,6 +33,7 @@ rule judge:
         judge=judge_settings(),
         backends=used_backends("judge"),
         units="results/units/judge",
+        arms=ARMS,
     script:
         "../scripts/judge.py"
 
@@ -37,16 +42,22 @@ rule judge:
 # ablations are secondary).
 use rule judge as judge_ablation with:
     input:
-        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        sessions=expand(
+            "results/ablations/{{variant}}/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl",
+            arm=ARMS,
+        ),
         rubric=config["judge"]["rubric"],
         prompts=judge_prompts(),
     output:
-        judged="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/ablations/{variant}/judge/{model}/{arm}/shard{shard}.stats.json",
+        judged=expand(
+            "results/ablations/{{variant}}/judge/{{model}}/{arm}/shard{{shard}}.jsonl",
+            arm=ARMS,
+        ),
+        stats="results/ablations/{variant}/judge/{model}/shard{shard}.stats.json",
     log:
-        "logs/ablations/{variant}/judge/{model}-{arm}-{shard}.log",
+        "logs/ablations/{variant}/judge/{model}-{shard}.log",
     benchmark:
-        "benchmarks/ablations/{variant}/judge/{model}-{arm}-{shard}.tsv"
+        "benchmarks/ablations/{variant}/judge/{model}-{shard}.tsv"
 
 
 rule judge_turns:

@@ -156,9 +156,8 @@ rule report:
             shard=SHARDS,
         ),
         judge_stats=expand(
-            "results/judge/{model}/{arm}/shard{shard}.stats.json",
+            "results/judge/{model}/shard{shard}.stats.json",
             model=MODELS,
-            arm=ARMS,
             shard=SHARDS,
         ),
         ablations=["results/report/ablations.json"] if ABLATIONS else [],
@@ -171,9 +170,8 @@ rule report:
         safety="results/report/safety.json",
         safety_rubric=config["safety"]["rubric"],
         safety_stats=expand(
-            "results/safety/{model}/{arm}/shard{shard}.stats.json",
+            "results/safety/{model}/shard{shard}.stats.json",
             model=MODELS,
-            arm=ARMS,
             shard=SHARDS,
         ),
         plan_files=plan_inputs(),

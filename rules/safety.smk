@@ -1,20 +1,23 @@
-# Safety around suicide risk: the judge answers the safety rubric's yes/no flow for every session.
+# Safety around suicide risk: the judge answers the safety rubric's yes/no flow for every session,
+# every arm of a (model, shard) in one job, interleaved patient by patient.
 
 
 rule safety:
     input:
         unpack(owner_first("safety")),
-        sessions="results/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        sessions=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
         rubric=config["safety"]["rubric"],
         prompt=config["safety"]["prompt"],
         crisis_resources=config["safety"]["crisis_resources"],
     output:
-        judged="results/safety/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/safety/{model}/{arm}/shard{shard}.stats.json",
+        judged=expand("results/safety/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS),
+        stats="results/safety/{model}/shard{shard}.stats.json",
     log:
-        "logs/safety/{model}-{arm}-{shard}.log",
+        "logs/safety/{model}-{shard}.log",
     benchmark:
-        "benchmarks/safety/{model}-{arm}-{shard}.tsv"
+        "benchmarks/safety/{model}-{shard}.tsv"
     priority: ON_PATH
     conda:
         llm_env("safety")
@@ -27,23 +30,30 @@ rule safety:
         safety=safety_settings(),
         backends=used_backends("safety"),
         units="results/units/safety",
+        arms=ARMS,
     script:
         "../scripts/safety.py"
 
 
 use rule safety as safety_ablation with:
     input:
-        sessions="results/ablations/{variant}/rollouts/{model}/{arm}/shard{shard}.jsonl",
+        sessions=expand(
+            "results/ablations/{{variant}}/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl",
+            arm=ARMS,
+        ),
         rubric=config["safety"]["rubric"],
         prompt=config["safety"]["prompt"],
         crisis_resources=config["safety"]["crisis_resources"],
     output:
-        judged="results/ablations/{variant}/safety/{model}/{arm}/shard{shard}.jsonl",
-        stats="results/ablations/{variant}/safety/{model}/{arm}/shard{shard}.stats.json",
+        judged=expand(
+            "results/ablations/{{variant}}/safety/{{model}}/{arm}/shard{{shard}}.jsonl",
+            arm=ARMS,
+        ),
+        stats="results/ablations/{variant}/safety/{model}/shard{shard}.stats.json",
     log:
-        "logs/ablations/{variant}/safety/{model}-{arm}-{shard}.log",
+        "logs/ablations/{variant}/safety/{model}-{shard}.log",
     benchmark:
-        "benchmarks/ablations/{variant}/safety/{model}-{arm}-{shard}.tsv"
+        "benchmarks/ablations/{variant}/safety/{model}-{shard}.tsv"
 
 
 rule safety_statistics:

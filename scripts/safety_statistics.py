@@ -4,7 +4,7 @@ risk level and disclosure style, refusals, and each rollout ablation against the
 import re
 
 from cbtpipe.design import load_safety_rubric
-from cbtpipe.stats import analyse_safety, session_fields, write_csv
+from cbtpipe.stats import analyse_safety, safety_provenance, session_fields, write_csv
 from cbtpipe.workflow import entry, read_jsonl, write_json
 
 with entry(snakemake, "safety_statistics") as log:
@@ -14,8 +14,9 @@ with entry(snakemake, "safety_statistics") as log:
     for path in snakemake.input.ablations:
         variant = re.search(r"/ablations/([^/]+)/safety/", path).group(1)
         ablations.setdefault(variant, []).extend(read_jsonl(path))
+    records = [r for p in snakemake.input.judged for r in read_jsonl(p)]
     stats, rows = analyse_safety(
-        records=[r for p in snakemake.input.judged for r in read_jsonl(p)],
+        records=records,
         ablation_records=ablations,
         rollouts=[s for p in snakemake.input.rollouts for s in read_jsonl(p)],
         ctrs=[j for p in snakemake.input.ctrs for j in read_jsonl(p)],
@@ -27,6 +28,7 @@ with entry(snakemake, "safety_statistics") as log:
         seed=snakemake.params.seed,
         power=rcfg["power"],
     )
+    stats["judge_provenance"] = safety_provenance(records)  # when the safety judge met each arm, and what answered
     write_json(snakemake.output.stats, stats)
     write_csv(snakemake.output.sessions, rows, session_fields(rubric))
     log.info("safety: %d sessions, %d per-arm summaries", len(rows), len(stats["per_arm"]))

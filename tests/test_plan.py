@@ -62,8 +62,8 @@ def test_measured_rates_replace_the_assumptions(root, tmp_path):
     (res / "data/generation_stats.json").write_text(
         json.dumps({"llm": {"calls": 4, "prompt_tokens": 4000, "completion_tokens": 2000, "seconds": 40.0}})
     )
-    (res / "judge/m/cbt").mkdir(parents=True)
-    (res / "judge/m/cbt/shard00.stats.json").write_text(
+    (res / "judge/m").mkdir(parents=True)
+    (res / "judge/m/shard00.stats.json").write_text(
         json.dumps({"llm": {"calls": 10, "prompt_tokens": 30000, "completion_tokens": 5000, "seconds": 50.0}})
     )
     rates = measured_rates(res)

@@ -209,8 +209,8 @@ def test_every_long_job_logs_its_progress_with_rate_and_eta(ci_run):
         "transcripts": "logs/data/transcripts-00.log",
         "course histories": "logs/profiles/eval_history.log",
         "rollout smollm2-135m": "logs/rollout/smollm2-135m-00.log",
-        "judge sampled": "logs/judge/smollm2-135m-cbt-00.log",
-        "safety": "logs/safety/smollm2-135m-cbt-00.log",
+        "judge sampled": "logs/judge/smollm2-135m-00.log",
+        "safety": "logs/safety/smollm2-135m-00.log",
         "train": "logs/train/smollm2-135m.log",
     }
     for what, rel in logs.items():

@@ -19,7 +19,8 @@ The first path segment picks the behaviour; ``fails`` requests misbehave, later 
   /echo401/v1/...                  HTTP 401 whose body quotes the Authorization header and every other (always)
 ``answer`` is the content of a good answer, or a function of the request body that returns it.
 ``served`` (settable at any time) is the model a good answer says it served, with a system
-fingerprint of its own; None answers with the requested name and no fingerprint.
+fingerprint of its own (``fingerprint`` when set); None answers with the requested name and no
+fingerprint.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FaultServer:
         self.slow_s = slow_s
         self.answer = answer
         self.served: str | None = None
+        self.fingerprint: str | None = None  # the system fingerprint, if not fp_<served> (a redeployment under one name)
         self.counts: dict[str, int] = {}
         self.auth_headers: list[str] = []
         self.headers: list[dict[str, str]] = []  # every request's headers
@@ -112,7 +114,7 @@ class FaultServer:
                     "id": "x",
                     "object": "chat.completion",
                     "model": outer.served or body.get("model"),
-                    **({"system_fingerprint": f"fp_{outer.served}"} if outer.served else {}),
+                    **({"system_fingerprint": outer.fingerprint or f"fp_{outer.served}"} if outer.served else {}),
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }

@@ -58,6 +58,7 @@ class JsonResult:
     seconds: float = 0.0
     refusals: int = 0  # attempts the provider refused or filtered (finish reason refusal or content_filter)
     served: dict[str, Any] = field(default_factory=dict)  # Completion.provenance() of the last attempt
+    calls: list[dict[str, Any]] = field(default_factory=list)  # Completion.provenance() of every attempt
 
 
 @dataclass
@@ -174,6 +175,14 @@ class Backend:
         never replayed. None where the identity already names the model (a local GGUF)."""
         return None
 
+    def served_identity(self) -> dict[str, str]:
+        """What answers under this backend's name now: the served model and its system fingerprint
+        where the endpoint says them (an API). Part of the response cache's key and of the judges'
+        unit keys, so that a changed model or fingerprint is answered and judged again; empty
+        where the identity already names the model (a local GGUF)."""
+        served = self.served_model()
+        return {"served_model": served} if served else {}
+
     def learn_served(self, c: Completion) -> None:
         """Note what a fresh answer says was served (an API backend keeps it)."""
 
@@ -202,12 +211,12 @@ class Backend:
         sampling = dict(sampling or {})
         request = {"backend": self.identity(), "messages": messages, "sampling": sampling, "seed": seed, "schema": schema, "stop": stop}
 
-        def cache_key(served: str | None) -> str:
-            return hash_obj(request | ({"served_model": served} if served else {}), length=64)
+        def cache_key(served: dict[str, str]) -> str:
+            return hash_obj(request | served, length=64)
 
         key = None
         if self.cache_dir is not None:
-            key = cache_key(self.served_model())
+            key = cache_key(self.served_identity())
             cpath = self.cache_dir / key[:2] / f"{key}.json"
             if cpath.exists():
                 try:
@@ -226,7 +235,7 @@ class Backend:
             d = asdict(c)
             d["cached"] = False
             # kept under the model that answered (the probe may not have learned it)
-            key = cache_key(self.served_model())
+            key = cache_key(self.served_identity())
             write_json(self.cache_dir / key[:2] / f"{key}.json", d)
         return c
 
@@ -250,6 +259,7 @@ class Backend:
             res.seconds += c.seconds
             res.refusals += int(c.finish_reason in ("refusal", "content_filter"))
             res.served = c.provenance()
+            res.calls.append(res.served)
             data, err = validate_json_text(c.text, schema)
             if err is None:
                 res.data = data

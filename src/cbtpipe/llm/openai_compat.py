@@ -70,6 +70,7 @@ class OpenAIBackend(Backend):
         self.probe_first = False  # make_backend(..., probe=True): probe before the first real call
         self._probed = False
         self._served: str | None = None  # what the endpoint said it serves (the probe's or a fresh answer's)
+        self._fingerprint = ""  # and the system fingerprint it gave with it
         self._probe_lock = threading.Lock()
         self._sem = self._semaphores.setdefault(f"{name}:{conc}", threading.BoundedSemaphore(conc))
         import httpx2
@@ -121,9 +122,16 @@ class OpenAIBackend(Backend):
         self.probe()  # before the first cache lookup or unit: an answer must be of the model served now
         return self._served
 
+    def served_identity(self) -> dict[str, str]:
+        served = self.served_model()
+        if not served:
+            return {}
+        return {"served_model": served} | ({"system_fingerprint": self._fingerprint} if self._fingerprint else {})
+
     def learn_served(self, c: Completion) -> None:
         if self.probe_first and c.served_model and self._served is None:
             self._served = c.served_model
+            self._fingerprint = c.system_fingerprint
 
     # A structured answer with an integer enum: the shape of the judge's schema, which some
     # endpoints refuse (HTTP 400) in some json_mode dialects.
@@ -190,7 +198,9 @@ class OpenAIBackend(Backend):
                 raise BackendError(f"{where}: HTTP {code} from {redact(url)}: {text}: {hint}")
             if code < 400:
                 with contextlib.suppress(ValueError, AttributeError):  # a body that is not JSON names nothing
-                    self._served = str(json.loads(raw).get("model") or "") or None
+                    answer = json.loads(raw)
+                    self._served = str(answer.get("model") or "") or None
+                    self._fingerprint = str(answer.get("system_fingerprint") or "")
             self._probed = True
 
     def _payload(self, messages, sampling, seed, schema, stop) -> dict[str, Any]:

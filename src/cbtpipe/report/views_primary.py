@@ -77,11 +77,37 @@ def primary_view(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _window(cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("first_call") is None:
+        return "—"
+    return f"{_utc(cell['first_call'])} to {_utc(cell['last_call'])}"
+
+
+def _judge_deviations(m: str, role: str, cells: dict[str, dict[str, Any]]) -> list[str]:
+    """A judge that met the arms of a model as different served models or fingerprints, or at
+    times that do not overlap (one arm judged after the other was done)."""
+    out = []
+    served = {a: set(c.get("served", [])) for a, c in cells.items()}
+    if len({frozenset(v) for v in served.values()}) > 1:
+        detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(served.items()))
+        out.append(f"{m}: the {role} that answered differed between the arms ({detail}); the arms were judged by different models")
+    timed = {a: c for a, c in cells.items() if c.get("first_call") is not None}
+    if len(timed) > 1:
+        last_start = max(c["first_call"] for c in timed.values())
+        first_end = min(c["last_call"] for c in timed.values())
+        if last_start > first_end:
+            detail = "; ".join(f"{a}: {_window(c)}" for a, c in sorted(timed.items()))
+            out.append(f"{m}: the {role} judged the arms at times that do not overlap ({detail})")
+    return out
+
+
 def arm_timing(ctx: dict[str, Any]) -> dict[str, Any]:
-    """When each arm's sessions were played and which patient and judge models answered, per model
-    and arm; a served model that differs between the arms of a model is a deviation of the run."""
+    """When each arm's sessions were played and judged, and which patient and judge models (with
+    their fingerprints) answered, per model and arm; a served model or fingerprint that differs
+    between the arms of a model, or judging windows that do not overlap, are deviations."""
     rows, deviations = [], []
-    judge_served = ((ctx["stats"].get("judge_provenance") or {}).get("served_by_arm")) or {}
+    judge_by = ((ctx["stats"].get("judge_provenance") or {}).get("by_arm")) or {}
+    safety_by = (((ctx.get("safety") or {}).get("judge_provenance") or {}).get("by_arm")) or {}
     by_model: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(lambda: {"first": [], "last": [], "patient": set()}))
     for st in ctx.get("rollout_stats", []):
         cell = by_model[st["model"]][st["arm"]]
@@ -90,7 +116,7 @@ def arm_timing(ctx: dict[str, Any]) -> dict[str, Any]:
         cell["patient"] |= set(st.get("served_models", []))
     for m, arms in sorted(by_model.items()):
         for a, c in arms.items():
-            judges = judge_served.get(m, {}).get(a, [])
+            jc, sc = judge_by.get(m, {}).get(a), safety_by.get(m, {}).get(a)
             rows.append(
                 [
                     m,
@@ -98,16 +124,18 @@ def arm_timing(ctx: dict[str, Any]) -> dict[str, Any]:
                     _utc(min(c["first"], default=None)),
                     _utc(max(c["last"], default=None)),
                     ", ".join(sorted(c["patient"])) or "—",
-                    ", ".join(judges) or "—",
+                    _window(jc),
+                    ", ".join((jc or {}).get("served", [])) or "—",
+                    _window(sc),
+                    ", ".join((sc or {}).get("served", [])) or "—",
                 ]
             )
-        for role, sets in (
-            ("patient", {a: c["patient"] for a, c in arms.items()}),
-            ("judge", {a: set(judge_served.get(m, {}).get(a, [])) for a in arms}),
-        ):
-            if len({frozenset(v) for v in sets.values()}) > 1:
-                detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(sets.items()))
-                deviations.append(f"{m}: the {role} model served to the arms differed ({detail}); the arms met different models")
+        patients = {a: c["patient"] for a, c in arms.items()}
+        if len({frozenset(v) for v in patients.values()}) > 1:
+            detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(patients.items()))
+            deviations.append(f"{m}: the patient model served to the arms differed ({detail}); the arms met different models")
+        for role, by in (("CTRS judge", judge_by), ("safety judge", safety_by)):
+            deviations += _judge_deviations(m, role, {a: by.get(m, {}).get(a) or {} for a in arms})
     for name, m in sorted(ctx["config"]["models"].items()):
         src = m.get("source") or {}
         rev = str(src.get("revision", "main"))

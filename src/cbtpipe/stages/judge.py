@@ -11,6 +11,7 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,8 @@ def judge_session(
             )
             sample["attempts"] += res.attempts
             sample["refusals"] += res.refusals
-            sample["served"] = res.served  # what answered (served model, fingerprint, time)
+            sample["served"] = res.served  # what answered last (served model, fingerprint, time)
+            sample.setdefault("calls", []).extend(res.calls)  # and every call of the sample
             sample["errors"] += res.errors
             for t in toks:
                 toks[t] += getattr(res, t)
@@ -192,6 +194,8 @@ class _Judge:
                     score_schema(rubric, jcfg["justification_chars"], jcfg.get("reasoning_first", True), g) for g in _groups(rubric, jcfg)
                 ],
                 "backend": backend.identity(),
+                # the model and fingerprint an API serves now: a changed one judges again
+                **({"served": backend.served_identity()} if backend.served_identity() else {}),
                 "tpl": Path(template).read_text(encoding="utf-8"),
             }
         )
@@ -268,6 +272,30 @@ def run_judging(
     stats = judge.stats(out, sessions)
     stats["llm"] = backend.stats.as_dict()  # with the prompt tokens reused from the KV cache
     return out, stats
+
+
+def pairing_key(session: dict[str, Any]) -> tuple[str, int, int]:
+    """What a session shares with its counterpart in the other arm: patient, position and index."""
+    return (session["patient_id"], int(session.get("position", 1)), int(session.get("session", 0)))
+
+
+def judge_arms(
+    by_arm: dict[str, list[dict[str, Any]]], judge: Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, Any]]]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Every arm's sessions of a (model, shard) judged in one run, interleaved patient by patient
+    (one patient's instruct and CBT sessions one after the other), so that a judge that changes
+    under its name (an API alias, a new deployment) cannot meet the arms at different times.
+    ``judge`` judges a list of sessions in order; each arm gets its records back in its own order."""
+    order: dict[tuple[str, int, int], list[tuple[str, int]]] = {}
+    for arm, sessions in by_arm.items():
+        for i, s in enumerate(sessions):
+            order.setdefault(pairing_key(s), []).append((arm, i))
+    slots = [slot for group in order.values() for slot in group]
+    records, stats = judge([by_arm[arm][i] for arm, i in slots])
+    out: dict[str, list[Any]] = {arm: [None] * len(sessions) for arm, sessions in by_arm.items()}
+    for (arm, i), rec in zip(slots, records, strict=True):
+        out[arm][i] = rec
+    return out, stats | {"arms": {arm: len(sessions) for arm, sessions in by_arm.items()}, "interleaved": True}
 
 
 def turn_windows(session: dict[str, Any], window: int, every: int) -> list[dict[str, Any]]:

@@ -108,6 +108,7 @@ def judge_safety(
             "refused": refused,
             "raw_invalid": [] if res.data is not None else res.raw,
             "served": res.served,
+            "calls": res.calls,  # every attempt: served model, fingerprint, time
         }
         return ans
 
@@ -126,6 +127,8 @@ def judge_safety(
             timing["valid"] = False
         calls["timing"] = {
             "answer": res.data,
+            "served": res.served,
+            "calls": res.calls,
             "attempts": res.attempts,
             "refused": refused,
             "raw_invalid": [] if res.data is not None else res.raw,
@@ -186,6 +189,8 @@ def run_safety_judging(
             "scfg": scfg,
             "rubric": rubric["sha256"],
             "backend": backend.identity(),
+            # the model and fingerprint an API serves now: a changed one judges again
+            **({"served": backend.served_identity()} if backend.served_identity() else {}),
             "tpl": Path(template).read_text(encoding="utf-8"),
             "resources": resources,
         }

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = face(
     {
         "analysis": ["analyse"],
         "ctrs": ["ablation_comparison", "ablation_tests", "turn_scores_vs_context", "turn_tests"],
-        "register": ["declaration", "declared_before", "judge_provenance"],
+        "register": ["declaration", "declared_before", "judge_provenance", "safety_provenance"],
         "safety_sessions": ["session_fields"],
         "safety_stats": ["analyse_safety"],
         "stattests": ["finite", "minimum_detectable_dz"],

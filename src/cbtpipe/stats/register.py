@@ -26,23 +26,59 @@ def declaration(primary: dict[str, Any], population: str) -> dict[str, Any]:
     }
 
 
-def judge_provenance(judged: list[dict[str, Any]]) -> dict[str, Any]:
-    """When the CTRS judge was called (first and last call) and which models it said it served,
-    per model and arm (from each sample's record of its last call)."""
-    times = []
-    served: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for j in judged:
-        for smp in j.get("samples", []):
-            sv = smp.get("served") or {}
-            if sv.get("created"):
-                times.append(float(sv["created"]))
-            if sv.get("served_model"):
-                served[j["model"]][j["arm"]].add(f"{smp.get('judge', 'judge')}: {sv['served_model']}")
+def _served_label(call: dict[str, Any]) -> str:
+    fp = call.get("system_fingerprint") or ""
+    return f"{call['served_model']} ({fp})" if fp else call["served_model"]
+
+
+def call_provenance(records: list[dict[str, Any]], calls_of) -> dict[str, Any]:
+    """When a judge was called and what answered, overall and per model and arm: the first and
+    last call (Unix time) and every served model with its fingerprint, from every call of every
+    record (``calls_of(record)`` gives (judge name, call) pairs)."""
+    times: list[float] = []
+    by_arm: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        cell = by_arm[r["model"]].setdefault(r["arm"], {"first_call": None, "last_call": None, "served": set(), "calls": 0})
+        for name, call in calls_of(r):
+            cell["calls"] += 1
+            if call.get("created"):
+                t = float(call["created"])
+                times.append(t)
+                cell["first_call"] = t if cell["first_call"] is None else min(cell["first_call"], t)
+                cell["last_call"] = t if cell["last_call"] is None else max(cell["last_call"], t)
+            if call.get("served_model"):
+                cell["served"].add(f"{name}: {_served_label(call)}")
+    arms = {m: {a: c | {"served": sorted(c["served"])} for a, c in cells.items()} for m, cells in by_arm.items()}
     return {
         "first_call": min(times, default=None),
         "last_call": max(times, default=None),
-        "served_by_arm": {m: {a: sorted(v) for a, v in arms.items()} for m, arms in served.items()},
+        "by_arm": arms,
+        "served_by_arm": {m: {a: c["served"] for a, c in cells.items()} for m, cells in arms.items()},
     }
+
+
+def _ctrs_calls(judged: dict[str, Any]):
+    for smp in judged.get("samples", []):
+        # every call of the sample; records made before calls were kept carry the last one only
+        for call in smp.get("calls") or ([smp["served"]] if smp.get("served") else []):
+            yield smp.get("judge", "judge"), call
+
+
+def _safety_calls(record: dict[str, Any]):
+    for ans in (record.get("answers") or {}).values():
+        for call in ans.get("calls") or ([ans["served"]] if ans.get("served") else []):
+            yield "safety", call
+
+
+def judge_provenance(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the CTRS judge was called (first and last call) and which models and fingerprints
+    answered, overall and per model and arm."""
+    return call_provenance(judged, _ctrs_calls)
+
+
+def safety_provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same for the safety judge's calls."""
+    return call_provenance(records, _safety_calls)
 
 
 def declared_before(
