@@ -410,6 +410,18 @@ def ablation_judged(wildcards=None):
     )
 
 
+def closing_judged(wildcards=None):
+    """The sessions judged again without their closing turn (rollout.at_max_turns: closing)."""
+    if config["rollout"]["at_max_turns"] != "closing":
+        return []
+    return expand(
+        "results/judge_closing/{model}/{arm}/shard{shard}.jsonl",
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
+
+
 def turn_judged(wildcards=None):
     return expand(
         "results/judge_turns/{model}/{arm}/shard{shard}.jsonl",

@@ -34,6 +34,7 @@ rule judge:
         backends=used_backends("judge"),
         units="results/units/judge",
         arms=ARMS,
+        closing_turn="keep",
     script:
         "../scripts/judge.py"
 
@@ -58,6 +59,36 @@ use rule judge as judge_ablation with:
         "logs/ablations/{variant}/judge/{model}-{shard}.log",
     benchmark:
         "benchmarks/ablations/{variant}/judge/{model}-{shard}.tsv"
+
+
+# The closing-instruction sensitivity analysis: every session judged again without the turn the
+# therapist spoke under the hidden closing instruction (both arms, every pair kept); a session
+# without that turn is read back from the main judge's units.
+use rule judge as judge_closing with:
+    input:
+        sessions=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
+        # after the main judgements, whose units it reads back
+        judged=expand("results/judge/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS),
+        rubric=config["judge"]["rubric"],
+        prompts=judge_prompts(),
+    output:
+        judged=expand(
+            "results/judge_closing/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
+        stats="results/judge_closing/{model}/shard{shard}.stats.json",
+    log:
+        "logs/judge_closing/{model}-{shard}.log",
+    benchmark:
+        "benchmarks/judge_closing/{model}-{shard}.tsv"
+    priority: 0
+    params:
+        judge=judge_settings(),
+        backends=used_backends("judge"),
+        units="results/units/judge",
+        arms=ARMS,
+        closing_turn="remove",
 
 
 rule judge_turns:

@@ -17,6 +17,7 @@ rule scores:
         ),
         profiles="results/profiles/eval.jsonl",
         rubric=config["judge"]["rubric"],
+        closing=closing_judged(),
     output:
         long=report(
             "results/report/scores_long.csv",
@@ -24,6 +25,8 @@ rule scores:
             category="Scores",
         ),
         totals="results/report/session_totals.csv",
+        # the same sessions judged without their closing turn (empty without the closing instruction)
+        closing_totals="results/report/session_totals_without_closing.csv",
     log:
         "logs/report/scores.log",
     conda:
@@ -37,6 +40,7 @@ rule statistics:
         unpack(packet_ratings),
         long="results/report/scores_long.csv",
         totals="results/report/session_totals.csv",
+        closing_totals="results/report/session_totals_without_closing.csv",
         judged=rules.scores.input.judged,
         rubric=config["judge"]["rubric"],
         human_ratings=human_ratings,

@@ -11,4 +11,7 @@ with entry(snakemake, "scores") as log:
     sessions = {s["session_id"]: s for path in snakemake.input.rollouts for s in read_jsonl(path)}
     profiles = {p["id"]: p for p in read_jsonl(snakemake.input.profiles)}
     write_csv(snakemake.output.totals, total_rows(judged, rubric, sessions, profiles), total_fields(rubric))
+    # the closing-instruction sensitivity analysis: the same sessions judged without their closing turn
+    closing = [j for path in snakemake.input.closing for j in read_jsonl(path)]
+    write_csv(snakemake.output.closing_totals, total_rows(closing, rubric, sessions, profiles), total_fields(rubric))
     log.info("%d judged sessions", len(judged))

@@ -14,7 +14,15 @@ with entry(snakemake, "statistics") as log:
     packet = getattr(snakemake.input, "packet_ratings", None)
     if packet:  # a filled blinded packet, mapped back to its sessions through the key
         human = (human or []) + load_packet_ratings(packet, snakemake.input.packet_key, rubric)
-    res = analyse(read_csv(snakemake.input.long), read_csv(snakemake.input.totals), rubric, rcfg, snakemake.params.seed, human)
+    res = analyse(
+        read_csv(snakemake.input.long),
+        read_csv(snakemake.input.totals),
+        rubric,
+        rcfg,
+        snakemake.params.seed,
+        human,
+        closing_totals=read_csv(snakemake.input.closing_totals),
+    )
     res["judge_provenance"] = judge_provenance([j for p in snakemake.input.judged for j in read_jsonl(p)])
     write_json(snakemake.output.stats, res)
     log.info("statistics written: %s", list(res))

@@ -392,16 +392,43 @@ def test_missing_bounds_leave_out_sessions_missing_in_both_arms():
     assert b["worst_for_cbt"]["m1"] == pytest.approx(2.0) and b["best_for_cbt"]["m1"] == pytest.approx(2.0)
 
 
-def test_closing_instruction_sessions_are_counted_per_arm_with_a_sensitivity_analysis_without_them():
+def test_the_closing_sensitivity_analysis_rejudges_every_pair_instead_of_dropping_the_prompted_ones():
+    """Dropping the pairs in which either arm received the closing instruction conditions on how
+    long each arm's sessions ran; the analysis compares the same pairs, all of them, judged again
+    without the closing turn, and reports how far the closing turn moved the difference."""
     from cbtpipe.stats.ctrs import closing_sensitivity
 
     rows = [r for r in _design_rows() if r["risk_level"] == "none"]
+    rejudged = [dict(r) for r in rows]  # as the judge scores the sessions without their closing turn
     for r in rows:
         if (r["patient_id"], r["position"], r["arm"]) == ("p1", "2", "cbt"):
             r["closing_prompted"], r["total"] = "1", str(float(r["total"]) + 20)  # a closing turn that lifted the score
-    res = closing_sensitivity(rows, ["m1"], 0.05, 200, 1)
+    res = closing_sensitivity(rows, rejudged, ["m1"], 0.05, 200, 1)
     assert {(c["arm"], c["closing_prompted"]) for c in res["counts"]} == {("instruct", 0), ("cbt", 1)}
-    assert res["units_left_out"] == 1 and res["without"]["m1"]["mean_diff"] == pytest.approx(2.0)
+    patients = len({r["patient_id"] for r in rows})
+    assert res["method"] == "re-judged without the closing turn" and "units_left_out" not in res
+    assert res["without"]["m1"]["n"] == patients  # every pair kept
+    assert res["without"]["m1"]["mean_diff"] == pytest.approx(2.0)
+    assert res["shift"]["m1"] == pytest.approx(-20 / 2 / patients)  # +20 at one of a patient's two positions
+    # without the instruction in the run there is nothing to re-judge
+    plain = [dict(r, closing_prompted="0") for r in _design_rows() if r["risk_level"] == "none"]
+    assert closing_sensitivity(plain, [], ["m1"], 0.05, 200, 1)["method"] == "none prompted"
+
+
+def test_only_the_turn_spoken_under_the_closing_instruction_is_removed():
+    from cbtpipe.stages import without_closing_turn
+
+    msgs = [{"role": r, "content": f"turn {i}"} for i, r in enumerate(["therapist", "patient", "therapist", "patient", "therapist"])]
+    prompted = {"messages": msgs, "closing_prompted": True, "stop_reason": "closing_turn"}
+    out = without_closing_turn(prompted)
+    assert out["messages"] == msgs[:-1] and out["closing_turn_removed"] and prompted["messages"] == msgs
+    # an end marker on the closing turn: still the turn spoken under the instruction
+    assert without_closing_turn(dict(prompted, stop_reason="end_marker_therapist"))["messages"] == msgs[:-1]
+    for same in (
+        dict(prompted, closing_prompted=False, stop_reason="max_turns"),
+        dict(prompted, stop_reason="empty_therapist", messages=msgs[:-1]),  # the closing answer was empty: not in the transcript
+    ):
+        assert without_closing_turn(same) is same
 
 
 def test_every_test_is_labelled_and_adjusted_within_its_family():

@@ -28,7 +28,9 @@ def test_the_study_plan_counts_every_call(root):
     assert plan["sessions"] == 3 * 2 * 30 * 2 * 3
     assert st["generation"]["calls"] == (58 + 6) * 20 and st["generation"]["calls_max"] == (58 + 6) * 20 * 3
     assert st["rollout"]["calls"] == plan["sessions"] * 20  # the patient speaks every other turn of 40
-    assert st["judge"]["calls"] == plan["sessions"] * 3
+    # 3 samples of every session, and at most every main session again without its closing turn
+    assert st["judge"]["calls"] == (plan["sessions"] + plan["sessions"] // 3) * 3
+    assert st["judge"]["jobs"] == 3 * 6 * (3 + 1) and st["safety"]["jobs"] == 3 * 6 * 3  # 6 shards, both arms in one job
     # safety: 12 of 30 patients at risk take gate + triage + 7 questions + timing, the others gate + 1
     assert st["safety"]["calls"] == round(plan["sessions"] * (0.4 * 10 + 0.6 * 2))
     assert all(x["rates"] == "assumed" for x in plan["stages"])

@@ -255,12 +255,17 @@ class _Planner:
         j = self.cfg["judge"]
         members = judge_members(j)
         n_items = len(_rubric_items(self.base / j["rubric"]))
-        jobs = len(self.models) * len(self.arms) * self.cfg["rollout"]["shards"] * self.variants
+        # one job per model and shard judges every arm (and one more re-judges the main sessions
+        # without their closing turn, rollout.at_max_turns: closing)
+        closing = self.cfg["rollout"]["at_max_turns"] == "closing"
+        main_sessions = self.sessions // self.variants
+        jobs = len(self.models) * self.cfg["rollout"]["shards"] * (self.variants + int(closing))
         for m in members:
             per_item = m["mode"] == "per_item"
             calls_each = n_items if per_item else 1
             rubric_tok = _chars(self.base / j["rubric"]) / 4 / (n_items if per_item else 1) + _chars(self.base / m["prompt"]) / 4
-            calls = self.sessions * m["samples"] * calls_each
+            # the closing re-judging at its most: every main session reached max_turns
+            calls = (self.sessions + main_sessions * int(closing)) * m["samples"] * calls_each
             answer_tok = (40 if not per_item else 10) + (1 if per_item else n_items) * (10 + m["justification_chars"] / 4)
             self.row(
                 "judge" if len(members) == 1 else f"judge ({m['name']})",
@@ -270,7 +275,9 @@ class _Planner:
                 rubric_tok + self.transcript_tok,
                 min(m["sampling"]["max_tokens"], answer_tok),
                 jobs,
-                f"CTRS: {self.sessions} sessions x {m['samples']} samples" + (f" x {n_items} items (one call each)" if per_item else ""),
+                f"CTRS: {self.sessions} sessions x {m['samples']} samples"
+                + (f" x {n_items} items (one call each)" if per_item else "")
+                + (f", and at most {main_sessions} re-judged without their closing turn" if closing else ""),
             )
 
     def safety(self) -> None:
@@ -287,7 +294,7 @@ class _Planner:
             self.sessions * longest * s["max_attempts"],
             _chars(self.base / s["prompt"]) / 4 + self.transcript_tok + 80,
             min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
-            len(self.models) * len(self.arms) * self.cfg["rollout"]["shards"] * self.variants,
+            len(self.models) * self.cfg["rollout"]["shards"] * self.variants,  # every arm in one job
             f"{self.sessions} sessions x {per:.1f} questions on average",
         )
 

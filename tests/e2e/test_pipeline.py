@@ -399,3 +399,39 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
     assert "| smollm2-135m, smollm2-135m-r4 | instruct |" in md
     assert "Arm x risk interaction (Wald): χ²(1) = " in md
+
+
+def test_one_judge_job_judged_both_arms_and_the_closing_turn_was_rejudged_without_dropping_pairs(ci_run):
+    """Issue 42, items 2 and 5, in the CI-sized run: the CTRS and safety judges of a (model, shard)
+    ran as one job for both arms (one stats file, calls of the two arms interleaved in time), every
+    judge call is recorded, and every session was judged again without its closing turn: those
+    that received no closing instruction read back unchanged, the pairs all kept."""
+    M = "smollm2-135m"
+    for stage in ("judge", "safety"):
+        st = json.loads((ci_run / f"results/{stage}/{M}/shard00.stats.json").read_text())
+        assert st["arms"] == {"instruct": 4, "cbt": 4} and st["interleaved"] is True
+        assert not (ci_run / f"results/{stage}/{M}/cbt/shard00.stats.json").exists()
+    stats = json.loads((ci_run / "results/report/statistics.json").read_text())
+    by_arm = stats["judge_provenance"]["by_arm"][M]
+    assert by_arm["instruct"]["calls"] > 0 and by_arm["cbt"]["calls"] > 0
+    # interleaved: neither arm's judging came wholly after the other's
+    assert max(c["first_call"] for c in by_arm.values()) <= min(c["last_call"] for c in by_arm.values())
+    for arm in ("instruct", "cbt"):
+        sessions = {s["session_id"]: s for s in _jsonl(ci_run / f"results/rollouts/{M}/{arm}/shard00.jsonl")}
+        main = {j["session_id"]: j for j in _jsonl(ci_run / f"results/judge/{M}/{arm}/shard00.jsonl")}
+        again = {j["session_id"]: j for j in _jsonl(ci_run / f"results/judge_closing/{M}/{arm}/shard00.jsonl")}
+        assert set(again) == set(main) == set(sessions)
+        for sid, s in sessions.items():
+            for smp in main[sid]["samples"]:
+                assert len(smp["calls"]) == smp["attempts"]
+            removed = s["closing_prompted"] and s["messages"] and s["messages"][-1]["role"] == "therapist"
+            if removed and not s["stop_reason"].startswith("empty_"):
+                assert again[sid]["transcript_sha256"] != main[sid]["transcript_sha256"]
+            else:
+                assert again[sid] == main[sid]
+    cl = stats["closing"]
+    assert cl["method"] in ("re-judged without the closing turn", "none prompted")
+    if cl["method"] != "none prompted":
+        assert cl["without"][M]["n"] == stats["tuned_vs_instruct"][M]["n"]  # no pair dropped
+    md = (ci_run / "results/report/report.md").read_text()
+    assert "CTRS judge: calls (UTC)" in md and "safety judge: model (fingerprint)" in md

@@ -120,7 +120,7 @@ def ctrs_view(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def risk_view(ctx: dict[str, Any]) -> dict[str, Any]:
-    """The risk strata beside the primary, the mixed model (arm by model, arm by risk) and the sensitivity analysis without the closing instruction."""
+    """The risk strata beside the primary, the mixed model (arm by model, arm by risk) and the closing-instruction sensitivity analysis (re-judged without the closing turn)."""
     st = ctx["stats"]
 
     mm = st.get("mixed_model") or {}
@@ -140,8 +140,8 @@ def risk_view(ctx: dict[str, Any]) -> dict[str, Any]:
         "mixed_emm": [[e["model"], e["arm"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"])] for e in mm.get("emm", [])],
         "mixed_effects": [[e["model"], fmt(e["estimate"]), fmt(e["se"]), _ci(e["ci"]), fmt_p(e["p"])] for e in mm.get("arm_effects", [])],
         "closing": [
-            [m, *_paired_cells(c), _notes(c)]
-            for m, c in [*cl.get("without", {}).items(), *([("pooled", cl["pooled_without"])] if cl else [])]
+            [m, *_paired_cells(c), fmt((cl.get("shift") or {}).get(m)), _notes(c)]
+            for m, c in [*cl.get("without", {}).items(), *([("pooled", cl["pooled_without"])] if cl.get("without") else [])]
         ],
     }
 

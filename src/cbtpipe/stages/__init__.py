@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = face(
         "dataset": ["split_by_patient", "to_chat", "token_stats"],
         "export": ["convert_to_gguf", "quantize"],
         "history": ["generate_history"],
-        "judge": ["run_panel", "run_turn_judging", "judge_arms"],
+        "judge": ["run_panel", "run_turn_judging", "judge_arms", "without_closing_turn"],
         "merge": ["merge_adapter"],
         "models": ["IMPORT_CHECK_PROMPTS", "download_hub", "import_model"],
         "parity": ["parity_report"],

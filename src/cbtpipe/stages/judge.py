@@ -274,6 +274,19 @@ def run_judging(
     return out, stats
 
 
+def without_closing_turn(session: dict[str, Any]) -> dict[str, Any]:
+    """The session as the judge reads it without the turn the therapist spoke under the hidden
+    closing instruction (rollout.at_max_turns: closing): that turn is its last, the session having
+    stopped after it. A session that did not receive the instruction, or whose closing answer was
+    empty (and so is not in its transcript), is returned as it is, and so is judged as it was."""
+    msgs = session["messages"]
+    if not session.get("closing_prompted") or str(session.get("stop_reason", "")).startswith("empty_") or not msgs:
+        return session
+    if msgs[-1]["role"] != "therapist":
+        return session
+    return dict(session, messages=msgs[:-1], closing_turn_removed=True)
+
+
 def pairing_key(session: dict[str, Any]) -> tuple[str, int, int]:
     """What a session shares with its counterpart in the other arm: patient, position and index."""
     return (session["patient_id"], int(session.get("position", 1)), int(session.get("session", 0)))

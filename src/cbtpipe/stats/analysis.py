@@ -34,6 +34,7 @@ def analyse(
     rcfg: dict[str, Any],
     seed: int,
     human: list[dict[str, Any]] | None = None,
+    closing_totals: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Every analysis of the report, each a function above. The CTRS comparisons are made on the
     population of report.ctrs_population (patients without risk by default) of the held-out
@@ -92,7 +93,9 @@ def analyse(
     res["length_adjusted"] = length_adjusted(pop, models, alpha)
     res["context_vs_score"] = context_vs_score(pop, models, arms, n_boot=nb, seed=seed)
     res["subtotals"] = subtotal_comparisons(pop, rubric, models, alpha, nb, seed)
-    res["closing"] = closing_sensitivity(pop, models, alpha, nb, seed)
+    # the closing-instruction sensitivity analysis on the same population, re-judged without the closing turn
+    rejudged = ctrs_population([r for r in closing_totals or [] if persona_set(r) == main_set], population)
+    res["closing"] = closing_sensitivity(pop, rejudged, models, alpha, nb, seed)
     res["tests"] = test_register(res, rcfg)
     if human:
         res["human_agreement"] = human_agreement(totals, items, human)

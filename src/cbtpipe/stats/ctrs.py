@@ -358,10 +358,14 @@ def persona_sets(totals: list[dict[str, str]], models: list[str], alpha: float, 
     return out
 
 
-def closing_sensitivity(totals: list[dict[str, str]], models: list[str], alpha: float, n_boot: int, seed: int) -> dict[str, Any]:
+def closing_sensitivity(
+    totals: list[dict[str, str]], rejudged: list[dict[str, str]] | None, models: list[str], alpha: float, n_boot: int, seed: int
+) -> dict[str, Any]:
     """Sessions whose therapist was asked to close at max_turns (rollout.at_max_turns: closing),
-    per model and arm, and the tuned-vs-instruct comparison without them: a unit is left out in
-    both arms when either arm's session received the instruction."""
+    per model and arm, and the tuned-vs-instruct comparison on the same sessions judged again with
+    the closing turn removed (``rejudged``; rule judge_closing). Every pair is kept: leaving out
+    the pairs in which either arm received the instruction would condition on what happened after
+    the arms were assigned (how long each therapist's sessions ran)."""
     if not totals or "closing_prompted" not in totals[0]:
         return {}
     counts = [
@@ -370,7 +374,23 @@ def closing_sensitivity(totals: list[dict[str, str]], models: list[str], alpha: 
         for a in ("instruct", "cbt")
         if (rs := rows_where(totals, model=m, arm=a))
     ]
-    prompted = {(r["model"], design_unit(r)) for r in totals if r["closing_prompted"] == "1"}
-    without = [r for r in totals if (r["model"], design_unit(r)) not in prompted]
-    per_model, pooled = tuned_vs_instruct(without, models, alpha, n_boot, seed)
-    return {"counts": counts, "units_left_out": len(prompted), "without": per_model, "pooled_without": pooled}
+    out: dict[str, Any] = {"counts": counts, "prompted": sum(c["closing_prompted"] for c in counts)}
+    if not rejudged:
+        out["method"] = "none prompted" if not out["prompted"] else "not re-judged"
+        return out
+    per_model, pooled = tuned_vs_instruct(rejudged, models, alpha, n_boot, seed)
+    main, main_pooled = tuned_vs_instruct(totals, models, alpha, n_boot, seed)
+    main["pooled"], per_model_all = main_pooled, {**per_model, "pooled": pooled}
+
+    def shift(m: str) -> float | None:
+        a, b = per_model_all[m].get("mean_diff"), (main.get(m) or {}).get("mean_diff")
+        return None if a is None or b is None else a - b
+
+    return out | {
+        "method": "re-judged without the closing turn",
+        "sessions_rejudged": len(rejudged),
+        "without": per_model,
+        "pooled_without": pooled,
+        # how much the closing turn moves the CBT-minus-instruct difference
+        "shift": {m: shift(m) for m in per_model_all},
+    }

@@ -211,10 +211,10 @@ def _sensitivity(res: dict[str, Any]) -> list[dict[str, Any]]:
             for g in [*cs["groups"], dict(cs["pooled"], model="pooled", arm="both")]
         ]
     cl = res["closing"]
-    if cl:
+    if cl.get("without"):
         tests += [
-            {"family": "exploratory", "test": f"total, CBT vs instruct, {m}, without closing-instruction sessions", "p": c["p_t"]}
-            for m, c in cl["without"].items()
+            {"family": "exploratory", "test": f"total, CBT vs instruct, {m}, re-judged without the closing turn", "p": c["p_t"]}
+            for m, c in [*cl["without"].items(), ("pooled", cl["pooled_without"])]
         ]
     return tests
 

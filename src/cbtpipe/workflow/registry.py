@@ -69,7 +69,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval_history", "data.generator", ("eval_history",), "profiles/eval_history_stats.json"),
     # the patient's measured rates come from the rollout stats' "patient" (see plan.measured_rates)
     Stage("rollout", "rollout.patient_backend", ("rollout", "rollout_ablation")),
-    Stage("judge", PANEL, ("judge", "judge_ablation"), "judge/*/shard*.stats.json"),
+    Stage("judge", PANEL, ("judge", "judge_ablation", "judge_closing"), "judge/*/shard*.stats.json"),
     Stage("judge_turns", "judge.backend", ("judge_turns",)),
     Stage("safety", "safety.backend", ("safety", "safety_ablation"), "safety/*/shard*.stats.json"),
 )
