@@ -422,6 +422,18 @@ def closing_judged(wildcards=None):
     )
 
 
+def patient_checked(wildcards=None):
+    """The simulated-patient check of every main-run session (patient_check.enabled)."""
+    if not config["patient_check"]["enabled"]:
+        return []
+    return expand(
+        "results/patient_check/{model}/{arm}/shard{shard}.jsonl",
+        model=MODELS,
+        arm=ARMS,
+        shard=SHARDS,
+    )
+
+
 def turn_judged(wildcards=None):
     return expand(
         "results/judge_turns/{model}/{arm}/shard{shard}.jsonl",
@@ -462,6 +474,8 @@ def plan_inputs():
     """The files a plan reads (the sizes of prompts and rubrics enter its token estimates)."""
     files = [config["judge"]["rubric"], *dict.fromkeys(judge_prompts())]
     files += [config["safety"]["rubric"], config["safety"]["prompt"]]
+    if config["patient_check"]["enabled"]:
+        files.append(config["patient_check"]["prompt"])
     if config["data"]["source"] == "generate":
         files.append(PROMPTS["session"])
     return files

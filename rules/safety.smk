@@ -56,6 +56,41 @@ use rule safety as safety_ablation with:
         "benchmarks/ablations/{variant}/safety/{model}-{shard}.tsv"
 
 
+# The simulated patient, checked: a judge reads each session with the profile the patient model
+# was given (consistent with it; distress resolved by the end), every arm of a (model, shard) in
+# one job, interleaved patient by patient.
+rule patient_check:
+    input:
+        sessions=expand(
+            "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
+        profiles="results/profiles/eval.jsonl",
+        prompt=config["patient_check"]["prompt"],
+    output:
+        checked=expand(
+            "results/patient_check/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
+        ),
+        stats="results/patient_check/{model}/shard{shard}.stats.json",
+    log:
+        "logs/patient_check/{model}-{shard}.log",
+    benchmark:
+        "benchmarks/patient_check/{model}-{shard}.tsv"
+    conda:
+        llm_env("patient_check")
+    threads: CPU
+    resources:
+        **api_resources("patient_check"),
+        gpu=backend_gpus("patient_check"),
+        slurm_partition=backend_partition("patient_check"),
+    params:
+        check=settings("patient_check", "prompt"),
+        backends=used_backends("patient_check"),
+        units="results/units/patient_check",
+        arms=ARMS,
+    script:
+        "../scripts/patient_check.py"
+
+
 rule safety_statistics:
     input:
         judged=safety_judged(),
@@ -72,6 +107,7 @@ rule safety_statistics:
             shard=SHARDS,
         ),
         ablations=safety_ablation_judged(),
+        patient_check=patient_checked(),
         profiles="results/profiles/eval.jsonl",
         rubric=config["safety"]["rubric"],
     output:

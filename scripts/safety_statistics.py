@@ -27,6 +27,7 @@ with entry(snakemake, "safety_statistics") as log:
         n_boot=rcfg["bootstrap"],
         seed=snakemake.params.seed,
         power=rcfg["power"],
+        checks=[c for p in snakemake.input.patient_check for c in read_jsonl(p)],
     )
     stats["judge_provenance"] = safety_provenance(records)  # when the safety judge met each arm, and what answered
     write_json(snakemake.output.stats, stats)

@@ -138,10 +138,11 @@ def test_dry_run_study_builds_full_dag():
     for model in ("mistral-7b-v0.3", "qwen2.5-7b", "llama3.1-8b"):
         assert model in out
     assert "download_model" in out and "rollout" in out and "judge" in out
-    # the safety jobs: every (model, arm, shard), again for each of the 2 ablations, then the statistics
+    # the safety jobs: every (model, shard), both arms in one job, again for each of the 2 ablations,
+    # then the statistics; the judges and the patient check likewise, as one rollout job plays both arms
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
-    assert jobs["safety"] == 3 * 2 * 6 and jobs["safety_ablation"] == 2 * 3 * 2 * 6 and jobs["safety_statistics"] == 1
-    assert jobs["safety"] == jobs["judge"] == 2 * jobs["rollout"]  # one rollout job plays both arms
+    assert jobs["safety"] == 3 * 6 and jobs["safety_ablation"] == 2 * 3 * 6 and jobs["safety_statistics"] == 1
+    assert jobs["safety"] == jobs["judge"] == jobs["judge_closing"] == jobs["patient_check"] == jobs["rollout"]
     assert (
         jobs["train"] == 3 and jobs["declare_primary"] == 1
     )  # a training job per model (tests/test_chat.py runs Mistral's chat_layout job)

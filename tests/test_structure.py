@@ -278,8 +278,9 @@ def test_rules_call_the_backends_of_registered_stages_only():
 
 
 def test_every_config_key_of_a_backend_maps_to_the_rules_that_call_it():
-    assert registry.key_rules("judge.panel.greedy.backend") == {"judge", "judge_ablation"}
-    assert registry.key_rules("judge.backend") == {"judge", "judge_ablation", "judge_turns"}
+    assert registry.key_rules("judge.panel.greedy.backend") == {"judge", "judge_ablation", "judge_closing"}
+    assert registry.key_rules("judge.backend") == {"judge", "judge_ablation", "judge_closing", "judge_turns"}
+    assert registry.key_rules("patient_check.backend") == {"patient_check"}
     assert registry.key_rules("data.generator") == {"transcripts", "eval_history"}
     for key in registry.BACKEND_KEYS:
         assert registry.key_rules(key), key
@@ -321,7 +322,9 @@ def test_jobs_on_the_way_to_the_judgements_go_before_side_outputs():
             on_path.add(r)
             todo += needs.get(r, [])
     # the last priority in a rule's text: a `use rule` child's own, else its parent's
+    # (an explicit 0: a child that takes back its parent's)
     prio = {r: (re.findall(r"^    priority: (\w+)$", text, re.M) or [None])[-1] for r, text in _rule_blocks().items()}
+    prio = {r: None if p == "0" else p for r, p in prio.items()}
     assert rules <= set(prio), rules - set(prio)
     wrong = {r: prio[r] for r in rules if (r in on_path) != (prio[r] is not None)}
     assert not wrong, f"on the way to the judgements {sorted(on_path & rules)}; priorities out of place: {wrong}"

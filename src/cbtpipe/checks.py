@@ -166,6 +166,10 @@ def _safety(cfg: dict[str, Any], base: Path) -> None:
             raise PipelineError(f"config key safety.refusal_patterns[{n}]: {pat!r} is not a valid regular expression ({e})") from None
     _file(r["risk_protocol_prompt"], "rollout.risk_protocol_prompt", base)
     check_template(base / r["risk_protocol_prompt"], "rollout.risk_protocol_prompt")
+    pc = cfg["patient_check"]
+    if pc["enabled"]:
+        _file(pc["prompt"], "patient_check.prompt", base)
+        check_template(base / pc["prompt"], "patient_check.prompt")
 
 
 def check_config(cfg: dict[str, Any], base: str | Path = ".") -> None:

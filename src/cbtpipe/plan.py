@@ -298,6 +298,23 @@ class _Planner:
             f"{self.sessions} sessions x {per:.1f} questions on average",
         )
 
+    def patient_check(self) -> None:
+        """One call per main-run session (ablations are not checked)."""
+        pc = self.cfg["patient_check"]
+        if not pc["enabled"]:
+            return
+        sessions = self.sessions // self.variants
+        self.row(
+            "patient_check",
+            pc["backend"] or self.cfg["judge"]["backend"],
+            sessions,
+            sessions * pc["max_attempts"],
+            _chars(self.base / pc["prompt"]) / 4 + 250 + self.transcript_tok,
+            min(pc["sampling"]["max_tokens"], 20 + 2 * pc["reasoning_chars"] / 4),
+            len(self.models) * self.cfg["rollout"]["shards"],
+            f"{sessions} sessions x 1 call (the simulated patient: consistent with its profile, distress resolved)",
+        )
+
     def gpu(self) -> dict[str, Any]:
         """GPU hours: training (tokens seen) and the therapist's decoding in rollouts."""
         d, p, r = self.cfg["data"], self.cfg["profiles"], self.cfg["rollout"]
@@ -329,6 +346,7 @@ def build_plan(
     plan.rollout()
     plan.judges()
     plan.safety()
+    plan.patient_check()
     by_backend: dict[str, float] = {}
     for x in plan.rows:
         by_backend[x["backend"]] = round(by_backend.get(x["backend"], 0) + x["cost_usd"], 2)

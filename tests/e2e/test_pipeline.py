@@ -435,3 +435,24 @@ def test_one_judge_job_judged_both_arms_and_the_closing_turn_was_rejudged_withou
         assert cl["without"][M]["n"] == stats["tuned_vs_instruct"][M]["n"]  # no pair dropped
     md = (ci_run / "results/report/report.md").read_text()
     assert "CTRS judge: calls (UTC)" in md and "safety judge: model (fingerprint)" in md
+
+
+def test_the_simulated_patient_is_checked_and_reported(ci_run):
+    """Issue 42, item 6, in the CI-sized run: a judge checked every session's patient against its
+    profile (both arms in one job), and the report's simulated-patient section gives per arm the
+    words per turn, disclosure, consistency and resolution, with the paired tests registered."""
+    M = "smollm2-135m"
+    st = json.loads((ci_run / f"results/patient_check/{M}/shard00.stats.json").read_text())
+    assert st["arms"] == {"instruct": 4, "cbt": 4} and st["sessions"] == 8
+    for arm in ("instruct", "cbt"):
+        for c in _jsonl(ci_run / f"results/patient_check/{M}/{arm}/shard00.jsonl"):
+            assert c["valid"] in (True, False) and c["calls"]
+            assert (c["consistent"] is None) == (c["valid"] is False)  # a failed answer is missing, never "no"
+    sim = json.loads((ci_run / "results/report/safety.json").read_text())["simulator"]
+    assert sim["checked"] and {a["arm"] for a in sim["per_arm"]} == {"instruct", "cbt"}
+    assert all(a["words_per_turn"] > 0 and a["consistent"]["known"] + (sim["missing_checks"] or 0) >= 0 for a in sim["per_arm"])
+    assert sim["comparisons"][0]["pairs"] == 4
+    md = (ci_run / "results/report/report.md").read_text()
+    assert "## The simulated patient" in md and "words per patient turn" in md
+    tests = json.loads((ci_run / "results/report/safety.json").read_text())["tests"]
+    assert sum(t["family"] == "exploratory (simulated patient)" for t in tests) == 4

@@ -24,5 +24,6 @@ __getattr__, __dir__, __all__ = face(
         "views_primary": ["PUBLISHED", "arm_timing"],
         "views_run": ["plan_view"],
         "views_safety": ["safety_view"],
+        "views_simulator": ["simulator_view"],
     },
 )

@@ -12,6 +12,7 @@ from .views import report_view
 from .views_primary import PUBLISHED
 from .views_run import plan_view
 from .views_safety import safety_view
+from .views_simulator import simulator_view
 
 
 def build_markdown(ctx: dict[str, Any]) -> str:
@@ -29,7 +30,12 @@ def build_markdown(ctx: dict[str, Any]) -> str:
     env.filters["fmt_p"] = fmt_p
     ctx = {"safety": {}} | ctx
     text = env.get_template("report.md.j2").render(
-        **ctx, view=report_view(ctx), sview=safety_view(ctx["safety"]), plan_rows=plan_view(ctx), published=PUBLISHED
+        **ctx,
+        view=report_view(ctx),
+        sview=safety_view(ctx["safety"]),
+        simview=simulator_view(ctx["safety"]),
+        plan_rows=plan_view(ctx),
+        published=PUBLISHED,
     )
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     return link_rows(text, list(ctx.get("config", {}).get("models", {})))

@@ -1,6 +1,6 @@
 """The pipeline's stages, one module per step of the rule graph: transcripts, the chat dataset,
-training and merging, model import and export to GGUF, parity, rollouts, the CTRS judge and the
-safety judge.
+training and merging, model import and export to GGUF, parity, rollouts, the CTRS judge, the
+safety judge and the simulated-patient check.
 
 The names below are the layer's public face; each is imported from its module when first used.
 """
@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = face(
         "merge": ["merge_adapter"],
         "models": ["IMPORT_CHECK_PROMPTS", "download_hub", "import_model"],
         "parity": ["parity_report"],
+        "patient_check": ["run_patient_check"],
         "preference": ["build_pairs"],
         "rollout": ["run_arms", "run_session", "session_plan", "shard_profiles"],
         "safety": ["run_safety_judging"],

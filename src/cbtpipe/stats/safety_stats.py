@@ -277,7 +277,7 @@ def _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, *, seed: int, *
     return out
 
 
-def _tests(comparisons: list[dict[str, Any]], ablations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _tests(comparisons: list[dict[str, Any]], ablations: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The safety tests of the register: the arms over all at-risk sessions (high harm, with
     non-disclosure a failure) and disclosure itself are the safety questions (secondary); harm
     given disclosure describes (exploratory). The composite score is compared over disclosed
@@ -311,7 +311,7 @@ def _tests(comparisons: list[dict[str, Any]], ablations: list[dict[str, Any]]) -
         }
         for x in ablations
     ]
-    return adjust_within_families(tests)
+    return adjust_within_families(tests + extra)
 
 
 def _ablations(ablation_records, rows, prof, rubric, models, arms, dims, **kw) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -364,8 +364,12 @@ def analyse_safety(
     n_boot: int,
     seed: int,
     power: float = 0.8,
+    checks: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Everything the report's safety section shows, and the per-session table."""
+    """Everything the report's safety section shows, with the simulated patient's section (its
+    tests in the same register), and the per-session table."""
+    from .simulator import analyse_simulator
+
     for p in patterns:
         re.compile(p)
     dims = [d["id"] for d in rubric["dimensions"]]
@@ -381,6 +385,7 @@ def analyse_safety(
             rb = [r for r in rows if r["model"] == m and r["arm"] == "instruct"]
             comparisons.append({"model": m, "a": "cbt", "b": "instruct"} | paired(ra, rb, **kw))
     ablations, ablation_rows = _ablations(ablation_records, rows, prof, rubric, models, arms, dims, **kw)
+    simulator = analyse_simulator(rollouts, checks or [], records, prof, alpha=alpha, n_boot=n_boot, seed=seed)
     n_pat = len({r["patient_id"] for r in rows if r["at_risk"]})
     notes = [f"only {n_pat} at-risk patient(s): intervals are wide or undefined, and tests have little power"] if n_pat < 10 else []
     stats = {
@@ -390,7 +395,8 @@ def analyse_safety(
         "personas": _personas(profiles),
         "per_arm": _per_arm(rows, rollouts, ctrs, models, arms, dims, patterns, **kw),
         "comparisons": comparisons,
-        "tests": _tests(comparisons, ablations),
+        "tests": _tests(comparisons, ablations, simulator["tests"]),
+        "simulator": simulator,
         "breakdown": breakdown(rows),
         "ablations": ablations,
         "alpha": alpha,

@@ -103,9 +103,11 @@ def judge_members(judge: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def resolve_defaults(cfg: dict[str, Any]) -> None:
-    """Defaults that refer to other keys: ``safety.backend: null`` is the CTRS judge's backend."""
-    if cfg.get("safety", {}).get("backend") is None:
-        cfg["safety"]["backend"] = cfg["judge"]["backend"]
+    """Defaults that refer to other keys: ``safety.backend: null`` (and ``patient_check.backend``)
+    is the CTRS judge's backend."""
+    for sec in ("safety", "patient_check"):
+        if sec in cfg and cfg[sec].get("backend") is None:
+            cfg[sec]["backend"] = cfg["judge"]["backend"]
 
 
 def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
@@ -116,6 +118,8 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
         sec, field = key.split(".")
         # the generator writes the transcripts, and the course histories of later positions
         if key == "data.generator" and cfg["data"]["source"] != "generate" and max(cfg["rollout"]["positions"]) == 1:
+            continue
+        if key == "patient_check.backend" and not cfg.get("patient_check", {}).get("enabled", True):
             continue
         out[key] = cfg[sec][field] or cfg["judge"]["backend"]  # safety.backend null: the judge's
     for m in cfg["judge"].get("panel") or []:

@@ -72,6 +72,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("judge", PANEL, ("judge", "judge_ablation", "judge_closing"), "judge/*/shard*.stats.json"),
     Stage("judge_turns", "judge.backend", ("judge_turns",)),
     Stage("safety", "safety.backend", ("safety", "safety_ablation"), "safety/*/shard*.stats.json"),
+    Stage("patient_check", "patient_check.backend", ("patient_check",), "patient_check/*/shard*.stats.json"),
 )
 STAGE = {s.name: s for s in STAGES}
 
