@@ -4,15 +4,19 @@ import re
 from cbtpipe.checks import check_api_keys, check_config
 from cbtpipe.workflow import (
     api_resource_name,
+    expand_seeds,
     instruct_owners,
     is_api,
     judge_members,
     model_training_cfg,
     resolve_defaults,
     stage_backend_names,
+    training_seed,
 )
 
 resolve_defaults(config)
+# training.seeds: an entry per model and further seed (<model>-seed<seed>); each entry's model and seed
+REPLICATES = expand_seeds(config)
 check_config(config, workflow.basedir)
 
 
@@ -331,7 +335,16 @@ def training_inputs(wildcards):
 
 
 def training_params(wildcards):
-    return model_training_cfg(config, wildcards.model)
+    """The entry's training settings; its seed is a param of its own."""
+    return {
+        k: v
+        for k, v in model_training_cfg(config, wildcards.model).items()
+        if k not in ("seed", "seeds")
+    }
+
+
+def entry_seed(wildcards):
+    return training_seed(config, wildcards.model)
 
 
 def rollout_inputs(wildcards):

@@ -55,6 +55,8 @@ rule statistics:
     params:
         report=settings("report", "human_ratings", "packet_ratings"),
         seed=config["seed"],
+        # each model entry's model and training seed (training.seeds)
+        replicates=REPLICATES,
     script:
         "../scripts/statistical_tests.py"
 

@@ -60,7 +60,7 @@ rule train:
         runtime=config["resources"]["train_runtime_min"],
     params:
         training=training_params,
-        seed=config["seed"],
+        seed=entry_seed,
         units="results/units/train/{model}",
     script:
         "../scripts/train.py"

@@ -22,6 +22,7 @@ with entry(snakemake, "statistics") as log:
         snakemake.params.seed,
         human,
         closing_totals=read_csv(snakemake.input.closing_totals),
+        replicates=snakemake.params.replicates,
     )
     res["judge_provenance"] = judge_provenance([j for p in snakemake.input.judged for j in read_jsonl(p)])
     write_json(snakemake.output.stats, res)

@@ -24,13 +24,15 @@ def _cfg(root, name):
 def test_the_study_plan_counts_every_call(root):
     plan = build_plan(_cfg(root, "config/study.yaml"), root, runtimes=profile_runtimes(root / "profiles/slurm/profile.yaml"))
     st = {x["stage"]: x for x in plan["stages"]}
-    # 3 models x 2 arms x 30 patients x 2 positions x 1 session, main run and 2 ablations
-    assert plan["sessions"] == 3 * 2 * 30 * 2 * 3
+    # 3 models x 2 arms x 30 patients x 2 positions x 1 session, main run and 2 ablations; the
+    # second training seed adds each model's CBT-tuned arm again (its instruct arm is the model's)
+    assert plan["sessions"] == (3 * 2 + 3 * 1) * 30 * 2 * 3
     assert st["generation"]["calls"] == (58 + 6) * 20 and st["generation"]["calls_max"] == (58 + 6) * 20 * 3
     assert st["rollout"]["calls"] == plan["sessions"] * 20  # the patient speaks every other turn of 40
     # 3 samples of every session, and at most every main session again without its closing turn
     assert st["judge"]["calls"] == (plan["sessions"] + plan["sessions"] // 3) * 3
-    assert st["judge"]["jobs"] == 3 * 6 * (3 + 1) and st["safety"]["jobs"] == 3 * 6 * 3  # 6 shards, both arms in one job
+    # 6 entries (3 models x 2 seeds) x 6 shards, both arms in one job
+    assert st["judge"]["jobs"] == 6 * 6 * (3 + 1) and st["safety"]["jobs"] == 6 * 6 * 3
     # safety: 12 of 30 patients at risk take gate + triage + 7 questions + timing, the others gate + 1
     assert st["safety"]["calls"] == round(plan["sessions"] * (0.4 * 10 + 0.6 * 2))
     assert all(x["rates"] == "assumed" for x in plan["stages"])

@@ -165,9 +165,14 @@ class _Planner:
         self.runtimes = {"rollout": cfg["resources"]["rollout_runtime_min"]} | (runtimes or {})
         r = cfg["rollout"]
         self.models, self.arms = sorted(cfg["models"]), r["arms"]
+        # training.seeds: each further seed an entry of its own, whose instruct arm is the model's
+        # (replayed from the response cache: no calls)
+        self.replicates = len(cfg["models"]) * (len(cfg["training"].get("seeds") or [None]) - 1)
+        self.entries = len(self.models) + self.replicates
         self.variants = 1 + len(r["ablations"])
         self.patients = eval_patients(cfg)
-        self.sessions = len(self.models) * len(self.arms) * self.patients * len(r["positions"]) * r["sessions_per_patient"] * self.variants
+        arms_played = len(self.models) * len(self.arms) + self.replicates * sum(a != "instruct" for a in self.arms)
+        self.sessions = arms_played * self.patients * len(r["positions"]) * r["sessions_per_patient"] * self.variants
         self.transcript_tok = r["max_turns"] * FILL * (r["therapist"]["max_tokens"] + r["patient"]["max_tokens"]) / 2
         self.rows: list[dict[str, Any]] = []
 
@@ -247,7 +252,7 @@ class _Planner:
             calls,
             400 + self.transcript_tok / 2,
             FILL * r["patient"]["max_tokens"],
-            len(self.models) * r["shards"] * self.variants,  # one job plays every arm of a model and shard
+            self.entries * r["shards"] * self.variants,  # one job plays every arm of a model and shard
             f"the simulated patient in {self.sessions} sessions of up to {r['max_turns']} turns (an upper bound: sessions may end earlier)",
         )
 
@@ -259,7 +264,7 @@ class _Planner:
         # without their closing turn, rollout.at_max_turns: closing)
         closing = self.cfg["rollout"]["at_max_turns"] == "closing"
         main_sessions = self.sessions // self.variants
-        jobs = len(self.models) * self.cfg["rollout"]["shards"] * (self.variants + int(closing))
+        jobs = self.entries * self.cfg["rollout"]["shards"] * (self.variants + int(closing))
         for m in members:
             per_item = m["mode"] == "per_item"
             calls_each = n_items if per_item else 1
@@ -294,7 +299,7 @@ class _Planner:
             self.sessions * longest * s["max_attempts"],
             _chars(self.base / s["prompt"]) / 4 + self.transcript_tok + 80,
             min(s["sampling"]["max_tokens"], 10 + s["reasoning_chars"] / 4),
-            len(self.models) * self.cfg["rollout"]["shards"] * self.variants,  # every arm in one job
+            self.entries * self.cfg["rollout"]["shards"] * self.variants,  # every arm in one job
             f"{self.sessions} sessions x {per:.1f} questions on average",
         )
 
@@ -311,7 +316,7 @@ class _Planner:
             sessions * pc["max_attempts"],
             _chars(self.base / pc["prompt"]) / 4 + 250 + self.transcript_tok,
             min(pc["sampling"]["max_tokens"], 20 + 2 * pc["reasoning_chars"] / 4),
-            len(self.models) * self.cfg["rollout"]["shards"],
+            self.entries * self.cfg["rollout"]["shards"],
             f"{sessions} sessions x 1 call (the simulated patient: consistent with its profile, distress resolved)",
         )
 
@@ -327,6 +332,7 @@ class _Planner:
         return {
             "training_hours_per_model": round(train_tokens / tok_s / 3600, 2),
             "training_tokens_per_model": int(train_tokens),
+            "trainings": self.entries,  # one per model and training seed
             "training_rate": "measured" if "training" in self.rates else "assumed",
             "therapist_decoding_hours": round(decoding_s / 3600 / max(1, r["parallel_sessions"]), 2),
         }

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .views_ctrs import ctrs_view, missing_view, risk_view, sensitivity_view
+from .views_ctrs import ctrs_view, missing_view, risk_view, seeds_view, sensitivity_view
 from .views_primary import primary_view
 from .views_run import agreement_view, run_view
 
 # The report's sections, each a view function over the same context; the template reads their union.
-SECTIONS = (primary_view, ctrs_view, risk_view, missing_view, sensitivity_view, agreement_view, run_view)
+SECTIONS = (primary_view, ctrs_view, risk_view, seeds_view, missing_view, sensitivity_view, agreement_view, run_view)
 
 
 def report_view(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -251,3 +251,29 @@ def sensitivity_view(ctx: dict[str, Any]) -> dict[str, Any]:
             [b["model"], b["arm"], b["context"], b["n"], fmt(b["mean_pct"], 1)] for b in ctx.get("turn_windows", {}).get("bins", [])
         ],
     }
+
+
+def seeds_view(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Replication over training seeds: each seed's CBT-versus-instruct comparison, and per model
+    the spread of the per-seed differences beside the pooled estimate."""
+    sd = ctx["stats"].get("seeds") or {}
+    if not sd:
+        return {"seeds": None}
+    tvi = ctx["stats"].get("tuned_vs_instruct") or {}
+    return {
+        "seeds": {
+            "method": sd["method"],
+            "per_seed": [[r["model"], r["seed"], r["entry"], *_paired_cells(r), _notes(r)] for r in sd["per_seed"]],
+            "spread": [
+                [
+                    m,
+                    x["seeds"],
+                    fmt(x["mean"]),
+                    fmt(x["sd"]),
+                    f"{fmt(x['min'])} to {fmt(x['max'])}",
+                    fmt((tvi.get(m) or {}).get("mean_diff")),
+                ]
+                for m, x in sd["spread"].items()
+            ],
+        }
+    }

@@ -25,6 +25,19 @@ from .missing import missing_answers, missing_bounds, missing_by_group
 from .mixed import mixed_arm_by_model
 from .pairs import POPULATIONS, as_float, ctrs_population, persona_set, primary_persona_set, risk_stratum
 from .register import test_register
+from .seeds import per_seed, pool_seeds, replicated
+
+
+def _pool_seeds(totals, long, closing_totals, replicates, rubric, rcfg, seed):
+    """The per-seed comparisons on the CTRS population, and the rows with the seeds pooled."""
+    population = rcfg.get("ctrs_population", "no_risk")
+    main_set = primary_persona_set(totals)
+    pop = ctrs_population([r for r in totals if persona_set(r) == main_set], population)
+    seeds = per_seed(pop, replicates, rcfg["alpha"], rcfg["bootstrap"], seed)
+    score_keys = ["total", "total_pct", *rubric.get("subtotals", {}), *[i["id"] for i in rubric["items"]]]
+    totals, long = pool_seeds(totals, long, replicates, score_keys)
+    closing = pool_seeds(closing_totals, [], replicates, score_keys)[0] if closing_totals else closing_totals
+    return totals, long, closing, seeds
 
 
 def analyse(
@@ -35,6 +48,7 @@ def analyse(
     seed: int,
     human: list[dict[str, Any]] | None = None,
     closing_totals: list[dict[str, str]] | None = None,
+    replicates: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every analysis of the report, each a function above. The CTRS comparisons are made on the
     population of report.ctrs_population (patients without risk by default) of the held-out
@@ -42,10 +56,13 @@ def analyse(
     strata and the mixed model (with an arm x risk term) use every session of that set."""
     alpha, nb = rcfg["alpha"], rcfg["bootstrap"]
     items = [i["id"] for i in rubric["items"]]
+    population = rcfg.get("ctrs_population", "no_risk")
+    seeds = None
+    if replicated(replicates):  # training.seeds: per-seed estimates, then the seeds pooled
+        totals, long, closing_totals, seeds = _pool_seeds(totals, long, closing_totals, replicates, rubric, rcfg, seed)
     models = sorted({r["model"] for r in totals})
     arms = sorted({r["arm"] for r in totals})
     threshold = rcfg.get("competence_threshold") or rubric.get("competence_threshold")
-    population = rcfg.get("ctrs_population", "no_risk")
     # the held-out evaluation patients where the run has them (profiles.eval_set); the other set beside
     main_set = primary_persona_set(totals)
     everyone, totals = totals, [r for r in totals if persona_set(r) == main_set]
@@ -53,6 +70,8 @@ def analyse(
     long = [r for r in long if r["session_id"] in ids]
     pop = ctrs_population(totals, population)
     res: dict[str, Any] = {"models": models, "arms": arms, "items": items, "threshold": threshold, "notes": []}
+    if seeds:
+        res["seeds"] = seeds
     res["population"] = {
         "name": population,
         "description": POPULATIONS[population],

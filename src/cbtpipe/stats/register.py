@@ -226,7 +226,10 @@ def test_register(res: dict[str, Any], rcfg: dict[str, Any]) -> list[dict[str, A
     tuned against instruct on the total per model and pooled, the between-model ANOVA, and the
     mixed model's interactions. Exploratory: the other paired test, the other between-model tests,
     the pairwise comparisons, the mixed model's arm effects, items, subtotals, positions, strata,
-    length (with its slope), context and the closing-instruction sensitivity analysis."""
+    length (with its slope), context, the closing-instruction sensitivity analysis and each training
+    seed's comparison."""
+    from .seeds import seed_tests
+
     core, key = _declared_and_secondary(res)
-    tests = [*core, *_alternatives(res, key), *_items(res, rcfg.get("item_correction", "holm")), *_sensitivity(res)]
+    tests = [*core, *_alternatives(res, key), *_items(res, rcfg.get("item_correction", "holm")), *_sensitivity(res), *seed_tests(res)]
     return adjust_within_families(tests)

@@ -128,6 +128,49 @@ def active_backends(cfg: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def expand_seeds(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Replication over training seeds (``training.seeds``): for every model entry, the entry of the
+    first seed keeps its name and each further seed adds an entry ``<model>-seed<seed>``, a copy
+    with ``training.seed`` set, sharing the model's instruct arm (the same base). Returns every
+    entry's model and training seed; with one seed, each entry is its own model. Idempotent (the
+    workflow may be read more than once with one config)."""
+    import copy
+
+    seeds = cfg["training"].get("seeds")
+    out: dict[str, dict[str, Any]] = {}
+    names = sorted(cfg["models"])
+    if not seeds:
+        for m in names:
+            seed = model_training_cfg(cfg, m)["seed"]
+            out[m] = {"model": m, "seed": cfg["seed"] if seed is None else seed}
+        return out
+    added = {f"{m}-seed{s}": m for m in names for s in seeds[1:]}
+    for m in names:
+        if m in added and added[m] in cfg["models"]:
+            continue  # a replicate this function added before
+        spec = cfg["models"][m]
+        own = (spec.get("training") or {}).get("seed")
+        if own is not None and own != seeds[0]:
+            raise PipelineError(f"config key models.{m}.training.seed: not with training.seeds (the seeds set every model's)")
+        spec.setdefault("training", {})["seed"] = seeds[0]
+        out[m] = {"model": m, "seed": seeds[0]}
+        for s in seeds[1:]:
+            name = f"{m}-seed{s}"
+            rep = copy.deepcopy(spec)
+            rep["training"]["seed"] = s
+            if cfg["models"].get(name, rep) != rep:
+                raise PipelineError(f"config key training.seeds: the entry {name} it adds is already a model entry")
+            cfg["models"][name] = rep
+            out[name] = {"model": m, "seed": s}
+    return out
+
+
+def training_seed(cfg: dict[str, Any], model: str) -> int:
+    """A model entry's training seed: its own, else training.seed, else the run's seed."""
+    seed = model_training_cfg(cfg, model)["seed"]
+    return cfg["seed"] if seed is None else int(seed)
+
+
 def model_training_cfg(cfg: dict[str, Any], model: str) -> dict[str, Any]:
     """The training section with the model's own overrides applied."""
     t = dict(cfg["training"])
