@@ -80,7 +80,9 @@ def test_report_content(ci_run):
     assert "| [pooled (primary)](browser.html) |" in md and "| [smollm2-135m (secondary)](browser.html#model=smollm2-135m) |" in md
     assert "Inter-judge agreement: the 2 judges of the panel (sampled, greedy)" in md
     stats0 = json.loads((ci_run / "results/report/statistics.json").read_text())
-    assert set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 8
+    assert (
+        set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 12
+    )  # 4 instruct sessions, 4 CBT-tuned ones per training seed
     assert [g["sessions"] for g in stats0["missing"]["by_group"]] == [4, 4]
     judged = _jsonl(ci_run / "results/judge/smollm2-135m/cbt/shard00.jsonl")
     for j in judged:
@@ -99,6 +101,8 @@ def test_report_content(ci_run):
         "sessions": 4,
         "patients_all": 2,
         "sessions_all": 8,
+        "persona_set": "held_out",  # config/ci.yaml evaluates on held-out patients (profiles.eval_set)
+        "persona_sets": ["held_out"],
     }
     assert stats["tuned_vs_instruct"]["smollm2-135m"]["n"] == 1
     assert [(r["position"], r["n"]) for r in stats["by_position"]] == [(1, 1), (2, 1)]
