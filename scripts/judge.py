@@ -9,10 +9,11 @@ from cbtpipe.llm import make_backend
 from cbtpipe.stages import judge_arms, run_panel, without_closing_turn
 from cbtpipe.workflow import entry, read_jsonl, write_json, write_jsonl
 
-with entry(snakemake, "judge") as log:
+remove = snakemake.params.closing_turn == "remove"
+# the job's name (its provenance record's): the closing re-judging is a job of its own
+with entry(snakemake, "judge_closing" if remove else "judge") as log:
     jp = snakemake.params.judge
     rubric = load_rubric(snakemake.input.rubric)
-    remove = snakemake.params.closing_turn == "remove"
     by_arm = {
         arm: [without_closing_turn(s) if remove else s for s in read_jsonl(path)]
         for arm, path in zip(snakemake.params.arms, snakemake.input.sessions, strict=True)

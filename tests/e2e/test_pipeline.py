@@ -382,7 +382,8 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
             ci_run / rel
         ).read_bytes(), rel
     jobs = re.findall(r"rule (\w+):\n(?:.*\n){0,8}?\s+wildcards: model=([\w.-]+)", r.stdout + r.stderr)
-    assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4"}, sorted(set(jobs))
+    # the new entry, trained with each of the CI run's two seeds (training.seeds)
+    assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4", "smollm2-135m-r4-seed99"}, sorted(set(jobs))
     # one base, one instruct arm: the second entry's instruct sessions play the first's GGUF, which
     # was imported, exported and checked once
     assert not {rule for rule, _ in jobs} & {"import_model", "chat_layout"}, sorted(set(jobs))
@@ -401,7 +402,8 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     md = (wd / "results/report/report.md").read_text()
     assert unregistered_p_values(md) == []  # the mixed model's, the pairwise and the between-model p-values too
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
-    assert "| smollm2-135m, smollm2-135m-r4 | instruct |" in md
+    # one instruct arm for both entries and both training seeds of each
+    assert "| smollm2-135m, smollm2-135m-r4, smollm2-135m-r4-seed99, smollm2-135m-seed99 | instruct |" in md
     assert "Arm x risk interaction (Wald): χ²(1) = " in md
 
 
