@@ -132,7 +132,13 @@ def test_the_report_gives_each_arms_judge_window_and_lists_drift_between_arms_as
     assert len(view["rows"]) == 2 and "j (fp_1)" in view["rows"][0][6] and " to " in view["rows"][0][5]
     # another fingerprint for one arm, and one arm judged only after the other was done
     drift = {"instruct": same, "cbt": same | {"served": ["judge: j (fp_2)"]}}
-    later = {"instruct": same, "cbt": same | {"first_call": 1.0e9 + 300, "last_call": 1.0e9 + 400}}
+    later = {"instruct": same, "cbt": same | {"first_call": 1.0e9 + 300, "last_call": 1.0e9 + 400, "unfingerprinted": 3}}
+    # one arm later, but every call fingerprinted as the same judge (a shared instruct arm read back)
+    shown = {
+        "instruct": same | {"unfingerprinted": 0},
+        "cbt": same | {"first_call": 1.0e9 + 300, "last_call": 1.0e9 + 400, "unfingerprinted": 0},
+    }
+    assert arm_timing(_ctx(shown))["deviations"] == []
     d1 = arm_timing(_ctx(drift, {"instruct": same, "cbt": same}))["deviations"]
     assert len(d1) == 1 and "CTRS judge that answered differed" in d1[0] and "fp_2" in d1[0]
     d2 = arm_timing(_ctx({"instruct": same, "cbt": same}, later))["deviations"]

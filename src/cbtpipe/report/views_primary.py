@@ -84,15 +84,17 @@ def _window(cell: dict[str, Any] | None) -> str:
 
 
 def _judge_deviations(m: str, role: str, cells: dict[str, dict[str, Any]]) -> list[str]:
-    """A judge that met the arms of a model as different served models or fingerprints, or at
-    times that do not overlap (one arm judged after the other was done)."""
+    """A judge that met the arms of a model as different served models or fingerprints, or, where
+    some call gave no fingerprint, at times that do not overlap (one arm judged after the other)."""
     out = []
     served = {a: set(c.get("served", [])) for a, c in cells.items()}
     if len({frozenset(v) for v in served.values()}) > 1:
         detail = "; ".join(f"{a}: {', '.join(sorted(v)) or 'unknown'}" for a, v in sorted(served.items()))
         out.append(f"{m}: the {role} that answered differed between the arms ({detail}); the arms were judged by different models")
     timed = {a: c for a, c in cells.items() if c.get("first_call") is not None}
-    if len(timed) > 1:
+    # one arm judged after the other is a risk where no fingerprint shows the judge unchanged (a
+    # shared instruct arm read back from another entry's job is judged earlier by the same model)
+    if len(timed) > 1 and any(c.get("unfingerprinted", 1) for c in timed.values()):
         last_start = max(c["first_call"] for c in timed.values())
         first_end = min(c["last_call"] for c in timed.values())
         if last_start > first_end:

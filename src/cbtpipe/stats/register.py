@@ -33,14 +33,18 @@ def _served_label(call: dict[str, Any]) -> str:
 
 def call_provenance(records: list[dict[str, Any]], calls_of) -> dict[str, Any]:
     """When a judge was called and what answered, overall and per model and arm: the first and
-    last call (Unix time) and every served model with its fingerprint, from every call of every
-    record (``calls_of(record)`` gives (judge name, call) pairs)."""
+    last call (Unix time), every served model with its fingerprint, and the calls that came
+    without a fingerprint, from every call of every record (``calls_of(record)`` gives (judge
+    name, call) pairs)."""
     times: list[float] = []
     by_arm: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in records:
-        cell = by_arm[r["model"]].setdefault(r["arm"], {"first_call": None, "last_call": None, "served": set(), "calls": 0})
+        cell = by_arm[r["model"]].setdefault(
+            r["arm"], {"first_call": None, "last_call": None, "served": set(), "calls": 0, "unfingerprinted": 0}
+        )
         for name, call in calls_of(r):
             cell["calls"] += 1
+            cell["unfingerprinted"] += int(not call.get("system_fingerprint"))
             if call.get("created"):
                 t = float(call["created"])
                 times.append(t)
