@@ -85,27 +85,6 @@ def arm_gguf(model, arm, qtype):
     return gguf_path(arm_model(model, arm), arm, qtype)
 
 
-def owner_first(stage):
-    """Entries with one base play the same instruct sessions (the response cache replays the
-    owner's): a non-owner's instruct-arm {stage} job runs after the owner's, and so reuses every
-    unit instead of computing them a second time beside it. An order only (ancient: the owner's
-    file is not read, and its time stamp triggers nothing)."""
-
-    def inputs(wildcards):
-        # a job of every arm (judge, safety) waits for the owner's job when it plays the
-        # instruct arm, as every such job does
-        owner = arm_model(wildcards.model, getattr(wildcards, "arm", "instruct"))
-        if owner == wildcards.model:
-            return {}
-        return {
-            "owner_first": ancient(
-                f"results/{stage}/{owner}/instruct/shard{wildcards.shard}.jsonl"
-            )
-        }
-
-    return inputs
-
-
 def base_hf(wildcards):
     return f"results/models/{BASE_OF[wildcards.model]}/instruct/hf"
 

@@ -5,7 +5,6 @@
 
 rule judge:
     input:
-        unpack(owner_first("judge")),
         sessions=expand(
             "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
         ),

@@ -4,7 +4,6 @@
 
 rule safety:
     input:
-        unpack(owner_first("safety")),
         sessions=expand(
             "results/rollouts/{{model}}/{arm}/shard{{shard}}.jsonl", arm=ARMS
         ),

@@ -36,29 +36,23 @@ def _jobs(wd, cfg):
     return dry_run_jobs(wd, "changed.yaml")
 
 
+# config/ci.yaml trains two seeds (training.seeds): two entries, each with one job per stage that
+# plays or judges both arms of its shard
+JUDGED = {"judge": 2, "judge_closing": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
+
+
 @pytest.mark.parametrize(
     "section,key,value,expected",
     [
-        # the safety statistics read the CTRS judgements too (the judge's refusals)
-        # the results browser shows sessions, scores and safety answers
-        ("judge", "samples", 3, {"judge": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}),
+        # the safety statistics read the CTRS judgements too (the judge's refusals); the closing
+        # re-judging follows the judge; the results browser shows sessions, scores and safety answers
+        ("judge", "samples", 3, JUDGED),
         (
             "rollout",
             "max_turns",
             5,
             # the rating packet shows the sessions, so new sessions make a new packet
-            {
-                "rollout": 1,  # one job plays both arms
-                "judge": 2,
-                "safety": 2,
-                "safety_statistics": 1,
-                "scores": 1,
-                "statistics": 1,
-                "report": 1,
-                "rating_packet": 1,
-                "browser": 1,
-                "all": 1,
-            },
+            {"rollout": 2, "safety": 2, "patient_check": 2, "rating_packet": 1, **JUDGED},
         ),
         ("report", "bootstrap", 999, {"statistics": 1, "safety_statistics": 1, "report": 1, "all": 1}),
         ("safety", "reasoning_chars", 30, {"safety": 2, "safety_statistics": 1, "report": 1, "browser": 1, "all": 1}),
@@ -80,8 +74,8 @@ def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
     shared = cfg["judge"].get("backend", "tiny")
     cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
     cfg["judge"]["backend"] = "judge_only"
-    # the safety judge follows the CTRS judge's backend unless safety.backend names another
-    both = {"judge": 2, "safety": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
+    # the safety judge and the patient check follow the CTRS judge's backend unless they name another
+    both = {"safety": 2, "patient_check": 2, **JUDGED}
     assert _jobs(ci_run, cfg) == both
     cfg["safety"] = dict(cfg.get("safety") or {}, backend=shared)
     assert _jobs(ci_run, cfg) == {k: v for k, v in both.items() if k != "safety"}
