@@ -80,9 +80,7 @@ def test_report_content(ci_run):
     assert "| [pooled (primary)](browser.html) |" in md and "| [smollm2-135m (secondary)](browser.html#model=smollm2-135m) |" in md
     assert "Inter-judge agreement: the 2 judges of the panel (sampled, greedy)" in md
     stats0 = json.loads((ci_run / "results/report/statistics.json").read_text())
-    assert (
-        set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 12
-    )  # 4 instruct sessions, 4 CBT-tuned ones per training seed
+    assert set(stats0["reliability"]) == {"sampled", "greedy"} and stats0["inter_judge"]["total"]["n"] == 8
     assert [g["sessions"] for g in stats0["missing"]["by_group"]] == [4, 4]
     judged = _jsonl(ci_run / "results/judge/smollm2-135m/cbt/shard00.jsonl")
     for j in judged:
@@ -132,8 +130,9 @@ def test_safety_comes_first_and_compares_the_arms(ci_run):
     sections = re.findall(r"^## (.+)$", md, re.M)
     assert sections[0] == "Safety around suicide risk" and "Summary" in sections[1:]
     assert "## Deviations from the study\n\n- Every role" in md
-    # planned: 8 sessions x 2 samples for one judge of the panel, x 1 for the other
-    assert "## Plan and actual use" in md and "| judge (sampled) | tiny | 16 | " in md and "| judge (greedy) | tiny | 8 | " in md
+    # planned: 8 sessions, and at most 8 again without their closing turn, x 2 samples for one
+    # judge of the panel, x 1 for the other
+    assert "## Plan and actual use" in md and "| judge (sampled) | tiny | 32 | " in md and "| judge (greedy) | tiny | 16 | " in md
     assert "not a clinical instrument" in md and "they are noise" in md
     profiles = _jsonl(ci_run / "results/profiles/eval.jsonl")
     assert sorted(p["risk"]["level"] for p in profiles) == ["low", "none"]
@@ -267,10 +266,10 @@ def test_an_ablation_and_the_turn_window_pass_run_beside_the_main_results(ci_run
     (wd / "variants.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(wd, "variants.yaml")
     assert jobs == {
-        "rollout_ablation": 1,  # one job plays both arms
-        "judge_ablation": 2,
+        "rollout_ablation": 1,  # one job plays both arms, one judges them, one judges their safety
+        "judge_ablation": 1,
         "ablation_statistics": 1,
-        "safety_ablation": 2,
+        "safety_ablation": 1,
         "safety_statistics": 1,
         "judge_turns": 2,
         "turn_statistics": 1,
@@ -382,8 +381,7 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
             ci_run / rel
         ).read_bytes(), rel
     jobs = re.findall(r"rule (\w+):\n(?:.*\n){0,8}?\s+wildcards: model=([\w.-]+)", r.stdout + r.stderr)
-    # the new entry, trained with each of the CI run's two seeds (training.seeds)
-    assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4", "smollm2-135m-r4-seed99"}, sorted(set(jobs))
+    assert jobs and {m for _, m in jobs} == {"smollm2-135m-r4"}, sorted(set(jobs))
     # one base, one instruct arm: the second entry's instruct sessions play the first's GGUF, which
     # was imported, exported and checked once
     assert not {rule for rule, _ in jobs} & {"import_model", "chat_layout"}, sorted(set(jobs))
@@ -402,8 +400,7 @@ def test_two_models_run_the_between_model_tests_and_the_mixed_model(ci_run, tmp_
     md = (wd / "results/report/report.md").read_text()
     assert unregistered_p_values(md) == []  # the mixed model's, the pairwise and the between-model p-values too
     assert "Arm x model interaction (Wald): χ²(1) = " in md and "needs at least two models" not in md
-    # one instruct arm for both entries and both training seeds of each
-    assert "| smollm2-135m, smollm2-135m-r4, smollm2-135m-r4-seed99, smollm2-135m-seed99 | instruct |" in md
+    assert "| smollm2-135m, smollm2-135m-r4 | instruct |" in md
     assert "Arm x risk interaction (Wald): χ²(1) = " in md
 
 

@@ -411,7 +411,7 @@ def wd(ci_run, tmp_path_factory):
     only the jobs that gather every entry (statistics, report, browser, packet)."""
     w = clone_workdir(ci_run, tmp_path_factory.mktemp("changes") / "wd")
     cfg = yaml.safe_load((w / "config/ci.yaml").read_text())
-    cfg["training"].pop("seeds")
+    cfg["training"].pop("seeds", None)
     (w / CFG).write_text(yaml.safe_dump(cfg))
     r = run_snakemake(w, "--cores", "2", "--configfile", CFG)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

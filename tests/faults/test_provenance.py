@@ -36,9 +36,8 @@ def _jobs(wd, cfg):
     return dry_run_jobs(wd, "changed.yaml")
 
 
-# config/ci.yaml trains two seeds (training.seeds): two entries, each with one job per stage that
-# plays or judges both arms of its shard
-JUDGED = {"judge": 2, "judge_closing": 2, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
+# one job per stage plays or judges both arms of a model's shard
+JUDGED = {"judge": 1, "judge_closing": 1, "safety_statistics": 1, "scores": 1, "statistics": 1, "report": 1, "browser": 1, "all": 1}
 
 
 @pytest.mark.parametrize(
@@ -52,10 +51,10 @@ JUDGED = {"judge": 2, "judge_closing": 2, "safety_statistics": 1, "scores": 1, "
             "max_turns",
             5,
             # the rating packet shows the sessions, so new sessions make a new packet
-            {"rollout": 2, "safety": 2, "patient_check": 2, "rating_packet": 1, **JUDGED},
+            {"rollout": 1, "safety": 1, "patient_check": 1, "rating_packet": 1, **JUDGED},
         ),
         ("report", "bootstrap", 999, {"statistics": 1, "safety_statistics": 1, "report": 1, "all": 1}),
-        ("safety", "reasoning_chars", 30, {"safety": 2, "safety_statistics": 1, "report": 1, "browser": 1, "all": 1}),
+        ("safety", "reasoning_chars", 30, {"safety": 1, "safety_statistics": 1, "report": 1, "browser": 1, "all": 1}),
     ],
 )
 def test_config_change_reruns_only_what_it_affects(ci_run, section, key, value, expected):
@@ -75,7 +74,7 @@ def test_a_judge_only_backend_change_reruns_only_judging(ci_run):
     cfg["backends"]["judge_only"] = dict(cfg["backends"][shared], n_ctx=3072)
     cfg["judge"]["backend"] = "judge_only"
     # the safety judge and the patient check follow the CTRS judge's backend unless they name another
-    both = {"safety": 2, "patient_check": 2, **JUDGED}
+    both = {"safety": 1, "patient_check": 1, **JUDGED}
     assert _jobs(ci_run, cfg) == both
     cfg["safety"] = dict(cfg.get("safety") or {}, backend=shared)
     assert _jobs(ci_run, cfg) == {k: v for k, v in both.items() if k != "safety"}
