@@ -183,6 +183,12 @@ class Backend:
         served = self.served_model()
         return {"served_model": served} if served else {}
 
+    def unit_identity(self) -> dict[str, Any]:
+        """What a judge's unit key holds of this backend: its identity, and what it serves now
+        where that can change under its name (``served``, absent for a local GGUF)."""
+        served = self.served_identity()
+        return {"backend": self.identity(), **({"served": served} if served else {})}
+
     def learn_served(self, c: Completion) -> None:
         """Note what a fresh answer says was served (an API backend keeps it)."""
 

@@ -193,9 +193,7 @@ class _Judge:
                 "schema": [
                     score_schema(rubric, jcfg["justification_chars"], jcfg.get("reasoning_first", True), g) for g in _groups(rubric, jcfg)
                 ],
-                "backend": backend.identity(),
-                # the model and fingerprint an API serves now: a changed one judges again
-                **({"served": backend.served_identity()} if backend.served_identity() else {}),
+                **backend.unit_identity(),  # a changed served model or fingerprint judges again
                 "tpl": Path(template).read_text(encoding="utf-8"),
             }
         )

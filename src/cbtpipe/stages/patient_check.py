@@ -106,8 +106,7 @@ def run_patient_check(
     key = hash_obj(
         {
             "ccfg": ccfg,
-            "backend": backend.identity(),
-            **({"served": backend.served_identity()} if backend.served_identity() else {}),
+            **backend.unit_identity(),  # a changed served model or fingerprint judges again
             "tpl": Path(template).read_text(encoding="utf-8"),
         }
     )

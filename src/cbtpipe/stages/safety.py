@@ -188,9 +188,7 @@ def run_safety_judging(
         {
             "scfg": scfg,
             "rubric": rubric["sha256"],
-            "backend": backend.identity(),
-            # the model and fingerprint an API serves now: a changed one judges again
-            **({"served": backend.served_identity()} if backend.served_identity() else {}),
+            **backend.unit_identity(),  # a changed served model or fingerprint judges again
             "tpl": Path(template).read_text(encoding="utf-8"),
             "resources": resources,
         }
